@@ -1,0 +1,114 @@
+"""The composition root: build store, services and listeners from settings; run until
+SIGTERM/SIGINT; shut down cleanly (sessions told, listeners closed, store closed).
+
+Front-ends plug in through ``FRONTENDS``: listener name -> (module, role). A front-end
+module exposes ``build(services, name, role, listener_settings) -> FrontEnd``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import logging
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import fields
+from typing import Protocol
+
+from .config import ListenerSettings, Settings
+from .services import Services
+from .store import Store
+from .tls import ensure_self_signed, server_context
+
+log = logging.getLogger("mailstack")
+
+# listener name -> (front-end module, role the module gives it)
+FRONTENDS: dict[str, tuple[str, str]] = {
+    "smtp": ("mailstack.smtp", "mx"),
+    "submissions": ("mailstack.smtp", "submission"),
+    "submission": ("mailstack.smtp", "submission"),
+    "imaps": ("mailstack.imap", "imap"),
+    "imap": ("mailstack.imap", "imap"),
+    "pop3s": ("mailstack.pop3", "pop3"),
+    "pop3": ("mailstack.pop3", "pop3"),
+}
+
+
+class FrontEnd(Protocol):
+    name: str
+    port: int
+
+    async def start(self) -> None: ...
+    async def close(self, grace: float = 0.0) -> None: ...
+
+
+class App:
+    def __init__(self, settings: Settings, *, clock: Callable[[], float] = time.time,
+                 generate_cert: bool = False) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.generate_cert = generate_cert
+        self.store: Store | None = None
+        self.services: Services | None = None
+        self.frontends: dict[str, FrontEnd] = {}
+
+    @property
+    def ports(self) -> dict[str, int]:
+        return {name: fe.port for name, fe in self.frontends.items()}
+
+    async def start(self) -> None:
+        s = self.settings
+        if self.generate_cert:
+            ensure_self_signed(s.cert_path, s.key_path, s.server.hostname)
+        ctx = None
+        if s.cert_path.exists() and s.key_path.exists():
+            ctx = server_context(s.cert_path, s.key_path, s.tls.min_version)
+        self.store = await Store.open_from_settings(s)
+        self.services = Services.build(s, self.store, ctx, self.clock)
+        try:
+            for f in fields(s.listeners):
+                ls: ListenerSettings = getattr(s.listeners, f.name)
+                if not ls.enabled:
+                    continue
+                if ls.tls != "none" and ctx is None:
+                    raise RuntimeError(f"listener {f.name} needs TLS but {s.cert_path} / "
+                                       f"{s.key_path} do not exist (use --dev to generate "
+                                       "a self-signed certificate)")
+                module_name, role = FRONTENDS[f.name]
+                module = importlib.import_module(module_name)
+                build = getattr(module, "build", None)
+                if build is None:
+                    log.warning("listener %s: %s has no server yet; skipped", f.name,
+                                module_name)
+                    continue
+                fe: FrontEnd = build(self.services, f.name, role, ls)
+                await fe.start()
+                self.frontends[f.name] = fe
+                log.info("listening: %s on %s:%d (%s)", f.name, ls.address, fe.port, ls.tls)
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def stop(self, grace: float | None = None) -> None:
+        grace = self.settings.server.shutdown_grace_seconds if grace is None else grace
+        await asyncio.gather(*(fe.close(grace) for fe in self.frontends.values()),
+                             return_exceptions=True)
+        self.frontends.clear()
+        if self.store is not None:
+            await self.store.close()
+            self.store = None
+
+    async def run_forever(self) -> None:
+        await self.start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError):
+                loop.add_signal_handler(sig, stop.set)
+        try:
+            await stop.wait()
+            log.info("shutting down")
+        finally:
+            await self.stop()

@@ -1,0 +1,409 @@
+"""The settings model: one TOML file -> typed, validated, frozen settings.
+
+Every field carries a description (``doc``); ``render_example()`` turns the model into
+the annotated ``config/mailstack.toml`` so the example can never drift from the code
+(a test compares the two).
+
+A bad file stops start-up with a ``ConfigError`` naming the key, the value and what is
+wrong. Unknown keys are errors too: a typo must not silently fall back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+TlsMode = Literal["implicit", "starttls", "none"]
+
+
+class ConfigError(Exception):
+    """A setting is wrong. ``key`` is the dotted TOML path."""
+
+    def __init__(self, key: str, value: object, problem: str) -> None:
+        self.key, self.value, self.problem = key, value, problem
+        shown = "(missing)" if value is _MISSING else repr(value)
+        super().__init__(f"config key {key!r} = {shown}: {problem}")
+
+
+_MISSING = object()
+
+
+def doc(text: str, **constraints: Any) -> dict[str, Any]:
+    return {"doc": text, **constraints}
+
+
+def _f(default: Any, text: str, **constraints: Any) -> Any:
+    if isinstance(default, (list, dict)) or dataclasses.is_dataclass(default):
+        return field(default_factory=lambda: _copy(default), metadata=doc(text, **constraints))
+    return field(default=default, metadata=doc(text, **constraints))
+
+
+def _copy(value: Any) -> Any:
+    if isinstance(value, list):
+        return list(value)
+    if isinstance(value, dict):
+        return dict(value)
+    return dataclasses.replace(value)
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    hostname: str = _f("mail.example.net", "The server's host name: used in greetings, "
+                       "Received headers and the TLS certificate. Clients must use this name.")
+    data_dir: str = _f("./data", "Where the database (SQLite default), message blobs and "
+                       "generated certificates live. Relative paths are relative to the "
+                       "working directory.")
+    database_url: str = _f("", "SQLAlchemy URL of the store. Empty: SQLite file "
+                           "<data_dir>/mailstack.db. For several nodes use "
+                           "postgresql+asyncpg://user@host/db.")
+    allow_plaintext_auth_on_loopback: bool = _f(False, "Accept passwords over unencrypted "
+                                                "connections from 127.0.0.0/8 and ::1 only "
+                                                "(tests, local relays). Never on other "
+                                                "addresses.")
+    shutdown_grace_seconds: float = _f(5.0, "On SIGTERM/SIGINT, how long open sessions get "
+                                       "to finish after being told the server is going "
+                                       "down.", min=0)
+
+
+@dataclass(frozen=True)
+class TlsSettings:
+    cert_file: str = _f("", "PEM certificate chain for the host name. Empty: "
+                        "<data_dir>/tls/cert.pem (generated self-signed in --dev mode).")
+    key_file: str = _f("", "PEM private key. Empty: <data_dir>/tls/key.pem.")
+    min_version: str = _f("TLSv1.2", "Lowest TLS version accepted.",
+                          choices=("TLSv1.2", "TLSv1.3"))
+
+
+@dataclass(frozen=True)
+class ListenerSettings:
+    enabled: bool = _f(True, "Start this listener.")
+    address: str = _f("0.0.0.0", "Address to bind.")
+    port: int = _f(0, "TCP port (0: any free port, for tests).", min=0, max=65535)
+    tls: TlsMode = _f("none", "implicit: TLS from the first byte; starttls: plaintext "
+                      "upgraded by STARTTLS/STLS; none: never TLS.",
+                      choices=("implicit", "starttls", "none"))
+
+
+def _listener(port: int, tls: str) -> ListenerSettings:
+    return ListenerSettings(port=port, tls=tls)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class ListenersSettings:
+    smtp: ListenerSettings = _f(_listener(25, "starttls"),
+                                "SMTP MX: mail from the internet for hosted domains.")
+    submissions: ListenerSettings = _f(_listener(465, "implicit"),
+                                       "SMTP submission over implicit TLS (RFC 8314).")
+    submission: ListenerSettings = _f(_listener(587, "starttls"),
+                                      "SMTP submission with STARTTLS required before AUTH "
+                                      "(RFC 6409).")
+    imaps: ListenerSettings = _f(_listener(993, "implicit"), "IMAP over implicit TLS.")
+    imap: ListenerSettings = _f(_listener(143, "starttls"),
+                                "IMAP with STARTTLS; LOGINDISABLED before it.")
+    pop3s: ListenerSettings = _f(_listener(995, "implicit"), "POP3 over implicit TLS.")
+    pop3: ListenerSettings = _f(_listener(110, "starttls"), "POP3 with STLS before USER.")
+
+
+@dataclass(frozen=True)
+class PlanSettings:
+    max_recipients_per_message: int = _f(100, "Envelope recipients per message "
+                                         "(To, Cc and Bcc all count); the next get 452 4.5.3.",
+                                         min=1)
+    daily_recipients: int = _f(1000, "Recipients an address may send to over a rolling "
+                               "24 hours.", min=1)
+    max_addresses: int = _f(1000, "Addresses (mailboxes, no-reply, catchall) a domain "
+                            "may hold.", min=1)
+    max_message_size: int = _f(50 * 1024 * 1024, "Largest message in octets (SMTP SIZE).",
+                               min=1024)
+
+
+def _default_plans() -> dict[str, PlanSettings]:
+    return {
+        "free": PlanSettings(max_recipients_per_message=10, daily_recipients=100,
+                             max_addresses=5, max_message_size=25 * 1024 * 1024),
+        "starter": PlanSettings(max_recipients_per_message=100, daily_recipients=500,
+                                max_addresses=50, max_message_size=35 * 1024 * 1024),
+        "standard": PlanSettings(max_recipients_per_message=100, daily_recipients=2000,
+                                 max_addresses=1000, max_message_size=50 * 1024 * 1024),
+    }
+
+
+@dataclass(frozen=True)
+class SmtpSettings:
+    max_line_length: int = _f(1000, "Longest command or text line in octets, CRLF "
+                              "included (RFC 5321 §4.5.3.1.4/.6).", min=512)
+    max_header_lines: int = _f(1000, "Most header fields a message may carry.", min=10)
+    max_header_bytes: int = _f(256 * 1024, "Largest total header block in octets.", min=1024)
+    max_mime_depth: int = _f(50, "Deepest MIME nesting accepted.", min=1)
+    command_timeout: float = _f(300.0, "Seconds to wait for the next command "
+                                "(RFC 5321 §4.5.3.2.7 says at least 5 minutes).", min=1)
+    data_timeout: float = _f(600.0, "Seconds a whole DATA transfer may take.", min=1)
+    max_connections_per_ip: int = _f(20, "Concurrent SMTP connections from one client IP.",
+                                     min=1)
+    default_plan: str = _f("standard", "Plan used for a domain whose plan is unknown.")
+
+
+@dataclass(frozen=True)
+class AuthSettings:
+    argon2_time_cost: int = _f(3, "Argon2id passes.", min=1)
+    argon2_memory_kib: int = _f(65536, "Argon2id memory in KiB.", min=8)
+    argon2_parallelism: int = _f(4, "Argon2id lanes.", min=1)
+    slow_after_failures: int = _f(3, "Failures (per client network or per address) after "
+                                  "which each further attempt is delayed.", min=1)
+    lock_after_failures: int = _f(10, "Failures after which attempts are refused for "
+                                  "lockout_seconds.", min=1)
+    failure_window_seconds: float = _f(900.0, "How long a failure counts.", min=1)
+    lockout_seconds: float = _f(900.0, "How long refusing lasts once locked.", min=1)
+    max_delay_seconds: float = _f(5.0, "Upper bound of the delay added per attempt.", min=0)
+    ipv4_prefix: int = _f(24, "Client network size for IPv4 throttling.", min=8, max=32)
+    ipv6_prefix: int = _f(64, "Client network size for IPv6 throttling.", min=16, max=128)
+
+
+@dataclass(frozen=True)
+class ImapSettings:
+    idle_timeout_seconds: float = _f(1800.0, "Auto-logout after this much inactivity "
+                                     "(RFC 9051 §5.4: at least 30 minutes).", min=1)
+    max_line_length: int = _f(64 * 1024, "Longest command line in octets.", min=1024)
+    max_literal_before_login: int = _f(8192, "Largest literal accepted before "
+                                       "authentication.", min=256)
+
+
+@dataclass(frozen=True)
+class Pop3Settings:
+    idle_timeout_seconds: float = _f(600.0, "Auto-logout after this much inactivity "
+                                     "(RFC 1939 §3: at least 10 minutes).", min=1)
+    lock_stale_seconds: float = _f(900.0, "A maildrop lock not refreshed for this long "
+                                   "(a crashed process) is taken over.", min=10)
+
+
+@dataclass(frozen=True)
+class Settings:
+    server: ServerSettings = _f(ServerSettings(), "The server as a whole.")
+    tls: TlsSettings = _f(TlsSettings(), "Certificate and key.")
+    listeners: ListenersSettings = _f(ListenersSettings(), "Listening sockets.")
+    plans: dict[str, PlanSettings] = field(default_factory=_default_plans, metadata=doc(
+        "Plans a domain can be on, with their limits. Defaults: free, starter, standard."))
+    smtp: SmtpSettings = _f(SmtpSettings(), "SMTP limits.")
+    auth: AuthSettings = _f(AuthSettings(), "Password hashing and brute-force protection.")
+    imap: ImapSettings = _f(ImapSettings(), "IMAP server.")
+    pop3: Pop3Settings = _f(Pop3Settings(), "POP3 server.")
+
+    # Derived paths -------------------------------------------------------
+    @property
+    def data_dir(self) -> Path:
+        return Path(self.server.data_dir).expanduser().resolve()
+
+    @property
+    def database_url(self) -> str:
+        if self.server.database_url:
+            return self.server.database_url
+        return f"sqlite+aiosqlite:///{self.data_dir / 'mailstack.db'}"
+
+    @property
+    def cert_path(self) -> Path:
+        return Path(self.tls.cert_file) if self.tls.cert_file else self.data_dir / "tls/cert.pem"
+
+    @property
+    def key_path(self) -> Path:
+        return Path(self.tls.key_file) if self.tls.key_file else self.data_dir / "tls/key.pem"
+
+    def plan(self, name: str) -> PlanSettings:
+        return self.plans.get(name) or self.plans[self.smtp.default_plan]
+
+
+# ---------------------------------------------------------------------------
+# Loading and validation
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _check_scalar(key: str, value: Any, tp: Any, meta: dict[str, Any]) -> Any:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            raise ConfigError(key, value, f"must be one of {', '.join(map(repr, choices))}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(key, value, "must be true or false")
+    elif tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(key, value, "must be an integer")
+    elif tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(key, value, "must be a number")
+        value = float(value)
+    elif tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(key, value, "must be a string")
+    else:  # pragma: no cover - model error, not user error
+        raise TypeError(f"unsupported settings type {tp!r} at {key}")
+    if "choices" in meta and value not in meta["choices"]:
+        raise ConfigError(key, value, f"must be one of {', '.join(map(repr, meta['choices']))}")
+    if "min" in meta and value < meta["min"]:
+        raise ConfigError(key, value, f"must be at least {meta['min']}")
+    if "max" in meta and value > meta["max"]:
+        raise ConfigError(key, value, f"must be at most {meta['max']}")
+    return value
+
+
+def _build(cls: type, data: Any, prefix: str, base: Any = None) -> Any:
+    """Build dataclass ``cls`` from a TOML table, starting from ``base`` (or defaults)."""
+    if not isinstance(data, dict):
+        raise ConfigError(prefix or "(top)", data, "must be a table")
+    base = base if base is not None else cls()
+    hints = _hints(cls)
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    for k in data:
+        if k not in names:
+            key = f"{prefix}.{k}" if prefix else k
+            raise ConfigError(key, data[k], f"unknown setting (known: {', '.join(names)})")
+    values: dict[str, Any] = {}
+    for name, f in names.items():
+        key = f"{prefix}.{name}" if prefix else name
+        current = getattr(base, name)
+        if name not in data:
+            values[name] = current
+            continue
+        tp = hints[name]
+        raw = data[name]
+        if dataclasses.is_dataclass(tp):
+            values[name] = _build(tp, raw, key, current)  # type: ignore[arg-type]
+        elif typing.get_origin(tp) is dict:
+            values[name] = _build_plans(raw, key, current)
+        else:
+            values[name] = _check_scalar(key, raw, tp, dict(f.metadata))
+    return cls(**values)
+
+
+def _build_plans(raw: Any, key: str, current: dict[str, PlanSettings]) -> dict[str, PlanSettings]:
+    if not isinstance(raw, dict):
+        raise ConfigError(key, raw, "must be a table of plans")
+    plans = dict(current)
+    for name, table in raw.items():
+        plans[name] = _build(PlanSettings, table, f"{key}.{name}", current.get(name))
+    return plans
+
+
+def _cross_checks(s: Settings) -> None:
+    if s.smtp.default_plan not in s.plans:
+        raise ConfigError("smtp.default_plan", s.smtp.default_plan,
+                          f"no such plan (plans: {', '.join(s.plans)})")
+    if not s.server.hostname or any(c in s.server.hostname for c in " \t\r\n/@"):
+        raise ConfigError("server.hostname", s.server.hostname, "must be a DNS host name")
+    url = s.server.database_url
+    if url and not url.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
+        raise ConfigError("server.database_url", url,
+                          "must start with sqlite+aiosqlite:// or postgresql+asyncpg://")
+
+
+def settings_from_dict(data: dict[str, Any]) -> Settings:
+    settings: Settings = _build(Settings, data, "")
+    _cross_checks(settings)
+    return settings
+
+
+def load_settings(path: str | os.PathLike[str] | None) -> Settings:
+    """Read and validate a TOML file; ``None`` gives the built-in defaults."""
+    if path is None:
+        return settings_from_dict({})
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError("(file)", str(p), f"cannot read: {exc.strerror}") from exc
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError("(file)", str(p), f"not valid TOML: {exc}") from exc
+    return settings_from_dict(data)
+
+
+def find_config_file(explicit: str | None) -> str | None:
+    """``--config FILE``, else ``$MAILSTACK_CONFIG``, else ``./mailstack.toml``, else None."""
+    if explicit:
+        return explicit
+    env = os.environ.get("MAILSTACK_CONFIG")
+    if env:
+        return env
+    if Path("mailstack.toml").is_file():
+        return "mailstack.toml"
+    return None
+
+
+# ---------------------------------------------------------------------------
+# The annotated example, generated from the model
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    raise TypeError(v)
+
+
+def _comment(text: str) -> list[str]:
+    words, lines, line = text.split(), [], "#"
+    for w in words:
+        if len(line) + 1 + len(w) > 88:
+            lines.append(line)
+            line = "#"
+        line += " " + w
+    lines.append(line)
+    return lines
+
+
+def _render_table(obj: Any, header: str, out: list[str]) -> None:
+    hints = _hints(type(obj))
+    scalars = [f for f in dataclasses.fields(obj) if not dataclasses.is_dataclass(hints[f.name])
+               and typing.get_origin(hints[f.name]) is not dict]
+    if scalars:
+        out.append(f"[{header}]")
+        for f in scalars:
+            out.extend(_comment(f.metadata["doc"]))
+            out.append(f"{f.name} = {_toml_value(getattr(obj, f.name))}")
+        out.append("")
+    for f in dataclasses.fields(obj):
+        tp = hints[f.name]
+        sub = f"{header}.{f.name}" if header else f.name
+        if dataclasses.is_dataclass(tp):
+            out.extend(_comment(f.metadata["doc"]))
+            _render_table(getattr(obj, f.name), sub, out)
+        elif typing.get_origin(tp) is dict:
+            out.extend(_comment(f.metadata["doc"]))
+            for name, plan in getattr(obj, f.name).items():
+                _render_table(plan, f"{sub}.{name}", out)
+
+
+def render_example() -> str:
+    out = [
+        "# mailstack configuration: every setting with its default and meaning.",
+        "# Generated from mailstack/config.py (`mailstack config-example`); a test keeps",
+        "# the two in step. Copy to ./mailstack.toml or point MAILSTACK_CONFIG at it.",
+        "",
+    ]
+    _render_table(Settings(), "", out)
+    return "\n".join(out).rstrip() + "\n"
+
+
+def dev_settings(base: Settings) -> Settings:
+    """``serve --dev``: loopback, standard port + 10000, plaintext auth on loopback."""
+    ls = base.listeners
+    moved = {
+        f.name: dataclasses.replace(getattr(ls, f.name), address="127.0.0.1",
+                                    port=getattr(ls, f.name).port + 10000)
+        for f in dataclasses.fields(ls)
+    }
+    return dataclasses.replace(base, listeners=ListenersSettings(**moved))
+

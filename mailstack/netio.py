@@ -1,0 +1,176 @@
+"""A small TCP server for our own line protocols (IMAP, POP3): TLS modes, per-IP
+connection caps, line reads with limits, STARTTLS that discards pipelined plaintext,
+and graceful shutdown that tells every open session.
+
+STARTTLS (RFC 3207 §4.2, RFC 2595 §3.1, RFC 9051 §6.2.1): anything the client sent
+after the STARTTLS/STLS line and before the handshake must be thrown away, never run
+as a command under TLS. asyncio's ``StreamWriter.start_tls`` keeps the reader's
+buffered plaintext, so ``Conn.start_tls`` clears it first (HOSTILE.md "STARTTLS
+command injection").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from .config import ListenerSettings
+from .tls import tls_summary
+
+log = logging.getLogger("mailstack.net")
+
+
+class LineTooLong(Exception):
+    pass
+
+
+class Conn:
+    """One client connection."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                 listener: TcpListener) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.listener = listener
+        peer = writer.get_extra_info("peername") or ("?", 0)
+        self.client_ip: str = str(peer[0])
+        self.client_port: int = int(peer[1]) if len(peer) > 1 else 0
+        self.tls = writer.get_extra_info("ssl_object") is not None
+        self.on_shutdown: Callable[[], Awaitable[None]] | None = None
+        self.closed = False
+
+    @property
+    def tls_info(self) -> str:
+        return tls_summary(self.writer.get_extra_info("ssl_object"))
+
+    async def readline(self, limit: int, timeout: float | None = None) -> bytes:
+        """One line including its terminator; b"" at EOF. Longer than ``limit``:
+        the rest of the line is read and dropped, then LineTooLong is raised, so
+        memory stays bounded."""
+        async def read() -> bytes:
+            try:
+                return await self.reader.readuntil(b"\n")
+            except asyncio.IncompleteReadError as exc:
+                return exc.partial
+            except asyncio.LimitOverrunError:
+                # drain the oversized line in bounded chunks
+                while True:
+                    try:
+                        await self.reader.readuntil(b"\n")
+                        break
+                    except asyncio.LimitOverrunError as e:
+                        await self.reader.readexactly(e.consumed)
+                    except asyncio.IncompleteReadError:
+                        break
+                raise LineTooLong() from None
+        line = await asyncio.wait_for(read(), timeout)
+        if len(line) > limit:
+            raise LineTooLong()
+        return line
+
+    async def readexactly(self, n: int, timeout: float | None = None) -> bytes:
+        return await asyncio.wait_for(self.reader.readexactly(n), timeout)
+
+    def write(self, data: bytes) -> None:
+        if not self.closed:
+            self.writer.write(data)
+
+    async def drain(self) -> None:
+        with contextlib.suppress(ConnectionError):
+            await self.writer.drain()
+
+    async def start_tls(self, ctx: ssl.SSLContext) -> None:
+        await self.drain()
+        # Throw away pipelined plaintext (private attribute: the only way to reach the
+        # buffer; covered by the STARTTLS injection tests).
+        buf: Any = getattr(self.reader, "_buffer", None)
+        if buf is not None:
+            buf.clear()
+        await self.writer.start_tls(ctx)
+        self.tls = True
+
+    async def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        with contextlib.suppress(Exception):
+            self.writer.close()
+            await asyncio.wait_for(self.writer.wait_closed(), 2)
+
+
+Handler = Callable[[Conn], Awaitable[None]]
+
+
+class TcpListener:
+    """Accepts connections and runs ``handler`` for each; implicit TLS if asked."""
+
+    def __init__(self, name: str, settings: ListenerSettings, handler: Handler, *,
+                 ssl_ctx: ssl.SSLContext | None, max_per_ip: int = 50) -> None:
+        self.name = name
+        self.settings = settings
+        self.handler = handler
+        self.ssl_ctx = ssl_ctx
+        self.max_per_ip = max_per_ip
+        self.server: asyncio.Server | None = None
+        self.conns: set[Conn] = set()
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.per_ip: Counter[str] = Counter()
+        self.port = 0
+
+    async def start(self) -> None:
+        implicit = self.settings.tls == "implicit"
+        self.server = await asyncio.start_server(
+            self._accept, self.settings.address, self.settings.port,
+            ssl=self.ssl_ctx if implicit else None,
+            ssl_handshake_timeout=30 if implicit else None, limit=256 * 1024)
+        self.port = self.server.sockets[0].getsockname()[1]
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        conn = Conn(reader, writer, self)
+        if self.per_ip[conn.client_ip] >= self.max_per_ip:
+            log.info("%s: too many connections from %s", self.name, conn.client_ip)
+            await conn.close()
+            return
+        self.per_ip[conn.client_ip] += 1
+        self.conns.add(conn)
+        task = asyncio.current_task()
+        if task is not None:
+            self.tasks.add(task)  # type: ignore[arg-type]
+        log.info("%s: connect %s:%s", self.name, conn.client_ip, conn.client_port)
+        try:
+            await self.handler(conn)
+        except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError, TimeoutError):
+            pass
+        except Exception:
+            log.exception("%s: session with %s failed", self.name, conn.client_ip)
+        finally:
+            await conn.close()
+            self.conns.discard(conn)
+            self.per_ip[conn.client_ip] -= 1
+            if self.per_ip[conn.client_ip] <= 0:
+                del self.per_ip[conn.client_ip]
+            if task is not None:
+                self.tasks.discard(task)  # type: ignore[arg-type]
+            log.info("%s: disconnect %s:%s", self.name, conn.client_ip, conn.client_port)
+
+    async def close(self, grace: float = 0.0) -> None:
+        if self.server is not None:
+            self.server.close()
+        for conn in list(self.conns):
+            if conn.on_shutdown is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(conn.on_shutdown(), 2)
+        if self.tasks and grace > 0:
+            await asyncio.wait(set(self.tasks), timeout=grace)
+        for task in list(self.tasks):
+            task.cancel()
+        for conn in list(self.conns):
+            await conn.close()
+        if self.server is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.server.wait_closed(), 2)

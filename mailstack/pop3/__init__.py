@@ -1,0 +1,1 @@
+"""mailstack.pop3"""

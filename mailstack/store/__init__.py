@@ -1,0 +1,81 @@
+"""The store: the only code that touches SQL or message files.
+
+``Store`` combines the mixins; open it with ``await Store.open_from_settings(s)`` or
+``Store(url, blob_root)`` + ``await store.open()``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..config import Settings
+from .accounts import SPECIAL_FOLDERS, AccountsMixin, split_address
+from .base import (
+    SYSTEM_FLAGS,
+    ActivityEntry,
+    Address,
+    Alias,
+    AlreadyExists,
+    Conflict,
+    Domain,
+    Folder,
+    FolderStatus,
+    LimitReached,
+    Message,
+    NotFound,
+    StoreError,
+    Unavailable,
+)
+from .events import (
+    AddressDeleted,
+    CredentialsChanged,
+    Event,
+    FlagsChanged,
+    FolderChanged,
+    MessagesAdded,
+    MessagesExpunged,
+    Subscription,
+)
+from .mailbox import DeliveryTarget, MailboxMixin, normalize_folder_name
+from .queue import QueuedMessage, QueueMixin
+
+
+class Store(AccountsMixin, MailboxMixin, QueueMixin):
+    @classmethod
+    async def open_from_settings(cls, settings: Settings) -> Store:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        store = cls(settings.database_url, Path(settings.data_dir) / "blobs")
+        await store.open()
+        return store
+
+
+__all__ = [
+    "SPECIAL_FOLDERS",
+    "SYSTEM_FLAGS",
+    "ActivityEntry",
+    "Address",
+    "AddressDeleted",
+    "Alias",
+    "AlreadyExists",
+    "Conflict",
+    "CredentialsChanged",
+    "DeliveryTarget",
+    "Domain",
+    "Event",
+    "FlagsChanged",
+    "Folder",
+    "FolderChanged",
+    "FolderStatus",
+    "LimitReached",
+    "Message",
+    "MessagesAdded",
+    "MessagesExpunged",
+    "NotFound",
+    "QueuedMessage",
+    "Store",
+    "StoreError",
+    "Subscription",
+    "Unavailable",
+    "normalize_folder_name",
+    "split_address",
+]

@@ -1,0 +1,97 @@
+"""Engine creation and the schema migration runner.
+
+SQLite (embedded default): WAL journal, ``synchronous=FULL`` (a commit is on disk before
+it returns: HOSTILE.md "durability"), foreign keys on, and write transactions opened
+with ``BEGIN IMMEDIATE`` so a read-then-write transaction never fails half way with
+SQLITE_BUSY; one asyncio lock per process serialises our own writers.
+
+PostgreSQL: asyncpg; ``synchronous_commit`` is left at its default ``on``. An optional
+``search_path`` (tests run each case in its own schema) comes from the URL query
+``?schema=name``.
+
+Migrations: a fresh database gets the current schema (``metadata.create_all``) and is
+stamped with the latest version; an existing one runs each newer step in order. A step
+is a function over a sync connection, so it can use Core DDL on both dialects.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from sqlalchemy import Connection, event, insert, inspect, select, text
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from . import schema
+
+Migration = Callable[[Connection], None]
+
+# Version N is MIGRATIONS[N-1]. Version 1 is the initial schema; append steps, never edit.
+MIGRATIONS: list[Migration] = [
+    lambda conn: None,  # 1: initial schema (created by create_all on a fresh database)
+]
+LATEST = len(MIGRATIONS)
+
+
+def _split_schema(url: str) -> tuple[str, str | None]:
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query)
+    schema_name = next((v for k, v in query if k == "schema"), None)
+    rest = [(k, v) for k, v in query if k != "schema"]
+    return urlunsplit(parts._replace(query=urlencode(rest))), schema_name
+
+
+def create_engine(url: str) -> AsyncEngine:
+    if url.startswith("sqlite"):
+        engine = create_async_engine(url, connect_args={"timeout": 30})
+        _sqlite_setup(engine)
+        return engine
+    url, schema_name = _split_schema(url)
+    connect_args: dict[str, Any] = {}
+    if schema_name:
+        connect_args["server_settings"] = {"search_path": schema_name}
+    return create_async_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True,
+                               connect_args=connect_args)
+
+
+def _sqlite_setup(engine: AsyncEngine) -> None:
+    sync_engine = engine.sync_engine
+
+    @event.listens_for(sync_engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # Let us emit BEGIN ourselves (pysqlite's implicit transactions get in the way).
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=FULL")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.close()
+
+    @event.listens_for(sync_engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        mode = conn.get_execution_options().get("sqlite_begin", "DEFERRED")
+        conn.exec_driver_sql(f"BEGIN {mode}")
+
+
+def migrate_sync(conn: Connection) -> int:
+    """Bring the schema to LATEST; returns the version it started from (0: fresh)."""
+    insp = inspect(conn)
+    if not insp.has_table("schema_version"):
+        schema.metadata.create_all(conn)
+        conn.execute(insert(schema.schema_version), [
+            {"version": v, "applied_at": time.time()} for v in range(1, LATEST + 1)])
+        # UIDVALIDITY values come from one counter, seeded from the clock, so a folder
+        # deleted and created again never gets a value seen before (RFC 9051 §2.3.1.1).
+        conn.execute(insert(schema.counters), [{"name": "uidvalidity",
+                                                 "value": int(time.time())}])
+        return 0
+    current = conn.execute(select(text("max(version)")).select_from(
+        schema.schema_version)).scalar_one() or 0
+    for version in range(current + 1, LATEST + 1):
+        MIGRATIONS[version - 1](conn)
+        conn.execute(insert(schema.schema_version),
+                     {"version": version, "applied_at": time.time()})
+    return int(current)

@@ -1,0 +1,102 @@
+"""Change events the store publishes after each commit.
+
+Invariant: commit first, then publish (a subscriber that reacts by reading the store
+always sees the change). Publishing never blocks: each subscriber has an unbounded
+queue it drains at its own pace; a subscriber that fell behind simply reads the store.
+
+Subscriptions are keyed by address id (an IMAP session selects folders of one
+address; POP3 and credential changes are per address too).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Event:
+    address_id: int
+
+
+@dataclass(frozen=True)
+class MessagesAdded(Event):
+    folder_id: int
+    uids: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class FlagsChanged(Event):
+    folder_id: int
+    uids: tuple[int, ...]
+    modseq: int
+
+
+@dataclass(frozen=True)
+class MessagesExpunged(Event):
+    folder_id: int
+    uids: tuple[int, ...]
+    modseq: int
+
+
+@dataclass(frozen=True)
+class FolderChanged(Event):
+    """A folder was created, renamed or deleted."""
+
+    folder_id: int
+    kind: str  # created | renamed | deleted
+
+
+@dataclass(frozen=True)
+class CredentialsChanged(Event):
+    """The address's password or app passwords changed: sessions must re-check."""
+
+    epoch: int
+
+
+@dataclass(frozen=True)
+class AddressDeleted(Event):
+    pass
+
+
+@dataclass
+class Subscription:
+    address_id: int
+    queue: asyncio.Queue[Event] = field(default_factory=asyncio.Queue)
+    _hub: EventHub | None = None
+
+    def close(self) -> None:
+        if self._hub is not None:
+            self._hub.unsubscribe(self)
+            self._hub = None
+
+    def __enter__(self) -> Subscription:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class EventHub:
+    def __init__(self) -> None:
+        self._subs: dict[int, set[Subscription]] = defaultdict(set)
+
+    def subscribe(self, address_id: int) -> Subscription:
+        sub = Subscription(address_id, _hub=self)
+        self._subs[address_id].add(sub)
+        return sub
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        subs = self._subs.get(sub.address_id)
+        if subs is not None:
+            subs.discard(sub)
+            if not subs:
+                del self._subs[sub.address_id]
+
+    def publish(self, event: Event) -> None:
+        for sub in list(self._subs.get(event.address_id, ())):
+            sub.queue.put_nowait(event)
+
+    def subscriber_count(self, address_id: int) -> int:
+        return len(self._subs.get(address_id, ()))

@@ -1,0 +1,411 @@
+"""Folders and messages: the operations IMAP, POP3 and SMTP delivery need.
+
+Implementation notes (invariants):
+- UIDs and MODSEQs are allocated by ``UPDATE folders ... RETURNING`` inside the same
+  transaction as the message insert. The row lock (PostgreSQL) or the writer lock
+  (SQLite) is held until commit, so concurrent appends commit in UID order and a
+  session never sees UID n+1 before UID n (RFC 9051 §2.3.1.1).
+- Every change to a message's flags gives it a new MODSEQ and raises the folder's
+  HIGHESTMODSEQ (RFC 7162 §3); every expunge records (uid, modseq) in ``expunged``.
+- When one transaction touches several folders it locks them in id order (no deadlock).
+- UIDVALIDITY comes from a global counter: a deleted-then-recreated folder never
+  reuses a value (RFC 9051 §2.3.1.1).
+- Folder names are UTF-8 with "/" as the delimiter; "INBOX" is matched
+  case-insensitively (RFC 9051 §5.1). Names are data, never paths.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Integer, and_, delete, func, insert, or_, select, update
+from sqlalchemy.exc import IntegrityError
+
+from . import schema as t
+from .base import (
+    DELETED_BIT,
+    SEEN_BIT,
+    AlreadyExists,
+    Conflict,
+    Folder,
+    FolderStatus,
+    Message,
+    NotFound,
+    StoreBase,
+    flags_from_db,
+    flags_to_db,
+)
+from .events import FlagsChanged, FolderChanged, MessagesAdded, MessagesExpunged
+
+
+def normalize_folder_name(name: str) -> str:
+    """INBOX in any case is INBOX (RFC 9051 §5.1), also as a hierarchy prefix."""
+    if name.upper() == "INBOX":
+        return "INBOX"
+    if name[:6].upper() == "INBOX/":
+        return "INBOX/" + name[6:]
+    return name
+
+
+def _folder(row: Any) -> Folder:
+    return Folder(id=row.id, address_id=row.address_id, name=row.name,
+                  special_use=row.special_use, subscribed=bool(row.subscribed),
+                  uidvalidity=row.uidvalidity, uidnext=row.uidnext,
+                  highestmodseq=row.highestmodseq)
+
+
+def _message(row: Any) -> Message:
+    return Message(id=row.id, folder_id=row.folder_id, uid=row.uid, modseq=row.modseq,
+                   flags=flags_from_db(row.flags, row.keywords),
+                   internal_date=row.internal_date, size=row.size, blob_id=row.blob_id,
+                   prefix=row.prefix or b"")
+
+
+_MSG_COLS = (t.messages.c.id, t.messages.c.folder_id, t.messages.c.uid, t.messages.c.modseq,
+             t.messages.c.flags, t.messages.c.keywords, t.messages.c.internal_date,
+             t.messages.c.size, t.messages.c.blob_id, t.messages.c.prefix)
+
+
+@dataclass(frozen=True)
+class DeliveryTarget:
+    """One copy of a delivered message: which folder, and its per-copy header prefix."""
+
+    folder_id: int
+    prefix: bytes = b""
+    flags: frozenset[str] = frozenset()
+
+
+class MailboxMixin(StoreBase):
+    # --- folders -------------------------------------------------------------------
+    async def list_folders(self, address_id: int) -> list[Folder]:
+        async with self._read() as conn:
+            rows = (await conn.execute(select(t.folders).where(
+                t.folders.c.address_id == address_id).order_by(t.folders.c.name))).all()
+        return [_folder(r) for r in rows]
+
+    async def get_folder(self, address_id: int, name: str) -> Folder | None:
+        async with self._read() as conn:
+            row = (await conn.execute(select(t.folders).where(and_(
+                t.folders.c.address_id == address_id,
+                t.folders.c.name == normalize_folder_name(name))))).first()
+        return _folder(row) if row else None
+
+    async def get_folder_by_id(self, folder_id: int) -> Folder | None:
+        async with self._read() as conn:
+            row = (await conn.execute(select(t.folders).where(t.folders.c.id == folder_id))
+                   ).first()
+        return _folder(row) if row else None
+
+    async def create_folder(self, address_id: int, name: str,
+                            special_use: str | None = None) -> Folder:
+        name = normalize_folder_name(name)
+        if name == "INBOX":
+            raise AlreadyExists("INBOX always exists")
+        async with self._write() as (conn, events):
+            uidvalidity = await self._next_uidvalidity(conn)  # type: ignore[attr-defined]
+            try:
+                res = await conn.execute(insert(t.folders).values(
+                    address_id=address_id, name=name, special_use=special_use,
+                    subscribed=False, uidvalidity=uidvalidity, uidnext=1, highestmodseq=1,
+                    created_at=self.clock()).returning(t.folders.c.id))
+            except IntegrityError as exc:
+                raise AlreadyExists(f"folder {name!r} already exists") from exc
+            folder_id = int(res.scalar_one())
+            events.append(FolderChanged(address_id, folder_id, "created"))
+        return Folder(folder_id, address_id, name, special_use, False, uidvalidity, 1, 1)
+
+    async def delete_folder(self, address_id: int, name: str) -> None:
+        """Delete one folder with its messages; children stay (RFC 9051 §6.3.5)."""
+        name = normalize_folder_name(name)
+        if name == "INBOX":
+            raise Conflict("INBOX cannot be deleted")
+        async with self._write() as (conn, events):
+            row = (await conn.execute(select(t.folders.c.id).where(and_(
+                t.folders.c.address_id == address_id, t.folders.c.name == name)))).first()
+            if row is None:
+                raise NotFound(f"no folder {name!r}")
+            await conn.execute(delete(t.folders).where(t.folders.c.id == row.id))
+            events.append(FolderChanged(address_id, row.id, "deleted"))
+
+    async def rename_folder(self, address_id: int, old: str, new: str) -> None:
+        """Rename a folder and its children. Renaming INBOX moves its messages to a new
+        folder and leaves INBOX empty (RFC 9051 §6.3.6)."""
+        old, new = normalize_folder_name(old), normalize_folder_name(new)
+        if new == "INBOX":
+            raise AlreadyExists("INBOX already exists")
+        if old == "INBOX":
+            await self._rename_inbox(address_id, new)
+            return
+        async with self._write() as (conn, events):
+            rows = (await conn.execute(select(t.folders.c.id, t.folders.c.name).where(and_(
+                t.folders.c.address_id == address_id,
+                or_(t.folders.c.name == old,
+                    func.substr(t.folders.c.name, 1, len(old) + 1) == old + "/"))))).all()
+            if not any(r.name == old for r in rows):
+                raise NotFound(f"no folder {old!r}")
+            clash = (await conn.execute(select(t.folders.c.id).where(and_(
+                t.folders.c.address_id == address_id, t.folders.c.name == new)))).first()
+            if clash:
+                raise AlreadyExists(f"folder {new!r} already exists")
+            for r in rows:
+                renamed = new + r.name[len(old):]
+                await conn.execute(update(t.folders).where(t.folders.c.id == r.id)
+                                   .values(name=renamed))
+                events.append(FolderChanged(address_id, r.id, "renamed"))
+
+    async def _rename_inbox(self, address_id: int, new: str) -> None:
+        inbox = await self.get_folder(address_id, "INBOX")
+        if inbox is None:
+            raise NotFound("no INBOX")
+        target = await self.create_folder(address_id, new)
+        uids = [m.uid for m in await self.list_messages(inbox.id)]
+        if uids:
+            await self.move_messages(inbox.id, uids, target.id)
+
+    async def set_subscribed(self, address_id: int, name: str, subscribed: bool) -> None:
+        async with self._write() as (conn, _):
+            res = await conn.execute(update(t.folders).where(and_(
+                t.folders.c.address_id == address_id,
+                t.folders.c.name == normalize_folder_name(name))).values(subscribed=subscribed))
+            if res.rowcount == 0:
+                raise NotFound(f"no folder {name!r}")
+
+    async def folder_status(self, folder_id: int) -> FolderStatus:
+        m = t.messages.c
+        async with self._read() as conn:
+            f = (await conn.execute(select(t.folders).where(t.folders.c.id == folder_id))).first()
+            if f is None:
+                raise NotFound("no such folder")
+            row = (await conn.execute(select(
+                func.count(), func.coalesce(func.sum(m.size), 0),
+                func.coalesce(func.sum((m.flags.op("&")(SEEN_BIT) == 0).cast(Integer)), 0),
+                func.coalesce(func.sum((m.flags.op("&")(DELETED_BIT) != 0).cast(Integer)), 0),
+            ).where(m.folder_id == folder_id))).one()
+        return FolderStatus(messages=row[0], size=int(row[1]), unseen=int(row[2]),
+                            deleted=int(row[3]), uidnext=f.uidnext, uidvalidity=f.uidvalidity,
+                            highestmodseq=f.highestmodseq)
+
+    # --- reading messages ------------------------------------------------------------
+    async def list_messages(self, folder_id: int, uid_min: int = 1,
+                            uid_max: int | None = None) -> list[Message]:
+        q = select(*_MSG_COLS).where(and_(t.messages.c.folder_id == folder_id,
+                                          t.messages.c.uid >= uid_min))
+        if uid_max is not None:
+            q = q.where(t.messages.c.uid <= uid_max)
+        async with self._read() as conn:
+            rows = (await conn.execute(q.order_by(t.messages.c.uid))).all()
+        return [_message(r) for r in rows]
+
+    async def get_messages(self, folder_id: int, uids: Iterable[int]) -> list[Message]:
+        uid_list = sorted(set(uids))
+        out: list[Message] = []
+        async with self._read() as conn:
+            for i in range(0, len(uid_list), 500):
+                chunk = uid_list[i:i + 500]
+                rows = (await conn.execute(select(*_MSG_COLS).where(and_(
+                    t.messages.c.folder_id == folder_id, t.messages.c.uid.in_(chunk)))
+                    .order_by(t.messages.c.uid))).all()
+                out.extend(_message(r) for r in rows)
+        return out
+
+    async def changed_since(self, folder_id: int, modseq: int) -> list[Message]:
+        async with self._read() as conn:
+            rows = (await conn.execute(select(*_MSG_COLS).where(and_(
+                t.messages.c.folder_id == folder_id, t.messages.c.modseq > modseq))
+                .order_by(t.messages.c.uid))).all()
+        return [_message(r) for r in rows]
+
+    async def expunged_since(self, folder_id: int, modseq: int) -> list[int]:
+        async with self._read() as conn:
+            rows = (await conn.execute(select(t.expunged.c.uid).where(and_(
+                t.expunged.c.folder_id == folder_id, t.expunged.c.modseq > modseq))
+                .order_by(t.expunged.c.uid))).all()
+        return [r.uid for r in rows]
+
+    async def get_cached_structure(self, message_id: int) -> tuple[str | None, str | None]:
+        async with self._read() as conn:
+            row = (await conn.execute(select(t.messages.c.envelope, t.messages.c.bodystructure)
+                                      .where(t.messages.c.id == message_id))).first()
+        return (row.envelope, row.bodystructure) if row else (None, None)
+
+    async def set_cached_structure(self, message_id: int, envelope: str,
+                                   bodystructure: str) -> None:
+        async with self._write() as (conn, _):
+            await conn.execute(update(t.messages).where(t.messages.c.id == message_id)
+                               .values(envelope=envelope, bodystructure=bodystructure))
+
+    # --- writing messages ------------------------------------------------------------
+    async def _allocate(self, conn: Any, folder_id: int, count: int) -> tuple[int, int, int]:
+        """Reserve ``count`` UIDs and one new MODSEQ; returns (first_uid, modseq, addr)."""
+        res = await conn.execute(update(t.folders).where(t.folders.c.id == folder_id).values(
+            uidnext=t.folders.c.uidnext + count,
+            highestmodseq=t.folders.c.highestmodseq + 1).returning(
+            t.folders.c.uidnext, t.folders.c.highestmodseq, t.folders.c.address_id))
+        row = res.first()
+        if row is None:
+            raise NotFound("the folder no longer exists")
+        return int(row.uidnext) - count, int(row.highestmodseq), int(row.address_id)
+
+    async def _bump_modseq(self, conn: Any, folder_id: int) -> tuple[int, int]:
+        res = await conn.execute(update(t.folders).where(t.folders.c.id == folder_id).values(
+            highestmodseq=t.folders.c.highestmodseq + 1).returning(
+            t.folders.c.highestmodseq, t.folders.c.address_id))
+        row = res.first()
+        if row is None:
+            raise NotFound("the folder no longer exists")
+        return int(row.highestmodseq), int(row.address_id)
+
+    async def append(self, folder_id: int, data: bytes, *, flags: Iterable[str] = (),
+                     internal_date: float | None = None) -> Message:
+        """Store one message durably (blob fsynced, then commit); returns it with its UID."""
+        blob_id = await self.put_blob(data)
+        msgs = await self.deliver(blob_id, len(data),
+                                  [DeliveryTarget(folder_id, b"", frozenset(flags))],
+                                  internal_date=internal_date)
+        return msgs[0]
+
+    async def deliver(self, blob_id: str, blob_size: int, targets: Sequence[DeliveryTarget],
+                      *, internal_date: float | None = None) -> list[Message]:
+        """Insert one message row per target in ONE transaction (all or nothing); the
+        blob must already be durable. Returns the rows in the order of ``targets``."""
+        now = self.clock()
+        when = internal_date if internal_date is not None else now
+        order = sorted(range(len(targets)), key=lambda i: targets[i].folder_id)
+        out: dict[int, Message] = {}
+        async with self._write() as (conn, events):
+            for i in order:
+                tg = targets[i]
+                uid, modseq, address_id = await self._allocate(conn, tg.folder_id, 1)
+                bits, keywords = flags_to_db(tg.flags)
+                size = blob_size + len(tg.prefix)
+                res = await conn.execute(insert(t.messages).values(
+                    folder_id=tg.folder_id, uid=uid, modseq=modseq, flags=bits,
+                    keywords=keywords, internal_date=when, size=size, blob_id=blob_id,
+                    prefix=tg.prefix, created_at=now).returning(t.messages.c.id))
+                out[i] = Message(int(res.scalar_one()), tg.folder_id, uid, modseq,
+                                 flags_from_db(bits, keywords), when, size, blob_id, tg.prefix)
+                events.append(MessagesAdded(address_id, tg.folder_id, (uid,)))
+        return [out[i] for i in range(len(targets))]
+
+    async def store_flags(self, folder_id: int, uids: Iterable[int], flags: Iterable[str],
+                          mode: str, *, unchanged_since: int | None = None
+                          ) -> tuple[list[Message], list[int]]:
+        """Change flags (mode add/remove/replace). Messages whose flags really change get
+        one new MODSEQ. Returns (changed messages, uids refused by UNCHANGEDSINCE,
+        RFC 7162 §3.1.3)."""
+        if mode not in ("add", "remove", "replace"):
+            raise ValueError(mode)
+        want_bits, want_kw = flags_to_db(frozenset(flags))
+        want_kw_set = {k.lower(): k for k in want_kw.split(" ") if k}
+        uid_set = sorted(set(uids))
+        changed: list[Message] = []
+        refused: list[int] = []
+        async with self._write() as (conn, events):
+            current = []
+            for i in range(0, len(uid_set), 500):
+                current += (await conn.execute(select(*_MSG_COLS).where(and_(
+                    t.messages.c.folder_id == folder_id,
+                    t.messages.c.uid.in_(uid_set[i:i + 500]))))).all()
+            updates = []
+            for row in current:
+                if unchanged_since is not None and row.modseq > unchanged_since:
+                    refused.append(row.uid)
+                    continue
+                kws = {k.lower(): k for k in row.keywords.split(" ") if k}
+                if mode == "add":
+                    bits, kws = row.flags | want_bits, {**kws, **want_kw_set}
+                elif mode == "remove":
+                    bits = row.flags & ~want_bits
+                    kws = {k: v for k, v in kws.items() if k not in want_kw_set}
+                else:
+                    bits, kws = want_bits, dict(want_kw_set)
+                kw_text = " ".join(sorted(kws.values(), key=str.lower))
+                if bits != row.flags or kw_text != row.keywords:
+                    updates.append((row, bits, kw_text))
+            if updates:
+                modseq, address_id = await self._bump_modseq(conn, folder_id)
+                for row, bits, kw_text in updates:
+                    await conn.execute(update(t.messages).where(t.messages.c.id == row.id)
+                                       .values(flags=bits, keywords=kw_text, modseq=modseq))
+                    changed.append(Message(row.id, folder_id, row.uid, modseq,
+                                           flags_from_db(bits, kw_text), row.internal_date,
+                                           row.size, row.blob_id, row.prefix or b""))
+                events.append(FlagsChanged(address_id, folder_id,
+                                           tuple(m.uid for m in changed), modseq))
+        return changed, sorted(refused)
+
+    async def copy_messages(self, src_folder_id: int, uids: Iterable[int],
+                            dst_folder_id: int) -> list[tuple[int, int]]:
+        """Copy (same blob, new rows); returns [(src_uid, dst_uid)] (RFC 4315 COPYUID)."""
+        return await self._copy(src_folder_id, uids, dst_folder_id, expunge_source=False)
+
+    async def move_messages(self, src_folder_id: int, uids: Iterable[int],
+                            dst_folder_id: int) -> list[tuple[int, int]]:
+        """Atomic copy + expunge (RFC 6851 MOVE)."""
+        return await self._copy(src_folder_id, uids, dst_folder_id, expunge_source=True)
+
+    async def _copy(self, src: int, uids: Iterable[int], dst: int, *,
+                    expunge_source: bool) -> list[tuple[int, int]]:
+        rows = await self.get_messages(src, uids)
+        if not rows:
+            return []
+        now = self.clock()
+        pairs: list[tuple[int, int]] = []
+        async with self._write() as (conn, events):
+            # lock folders in id order
+            for fid in sorted({src, dst}):
+                if fid == dst:
+                    first_uid, modseq, dst_addr = await self._allocate(conn, dst, len(rows))
+                elif expunge_source:
+                    src_modseq, src_addr = await self._bump_modseq(conn, src)
+            # verify the source rows still exist inside the transaction
+            live = {r.uid for r in (await conn.execute(select(t.messages.c.uid).where(and_(
+                t.messages.c.folder_id == src,
+                t.messages.c.uid.in_([m.uid for m in rows]))))).all()}
+            for n, m in enumerate(r for r in rows if r.uid in live):
+                new_uid = first_uid + n
+                bits, keywords = flags_to_db(m.flags)
+                await conn.execute(insert(t.messages).values(
+                    folder_id=dst, uid=new_uid, modseq=modseq, flags=bits, keywords=keywords,
+                    internal_date=m.internal_date, size=m.size, blob_id=m.blob_id,
+                    prefix=m.prefix, created_at=now))
+                pairs.append((m.uid, new_uid))
+            if pairs:
+                events.append(MessagesAdded(dst_addr, dst, tuple(p[1] for p in pairs)))
+            if expunge_source and pairs:
+                moved = [p[0] for p in pairs]
+                await self._expunge_rows(conn, src, moved, src_modseq)
+                events.append(MessagesExpunged(src_addr, src, tuple(moved), src_modseq))
+        return pairs
+
+    async def _expunge_rows(self, conn: Any, folder_id: int, uids: list[int],
+                            modseq: int) -> None:
+        for i in range(0, len(uids), 500):
+            chunk = uids[i:i + 500]
+            await conn.execute(delete(t.messages).where(and_(
+                t.messages.c.folder_id == folder_id, t.messages.c.uid.in_(chunk))))
+            await conn.execute(insert(t.expunged), [
+                {"folder_id": folder_id, "uid": u, "modseq": modseq} for u in chunk])
+
+    async def expunge(self, folder_id: int, uids: Iterable[int] | None = None,
+                      *, only_deleted: bool = True) -> list[int]:
+        """Remove messages flagged \\Deleted (restricted to ``uids`` if given: UID
+        EXPUNGE, RFC 4315 §2.1); ``only_deleted=False`` removes ``uids`` regardless
+        (POP3 DELE at QUIT). Returns the expunged UIDs in ascending order."""
+        cond = [t.messages.c.folder_id == folder_id]
+        if only_deleted:
+            cond.append(t.messages.c.flags.op("&")(DELETED_BIT) != 0)
+        async with self._write() as (conn, events):
+            q = select(t.messages.c.uid).where(and_(*cond)).order_by(t.messages.c.uid)
+            found = [r.uid for r in (await conn.execute(q)).all()]
+            if uids is not None:
+                wanted = set(uids)
+                found = [u for u in found if u in wanted]
+            if not found:
+                return []
+            modseq, address_id = await self._bump_modseq(conn, folder_id)
+            await self._expunge_rows(conn, folder_id, found, modseq)
+            events.append(MessagesExpunged(address_id, folder_id, tuple(found), modseq))
+        return found

@@ -1,0 +1,90 @@
+"""The outbound queue (mail for the internet) and the POP3 maildrop locks.
+
+The queue holds one row per remote recipient; the delivery runner (a later piece) picks
+due rows with ``FOR UPDATE SKIP LOCKED`` on PostgreSQL so any node can deliver.
+
+POP3 locks (RFC 1939 §8: one session per maildrop) live in the database so every node
+sees them; a lock whose holder stopped refreshing it (a crashed process) is stale and
+may be taken over.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import and_, delete, insert, select, update
+
+from . import schema as t
+from .base import StoreBase
+
+
+@dataclass(frozen=True)
+class QueuedMessage:
+    id: int
+    sender: str
+    recipient: str
+    domain: str
+    blob_id: str
+    size: int
+    attempts: int
+    next_attempt_at: float
+    expires_at: float
+    last_error: str
+
+
+class QueueMixin(StoreBase):
+    async def enqueue(self, sender: str, recipients: list[str], blob_id: str, size: int,
+                      *, prefix: bytes = b"", lifetime: float = 5 * 86400) -> list[int]:
+        """Queue one row per remote recipient, all in one transaction."""
+        now = self.clock()
+        ids = []
+        async with self._write() as (conn, _):
+            for rcpt in recipients:
+                res = await conn.execute(insert(t.outbound_queue).values(
+                    created_at=now, sender=sender, recipient=rcpt,
+                    domain=rcpt.rpartition("@")[2].lower(), blob_id=blob_id, prefix=prefix,
+                    size=size + len(prefix), next_attempt_at=now, attempts=0, last_error="",
+                    expires_at=now + lifetime, delay_notified=False)
+                    .returning(t.outbound_queue.c.id))
+                ids.append(int(res.scalar_one()))
+        return ids
+
+    async def list_queue(self) -> list[QueuedMessage]:
+        q = t.outbound_queue.c
+        async with self._read() as conn:
+            rows = (await conn.execute(select(t.outbound_queue).order_by(q.id))).all()
+        return [QueuedMessage(r.id, r.sender, r.recipient, r.domain, r.blob_id, r.size,
+                              r.attempts, r.next_attempt_at, r.expires_at, r.last_error)
+                for r in rows]
+
+    # --- POP3 maildrop locks -------------------------------------------------------
+    async def acquire_pop3_lock(self, address_id: int, holder: str,
+                                stale_after: float) -> bool:
+        now = self.clock()
+        lk = t.pop3_locks.c
+        async with self._write() as (conn, _):
+            row = (await conn.execute(select(t.pop3_locks).where(
+                lk.address_id == address_id))).first()
+            if row is not None and row.holder != holder and row.refreshed_at > now - stale_after:
+                return False
+            if row is None:
+                await conn.execute(insert(t.pop3_locks).values(
+                    address_id=address_id, holder=holder, refreshed_at=now))
+            else:
+                await conn.execute(update(t.pop3_locks).where(lk.address_id == address_id)
+                                   .values(holder=holder, refreshed_at=now))
+            return True
+
+    async def refresh_pop3_lock(self, address_id: int, holder: str) -> bool:
+        lk = t.pop3_locks.c
+        async with self._write() as (conn, _):
+            res = await conn.execute(update(t.pop3_locks).where(and_(
+                lk.address_id == address_id, lk.holder == holder)).values(
+                refreshed_at=self.clock()))
+            return bool(res.rowcount)
+
+    async def release_pop3_lock(self, address_id: int, holder: str) -> None:
+        lk = t.pop3_locks.c
+        async with self._write() as (conn, _):
+            await conn.execute(delete(t.pop3_locks).where(and_(
+                lk.address_id == address_id, lk.holder == holder)))
