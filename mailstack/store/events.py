@@ -60,7 +60,7 @@ class AddressDeleted(Event):
     pass
 
 
-@dataclass
+@dataclass(eq=False)  # hashable by identity: kept in sets
 class Subscription:
     address_id: int
     queue: asyncio.Queue[Event] = field(default_factory=asyncio.Queue)
