@@ -140,7 +140,7 @@ class TcpListener:
         self.conns.add(conn)
         task = asyncio.current_task()
         if task is not None:
-            self.tasks.add(task)  # type: ignore[arg-type]
+            self.tasks.add(task)
         log.info("%s: connect %s:%s", self.name, conn.client_ip, conn.client_port)
         try:
             await self.handler(conn)
@@ -155,7 +155,7 @@ class TcpListener:
             if self.per_ip[conn.client_ip] <= 0:
                 del self.per_ip[conn.client_ip]
             if task is not None:
-                self.tasks.discard(task)  # type: ignore[arg-type]
+                self.tasks.discard(task)
             log.info("%s: disconnect %s:%s", self.name, conn.client_ip, conn.client_port)
 
     async def close(self, grace: float = 0.0) -> None:

@@ -303,7 +303,7 @@ class MailboxMixin(StoreBase):
         changed: list[Message] = []
         refused: list[int] = []
         async with self._write() as (conn, events):
-            current = []
+            current: list[Any] = []
             for i in range(0, len(uid_set), 500):
                 current += (await conn.execute(select(*_MSG_COLS).where(and_(
                     t.messages.c.folder_id == folder_id,
