@@ -38,9 +38,10 @@ from .events import (
 )
 from .mailbox import DeliveryTarget, MailboxMixin, normalize_folder_name
 from .queue import QueuedMessage, QueueMixin
+from .smtp import SmtpMixin
 
 
-class Store(AccountsMixin, MailboxMixin, QueueMixin):
+class Store(SmtpMixin, AccountsMixin, MailboxMixin, QueueMixin):
     @classmethod
     async def open_from_settings(cls, settings: Settings) -> Store:
         settings.data_dir.mkdir(parents=True, exist_ok=True)

@@ -13,18 +13,25 @@ Implementation notes (invariants):
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from .blobs import BlobError, BlobStore
-from .db import create_engine, migrate_sync
-from .events import Event, EventHub
+from .db import _split_schema, create_engine, migrate_sync, schema_of
+from .events import Event, EventHub, decode_event, encode_event
+
+log = logging.getLogger("mailstack.store")
 
 
 class StoreError(Exception):
@@ -185,17 +192,43 @@ class StoreBase:
         self.events = EventHub()
         self.clock = clock
         self._write_lock = asyncio.Lock()
+        # Across nodes (PostgreSQL): events also go out with pg_notify inside the
+        # transaction, so other nodes get them exactly when the commit happens.
+        self.node_id = uuid.uuid4().hex
+        self.channel = f"mailstack_{schema_of(url) or 'public'}"[:63]
+        self._listener: Any = None
 
     async def migrate(self) -> int:
         async with self.engine.begin() as conn:
             return await conn.run_sync(migrate_sync)
 
-    async def open(self) -> None:
-        """Apply migrations and sweep temp files a crash may have left."""
+    async def open(self, *, listen: bool = True) -> None:
+        """Apply migrations, sweep temp files a crash may have left, and (PostgreSQL)
+        listen for other nodes' change events."""
         await self.migrate()
         await asyncio.to_thread(self.blobs.sweep_temp)
+        if listen and not self.is_sqlite:
+            await self._listen()
+
+    async def _listen(self) -> None:
+        """A dedicated asyncpg connection (outside the pool) LISTENs on our channel."""
+        import asyncpg
+
+        dsn = _split_schema(self.url)[0].replace("postgresql+asyncpg://", "postgresql://", 1)
+
+        def on_notify(_conn: Any, _pid: int, _channel: str, payload: str) -> None:
+            decoded = decode_event(payload)
+            if decoded is not None and decoded[0] != self.node_id:
+                self.events.publish(decoded[1])
+
+        self._listener = await asyncpg.connect(dsn)
+        await self._listener.add_listener(self.channel, on_notify)
 
     async def close(self) -> None:
+        if self._listener is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._listener.close(), 5)
+            self._listener = None
         await self.engine.dispose()
 
     @asynccontextmanager
@@ -219,6 +252,9 @@ class StoreBase:
             else:
                 async with self.engine.begin() as conn:
                     yield conn, events
+                    for ev in events:  # delivered by PostgreSQL only if we commit
+                        await conn.execute(text("SELECT pg_notify(:c, :p)"), {
+                            "c": self.channel, "p": encode_event(self.node_id, ev)})
         except (OperationalError, DBAPIError) as exc:
             raise Unavailable(f"database unavailable: {exc.orig!r}") from exc
         for ev in events:

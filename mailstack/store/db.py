@@ -43,6 +43,10 @@ def _split_schema(url: str) -> tuple[str, str | None]:
     return urlunsplit(parts._replace(query=urlencode(rest))), schema_name
 
 
+def schema_of(url: str) -> str | None:
+    return None if url.startswith("sqlite") else _split_schema(url)[1]
+
+
 def create_engine(url: str) -> AsyncEngine:
     if url.startswith("sqlite"):
         engine = create_async_engine(url, connect_args={"timeout": 30})

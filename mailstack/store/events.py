@@ -100,3 +100,37 @@ class EventHub:
 
     def subscriber_count(self, address_id: int) -> int:
         return len(self._subs.get(address_id, ()))
+
+
+# --- across nodes (PostgreSQL LISTEN/NOTIFY) ---------------------------------------
+
+EVENT_TYPES: dict[str, type[Event]] = {
+    cls.__name__: cls for cls in (MessagesAdded, FlagsChanged, MessagesExpunged,
+                                  FolderChanged, CredentialsChanged, AddressDeleted)
+}
+
+
+def encode_event(node: str, event: Event) -> str:
+    """JSON payload for pg_notify (limit 8000 bytes: long UID lists are cut to the
+    first 500, receivers then re-read the folder, which they do anyway)."""
+    import dataclasses
+    import json
+
+    body = dataclasses.asdict(event)
+    if "uids" in body and len(body["uids"]) > 500:
+        body["uids"] = body["uids"][:500]
+    return json.dumps({"node": node, "type": type(event).__name__, "body": body})
+
+
+def decode_event(payload: str) -> tuple[str, Event] | None:
+    import json
+
+    try:
+        data = json.loads(payload)
+        cls = EVENT_TYPES[data["type"]]
+        body = data["body"]
+        if "uids" in body:
+            body["uids"] = tuple(body["uids"])
+        return str(data["node"]), cls(**body)
+    except (ValueError, KeyError, TypeError):
+        return None

@@ -309,3 +309,28 @@ async def test_activity_and_send_log(store: Store) -> None:
     assert entry.event == "login_fail" and entry.client_ip == "192.0.2.1"
     await store.record_send(aid, 5)
     assert [n for _, n in await store.sends_since(aid, 0)] == [5]
+
+
+@pytest.mark.postgres
+async def test_events_reach_other_nodes(backend: str, store: Store, db_url: str,
+                                        tmp_path: Path) -> None:
+    """Two front-end nodes on one PostgreSQL: a commit on one reaches the other's
+    subscribers through LISTEN/NOTIFY; nothing is sent for a rolled-back change."""
+    if backend != "postgres":
+        pytest.skip("cross-node events are a PostgreSQL feature")
+    aid, inbox = await mailbox(store)
+    other = Store(db_url, tmp_path / "blobs")
+    await other.open()
+    try:
+        with other.events.subscribe(aid) as sub:
+            await store.append(inbox, msg(1))
+            ev = await asyncio.wait_for(sub.queue.get(), 10)
+            assert isinstance(ev, MessagesAdded) and ev.uids == (1,)
+            with pytest.raises(NotFound):
+                await store.delete_folder(aid, "does-not-exist")
+            await store.store_flags(inbox, [1], ["\\Seen"], "add")
+            ev = await asyncio.wait_for(sub.queue.get(), 10)
+            assert isinstance(ev, FlagsChanged)
+            assert sub.queue.empty()
+    finally:
+        await other.close()

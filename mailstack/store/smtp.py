@@ -1,0 +1,69 @@
+"""What SMTP acceptance needs from the store beyond the other mixins.
+
+Implementation notes (invariants):
+- ``accept_message`` is the one write an accepted SMTP transaction makes: every local
+  copy (one row per final mailbox), every queued remote recipient and the sender's
+  send-log entry go into ONE transaction. Either all of it is committed or nothing
+  is, so a ``451 4.3.0`` after a failure means "nothing stored" and a ``250`` means
+  "everything stored" (RFC 5321 §6.1, HOSTILE.md "durability").
+- The blob must be durable (``put_blob``) before this is called; events for the new
+  messages are published only after the commit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sqlalchemy import and_, insert, select
+
+from . import schema as t
+from .base import Message, flags_from_db, flags_to_db
+from .events import MessagesAdded
+from .mailbox import DeliveryTarget, MailboxMixin
+
+
+class SmtpMixin(MailboxMixin):
+    async def accept_message(self, blob_id: str, blob_size: int,
+                             targets: Sequence[DeliveryTarget], *, sender: str,
+                             remote: Sequence[str], remote_prefix: bytes = b"",
+                             sender_address_id: int | None = None,
+                             counted_recipients: int = 0,
+                             queue_lifetime: float = 5 * 86400) -> list[Message]:
+        """Deliver local copies, queue remote recipients and count the send, atomically."""
+        now = self.clock()
+        order = sorted(range(len(targets)), key=lambda i: targets[i].folder_id)
+        out: dict[int, Message] = {}
+        async with self._write() as (conn, events):
+            for i in order:  # folders locked in id order (mailbox.py invariant)
+                tg = targets[i]
+                uid, modseq, address_id = await self._allocate(conn, tg.folder_id, 1)
+                bits, keywords = flags_to_db(tg.flags)
+                size = blob_size + len(tg.prefix)
+                res = await conn.execute(insert(t.messages).values(
+                    folder_id=tg.folder_id, uid=uid, modseq=modseq, flags=bits,
+                    keywords=keywords, internal_date=now, size=size, blob_id=blob_id,
+                    prefix=tg.prefix, created_at=now).returning(t.messages.c.id))
+                out[i] = Message(int(res.scalar_one()), tg.folder_id, uid, modseq,
+                                 flags_from_db(bits, keywords), now, size, blob_id, tg.prefix)
+                events.append(MessagesAdded(address_id, tg.folder_id, (uid,)))
+            for rcpt in remote:
+                await conn.execute(insert(t.outbound_queue).values(
+                    created_at=now, sender=sender, recipient=rcpt,
+                    domain=rcpt.rpartition("@")[2].lower(), blob_id=blob_id,
+                    prefix=remote_prefix, size=blob_size + len(remote_prefix),
+                    next_attempt_at=now, attempts=0, last_error="",
+                    expires_at=now + queue_lifetime, delay_notified=False))
+            if sender_address_id is not None and counted_recipients > 0:
+                await conn.execute(insert(t.send_log).values(
+                    address_id=sender_address_id, at=now, recipients=counted_recipients))
+        return [out[i] for i in range(len(targets))]
+
+    async def addresses_granted_to(self, login: str, permission: str) -> list[str]:
+        """Addresses a user whose login is ``login`` holds ``permission`` on."""
+        async with self._read() as conn:
+            rows = (await conn.execute(
+                select(t.addresses.c.local_part, t.domains.c.name, t.grants.c.permissions)
+                .select_from(t.grants.join(t.users).join(t.addresses).join(t.domains))
+                .where(and_(t.users.c.login == login.lower())))).all()
+        return [f"{r.local_part}@{r.name}" for r in rows
+                if permission in r.permissions.split(",")]
