@@ -119,7 +119,7 @@ async def test_uidvalidity_changes_when_folder_recreated(store: Store) -> None:
 
 
 async def test_folder_rules(store: Store) -> None:
-    aid, inbox = await mailbox(store)
+    aid, _ = await mailbox(store)
     names = sorted(f.name for f in await store.list_folders(aid))
     assert names == ["Archive", "Drafts", "INBOX", "Junk", "Sent", "Trash"]
     specials = {f.name: f.special_use for f in await store.list_folders(aid)}
