@@ -65,7 +65,7 @@ class App:
         ctx = None
         if s.cert_path.exists() and s.key_path.exists():
             ctx = server_context(s.cert_path, s.key_path, s.tls.min_version)
-        self.store = await Store.open_from_settings(s)
+        self.store = await Store.open_from_settings(s, self.clock)
         self.services = Services.build(s, self.store, ctx, self.clock)
         try:
             for f in fields(s.listeners):
@@ -96,6 +96,9 @@ class App:
         await asyncio.gather(*(fe.close(grace) for fe in self.frontends.values()),
                              return_exceptions=True)
         self.frontends.clear()
+        if self.services is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.services.notifier.drain(), 5)
         if self.store is not None:
             await self.store.close()
             self.store = None

@@ -162,6 +162,12 @@ class AuthSettings:
     max_delay_seconds: float = _f(5.0, "Upper bound of the delay added per attempt.", min=0)
     ipv4_prefix: int = _f(24, "Client network size for IPv4 throttling.", min=8, max=32)
     ipv6_prefix: int = _f(64, "Client network size for IPv6 throttling.", min=16, max=128)
+    notify_new_network: bool = _f(True, "Mail the address a security notice when it logs "
+                                  "in from a network never seen for it before.")
+    notify_failed_logins: bool = _f(True, "Mail the address a security notice about failed "
+                                    "password attempts.")
+    failed_notice_interval_seconds: float = _f(3600.0, "At most one failed-attempt notice "
+                                               "per address in this many seconds.", min=60)
 
 
 @dataclass(frozen=True)
@@ -171,6 +177,8 @@ class ImapSettings:
     max_line_length: int = _f(64 * 1024, "Longest command line in octets.", min=1024)
     max_literal_before_login: int = _f(8192, "Largest literal accepted before "
                                        "authentication.", min=256)
+    max_connections_per_ip: int = _f(50, "Concurrent IMAP connections from one client IP "
+                                     "(mail clients open several per account).", min=1)
 
 
 @dataclass(frozen=True)
@@ -178,7 +186,10 @@ class Pop3Settings:
     idle_timeout_seconds: float = _f(600.0, "Auto-logout after this much inactivity "
                                      "(RFC 1939 §3: at least 10 minutes).", min=1)
     lock_stale_seconds: float = _f(900.0, "A maildrop lock not refreshed for this long "
-                                   "(a crashed process) is taken over.", min=10)
+                                   "(a crashed process) is taken over. A live session "
+                                   "refreshes its lock every third of this.", min=10)
+    max_connections_per_ip: int = _f(20, "Concurrent POP3 connections (110 and 995 each) "
+                                     "from one client IP.", min=1)
 
 
 @dataclass(frozen=True)

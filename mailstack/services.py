@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .config import Settings
+from .notices import Notifier
 from .policy.auth import Authenticator, LoginGuard
 from .policy.passwords import Passwords
 from .store import Store
@@ -24,6 +25,7 @@ class Services:
     guard: LoginGuard
     auth: Authenticator
     server_ssl: ssl.SSLContext | None
+    notifier: Notifier
     clock: Callable[[], float] = field(default=time.time)
 
     @property
@@ -36,5 +38,6 @@ class Services:
         a = settings.auth
         passwords = Passwords(a.argon2_time_cost, a.argon2_memory_kib, a.argon2_parallelism)
         guard = LoginGuard(a, clock)
-        auth = Authenticator(store, passwords, guard, a)
-        return cls(settings, store, passwords, guard, auth, server_ssl, clock)
+        notifier = Notifier(store, settings.server.hostname, a, clock)
+        auth = Authenticator(store, passwords, guard, a, notifier)
+        return cls(settings, store, passwords, guard, auth, server_ssl, notifier, clock)

@@ -86,10 +86,14 @@ async def test_authenticate_outcomes(auth: tuple[Authenticator, Store, Clock]) -
     a, store, _ = auth
     ok = await a.authenticate("Anna@Example.com", "right", client_ip="192.0.2.1",
                               protocol="imap")
-    assert ok.ok and ok.email == "anna@example.com" and ok.new_network
+    assert ok.ok and ok.email == "anna@example.com"
+    assert not ok.new_network  # the first login sets the baseline
     again = await a.authenticate("anna@example.com", "right", client_ip="192.0.2.9",
                                  protocol="imap")
-    assert again.ok and not again.new_network
+    assert again.ok and not again.new_network  # same /24
+    elsewhere = await a.authenticate("anna@example.com", "right", client_ip="203.0.113.1",
+                                     protocol="imap")
+    assert elsewhere.ok and elsewhere.new_network
     wrong = await a.authenticate("anna@example.com", "wrong", client_ip="192.0.2.1",
                                  protocol="smtp")
     unknown = await a.authenticate("nobody@example.com", "right", client_ip="192.0.2.1",
@@ -99,7 +103,7 @@ async def test_authenticate_outcomes(auth: tuple[Authenticator, Store, Clock]) -
                                        protocol="smtp", authzid="bob@example.com")
     assert other_authz.status == "failed"
     events = [e.event for e in await store.list_activity("anna@example.com")]
-    assert events.count("login_ok") == 2 and events.count("login_fail") == 2
+    assert events.count("login_ok") == 3 and events.count("login_fail") == 2
 
 
 async def test_app_passwords_and_app_only(auth: tuple[Authenticator, Store, Clock]) -> None:

@@ -149,13 +149,23 @@ class AuthResult:
         return f"Too many failed logins; try again after {when}"
 
 
+class Notices(Protocol):
+    """Where security notices go (``mailstack.notices.Notifier``)."""
+
+    def login_from_new_network(self, address_id: int, email_addr: str, client_ip: str,
+                               protocol: str) -> None: ...
+    def failed_login(self, address_id: int, email_addr: str, client_ip: str,
+                     protocol: str) -> None: ...
+
+
 class Authenticator:
     def __init__(self, store: AuthDirectory, passwords: Passwords, guard: LoginGuard,
-                 settings: AuthSettings) -> None:
+                 settings: AuthSettings, notices: Notices | None = None) -> None:
         self.store = store
         self.passwords = passwords
         self.guard = guard
         self.settings = settings
+        self.notices = notices
 
     async def authenticate(self, username: str, secret: str, *, client_ip: str,
                            protocol: str, authzid: str | None = None) -> AuthResult:
@@ -176,6 +186,8 @@ class Authenticator:
             self.guard.failure(net, key)
             await self.store.log_activity("login_fail", address=key, client_ip=client_ip,
                                           protocol=protocol)
+            if addr is not None and self.notices is not None:
+                self.notices.failed_login(addr.id, addr.email, client_ip, protocol)
             return AuthResult("failed")
         self.guard.success(net, key)
         if app_id is not None:
@@ -185,6 +197,8 @@ class Authenticator:
             "login_ok", address=key, client_ip=client_ip, protocol=protocol,
             detail=("app password" if app_id is not None else "password")
             + ("; new network" if new_net else ""))
+        if new_net and self.notices is not None:
+            self.notices.login_from_new_network(addr.id, addr.email, client_ip, protocol)
         return AuthResult("ok", addr.id, addr.email, addr.credential_epoch,
                           new_network=new_net)
 

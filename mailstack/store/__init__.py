@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 from ..config import Settings
@@ -43,9 +45,10 @@ from .smtp import SmtpMixin
 
 class Store(SmtpMixin, AccountsMixin, MailboxMixin, QueueMixin):
     @classmethod
-    async def open_from_settings(cls, settings: Settings) -> Store:
+    async def open_from_settings(cls, settings: Settings,
+                                 clock: Callable[[], float] = time.time) -> Store:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-        store = cls(settings.database_url, Path(settings.data_dir) / "blobs")
+        store = cls(settings.database_url, Path(settings.data_dir) / "blobs", clock=clock)
         await store.open()
         return store
 

@@ -351,16 +351,25 @@ class AccountsMixin(StoreBase):
                 for r in rows]
 
     async def note_network(self, address_id: int, network: str) -> bool:
-        """Remember that ``address_id`` logged in from ``network``; True if it is new."""
+        """Remember that ``address_id`` logged in from ``network``. True when this is a
+        new location for an address that logged in before (the very first login sets
+        the baseline and is not "new")."""
         async with self._write() as (conn, _):
-            found = (await conn.execute(select(t.seen_networks.c.network).where(and_(
-                t.seen_networks.c.address_id == address_id,
-                t.seen_networks.c.network == network)))).first()
-            if found:
+            rows = (await conn.execute(select(t.seen_networks.c.network).where(
+                t.seen_networks.c.address_id == address_id))).all()
+            if any(r.network == network for r in rows):
                 return False
             await conn.execute(insert(t.seen_networks).values(
                 address_id=address_id, network=network, first_seen=self.clock()))
-            return True
+            return bool(rows)
+
+    async def last_event_at(self, address: str, event: str) -> float | None:
+        """When ``event`` was last logged for ``address`` (None: never)."""
+        async with self._read() as conn:
+            at = (await conn.execute(select(func.max(t.activity.c.at)).where(and_(
+                t.activity.c.address == address.lower(), t.activity.c.event == event)))
+                ).scalar_one_or_none()
+        return float(at) if at is not None else None
 
     async def record_send(self, address_id: int, recipients: int) -> None:
         async with self._write() as (conn, _):
