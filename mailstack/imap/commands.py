@@ -1,0 +1,66 @@
+"""The per-state command tables (RFC 9051 §3, §6): which commands each state accepts.
+
+An explicit registry: a command missing here is answered BAD "not allowed now", never
+silently treated as something else.
+"""
+
+from __future__ import annotations
+
+from mailstack.imap import commands_auth as a
+from mailstack.imap import commands_mailbox as mb
+from mailstack.imap import commands_selected as sel
+from mailstack.imap import types as t
+from mailstack.imap.fetch import fetch
+from mailstack.imap.search_exec import search
+from mailstack.imap.session import AUTH, LOGOUT, NOT_AUTH, SELECTED, Handler
+
+ANY: dict[type[t.Command], Handler] = {
+    t.Capability: a.capability,
+    t.Noop: a.noop,
+    t.Logout: a.logout,
+    t.Id: a.id_,
+}
+
+NOT_AUTHENTICATED: dict[type[t.Command], Handler] = {
+    **ANY,
+    t.StartTLS: a.starttls,
+    t.Login: a.login,
+    t.Authenticate: a.authenticate,
+}
+
+AUTHENTICATED: dict[type[t.Command], Handler] = {
+    **ANY,
+    t.Enable: a.enable,
+    t.Namespace: a.namespace,
+    t.Select: mb.select,
+    t.Create: mb.create,
+    t.Delete: mb.delete,
+    t.Rename: mb.rename,
+    t.Subscribe: mb.subscribe,
+    t.Unsubscribe: mb.unsubscribe,
+    t.List: mb.list_,
+    t.Lsub: mb.lsub,
+    t.Status: mb.status,
+    t.Append: mb.append,
+    t.Idle: sel.idle,
+}
+
+SELECTED_STATE: dict[type[t.Command], Handler] = {
+    **{k: v for k, v in AUTHENTICATED.items() if k is not t.Enable},
+    t.Check: sel.check,
+    t.Close: sel.close,
+    t.Unselect: sel.unselect,
+    t.Expunge: sel.expunge,
+    t.Search: search,
+    t.Fetch: fetch,
+    t.Store: sel.store,
+    t.Copy: sel.copy,
+    t.Move: sel.move,
+}
+
+TABLES: dict[str, dict[type[t.Command], Handler]] = {
+    NOT_AUTH: NOT_AUTHENTICATED,
+    AUTH: AUTHENTICATED,
+    SELECTED: SELECTED_STATE,
+    LOGOUT: {},
+}

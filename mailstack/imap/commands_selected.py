@@ -1,0 +1,169 @@
+"""Selected-state commands (RFC 9051 §6.4): CHECK, CLOSE, UNSELECT, EXPUNGE, UID
+EXPUNGE, STORE, COPY, MOVE (RFC 6851), and IDLE (RFC 9051 §6.3.13, also valid when
+only authenticated).
+
+Invariants:
+- A read-only (EXAMINE) session changes nothing: STORE, EXPUNGE, MOVE answer NO;
+  CLOSE then expunges nothing (RFC 9051 §6.4.1).
+- Changes are committed by the store first; the session then removes expunged UIDs
+  from its view while sending their EXPUNGE responses (highest number first).
+- COPY/MOVE to a missing mailbox: ``NO [TRYCREATE]``; replies carry COPYUID
+  (RFC 4315 §3). MOVE sends COPYUID in an untagged OK before the EXPUNGEs (RFC 6851 §4.3).
+- IDLE delivers every change at once, EXPUNGE included, until the client's DONE.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from mailstack.imap import respond
+from mailstack.imap import types as t
+from mailstack.imap.mailbox_view import MailboxView
+from mailstack.imap.parser import is_idle_done
+from mailstack.imap.session import Session
+from mailstack.store import Folder
+
+_STORE_MODE = {"+": "add", "-": "remove", "": "replace"}
+_SYSTEM = ("\\Seen", "\\Answered", "\\Flagged", "\\Deleted", "\\Draft")
+
+
+def writable(s: Session) -> MailboxView:
+    view = s.require_view()
+    if view.readonly:
+        raise respond.No("Mailbox is read-only")
+    return view
+
+
+async def check(s: Session, c: t.Check) -> str | None:
+    return None
+
+
+async def close(s: Session, c: t.Close) -> str | None:
+    view = s.require_view()
+    if not view.readonly:
+        await s.store.expunge(view.folder_id)  # silently: no EXPUNGE responses
+    s.deselect()
+    return None
+
+
+async def unselect(s: Session, c: t.Unselect) -> str | None:
+    s.require_view()
+    s.deselect()  # RFC 3691: like CLOSE without the expunge
+    return None
+
+
+async def expunge(s: Session, c: t.Expunge) -> str | None:
+    view = writable(s)
+    uids = None if c.uids is None else view.resolve(c.uids, uid=True)
+    if uids is not None and not uids:
+        return None
+    gone = await s.store.expunge(view.folder_id, uids)
+    for line in view.remove(gone):
+        s.send(line)
+    return None
+
+
+async def store(s: Session, c: t.Store) -> str | None:
+    view = writable(s)
+    flags = [f for f in c.flags if f != "\\Recent"]
+    for f in flags:
+        if f.startswith("\\") and f not in _SYSTEM:
+            raise respond.Bad(f"Cannot store flag {f}")
+    uids = view.resolve(c.sequence, c.uid)
+    if not uids:
+        return None
+    changed, refused = await s.store.store_flags(
+        view.folder_id, uids, flags, _STORE_MODE[c.mode], unchanged_since=c.unchangedsince)
+    view.own_modseqs.update(m.modseq for m in changed)
+    if not c.silent or c.unchangedsince is not None:
+        changed_uids = {m.uid for m in changed}
+        report = uids if not c.silent else sorted(changed_uids)
+        for m in await s.store.get_messages(view.folder_id, report):
+            seq = view.seq_of(m.uid)
+            if seq is None:
+                continue
+            uid = f"UID {m.uid} " if c.uid else ""
+            mod = f" MODSEQ ({m.modseq})" if c.unchangedsince is not None else ""
+            s.send(respond.untagged(f"{seq} FETCH ({uid}FLAGS {respond.flag_list(m.flags)}"
+                                    f"{mod})"))
+    if refused:
+        numbers = refused if c.uid else [view.seq_of(u) or 0 for u in refused]
+        return f"[MODIFIED {respond.seq_set(numbers)}] Conditional STORE failed"
+    return None
+
+
+async def _target(s: Session, name: str) -> Folder:
+    folder = await s.store.get_folder(s.address_id, name)
+    if folder is None:
+        raise respond.No(f"No such mailbox: {name}", "TRYCREATE")  # RFC 9051 §6.4.7
+    return folder
+
+
+def _copyuid(dst: Folder, pairs: list[tuple[int, int]]) -> str:
+    src = ",".join(str(a) for a, _ in pairs)
+    dst_set = ",".join(str(b) for _, b in pairs)
+    if len(pairs) > 1:
+        src = respond.seq_set(a for a, _ in pairs)
+        dst_set = respond.seq_set(b for _, b in pairs)
+    return f"COPYUID {dst.uidvalidity} {src} {dst_set}"
+
+
+async def copy(s: Session, c: t.Copy) -> str | None:
+    view = s.require_view()
+    uids = view.resolve(c.sequence, c.uid)
+    dst = await _target(s, c.mailbox)
+    if not uids:
+        return None
+    pairs = await s.store.copy_messages(view.folder_id, uids, dst.id)
+    if not pairs:
+        return None
+    return f"[{_copyuid(dst, pairs)}] COPY completed"
+
+
+async def move(s: Session, c: t.Move) -> str | None:
+    view = writable(s)
+    uids = view.resolve(c.sequence, c.uid)
+    dst = await _target(s, c.mailbox)
+    if dst.id == view.folder_id:
+        raise respond.No("Source and target mailbox are the same", "CANNOT")
+    if not uids:
+        return None
+    pairs = await s.store.move_messages(view.folder_id, uids, dst.id)
+    if pairs:
+        s.send(respond.untagged(f"OK [{_copyuid(dst, pairs)}] Moved"))
+        for line in view.remove(a for a, _ in pairs):
+            s.send(line)
+    return None
+
+
+async def idle(s: Session, c: t.Idle) -> str | None:
+    """RFC 9051 §6.3.13 / RFC 2177: push changes at once until DONE."""
+    s.send(b"+ idling\r\n")
+    await s.conn.drain()
+    read: asyncio.Future[bytes] = asyncio.ensure_future(s.read_line())
+    line = b""
+    try:
+        while True:
+            view = s.view
+            if view is not None:
+                for out in await view.flush(allow_expunge=True):
+                    s.send(out)
+                await s.conn.drain()
+            waiter = asyncio.ensure_future(s.sub.queue.get()) if s.sub is not None else None
+            pending = {read} | ({waiter} if waiter is not None else set())
+            done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            if waiter is not None:
+                if waiter in done:
+                    if view is not None:
+                        view.note(waiter.result())
+                else:
+                    waiter.cancel()
+            if read in done:
+                line = read.result()
+                break
+    finally:
+        if not read.done():
+            read.cancel()
+    if not is_idle_done(line):
+        raise respond.Bad("Expected DONE")
+    return "IDLE terminated"

@@ -1,0 +1,155 @@
+"""The selected mailbox as one session sees it: message sequence numbers <-> UIDs, and
+the changes other sessions (or SMTP delivery) made that this session has not been
+told about yet.
+
+Implementation notes (invariants):
+- ``uids`` is the session's view, sorted ascending; sequence number n is ``uids[n-1]``
+  (RFC 9051 §2.3.1.2). It changes only when the session itself sends EXISTS or EXPUNGE
+  responses, so numbers stay stable between responses the client has seen.
+- Store events (published after commit) are drained into pending state: ``new_mail``,
+  ``pending_expunge`` (UIDs still in the view), ``pending_flags``. ``flush`` turns them
+  into untagged responses. EXPUNGE is only flushed when the caller says it may be:
+  never during FETCH, STORE or SEARCH (RFC 9051 §7.5.1), nor with no command running;
+  at once during IDLE (RFC 9051 §6.3.13).
+- Messages an expunge is pending for stay in the view (and in EXISTS counts) until
+  their EXPUNGE is sent; FETCHes of them simply return nothing.
+- FlagsChanged events carrying a MODSEQ this session produced itself are skipped: the
+  session already answered them (or was asked for .SILENT).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+from collections.abc import Iterable
+
+from mailstack.imap import respond
+from mailstack.imap.sequence import SequenceSet
+from mailstack.store import (
+    Event,
+    FlagsChanged,
+    Folder,
+    MessagesAdded,
+    MessagesExpunged,
+    Store,
+    Subscription,
+)
+
+
+class MailboxView:
+    def __init__(
+        self,
+        store: Store,
+        folder: Folder,
+        uids: list[int],
+        *,
+        readonly: bool,
+        subscription: Subscription,
+    ) -> None:
+        self.store = store
+        self.folder = folder
+        self.folder_id = folder.id
+        self.uidvalidity = folder.uidvalidity
+        self.uids = uids
+        self.readonly = readonly
+        self.sub = subscription
+        self.new_mail = False
+        self.pending_expunge: set[int] = set()
+        self.pending_flags: set[int] = set()
+        self.own_modseqs: set[int] = set()
+        self.saved: list[int] | None = None  # RFC 5182 "$" (kept as UIDs)
+
+    # --- numbering -----------------------------------------------------------------
+    @property
+    def exists(self) -> int:
+        return len(self.uids)
+
+    def seq_of(self, uid: int) -> int | None:
+        i = bisect.bisect_left(self.uids, uid)
+        return i + 1 if i < len(self.uids) and self.uids[i] == uid else None
+
+    def resolve(self, seq: SequenceSet, uid: bool) -> list[int]:
+        """The UIDs a sequence set names, in ascending order. Non-existent message
+        numbers are a BAD (RFC 9051 §6.4.5 invalid message number); unknown UIDs are
+        silently ignored (RFC 9051 §6.4.8)."""
+        if seq.saved:
+            saved = set(self.saved or ())
+            return [u for u in self.uids if u in saved]
+        if uid:
+            largest = self.uids[-1] if self.uids else 0
+            if not self.uids:
+                return []
+            return list(seq.iter_existing(largest, self.uids))
+        n = len(self.uids)
+        out: list[int] = []
+        for a, b in seq.intervals(n):
+            if b > n or a < 1:
+                raise respond.Bad("invalid message sequence number")
+            out.extend(self.uids[a - 1 : b])
+        return out
+
+    def remove(self, uids: Iterable[int]) -> list[bytes]:
+        """Drop UIDs from the view; returns their EXPUNGE responses (highest number
+        first, so no number shifts before it is sent)."""
+        out: list[bytes] = []
+        for uid in sorted(set(uids), reverse=True):
+            seq = self.seq_of(uid)
+            if seq is None:
+                continue
+            del self.uids[seq - 1]
+            self.pending_expunge.discard(uid)
+            self.pending_flags.discard(uid)
+            out.append(respond.untagged(f"{seq} EXPUNGE"))
+        return out
+
+    # --- events --------------------------------------------------------------------
+    def drain(self) -> None:
+        while True:
+            try:
+                ev = self.sub.queue.get_nowait()
+            except asyncio.QueueEmpty:
+                return
+            self.note(ev)
+
+    def note(self, ev: Event) -> None:
+        if isinstance(ev, MessagesAdded) and ev.folder_id == self.folder_id:
+            self.new_mail = True
+        elif isinstance(ev, MessagesExpunged) and ev.folder_id == self.folder_id:
+            have = set(self.uids)
+            self.pending_expunge.update(u for u in ev.uids if u in have)
+        elif isinstance(ev, FlagsChanged) and ev.folder_id == self.folder_id:
+            if ev.modseq in self.own_modseqs:
+                self.own_modseqs.discard(ev.modseq)
+                return
+            self.pending_flags.update(ev.uids)
+
+    @property
+    def has_pending(self) -> bool:
+        return bool(self.new_mail or self.pending_expunge or self.pending_flags)
+
+    async def flush(self, *, allow_expunge: bool, with_uid: bool = True) -> list[bytes]:
+        """Untagged responses for what changed since the last flush (RFC 9051 §7)."""
+        self.drain()
+        out: list[bytes] = []
+        if allow_expunge and self.pending_expunge:
+            out += self.remove(self.pending_expunge)
+        if self.new_mail:
+            self.new_mail = False
+            last = self.uids[-1] if self.uids else 0
+            fresh = await self.store.list_messages(self.folder_id, uid_min=last + 1)
+            if fresh:
+                self.uids.extend(m.uid for m in fresh)
+                out.append(respond.untagged(f"{len(self.uids)} EXISTS"))
+        if self.pending_flags:
+            wanted = [u for u in sorted(self.pending_flags) if u not in self.pending_expunge]
+            self.pending_flags.clear()
+            msgs = await self.store.get_messages(self.folder_id, wanted) if wanted else []
+            for m in msgs:
+                seq = self.seq_of(m.uid)
+                if seq is None:
+                    continue
+                uid_part = f"UID {m.uid} " if with_uid else ""
+                out.append(
+                    respond.untagged(f"{seq} FETCH ({uid_part}FLAGS {respond.flag_list(m.flags)})")
+                )
+        return out
