@@ -144,6 +144,8 @@ class TcpListener:
         log.info("%s: connect %s:%s", self.name, conn.client_ip, conn.client_port)
         try:
             await self.handler(conn)
+        except asyncio.CancelledError:
+            pass  # our own shutdown (close() cancels sessions past the grace period)
         except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError, TimeoutError):
             pass
         except Exception:
