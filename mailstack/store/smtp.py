@@ -28,9 +28,11 @@ class SmtpMixin(MailboxMixin):
                              remote: Sequence[str], remote_prefix: bytes = b"",
                              sender_address_id: int | None = None,
                              counted_recipients: int = 0,
-                             queue_lifetime: float = 5 * 86400) -> list[Message]:
-        """Deliver local copies, queue remote recipients and count the send, atomically."""
-        now = self.clock()
+                             queue_lifetime: float = 5 * 86400,
+                             at: float | None = None) -> list[Message]:
+        """Deliver local copies, queue remote recipients and count the send, atomically.
+        ``at``: the time to record (the front-end's clock), default the store's."""
+        now = self.clock() if at is None else at
         order = sorted(range(len(targets)), key=lambda i: targets[i].folder_id)
         out: dict[int, Message] = {}
         async with self._write() as (conn, events):

@@ -1,0 +1,71 @@
+"""Reading the DATA section (RFC 5321 §4.1.1.4, §4.5.2) without smuggling.
+
+Invariants (HOSTILE.md "SMTP smuggling", CVE-2023-51764 class):
+- Only ``<CRLF>.<CRLF>`` ends the data: the reader splits on CRLF alone, and a line is
+  the end marker only when it is exactly ``.<CRLF>`` *and* starts right after a CRLF
+  (the first line of DATA counts as starting after one). ``\\n.\\n``, ``\\r.\\r``,
+  ``\\n.\\r\\n``, ``\\r\\n.\\n`` and ``\\r.\\r\\n`` are plain bytes inside a line.
+- Bare CR or bare LF anywhere in the content makes the whole DATA refused (the caller
+  runs ``policy.headers.check_message``); one DATA never yields two messages.
+- Memory stays bounded: past ``max_size`` octets, or on a line longer than the stream
+  limit, the bytes are read and dropped until the end marker, then refused
+  (RFC 5321 §4.2.5: reply only after the end of data).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from enum import Enum
+
+
+class DataState(Enum):
+    OK = "ok"
+    TOO_BIG = "too_big"
+    LINE_TOO_LONG = "line_too_long"
+
+
+@dataclass(frozen=True)
+class DataResult:
+    state: DataState
+    content: bytes  # dot-unstuffed, without the end marker; empty unless OK
+    size: int  # octets received (before unstuffing), marker excluded
+
+
+async def read_data(reader: asyncio.StreamReader, max_size: int, max_line: int) -> DataResult:
+    """Read up to the end marker. ``max_line``: longest line incl. CRLF (plus the
+    transparency dot). Raises ``asyncio.IncompleteReadError`` on EOF."""
+    lines: list[bytes] = []
+    size = 0
+    state = DataState.OK
+    at_line_start = True
+    while True:
+        try:
+            chunk = await reader.readuntil(b"\r\n")
+        except asyncio.LimitOverrunError as exc:
+            # A line longer than the stream limit: drop what was scanned (never a
+            # partial CRLF: asyncio keeps the last separator-length-1 bytes).
+            chunk = await reader.readexactly(exc.consumed)
+            size += len(chunk)
+            at_line_start = False
+            if state is DataState.OK:
+                state = DataState.LINE_TOO_LONG
+            lines.clear()
+            continue
+        if at_line_start and chunk == b".\r\n":
+            break
+        size += len(chunk)
+        if state is DataState.OK:
+            if size > max_size:
+                state = DataState.TOO_BIG
+                lines.clear()
+            elif at_line_start and len(chunk) > max_line + 1:
+                state = DataState.LINE_TOO_LONG
+                lines.clear()
+            else:
+                # RFC 5321 §4.5.2: remove one leading dot of a line.
+                lines.append(chunk[1:] if at_line_start and chunk[:1] == b"." else chunk)
+        at_line_start = True
+    if state is not DataState.OK:
+        return DataResult(state, b"", size)
+    return DataResult(state, b"".join(lines), size)

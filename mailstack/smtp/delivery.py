@@ -1,0 +1,92 @@
+"""Durable acceptance of one SMTP transaction (RFC 5321 §6.1, SPEC §4, §5).
+
+Order (HOSTILE.md "durability"): build the blob (our ``Received:`` + the message
+with every ``Bcc:`` removed) -> ``put_blob`` (fsynced, renamed, directory fsynced) ->
+ONE transaction with every local copy, every queued remote recipient and the send
+count (``Store.accept_message``) -> only then the caller answers ``250``. Any
+failure on the way answers ``451 4.3.0`` and leaves no message row; at worst an
+unreferenced blob remains for the store's garbage collection.
+
+Per-copy bytes: each local copy gets its own prefix ``Return-Path`` + ``Delivered-To``
+(RFC 5321 §4.4); the shared blob holds the one ``Received:`` field.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from ..policy.envelope import EnvelopeAddress
+from ..policy.headers import (
+    TlsInfo,
+    delivered_to_header,
+    received_header,
+    received_protocol,
+    return_path_header,
+    strip_bcc,
+)
+from ..policy.relay import RcptVerdict, merge_destinations
+from ..services import Services
+from ..store import DeliveryTarget, Unavailable
+from . import replies
+
+log = logging.getLogger("mailstack.smtp")
+
+
+@dataclass(frozen=True)
+class Transaction:
+    """The facts of one accepted transaction, as the session gathered them."""
+
+    queue_id: str
+    helo: str | None
+    esmtp: bool
+    client_ip: str
+    tls: TlsInfo | None
+    sender: EnvelopeAddress | None
+    smtputf8: bool
+    recipients: Sequence[EnvelopeAddress]
+    verdicts: Sequence[RcptVerdict]
+    content: bytes
+    auth_address_id: int | None = None
+
+
+async def accept(services: Services, tx: Transaction) -> str:
+    """Store the message for every destination; returns the reply to send."""
+    store = services.store
+    dest = merge_destinations(tx.verdicts)
+    now = services.clock()
+    received = received_header(
+        helo=tx.helo, client_ip=tx.client_ip, client_host=None,
+        server_host=services.hostname,
+        protocol=received_protocol(esmtp=tx.esmtp, tls=tx.tls is not None,
+                                   authenticated=tx.auth_address_id is not None,
+                                   smtputf8=tx.smtputf8),
+        queue_id=tx.queue_id, recipients=list(tx.recipients),
+        now=datetime.fromtimestamp(now, UTC), tls=tx.tls)
+    blob = received + strip_bcc(tx.content)
+    return_path = return_path_header(tx.sender)
+    try:
+        targets: list[DeliveryTarget] = []
+        for key in dest.mailboxes:
+            addr = await store.get_address(key)
+            inbox = await store.get_folder(addr.id, "INBOX") if addr is not None else None
+            if addr is None or inbox is None:
+                # Removed between RCPT and DATA: nothing to deliver to.
+                log.warning("smtp %s: mailbox %s vanished before delivery", tx.queue_id, key)
+                continue
+            targets.append(DeliveryTarget(inbox.id, return_path + delivered_to_header(addr.email)))
+        if not targets and not dest.remote:
+            return replies.TEMP_FAILURE
+        blob_id = await store.put_blob(blob)
+        await store.accept_message(
+            blob_id, len(blob), targets, sender=str(tx.sender) if tx.sender else "",
+            remote=list(dest.remote), sender_address_id=tx.auth_address_id,
+            counted_recipients=len(tx.recipients), at=now)
+    except Unavailable as exc:
+        log.error("smtp %s: store unavailable, message not accepted: %s", tx.queue_id, exc)
+        return replies.TEMP_FAILURE
+    log.info("smtp %s: accepted %d octets for %d local, %d remote", tx.queue_id, len(blob),
+             len(targets), len(dest.remote))
+    return f"250 2.0.0 OK: queued as {tx.queue_id}"

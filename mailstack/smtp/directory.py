@@ -1,0 +1,41 @@
+"""The store seen through the narrow interfaces the policy asks for.
+
+``StoreDirectory`` implements ``mailstack.policy.relay.Directory`` over the Store (the
+policy never sees SQL). ``allowed_senders`` lists what a login may send as (SPEC §4):
+the address itself, aliases pointing to it, and addresses granted to a user whose
+login is this address with the ``send`` permission.
+"""
+
+from __future__ import annotations
+
+from ..policy.relay import AddressFacts, AliasFacts
+from ..store import Store
+
+
+class StoreDirectory:
+    """``relay.Directory`` over the store, with a per-transaction domain cache."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._domains: dict[str, bool] = {}
+
+    async def domain_exists(self, domain: str, /) -> bool:
+        if domain not in self._domains:
+            self._domains[domain] = await self.store.get_domain(domain) is not None
+        return self._domains[domain]
+
+    async def get_address(self, key: str, /) -> AddressFacts | None:
+        return await self.store.get_address(key)
+
+    async def get_alias(self, key: str, /) -> AliasFacts | None:
+        return await self.store.get_alias(key)
+
+    async def catchall_for(self, domain: str, /) -> AddressFacts | None:
+        return await self.store.catchall_for(domain)
+
+
+async def allowed_senders(store: Store, email: str) -> tuple[str, ...]:
+    found = [email]
+    found += [a.key for a in await store.aliases_pointing_to(email)]
+    found += await store.addresses_granted_to(email, "send")
+    return tuple(dict.fromkeys(found))

@@ -1,0 +1,552 @@
+"""One SMTP session: aiosmtpd's protocol class with our commands (RFC 5321, 3207, 4954).
+
+aiosmtpd gives the connection plumbing (command loop, timeouts, the STARTTLS
+transport switch). Every command whose meaning is policy is replaced here and asks
+``mailstack.policy`` for the verdict; nothing here decides who may send what.
+
+Implementation notes (invariants):
+- STARTTLS (RFC 3207 §4.2): whatever the client pipelined after the STARTTLS line is
+  dropped before the first command under TLS, and the session is reset (new
+  ``Session``: no EHLO name, no AUTH; new ``Envelope``). aiosmtpd clears the reader
+  buffer in ``connection_made``; ``_after_tls`` does it again explicitly, so the
+  guarantee does not rest on a library detail (tests/smtp/test_starttls.py).
+- Per-state rules are checked once per command in ``_gate``: 587 refuses everything
+  but EHLO/NOOP/STARTTLS/QUIT before TLS (530 5.7.0); submission refuses MAIL before
+  AUTH (530 5.7.0, RFC 6409 §4.3); MAIL/RCPT/DATA need EHLO/HELO first.
+- Transaction state lives on the ``Envelope`` (reset by RSET, EHLO, HELO, after DATA
+  and after STARTTLS); login state lives on the ``Session`` (reset by STARTTLS only).
+- No password is read unless ``may_send_password`` allows it on this connection.
+- Three kinds of error per command: syntax (5xx from the parsers), a policy refusal
+  (the verdict's reply), a server error (logged, ``451 4.3.0``; see ``handle_exception``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import binascii
+import logging
+import secrets
+from base64 import b64decode
+from collections import defaultdict
+from typing import TYPE_CHECKING, Any
+
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from ..policy.auth import may_send_password
+from ..policy.envelope import (
+    AddressError,
+    EnvelopeAddress,
+    MailFrom,
+    check_helo_name,
+    parse_mail_from,
+    parse_rcpt_to,
+)
+from ..policy.headers import (
+    HeaderError,
+    MessageLimits,
+    TlsInfo,
+    check_message,
+    extract_from_addresses,
+)
+from ..policy.limits import check_daily_limit, check_recipient_cap
+from ..policy.relay import (
+    RcptVerdict,
+    check_envelope_sender,
+    check_header_senders,
+    route_recipient,
+)
+from ..store import Unavailable
+from . import replies
+from .data import DataState, read_data
+from .delivery import Transaction, accept
+from .directory import StoreDirectory, allowed_senders
+
+if TYPE_CHECKING:
+    from .server import SmtpFrontEnd
+
+log = logging.getLogger("mailstack.smtp")
+
+DAY = 86400.0
+# RFC 3207 §4: before TLS on a STARTTLS-required port only these may run.
+BEFORE_STARTTLS = frozenset({"EHLO", "NOOP", "STARTTLS", "QUIT"})
+NEEDS_HELO = frozenset({"MAIL", "RCPT", "DATA", "AUTH"})
+
+
+class MSession(Session):
+    """Login state; survives RSET, dropped by STARTTLS (a new MSession is made)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(loop)
+        self.address_id: int | None = None
+        self.email: str = ""
+        self.plan: str = ""
+        self.allowed: tuple[str, ...] = ()
+        self.auth_failures = 0
+
+
+class MEnvelope(Envelope):
+    """One mail transaction (RFC 5321 §3.3)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.mail: MailFrom | None = None
+        self.recipients: list[EnvelopeAddress] = []
+        self.verdicts: list[RcptVerdict] = []
+        self.size_limit: int = 0
+
+
+class _NoHooks:
+    """aiosmtpd wants a handler object; every hook is a method of MailstackSMTP."""
+
+
+class MailstackSMTP(SMTP):
+    def __init__(self, fe: SmtpFrontEnd) -> None:
+        self.fe = fe
+        s = fe.services.settings.smtp
+        # Read by SMTP.__init__ for its StreamReader limit: the longest line (CRLF
+        # included) plus the transparency dot (RFC 5321 §4.5.3.1.6, §4.5.2).
+        self.line_length_limit = s.max_line_length + 1
+        super().__init__(
+            _NoHooks(), data_size_limit=fe.max_size, enable_SMTPUTF8=True,
+            decode_data=False, hostname=fe.services.hostname,
+            ident=replies.GREETING_IDENT,
+            tls_context=fe.services.server_ssl if fe.listener.tls == "starttls" else None,
+            require_starttls=fe.starttls_required, timeout=s.command_timeout,
+            auth_required=False, auth_require_tls=False, loop=asyncio.get_running_loop())
+        # aiosmtpd keeps these limits in a class-level dict that EHLO grows forever;
+        # ours are per instance and fixed (RFC 5321 §4.5.3.1.4, raised for ESMTP params).
+        self.command_size_limit = s.max_line_length - 2
+        self.command_size_limits = defaultdict(lambda: s.max_line_length - 2)
+        self.session: MSession | None = None
+        self.envelope: MEnvelope | None = None
+        self._counted_ip: str | None = None
+        self._refused = False
+
+    # --- plumbing ---------------------------------------------------------------------
+    def _create_session(self) -> MSession:
+        return MSession(self.loop)
+
+    def _create_envelope(self) -> MEnvelope:
+        return MEnvelope()
+
+    @property
+    def sess(self) -> MSession:
+        if self.session is None:  # AttributeError: inspect.getmembers() skips it
+            raise AttributeError("no session yet")
+        return self.session
+
+    @property
+    def env(self) -> MEnvelope:
+        if self.envelope is None:
+            raise AttributeError("no envelope yet")
+        return self.envelope
+
+    @property
+    def client_ip(self) -> str:
+        peer = self.sess.peer
+        return str(peer[0]) if isinstance(peer, tuple) and peer else str(peer)
+
+    def _ssl_object(self) -> Any:
+        return self.transport.get_extra_info("ssl_object") if self.transport else None
+
+    @property
+    def tls_active(self) -> bool:
+        return self._tls_protocol is not None or self._ssl_object() is not None
+
+    def tls_info(self) -> TlsInfo | None:
+        obj = self._ssl_object()
+        if obj is None:
+            return None
+        cipher = obj.cipher()
+        return TlsInfo(obj.version() or "", cipher[0] if cipher else "",
+                       cipher[2] if cipher else None)
+
+    @property
+    def password_allowed(self) -> bool:
+        if self.fe.starttls_required and not self.tls_active:
+            return False
+        return may_send_password(self.tls_active, self.client_ip,
+                                 self.fe.services.settings.server.allow_plaintext_auth_on_loopback)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        first = self.transport is None and self._original_transport is None
+        if first:
+            peer = transport.get_extra_info("peername")
+            ip = str(peer[0]) if peer else "?"
+            verdict = self.fe.connections.acquire(ip)
+            if not verdict.allowed:  # RFC 5321 §3.8: 421 and close
+                self._refused = True
+                transport.write(f"{verdict.reply}\r\n".encode())  # type: ignore[attr-defined]
+                transport.close()
+                return
+            self._counted_ip = ip
+            self.fe.sessions.add(self)
+        super().connection_made(transport)
+        if not first:
+            self._after_tls()
+
+    def _after_tls(self) -> None:
+        # RFC 3207 §4.2: discard pipelined plaintext; the session starts over.
+        self._reader._buffer.clear()  # type: ignore[attr-defined]
+        self._set_rset_state()
+
+    def connection_lost(self, error: Exception | None) -> None:
+        if self._refused:
+            return
+        if self._counted_ip is not None:
+            self.fe.connections.release(self._counted_ip)
+            self._counted_ip = None
+        self.fe.sessions.discard(self)
+        super().connection_lost(error)
+
+    def _timeout_cb(self) -> None:
+        if self.transport is not None:
+            self.transport.write(f"{replies.TIMEOUT}\r\n".encode())  # type: ignore[attr-defined]
+        super()._timeout_cb()
+
+    async def push(self, status: Any) -> None:
+        if isinstance(status, str):
+            status = replies.sanitize(status)
+            if not status.startswith(f"220 {self.hostname} "):  # the greeting stays bare
+                status = replies.with_enhanced(status)
+        await super().push(status)
+
+    async def _push_raw(self, lines: list[str]) -> None:
+        """Lines that must not get an enhanced code (EHLO/HELO replies, RFC 2034 §3)."""
+        for line in lines:
+            await super().push(replies.sanitize(line))
+
+    async def handle_exception(self, error: Exception) -> str:
+        if isinstance(error, Unavailable):
+            log.error("smtp %s: store unavailable: %s", self.client_ip, error)
+        else:
+            log.exception("smtp %s: server error", self.client_ip)
+        self._set_rset_state()
+        return replies.TEMP_FAILURE
+
+    async def _gate(self, command: str) -> bool:
+        """Per-state check, once per command; True if the command may run."""
+        if command in NEEDS_HELO and not self.sess.host_name:
+            await self.push(replies.NEED_EHLO)
+            return False
+        return True
+
+    # --- greeting commands (RFC 5321 §4.1.1.1) ----------------------------------------
+    async def _helo(self, arg: str | None, extended: bool) -> bool:
+        try:
+            name = check_helo_name(arg or "")
+        except AddressError as exc:
+            await self.push(exc.reply)
+            return False
+        self._set_rset_state()
+        self.sess.extended_smtp = extended
+        self.sess.host_name = name.name
+        return True
+
+    async def smtp_HELO(self, arg: str | None) -> None:
+        if await self._helo(arg, False):
+            await self._push_raw([f"250 {self.hostname}"])
+
+    async def smtp_EHLO(self, arg: str | None) -> None:
+        if not await self._helo(arg, True):
+            return
+        caps = [self.hostname, "PIPELINING", f"SIZE {self.fe.max_size}", "8BITMIME",
+                "ENHANCEDSTATUSCODES", "SMTPUTF8"]
+        if self.tls_context is not None and not self.tls_active:
+            caps.append("STARTTLS")  # RFC 3207 §4: only before TLS
+        if self.password_allowed:
+            caps.append("AUTH PLAIN LOGIN")  # RFC 4954 §4: only where a password may go
+        caps.append("HELP")
+        await self._push_raw([f"250-{c}" for c in caps[:-1]] + [f"250 {caps[-1]}"])
+
+    async def smtp_STARTTLS(self, arg: str | None) -> None:
+        if arg:
+            await self.push("501 5.5.4 Syntax: STARTTLS")
+        elif self.tls_active:
+            await self.push(replies.TLS_ACTIVE)
+        elif self.tls_context is None:
+            await self.push(replies.TLS_UNAVAILABLE)
+        else:
+            await super().smtp_STARTTLS(arg)
+
+    async def smtp_NOOP(self, arg: str | None) -> None:
+        await self.push(replies.OK)
+
+    async def smtp_RSET(self, arg: str | None) -> None:
+        if arg:
+            await self.push("501 5.5.4 Syntax: RSET")
+            return
+        self._set_rset_state()
+        await self.push(replies.OK)
+
+    async def smtp_QUIT(self, arg: str | None) -> None:
+        await super().smtp_QUIT(None)  # RFC 5321 §4.1.1.10: arguments are ignored
+
+    async def smtp_VRFY(self, arg: str | None) -> None:
+        # RFC 5321 §3.5.3: 252 without revealing whether the address exists.
+        await self.push("252 2.5.0 Cannot VRFY user, but will accept message for delivery")
+
+    async def smtp_EXPN(self, arg: str | None) -> None:
+        await self.push("502 5.5.1 EXPN not available")
+
+    async def smtp_HELP(self, arg: str | None) -> None:
+        await self.push("214 2.0.0 See RFC 5321; commands: EHLO HELO STARTTLS AUTH MAIL "
+                        "RCPT DATA RSET NOOP QUIT")
+
+    # --- AUTH (RFC 4954; PLAIN RFC 4616; LOGIN) ---------------------------------------
+    async def smtp_AUTH(self, arg: str | None) -> None:
+        if not await self._gate("AUTH"):
+            return
+        if not self.sess.extended_smtp:
+            await self.push(replies.NEED_EHLO)
+            return
+        if not self.password_allowed:
+            await self.push(replies.AUTH_ENCRYPTION)
+            return
+        if self.sess.address_id is not None:
+            await self.push(replies.AUTH_ALREADY)
+            return
+        if self.env.mail is not None:
+            await self.push(replies.AUTH_IN_TRANSACTION)
+            return
+        args = (arg or "").split()
+        if not args or len(args) > 2:
+            await self.push("501 5.5.4 Syntax: AUTH mechanism [initial-response]")
+            return
+        mechanism, initial = args[0].upper(), (args[1] if len(args) == 2 else None)
+        reader = AUTH_MECHANISMS.get(mechanism)
+        if reader is None:
+            await self.push(replies.AUTH_MECHANISM)
+            return
+        creds = await reader(self, initial)
+        if creds is None:
+            return  # the reader already answered (abort, bad base64, ...)
+        authzid, user, secret = creds
+        result = await self.fe.services.auth.authenticate(
+            user, secret, client_ip=self.client_ip, protocol="smtp", authzid=authzid or None)
+        if result.status == "refused":
+            await self.push(f"454 4.7.0 {result.refusal_text()}")
+            return
+        if not result.ok:
+            self.sess.auth_failures += 1
+            if self.sess.auth_failures >= self.fe.max_auth_failures:
+                await self.push(replies.AUTH_TOO_MANY)
+                if self.transport is not None:
+                    self.transport.close()
+                return
+            await self.push(replies.AUTH_INVALID)
+            return
+        addr = await self.fe.services.store.get_address_by_id(result.address_id)
+        if addr is None:
+            await self.push(replies.AUTH_INVALID)
+            return
+        self.sess.address_id = addr.id
+        self.sess.email = addr.email
+        self.sess.plan = addr.plan
+        self.sess.allowed = await allowed_senders(self.fe.services.store, addr.email)
+        self.sess.authenticated = True
+        await self.push(replies.AUTH_OK)
+
+    async def _sasl_line(self, challenge: str) -> bytes | None:
+        """Send ``334 challenge``, read one response line, base64-decode it."""
+        await super().push(f"334 {challenge}")
+        try:
+            line = await self._reader.readline()
+        except ValueError:  # longer than the stream limit (asyncio drops it)
+            await self.push(replies.LINE_TOO_LONG)
+            return None
+        return await self._decode_b64(line.strip())
+
+    async def _decode_b64(self, blob: bytes) -> bytes | None:
+        if blob == b"*":  # RFC 4954 §4: the client cancels
+            await self.push(replies.AUTH_ABORTED)
+            return None
+        if blob == b"=":  # RFC 4954 §4: an empty initial response
+            return b""
+        try:
+            return b64decode(blob, validate=True)
+        except (binascii.Error, ValueError):
+            await self.push(replies.AUTH_BAD_BASE64)
+            return None
+
+    async def _auth_plain(self, initial: str | None) -> tuple[str, str, str] | None:
+        if initial is None:
+            raw = await self._sasl_line("")
+        else:
+            raw = await self._decode_b64(initial.encode("ascii", "replace"))
+        if raw is None:
+            return None
+        parts = raw.split(b"\0")
+        if len(parts) != 3:  # RFC 4616 §2: [authzid] NUL authcid NUL passwd
+            await self.push(replies.AUTH_MALFORMED)
+            return None
+        try:
+            authzid, user, secret = (p.decode("utf-8") for p in parts)
+        except UnicodeDecodeError:
+            await self.push(replies.AUTH_MALFORMED)
+            return None
+        return authzid, user, secret
+
+    async def _auth_login(self, initial: str | None) -> tuple[str, str, str] | None:
+        if initial is None:
+            user_b = await self._sasl_line("VXNlcm5hbWU6")  # "Username:"
+        else:
+            user_b = await self._decode_b64(initial.encode("ascii", "replace"))
+        if user_b is None:
+            return None
+        secret_b = await self._sasl_line("UGFzc3dvcmQ6")  # "Password:"
+        if secret_b is None:
+            return None
+        try:
+            return "", user_b.decode("utf-8"), secret_b.decode("utf-8")
+        except UnicodeDecodeError:
+            await self.push(replies.AUTH_MALFORMED)
+            return None
+
+    # --- the mail transaction (RFC 5321 §3.3) -----------------------------------------
+    def _plan_size(self) -> int:
+        if self.sess.address_id is not None:
+            return min(self.fe.max_size,
+                       self.fe.services.settings.plan(self.sess.plan).max_message_size)
+        return self.fe.max_size
+
+    async def smtp_MAIL(self, arg: str | None) -> None:
+        if not await self._gate("MAIL"):
+            return
+        if self.env.mail is not None:
+            await self.push(replies.NESTED_MAIL)
+            return
+        if self.fe.role == "submission" and self.sess.address_id is None:
+            await self.push(replies.AUTH_REQUIRED)  # RFC 6409 §4.3
+            return
+        limit = self._plan_size()
+        try:
+            mail = parse_mail_from(arg or "", max_size=limit, dsn_enabled=False)
+        except AddressError as exc:
+            await self.push(exc.reply)
+            return
+        if self.sess.address_id is not None:
+            verdict = check_envelope_sender(mail.sender, self.sess.allowed)
+            if not verdict.allowed:
+                await self.push(verdict.reply)
+                return
+        self.env.mail = mail
+        self.env.mail_from = str(mail.sender) if mail.sender else "<>"
+        self.env.smtp_utf8 = mail.params.smtputf8
+        self.env.size_limit = limit
+        await self.push("250 2.1.0 Sender OK")
+
+    async def smtp_RCPT(self, arg: str | None) -> None:
+        if not await self._gate("RCPT"):
+            return
+        mail = self.env.mail
+        if mail is None:
+            await self.push(replies.NEED_MAIL)
+            return
+        try:
+            rcpt = parse_rcpt_to(arg or "", smtputf8=mail.params.smtputf8,
+                                 dsn_enabled=False).recipient
+        except AddressError as exc:
+            await self.push(exc.reply)
+            return
+        settings = self.fe.services.settings
+        authed = self.sess.address_id is not None
+        plan = settings.plan(self.sess.plan if authed else settings.smtp.default_plan)
+        n = len(self.env.recipients) + 1
+        cap = check_recipient_cap(n, plan.max_recipients_per_message)
+        if not cap.allowed:  # RFC 5321 §4.5.3.1.10
+            await self.push(cap.reply)
+            return
+        store = self.fe.services.store
+        if authed:
+            assert self.sess.address_id is not None
+            now = self.fe.services.clock()
+            history = await store.sends_since(self.sess.address_id, now - DAY)
+            daily = check_daily_limit(history, plan.daily_recipients, now, 1,
+                                      pending=len(self.env.recipients))
+            if not daily.ok:
+                await self.push(daily.reply)
+                return
+        verdict = await route_recipient(rcpt, authed, StoreDirectory(store))
+        if not verdict.accepted:
+            await self.push(verdict.reply)
+            return
+        if not authed:
+            # Mail from the internet: the recipient domain's plan bounds the size.
+            domain = await store.get_domain(rcpt.domain)
+            if domain is not None:
+                size = settings.plan(domain.plan).max_message_size
+                if mail.params.size is not None and mail.params.size > size:
+                    await self.push(f"552 5.3.4 Message size exceeds the maximum of {size} "
+                                    f"octets for <{rcpt}>")
+                    return
+                self.env.size_limit = min(self.env.size_limit, size)
+        self.env.recipients.append(rcpt)
+        self.env.verdicts.append(verdict)
+        self.env.rcpt_tos.append(str(rcpt))
+        await self.push("250 2.1.5 Recipient OK")
+
+    async def smtp_DATA(self, arg: str | None) -> None:
+        if not await self._gate("DATA"):
+            return
+        if self.env.mail is None:
+            await self.push(replies.NEED_MAIL)
+            return
+        if not self.env.recipients:
+            await self.push(replies.NEED_RCPT)
+            return
+        if arg:
+            await self.push("501 5.5.4 Syntax: DATA")
+            return
+        s = self.fe.services.settings.smtp
+        await self.push(replies.DATA_START)
+        self._reset_timeout(s.data_timeout)
+        result = await read_data(self._reader, self.fe.max_size, s.max_line_length)
+        self._reset_timeout()
+        reply = await self._finish_data(result.state, result.content, result.size)
+        self._set_rset_state()
+        await self.push(reply)
+
+    async def _finish_data(self, state: DataState, content: bytes, size: int) -> str:
+        env, sess = self.env, self.sess
+        s = self.fe.services.settings.smtp
+        if state is DataState.TOO_BIG or size > env.size_limit:
+            return f"552 5.3.4 Message exceeds the maximum size of {env.size_limit} octets"
+        if state is DataState.LINE_TOO_LONG:
+            return f"554 5.6.0 Line longer than {s.max_line_length} octets (RFC 5321 §4.5.3.1.6)"
+        check = check_message(content, MessageLimits(
+            max_line=s.max_line_length, max_header_fields=s.max_header_lines,
+            max_header_bytes=s.max_header_bytes))
+        if not check.ok:
+            return check.reply
+        if sess.address_id is not None:  # SPEC §4: From: must be a sendable address
+            try:
+                froms = extract_from_addresses(content)
+            except HeaderError as exc:
+                return exc.reply
+            verdict = check_header_senders([f.address for f in froms], sess.allowed)
+            if not verdict.allowed:
+                return verdict.reply
+        assert env.mail is not None
+        tx = Transaction(
+            queue_id=self.fe.make_id(), helo=sess.host_name, esmtp=sess.extended_smtp,
+            client_ip=self.client_ip, tls=self.tls_info(), sender=env.mail.sender,
+            smtputf8=env.mail.params.smtputf8, recipients=list(env.recipients),
+            verdicts=list(env.verdicts), content=content, auth_address_id=sess.address_id)
+        done: asyncio.Future[None] = self.loop.create_future()
+        self.fe.in_flight.add(done)
+        try:
+            return await accept(self.fe.services, tx)
+        finally:
+            done.set_result(None)
+            self.fe.in_flight.discard(done)
+
+
+AUTH_MECHANISMS = {
+    "PLAIN": MailstackSMTP._auth_plain,
+    "LOGIN": MailstackSMTP._auth_login,
+}
+
+
+def new_queue_id() -> str:
+    return secrets.token_hex(8).upper()
