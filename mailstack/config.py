@@ -409,7 +409,7 @@ def render_example() -> str:
 
 
 def dev_settings(base: Settings) -> Settings:
-    """``serve --dev``: loopback, standard port + 10000, plaintext auth on loopback."""
+    """``serve --dev``: loopback, standard port + 10000 (passwords still need TLS)."""
     ls = base.listeners
     moved = {
         f.name: dataclasses.replace(getattr(ls, f.name), address="127.0.0.1",

@@ -374,6 +374,7 @@ class _Budget:
         self.header_lines = max_header_lines
         self.max_depth = max_depth
         self.truncated = False
+        self.too_deep = False  # the nesting cap (not the part/line caps) was hit
 
 
 def parse_message(
@@ -389,6 +390,14 @@ def parse_message(
     if budget.truncated:
         msg = Message(msg.envelope, msg.root, msg.size, truncated=True)
     return msg
+
+
+def exceeds_depth(data: bytes, max_depth: int) -> bool:
+    """True if MIME parts (multipart or message/rfc822) nest deeper than ``max_depth``
+    (SMTP refuses such messages: HOSTILE.md "MIME bombs"). Linear in the message size."""
+    budget = _Budget(MAX_PARTS, MAX_HEADER_LINES, max_depth)
+    _message(data, 0, len(data), 0, budget)
+    return budget.too_deep
 
 
 _ENVELOPE_FIELDS = (
@@ -490,6 +499,7 @@ def _part(
             return BodyPart("multipart", sub, children=children, **common)
         if deep:
             budget.truncated = True
+            budget.too_deep |= boundary is not None and depth >= budget.max_depth
         # No boundary, or too deep: an opaque leaf (RFC 2046 §5.1.1 needs a boundary).
         return BodyPart("application", "octet-stream", **common)
     lines = None
@@ -502,6 +512,7 @@ def _part(
             message = _message(data, body_start, end, depth + 1, budget)
         elif deep:
             budget.truncated = True
+            budget.too_deep |= depth >= budget.max_depth
     return BodyPart(mtype, sub, lines=lines, message=message, **common)
 
 

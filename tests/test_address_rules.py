@@ -12,7 +12,7 @@ from mailstack.policy.addresses import (
     parse_new_address,
 )
 
-FORBIDDEN = list(" @!#$%^&*()=[]<>,\"/;?") + ["+", "'", "`", "{", "}", "|", "~", ":", "\\"]
+FORBIDDEN = [*" @!#$%^&*()=[]<>,\"/;?", "+", "'", "`", "{", "}", "|", "~", ":", "\\"]
 
 
 @pytest.mark.parametrize("good", [

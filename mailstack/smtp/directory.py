@@ -39,3 +39,15 @@ async def allowed_senders(store: Store, email: str) -> tuple[str, ...]:
     found += [a.key for a in await store.aliases_pointing_to(email)]
     found += await store.addresses_granted_to(email, "send")
     return tuple(dict.fromkeys(found))
+
+
+async def postmaster_domain(store: Store, hostname: str) -> str | None:
+    """The domain whose postmaster receives ``RCPT TO:<Postmaster>`` (RFC 5321
+    §4.1.1.3): the server's host name if hosted, else its parent domain, else the first
+    hosted domain; None when nothing is hosted."""
+    host = hostname.lower().rstrip(".")
+    for candidate in (host, host.partition(".")[2]):
+        if candidate and await store.get_domain(candidate) is not None:
+            return candidate
+    domains = await store.list_domains()
+    return domains[0].name if domains else None

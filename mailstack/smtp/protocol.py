@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
+from ..mime import exceeds_depth
 from ..policy.auth import may_send_password
 from ..policy.envelope import (
     AddressError,
@@ -59,7 +60,7 @@ from ..store import Unavailable
 from . import replies
 from .data import DataState, read_data
 from .delivery import Transaction, accept
-from .directory import StoreDirectory, allowed_senders
+from .directory import StoreDirectory, allowed_senders, postmaster_domain
 
 if TYPE_CHECKING:
     from .server import SmtpFrontEnd
@@ -444,8 +445,12 @@ class MailstackSMTP(SMTP):
             await self.push(replies.NEED_MAIL)
             return
         try:
+            postmaster = None
+            if "@" not in (arg or ""):  # RFC 5321 §4.1.1.3: <Postmaster> without domain
+                postmaster = await postmaster_domain(self.fe.services.store,
+                                                     self.fe.services.hostname)
             rcpt = parse_rcpt_to(arg or "", smtputf8=mail.params.smtputf8,
-                                 dsn_enabled=False).recipient
+                                 dsn_enabled=False, postmaster_domain=postmaster).recipient
         except AddressError as exc:
             await self.push(exc.reply)
             return
@@ -519,6 +524,8 @@ class MailstackSMTP(SMTP):
             max_header_bytes=s.max_header_bytes))
         if not check.ok:
             return check.reply
+        if await asyncio.to_thread(exceeds_depth, content, s.max_mime_depth):
+            return f"554 5.6.0 MIME parts nested deeper than {s.max_mime_depth} levels"
         if sess.address_id is not None:  # SPEC §4: From: must be a sendable address
             try:
                 froms = extract_from_addresses(content)

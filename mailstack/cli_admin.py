@@ -1,0 +1,309 @@
+"""Operator sub-commands over the store: domains, addresses, aliases, forwarding,
+app passwords, the activity log and client settings (SPEC §3, §10, §11).
+
+Every handler validates its input with ``mailstack.policy.addresses`` before it
+touches the store, so a refused address is reported with the offending character and
+its position, and nothing is written. Store refusals (``StoreError``) carry their own
+clear text and are printed by ``cli.main``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import secrets
+import string
+
+from .cli import CliError, Ctx, read_password, with_store
+from .policy.addresses import AddressRuleError, address_key, check_domain, parse_new_address
+from .store import Address, NotFound, Store
+
+# --- helpers -------------------------------------------------------------------------
+
+
+async def need_address(store: Store, address: str) -> Address:
+    found = await store.get_address(address)
+    if found is None:
+        raise CliError(f"no address {address} is hosted here")
+    return found
+
+
+def check_target(target: str) -> str:
+    """A forwarding/alias target: any syntactically plain address, local or remote."""
+    local, sep, domain = target.strip().rpartition("@")
+    if not sep or not local:
+        raise CliError(f"target {target!r} is not an address (local@domain)")
+    for i, ch in enumerate(local, start=1):
+        if ord(ch) <= 0x20 or ord(ch) == 0x7F or ch in '<>()[],;:\\"@':
+            raise CliError(f"target {target!r}: character {ch!r} at position {i} is not "
+                           "allowed in an address")
+    try:
+        domain = check_domain(domain)
+    except AddressRuleError as exc:
+        raise CliError(f"target {target!r}: {exc}") from exc
+    return f"{local}@{domain}"
+
+
+async def check_targets(store: Store, targets: list[str], *, not_self: str) -> list[str]:
+    """Validate targets; a target on a hosted domain must exist here."""
+    out: list[str] = []
+    seen: set[str] = set()
+    for raw in targets:
+        target = check_target(raw)
+        key = address_key(target)
+        if key == address_key(not_self):
+            raise CliError(f"{target} cannot point to itself")
+        if key in seen:
+            continue
+        seen.add(key)
+        domain = target.rpartition("@")[2]
+        if await store.get_domain(domain) is not None and (
+                await store.get_address(target) is None
+                and await store.get_alias(target) is None):
+            raise CliError(f"target {target} is on hosted domain {domain} but does not "
+                           "exist; create it first")
+        out.append(target)
+    return out
+
+
+def when(ts: float | None) -> str:
+    if ts is None:
+        return "-"
+    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+# --- domains -------------------------------------------------------------------------
+
+
+@with_store
+async def domain_add(ctx: Ctx, store: Store, args: argparse.Namespace) -> int:
+    name = check_domain(args.domain)
+    plan = args.plan or ctx.settings.smtp.default_plan
+    if plan not in ctx.settings.plans:
+        raise CliError(f"no plan {plan!r} (plans: {', '.join(ctx.settings.plans)})")
+    dom = await store.add_domain(name, plan)
+    ctx.print(f"domain {dom.name} added (plan {dom.plan})")
+    return 0
+
+
+@with_store
+async def domain_list(ctx: Ctx, store: Store, args: argparse.Namespace) -> int:
+    domains = await store.list_domains()
+    if not domains:
+        ctx.warn("no domains; add one with `mailstack domain add DOMAIN`")
+    for d in domains:
+        n = len(await store.list_addresses(d.name))
+        cap = ctx.settings.plan(d.plan).max_addresses
+        ctx.print(f"{d.name}\tplan={d.plan}\taddresses={n}/{cap}")
+    return 0
+
+
+@with_store
+async def domain_remove(ctx: Ctx, store: Store, args: argparse.Namespace) -> int:
+    await store.remove_domain(args.domain)
+    ctx.print(f"domain {args.domain.lower()} removed")
+    return 0
+
+
+# --- addresses -----------------------------------------------------------------------
+
+
+@with_store
+async def address_add(ctx: Ctx, store: Store, args: argparse.Namespace) -> int:
+    new = parse_new_address(args.address)
+    dom = await store.get_domain(new.domain)
+    if dom is None:
+        raise CliError(f"domain {new.domain} is not hosted here; add it first with "
+                       f"`mailstack domain add {new.domain}`")
+    password = read_password(ctx, args, required=False)
+    pw_hash = await ctx.passwords().hash(password) if password is not None else None
+    addr = await store.add_address(new.local_part, dom.name, kind=args.kind,
+                                   password_hash=pw_hash, display_name=args.name,
+                                   max_addresses=ctx.settings.plan(dom.plan).max_addresses)
+    await store.log_activity("address_created", address=addr.email, protocol="cli",
+                             detail=addr.kind)
+    ctx.print(f"address {addr.email} added ({addr.kind})")
+    if pw_hash is None:
+        ctx.warn(f"note: {addr.email} has no password and cannot log in until "
+                 "`mailstack address passwd ADDRESS --password-stdin`")
+    return 0
+
+
+@with_store
+async def address_passwd(ctx: Ctx, store: Store, args: argparse.Namespace) -> int:
+    addr = await need_address(store, args.address)
+    password = read_password(ctx, args, required=True)
+    assert password is not None
+    pw_hash = await ctx.passwords().hash(password)
+    await store.set_password(addr.id, pw_hash)
+    await store.log_activity("password_changed", address=addr.email, protocol="cli")
+    ctx.print(f"password of {addr.email} changed; open sessions are cut off")
+    return 0
+
+
+@with_store
+async def address_list(ctx: Ctx, store: Store, args: argparse.Namespace) -> int:
+    domain = None
+    if args.domain:
+        domain = check_domain(args.domain)
+        if await store.get_domain(domain) is None:
+            raise CliError(f"domain {domain} is not hosted here")
+    for a in await store.list_addresses(domain):
+        extra = []
+        if a.display_name:
+            extra.append(f"name={a.display_name!r}")
+        if a.password_hash is None:
+            extra.append("no-password")
+        if a.forward_to:
+            extra.append("forward=" + ",".join(a.forward_to)
+                         + (" (keep copy)" if a.keep_copy else ""))
+        ctx.print("\t".join([a.email, a.kind, *extra]))
+    return 0
+
+
+@with_store
+async def address_remove(ctx: Ctx, store: Store, args: argparse.Namespace) -> int:
+    addr = await need_address(store, args.address)
+    folders = await store.list_folders(addr.id)
+    messages = 0
+    for f in folders:
+        messages += (await store.folder_status(f.id)).messages
+    if not args.yes:
+        raise CliError(f"not removed: removing {addr.email} destroys its {len(folders)} "
+                       f"folders and {messages} messages for good; run again with --yes "
+                       "to confirm", code=2)
+    await store.remove_address(addr.id)
+    await store.log_activity("address_removed", address=addr.email, protocol="cli",
+                             detail=f"{len(folders)} folders, {messages} messages")
+    ctx.print(f"address {addr.email} removed ({len(folders)} folders, {messages} messages)")
+    return 0
+
+
+# --- aliases and forwarding ---------------------------------------------------------------
+
+
+@with_store
+async def alias_add(ctx: Ctx, store: Store, args: argparse.Namespace) -> int:
+    new = parse_new_address(args.alias)
+    if await store.get_domain(new.domain) is None:
+        raise CliError(f"domain {new.domain} is not hosted here; add it first")
+    targets = await check_targets(store, args.targets, not_self=new.email)
+    alias = await store.add_alias(new.local_part, new.domain, targets)
+    ctx.print(f"alias {alias.local_part}@{alias.domain} -> {', '.join(alias.targets)}")
+    return 0
+
+
+@with_store
+async def alias_remove(ctx: Ctx, store: Store, args: argparse.Namespace) -> int:
+    await store.remove_alias(args.alias)
+    ctx.print(f"alias {args.alias} removed")
+    return 0
+
+
+@with_store
+async def alias_list(ctx: Ctx, store: Store, args: argparse.Namespace) -> int:
+    domain = check_domain(args.domain) if args.domain else None
+    for a in await store.list_aliases(domain):
+        ctx.print(f"{a.local_part}@{a.domain}\t-> {', '.join(a.targets)}")
+    return 0
+
+
+@with_store
+async def forward_set(ctx: Ctx, store: Store, args: argparse.Namespace) -> int:
+    addr = await need_address(store, args.address)
+    targets = await check_targets(store, args.targets, not_self=addr.email)
+    await store.set_forwarding(addr.id, targets, args.keep_copy)
+    copy = "keeping a copy" if args.keep_copy else "without keeping a copy"
+    ctx.print(f"{addr.email} forwards to {', '.join(targets)} ({copy})")
+    return 0
+
+
+@with_store
+async def forward_clear(ctx: Ctx, store: Store, args: argparse.Namespace) -> int:
+    addr = await need_address(store, args.address)
+    await store.set_forwarding(addr.id, [], True)
+    ctx.print(f"{addr.email} no longer forwards")
+    return 0
+
+
+# --- app passwords -----------------------------------------------------------------------
+
+
+def generate_app_password() -> str:
+    """Four groups of four lowercase letters: easy to type on a phone, ~75 bits."""
+    letters = string.ascii_lowercase
+    return "-".join("".join(secrets.choice(letters) for _ in range(4)) for _ in range(4))
+
+
+@with_store
+async def app_password_add(ctx: Ctx, store: Store, args: argparse.Namespace) -> int:
+    addr = await need_address(store, args.address)
+    name = args.name.strip()
+    if not name or len(name) > 64 or any(ord(c) < 0x20 for c in name):
+        raise CliError("the app password name must be 1 to 64 printable characters")
+    secret = generate_app_password()
+    await store.add_app_password(addr.id, name, await ctx.passwords().hash(secret))
+    await store.log_activity("app_password_added", address=addr.email, protocol="cli",
+                             detail=name)
+    ctx.print(f"app password {name!r} for {addr.email} (shown once, now): {secret}")
+    return 0
+
+
+@with_store
+async def app_password_list(ctx: Ctx, store: Store, args: argparse.Namespace) -> int:
+    addr = await need_address(store, args.address)
+    for name, created, used in await store.list_app_passwords(addr.id):
+        ctx.print(f"{name}\tcreated {when(created)}\tlast used {when(used)}")
+    return 0
+
+
+@with_store
+async def app_password_revoke(ctx: Ctx, store: Store, args: argparse.Namespace) -> int:
+    addr = await need_address(store, args.address)
+    try:
+        await store.revoke_app_password(addr.id, args.name)
+    except NotFound as exc:
+        raise CliError(f"{addr.email}: {exc}") from exc
+    await store.log_activity("app_password_revoked", address=addr.email, protocol="cli",
+                             detail=args.name)
+    ctx.print(f"app password {args.name!r} of {addr.email} revoked")
+    return 0
+
+
+# --- activity, client settings -------------------------------------------------------------
+
+
+@with_store
+async def activity(ctx: Ctx, store: Store, args: argparse.Namespace) -> int:
+    if args.limit < 1:
+        raise CliError("--limit must be at least 1")
+    for e in await store.list_activity(args.address, limit=args.limit):
+        ctx.print("\t".join([when(e.at), e.address or "-", e.client_ip or "-",
+                             e.protocol or "-", e.event, e.detail]))
+    return 0
+
+
+@with_store
+async def client_settings(ctx: Ctx, store: Store, args: argparse.Namespace) -> int:
+    """What a client needs (SPEC §11): IMAP 993 SSL/TLS, SMTP 465 SSL/TLS, POP3 995."""
+    addr = await need_address(store, args.address)
+    s = ctx.settings
+    host = s.server.hostname
+    ctx.print(f"Mail client settings for {addr.email}")
+    ctx.print(f"  user name: {addr.email}  (the full address)")
+    ctx.print("  password:  the address's password, or one of its app passwords")
+    rows = (("imaps", "Incoming (IMAP, recommended)"),
+            ("submissions", "Outgoing (SMTP, recommended)"),
+            ("pop3s", "Incoming (POP3, alternative)"),
+            ("imap", "Incoming (IMAP, alternative)"),
+            ("submission", "Outgoing (SMTP, alternative)"))
+    for name, label in rows:
+        ls = getattr(s.listeners, name)
+        if not ls.enabled:
+            continue
+        security = "SSL/TLS" if ls.tls == "implicit" else (
+            "STARTTLS" if ls.tls == "starttls" else "none")
+        ctx.print(f"  {label:30} server {host}  port {ls.port}  security {security}")
+    if addr.kind == "no-reply":
+        ctx.print("  (a no-reply address sends only: it has no incoming mail)")
+    return 0
