@@ -50,6 +50,8 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from .replies import SmtpRefusal
+
 try:  # IDNA 2008; the stdlib codec (IDNA 2003) is the fallback.
     import idna as _idna
 except ImportError:  # pragma: no cover - idna is installed in every supported setup
@@ -95,18 +97,8 @@ _HEXCHAR = re.compile(r"\+([0-9A-F]{2})")
 _UNICODE_ESC = re.compile(r"\\x\{([0-9A-Fa-f]{2,6})\}")
 
 
-class AddressError(ValueError):
+class AddressError(SmtpRefusal):
     """A refusal with the SMTP reply to send: ``code enhanced text``."""
-
-    def __init__(self, code: int, enhanced: str, text: str) -> None:
-        super().__init__(f"{code} {enhanced} {text}")
-        self.code = code
-        self.enhanced = enhanced
-        self.text = text
-
-    @property
-    def reply(self) -> str:
-        return f"{self.code} {self.enhanced} {self.text}"
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,7 @@ from email.header import decode_header, make_header
 from email.utils import format_datetime
 
 from .envelope import EnvelopeAddress
+from .replies import HasReply, SmtpRefusal
 
 __all__ = [
     "HeaderError",
@@ -74,30 +75,18 @@ class MessageLimits:
 
 
 @dataclass(frozen=True)
-class MessageVerdict:
+class MessageVerdict(HasReply):
     ok: bool
     code: int
     enhanced: str
     text: str
 
-    @property
-    def reply(self) -> str:
-        return f"{self.code} {self.enhanced} {self.text}"
-
 
 _MSG_OK = MessageVerdict(True, 250, "2.6.0", "OK")
 
 
-class HeaderError(ValueError):
-    def __init__(self, code: int, enhanced: str, text: str) -> None:
-        super().__init__(f"{code} {enhanced} {text}")
-        self.code = code
-        self.enhanced = enhanced
-        self.text = text
-
-    @property
-    def reply(self) -> str:
-        return f"{self.code} {self.enhanced} {self.text}"
+class HeaderError(SmtpRefusal):
+    """A message header the SMTP layer refuses, with the reply to send."""
 
 
 # --- header block --------------------------------------------------------------------

@@ -27,6 +27,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from .replies import HasReply
+
 __all__ = [
     "ConnVerdict",
     "ConnectionCounter",
@@ -41,19 +43,15 @@ DAY = timedelta(hours=24)
 
 
 @dataclass(frozen=True)
-class RcptCapVerdict:
+class RcptCapVerdict(HasReply):
     allowed: bool
     code: int
     enhanced: str
     text: str
 
-    @property
-    def reply(self) -> str:
-        return f"{self.code} {self.enhanced} {self.text}"
-
 
 @dataclass(frozen=True)
-class DailyVerdict:
+class DailyVerdict(HasReply):
     allowed: int  # how many of the requested recipients may be sent now (0..requested)
     requested: int
     used: int  # recipients already sent in the window (plus ``pending``)
@@ -68,21 +66,13 @@ class DailyVerdict:
         """All requested recipients may be sent."""
         return self.allowed >= self.requested
 
-    @property
-    def reply(self) -> str:
-        return f"{self.code} {self.enhanced} {self.text}"
-
 
 @dataclass(frozen=True)
-class ConnVerdict:
+class ConnVerdict(HasReply):
     allowed: bool
     code: int
     enhanced: str
     text: str
-
-    @property
-    def reply(self) -> str:
-        return f"{self.code} {self.enhanced} {self.text}"
 
 
 # --- recipients per message ----------------------------------------------------------

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from .envelope import AddressError, EnvelopeAddress, parse_mailbox
+from .replies import HasReply
 
 __all__ = [
     "AddressFacts",
@@ -111,7 +112,7 @@ class AliasInfo:
 
 
 @dataclass(frozen=True)
-class RcptVerdict:
+class RcptVerdict(HasReply):
     accepted: bool
     code: int
     enhanced: str
@@ -120,21 +121,13 @@ class RcptVerdict:
     remote: tuple[str, ...] = ()  # addresses to queue for the internet, deduplicated
     via_catchall: bool = False  # SPEC §7: no autoreply for catchall deliveries
 
-    @property
-    def reply(self) -> str:
-        return f"{self.code} {self.enhanced} {self.text}"
-
 
 @dataclass(frozen=True)
-class SenderVerdict:
+class SenderVerdict(HasReply):
     allowed: bool
     code: int
     enhanced: str
     text: str
-
-    @property
-    def reply(self) -> str:
-        return f"{self.code} {self.enhanced} {self.text}"
 
 
 @dataclass(frozen=True)

@@ -272,21 +272,28 @@ class MailboxMixin(StoreBase):
         blob must already be durable. Returns the rows in the order of ``targets``."""
         now = self.clock()
         when = internal_date if internal_date is not None else now
-        order = sorted(range(len(targets)), key=lambda i: targets[i].folder_id)
-        out: dict[int, Message] = {}
         async with self._write() as (conn, events):
-            for i in order:
-                tg = targets[i]
-                uid, modseq, address_id = await self._allocate(conn, tg.folder_id, 1)
-                bits, keywords = flags_to_db(tg.flags)
-                size = blob_size + len(tg.prefix)
-                res = await conn.execute(insert(t.messages).values(
-                    folder_id=tg.folder_id, uid=uid, modseq=modseq, flags=bits,
-                    keywords=keywords, internal_date=when, size=size, blob_id=blob_id,
-                    prefix=tg.prefix, created_at=now).returning(t.messages.c.id))
-                out[i] = Message(int(res.scalar_one()), tg.folder_id, uid, modseq,
-                                 flags_from_db(bits, keywords), when, size, blob_id, tg.prefix)
-                events.append(MessagesAdded(address_id, tg.folder_id, (uid,)))
+            return await self._insert_copies(conn, events, blob_id, blob_size, targets,
+                                             when, now)
+
+    async def _insert_copies(self, conn: Any, events: list[Any], blob_id: str,
+                             blob_size: int, targets: Sequence[DeliveryTarget],
+                             when: float, now: float) -> list[Message]:
+        """Insert one row per target inside the caller's transaction, locking folders
+        in id order; returns the rows in the order of ``targets``."""
+        out: dict[int, Message] = {}
+        for i in sorted(range(len(targets)), key=lambda i: targets[i].folder_id):
+            tg = targets[i]
+            uid, modseq, address_id = await self._allocate(conn, tg.folder_id, 1)
+            bits, keywords = flags_to_db(tg.flags)
+            size = blob_size + len(tg.prefix)
+            res = await conn.execute(insert(t.messages).values(
+                folder_id=tg.folder_id, uid=uid, modseq=modseq, flags=bits,
+                keywords=keywords, internal_date=when, size=size, blob_id=blob_id,
+                prefix=tg.prefix, created_at=now).returning(t.messages.c.id))
+            out[i] = Message(int(res.scalar_one()), tg.folder_id, uid, modseq,
+                             flags_from_db(bits, keywords), when, size, blob_id, tg.prefix)
+            events.append(MessagesAdded(address_id, tg.folder_id, (uid,)))
         return [out[i] for i in range(len(targets))]
 
     async def store_flags(self, folder_id: int, uids: Iterable[int], flags: Iterable[str],

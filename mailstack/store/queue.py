@@ -18,6 +18,16 @@ from . import schema as t
 from .base import StoreBase
 
 
+def queue_row(*, now: float, sender: str, recipient: str, blob_id: str, blob_size: int,
+              prefix: bytes, lifetime: float) -> dict[str, object]:
+    """The values of one new outbound queue row (due at once)."""
+    return {"created_at": now, "sender": sender, "recipient": recipient,
+            "domain": recipient.rpartition("@")[2].lower(), "blob_id": blob_id,
+            "prefix": prefix, "size": blob_size + len(prefix), "next_attempt_at": now,
+            "attempts": 0, "last_error": "", "expires_at": now + lifetime,
+            "delay_notified": False}
+
+
 @dataclass(frozen=True)
 class QueuedMessage:
     id: int
@@ -40,12 +50,9 @@ class QueueMixin(StoreBase):
         ids = []
         async with self._write() as (conn, _):
             for rcpt in recipients:
-                res = await conn.execute(insert(t.outbound_queue).values(
-                    created_at=now, sender=sender, recipient=rcpt,
-                    domain=rcpt.rpartition("@")[2].lower(), blob_id=blob_id, prefix=prefix,
-                    size=size + len(prefix), next_attempt_at=now, attempts=0, last_error="",
-                    expires_at=now + lifetime, delay_notified=False)
-                    .returning(t.outbound_queue.c.id))
+                res = await conn.execute(insert(t.outbound_queue).values(**queue_row(
+                    now=now, sender=sender, recipient=rcpt, blob_id=blob_id, blob_size=size,
+                    prefix=prefix, lifetime=lifetime)).returning(t.outbound_queue.c.id))
                 ids.append(int(res.scalar_one()))
         return ids
 

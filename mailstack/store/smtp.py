@@ -17,9 +17,9 @@ from collections.abc import Sequence
 from sqlalchemy import and_, insert, select
 
 from . import schema as t
-from .base import Message, flags_from_db, flags_to_db
-from .events import MessagesAdded
+from .base import Message
 from .mailbox import DeliveryTarget, MailboxMixin
+from .queue import queue_row
 
 
 class SmtpMixin(MailboxMixin):
@@ -33,32 +33,18 @@ class SmtpMixin(MailboxMixin):
         """Deliver local copies, queue remote recipients and count the send, atomically.
         ``at``: the time to record (the front-end's clock), default the store's."""
         now = self.clock() if at is None else at
-        order = sorted(range(len(targets)), key=lambda i: targets[i].folder_id)
-        out: dict[int, Message] = {}
         async with self._write() as (conn, events):
-            for i in order:  # folders locked in id order (mailbox.py invariant)
-                tg = targets[i]
-                uid, modseq, address_id = await self._allocate(conn, tg.folder_id, 1)
-                bits, keywords = flags_to_db(tg.flags)
-                size = blob_size + len(tg.prefix)
-                res = await conn.execute(insert(t.messages).values(
-                    folder_id=tg.folder_id, uid=uid, modseq=modseq, flags=bits,
-                    keywords=keywords, internal_date=now, size=size, blob_id=blob_id,
-                    prefix=tg.prefix, created_at=now).returning(t.messages.c.id))
-                out[i] = Message(int(res.scalar_one()), tg.folder_id, uid, modseq,
-                                 flags_from_db(bits, keywords), now, size, blob_id, tg.prefix)
-                events.append(MessagesAdded(address_id, tg.folder_id, (uid,)))
-            for rcpt in remote:
-                await conn.execute(insert(t.outbound_queue).values(
-                    created_at=now, sender=sender, recipient=rcpt,
-                    domain=rcpt.rpartition("@")[2].lower(), blob_id=blob_id,
-                    prefix=remote_prefix, size=blob_size + len(remote_prefix),
-                    next_attempt_at=now, attempts=0, last_error="",
-                    expires_at=now + queue_lifetime, delay_notified=False))
+            copies = await self._insert_copies(conn, events, blob_id, blob_size, targets,
+                                               now, now)
+            if remote:
+                await conn.execute(insert(t.outbound_queue), [queue_row(
+                    now=now, sender=sender, recipient=rcpt, blob_id=blob_id,
+                    blob_size=blob_size, prefix=remote_prefix, lifetime=queue_lifetime)
+                    for rcpt in remote])
             if sender_address_id is not None and counted_recipients > 0:
                 await conn.execute(insert(t.send_log).values(
                     address_id=sender_address_id, at=now, recipients=counted_recipients))
-        return [out[i] for i in range(len(targets))]
+        return copies
 
     async def addresses_granted_to(self, login: str, permission: str) -> list[str]:
         """Addresses a user whose login is ``login`` holds ``permission`` on."""
