@@ -1,0 +1,96 @@
+"""Benchmark 3: how cost grows with mailbox size.
+
+For each size (default 1,000 and 10,000 messages; 100,000 with --sizes ...,100000) a
+server is started with ONE user whose INBOX holds that many messages (half \\Seen), then
+one client logs in and times SELECT INBOX, FETCH 1:* (UID FLAGS) and UID SEARCH UNSEEN:
+once cold (the first time after start: Dovecot builds its index here, mailstack reads
+SQLite/PostgreSQL pages for the first time) and ``--repeat`` times warm (median).
+Mailboxes are populated directly: mailstack through the Store API, Dovecot as a Maildir
+with the same bytes.
+
+    python -m bench.mailbox_size [--sizes 1000,10000] [--repeat 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+
+from .clients import Imap
+from .common import (
+    ARGON2_FAST,
+    DOMAIN,
+    PASSWORD,
+    Results,
+    machine_meta,
+    make_dataset,
+    median,
+    table,
+    write_json,
+)
+from .servers import probe_unavailable, serve
+
+BENCH = "mailbox_size"
+ALL_SERVERS = ["dovecot", "mailstack-sqlite", "mailstack-pg"]
+STEPS = [("SELECT", b"SELECT INBOX"), ("FETCH 1:* (UID FLAGS)", b"FETCH 1:* (UID FLAGS)"),
+         ("UID SEARCH UNSEEN", b"UID SEARCH UNSEEN")]
+
+
+async def measure(port: int, user: str, repeat: int) -> dict[str, list[float]]:
+    c = await Imap.connect(port)
+    await c.login(f"{user}@{DOMAIN}", PASSWORD)
+    times: dict[str, list[float]] = {name: [] for name, _ in STEPS}
+    for _ in range(1 + repeat):  # first pass = cold
+        for name, cmd in STEPS:
+            t0 = time.perf_counter()
+            await c.cmd(cmd)
+            times[name].append(time.perf_counter() - t0)
+    await c.logout()
+    return times
+
+
+async def run(sizes: list[int], repeat: int, servers: list[str]) -> Results:
+    res = Results()
+    reasons = await asyncio.to_thread(probe_unavailable, servers, "imap")
+    for size in sizes:
+        ds = make_dataset(1, msgs_per_user=size, hash_profile=ARGON2_FAST, body_size=1024)
+        for server in servers:
+            case = f"{size} msgs"
+            if reasons[server]:
+                res.skip(BENCH, case, server, reasons[server] or "")
+                continue
+            async with serve(server, ds, protocols={"imap"}, argon2=ARGON2_FAST) as srv:
+                times = await measure(srv.ports["imap"], ds.users[0], repeat)
+            for name, _ in STEPS:
+                res.add(BENCH, case, f"{name} warm", server, median(times[name][1:]) * 1000,
+                        "ms", "lower")
+                res.add(BENCH, case, f"{name} cold", server, times[name][0] * 1000, "ms",
+                        "lower")
+    return res
+
+
+def add_args(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--sizes", default="1000,10000")
+    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--servers", default=",".join(ALL_SERVERS))
+
+
+def run_from_args(a: argparse.Namespace) -> Results:
+    return asyncio.run(run([int(x) for x in a.sizes.split(",")], a.repeat,
+                           a.servers.split(",")))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_args(ap)
+    ap.add_argument("--json", default="bench-mailbox-size.json")
+    a = ap.parse_args()
+    res = run_from_args(a)
+    print(table(res.rows))
+    write_json(a.json, res.rows, machine_meta())
+
+
+if __name__ == "__main__":
+    main()
