@@ -11,6 +11,8 @@ import json
 from typing import Any
 
 from sqlalchemy import and_, delete, func, insert, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 
 from . import schema as t
@@ -353,15 +355,17 @@ class AccountsMixin(StoreBase):
     async def note_network(self, address_id: int, network: str) -> bool:
         """Remember that ``address_id`` logged in from ``network``. True when this is a
         new location for an address that logged in before (the very first login sets
-        the baseline and is not "new")."""
+        the baseline and is not "new"). Concurrent first logins from one network are
+        safe: the insert ignores a row another session just added."""
+        insert_fn = sqlite_insert if self.is_sqlite else pg_insert
         async with self._write() as (conn, _):
-            rows = (await conn.execute(select(t.seen_networks.c.network).where(
-                t.seen_networks.c.address_id == address_id))).all()
-            if any(r.network == network for r in rows):
-                return False
-            await conn.execute(insert(t.seen_networks).values(
-                address_id=address_id, network=network, first_seen=self.clock()))
-            return bool(rows)
+            known = (await conn.execute(select(func.count()).select_from(t.seen_networks)
+                                        .where(t.seen_networks.c.address_id == address_id))
+                     ).scalar_one()
+            res = await conn.execute(insert_fn(t.seen_networks).values(
+                address_id=address_id, network=network, first_seen=self.clock())
+                .on_conflict_do_nothing())
+            return bool(res.rowcount) and known > 0
 
     async def last_event_at(self, address: str, event: str) -> float | None:
         """When ``event`` was last logged for ``address`` (None: never)."""

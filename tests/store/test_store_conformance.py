@@ -334,3 +334,14 @@ async def test_events_reach_other_nodes(backend: str, store: Store, db_url: str,
             assert sub.queue.empty()
     finally:
         await other.close()
+
+
+async def test_concurrent_first_logins_note_network_once(store: Store) -> None:
+    """Many sessions of one address logging in at once from one network (a mail client
+    opening several connections): no error, and the network is recorded once."""
+    aid, _ = await mailbox(store)
+    results = await asyncio.gather(*(store.note_network(aid, "192.0.2.0/24")
+                                     for _ in range(20)))
+    assert results == [False] * 20  # the first network is the baseline, never "new"
+    assert await store.note_network(aid, "198.51.100.0/24") is True
+    assert await store.note_network(aid, "198.51.100.0/24") is False
