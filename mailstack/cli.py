@@ -377,6 +377,24 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("address", metavar="ADDRESS")
     sp.add_argument("name", metavar="NAME")
 
+    usr = group("user", "Users: accounts with their own password, granted access to "
+                "addresses (read, passwd, autoresponder, send).")
+    sp = cmd(usr, "add", cli_admin.user_add, "Create a user (login: usually an email "
+             "address, hosted here or anywhere).")
+    sp.add_argument("login", metavar="LOGIN")
+    sp.add_argument("--password-stdin", action="store_true",
+                    help="read the password as one line from standard input")
+    cmd(usr, "list", cli_admin.user_list, "List users with their grants.")
+    sp = cmd(usr, "grant", cli_admin.user_grant,
+             "Grant a user permissions on an address (replaces earlier ones).")
+    sp.add_argument("login", metavar="LOGIN")
+    sp.add_argument("address", metavar="ADDRESS")
+    sp.add_argument("--perm", required=True, metavar="LIST",
+                    help="comma list of: read, passwd, autoresponder, send")
+    sp = cmd(usr, "revoke", cli_admin.user_revoke, "Take a user's access to an address.")
+    sp.add_argument("login", metavar="LOGIN")
+    sp.add_argument("address", metavar="ADDRESS")
+
     sp = cmd(sub, "activity", cli_admin.activity,
              "Recent logins, failures and password changes.")
     sp.add_argument("address", nargs="?", metavar="ADDRESS")

@@ -307,3 +307,81 @@ async def client_settings(ctx: Ctx, store: Store, args: argparse.Namespace) -> i
     if addr.kind == "no-reply":
         ctx.print("  (a no-reply address sends only: it has no incoming mail)")
     return 0
+
+
+# --- users and grants (SPEC §2) ----------------------------------------------------
+
+PERMISSIONS = ("read", "passwd", "autoresponder", "send")
+
+
+def check_login(login: str) -> str:
+    """A user's login: usually an email address, hosted here or anywhere."""
+    login = login.strip()
+    if not login or len(login) > 320:
+        raise CliError("a login is 1 to 320 characters")
+    for i, ch in enumerate(login, start=1):
+        if ord(ch) <= 0x20 or ord(ch) == 0x7F or ch in '<>()[],;:\\"':
+            raise CliError(f"login {login!r}: character {ch!r} at position {i} is not "
+                           "allowed")
+    return login.lower()
+
+
+def check_permissions(text: str) -> list[str]:
+    perms = [p.strip().lower() for p in text.split(",") if p.strip()]
+    unknown = [p for p in perms if p not in PERMISSIONS]
+    if unknown or not perms:
+        raise CliError(f"unknown permission {', '.join(unknown) or '(none)'}; "
+                       f"choose from {', '.join(PERMISSIONS)}")
+    return sorted(set(perms))
+
+
+async def need_user(store: Store, login: str) -> int:
+    user_id = await store.get_user_id(login)
+    if user_id is None:
+        raise CliError(f"no user {login}")
+    return user_id
+
+
+@with_store
+async def user_add(ctx: Ctx, store: Store, args: argparse.Namespace) -> int:
+    login = check_login(args.login)
+    password = read_password(ctx, args, required=True)
+    assert password is not None
+    await store.add_user(login, await ctx.passwords().hash(password))
+    await store.log_activity("user_created", address=login, protocol="cli")
+    ctx.print(f"user {login} added (its password is independent of any address's)")
+    return 0
+
+
+@with_store
+async def user_list(ctx: Ctx, store: Store, args: argparse.Namespace) -> int:
+    for login, grants in await store.list_users():
+        shown = "; ".join(f"{a} ({','.join(sorted(p))})" for a, p in grants) or "no grants"
+        ctx.print(f"{login}\t{shown}")
+    return 0
+
+
+@with_store
+async def user_grant(ctx: Ctx, store: Store, args: argparse.Namespace) -> int:
+    user_id = await need_user(store, check_login(args.login))
+    addr = await need_address(store, args.address)
+    perms = check_permissions(args.perm)
+    await store.grant(user_id, addr.id, perms)
+    await store.log_activity("grant", address=addr.email, protocol="cli",
+                             detail=f"{args.login.lower()}: {','.join(perms)}")
+    ctx.print(f"{args.login.lower()} may now {', '.join(perms)} on {addr.email}")
+    return 0
+
+
+@with_store
+async def user_revoke(ctx: Ctx, store: Store, args: argparse.Namespace) -> int:
+    user_id = await need_user(store, check_login(args.login))
+    addr = await need_address(store, args.address)
+    try:
+        await store.revoke_grant(user_id, addr.id)
+    except NotFound as exc:
+        raise CliError(f"{args.login.lower()} holds no grant on {addr.email}") from exc
+    await store.log_activity("grant_revoked", address=addr.email, protocol="cli",
+                             detail=args.login.lower())
+    ctx.print(f"{args.login.lower()} no longer has access to {addr.email}")
+    return 0

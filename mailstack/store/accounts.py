@@ -290,6 +290,34 @@ class AccountsMixin(StoreBase):
             await conn.execute(insert(t.grants).values(
                 user_id=user_id, address_id=address_id, permissions=",".join(permissions)))
 
+    async def get_user_id(self, login: str) -> int | None:
+        async with self._read() as conn:
+            return (await conn.execute(select(t.users.c.id).where(
+                t.users.c.login == login.lower()))).scalar_one_or_none()
+
+    async def list_users(self) -> list[tuple[str, list[tuple[str, frozenset[str]]]]]:
+        """Every user with its grants: [(login, [(address, permissions)])]."""
+        async with self._read() as conn:
+            users = (await conn.execute(select(t.users.c.id, t.users.c.login)
+                                        .order_by(t.users.c.login))).all()
+            rows = (await conn.execute(
+                select(t.grants.c.user_id, t.addresses.c.local_part, t.domains.c.name,
+                       t.grants.c.permissions)
+                .select_from(t.grants.join(t.addresses).join(t.domains)))).all()
+        by_user: dict[int, list[tuple[str, frozenset[str]]]] = {}
+        for r in rows:
+            by_user.setdefault(r.user_id, []).append(
+                (f"{r.local_part}@{r.name}",
+                 frozenset(p for p in r.permissions.split(",") if p)))
+        return [(u.login, sorted(by_user.get(u.id, []))) for u in users]
+
+    async def revoke_grant(self, user_id: int, address_id: int) -> None:
+        async with self._write() as (conn, _):
+            res = await conn.execute(delete(t.grants).where(and_(
+                t.grants.c.user_id == user_id, t.grants.c.address_id == address_id)))
+            if res.rowcount == 0:
+                raise NotFound("no such grant")
+
     async def grants_for_address(self, address_id: int) -> list[tuple[str, frozenset[str]]]:
         async with self._read() as conn:
             rows = (await conn.execute(select(t.users.c.login, t.grants.c.permissions).join(
