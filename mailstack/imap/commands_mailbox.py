@@ -53,19 +53,19 @@ async def select(s: Session, c: t.Select) -> str | None:
     if s.view is not None:
         s.deselect()
         s.send(respond.untagged("OK [CLOSED] Previous mailbox closed"))  # RFC 9051 §7.1
-    folder = await folder_or_no(s, c.mailbox)
     assert s.sub is not None
     s.view = None
     s.sub.close()
     s.sub = s.store.events.subscribe(s.address_id)  # fresh queue: no stale events
-    msgs = await s.store.list_messages(folder.id)
-    folder = await s.store.get_folder_by_id(folder.id) or folder
-    view = MailboxView(s.store, folder, [m.uid for m in msgs], readonly=c.readonly,
-                       subscription=s.sub)
+    opened = await s.store.open_folder(s.address_id, c.mailbox)  # one read transaction
+    if opened is None:
+        raise respond.No(f"No such mailbox: {c.mailbox}", "NONEXISTENT")
+    folder, uids, first = opened
+    view = MailboxView(s.store, folder, uids, readonly=c.readonly, subscription=s.sub)
     s.send(respond.untagged(f"{view.exists} EXISTS"))
     if not s.rev2:
         s.send(respond.untagged("0 RECENT"))  # RFC 3501 §6.3.1; gone in rev2
-        unseen = next((i for i, m in enumerate(msgs, 1) if "\\Seen" not in m.flags), None)
+        unseen = view.seq_of(first) if first is not None else None
         if unseen is not None:
             s.send(respond.untagged(f"OK [UNSEEN {unseen}] First unseen"))
     s.send(respond.untagged(f"FLAGS {SYSTEM_FLAGS}"))

@@ -22,6 +22,7 @@ from mailstack.imap.mailbox_view import MailboxView
 from mailstack.imap.parser import is_idle_done
 from mailstack.imap.session import Session
 from mailstack.store import Folder
+from mailstack.store.base import flags_from_db
 
 _STORE_MODE = {"+": "add", "-": "remove", "": "replace"}
 _SYSTEM = ("\\Seen", "\\Answered", "\\Flagged", "\\Deleted", "\\Draft")
@@ -78,14 +79,14 @@ async def store(s: Session, c: t.Store) -> str | None:
     if not c.silent or c.unchangedsince is not None:
         changed_uids = {m.uid for m in changed}
         report = uids if not c.silent else sorted(changed_uids)
-        for m in await s.store.get_messages(view.folder_id, report):
-            seq = view.seq_of(m.uid)
+        for r in await s.store.message_rows(view.folder_id, report):
+            seq = view.seq_of(r.uid)
             if seq is None:
                 continue
-            uid = f"UID {m.uid} " if c.uid else ""
-            mod = f" MODSEQ ({m.modseq})" if c.unchangedsince is not None else ""
-            s.send(respond.untagged(f"{seq} FETCH ({uid}FLAGS {respond.flag_list(m.flags)}"
-                                    f"{mod})"))
+            uid = f"UID {r.uid} " if c.uid else ""
+            mod = f" MODSEQ ({r.modseq})" if c.unchangedsince is not None else ""
+            fl = respond.flag_list(flags_from_db(r.flags, r.keywords))
+            s.send(respond.untagged(f"{seq} FETCH ({uid}FLAGS {fl}{mod})"))
     if refused:
         numbers = refused if c.uid else [view.seq_of(u) or 0 for u in refused]
         return f"[MODIFIED {respond.seq_set(numbers)}] Conditional STORE failed"

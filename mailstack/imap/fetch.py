@@ -3,13 +3,21 @@
 Implementation notes (invariants):
 - Message structure (ENVELOPE, BODYSTRUCTURE, section byte ranges) comes from
   :mod:`mailstack.mime`; it is parsed once per message row and cached in the store
-  (``get/set_cached_structure``, JSON form). Big messages are parsed off the event loop.
+  (JSON form). Cached structures of a batch are read in one query, and the structures
+  a command had to parse are written back in ONE transaction at its end (never one
+  write per message). Big batches are parsed off the event loop.
+- Messages are processed in batches (at most ``BATCH`` messages / ``BATCH_BYTES``
+  bytes): one query for the structures and one thread hop for the blob reads per batch.
+- BODY[HEADER.FIELDS (...)] (and .NOT) of the message itself needs only its header
+  block: no structure, and only the file's head is read.
+- A FETCH of metadata only (FLAGS, UID, INTERNALDATE, RFC822.SIZE, MODSEQ, EMAILID...)
+  renders straight from the store's metadata rows, without blobs or structures.
 - ``\\Seen`` is set (in one store transaction, before the responses) by BODY[...],
   BINARY[...], RFC822 and RFC822.TEXT, never by the .PEEK forms or RFC822.HEADER, and
   never in a read-only (EXAMINE) session; the new FLAGS go out with the same FETCH.
 - Section data always goes out as a literal (literal8 for BINARY data holding NUL).
-- Responses are written one message at a time and the socket is drained between
-  messages, so memory stays at about one message.
+- Responses are written one batch at a time and the socket is drained between
+  batches, so memory stays at about one batch.
 """
 
 from __future__ import annotations
@@ -22,28 +30,50 @@ from mailstack.imap import respond
 from mailstack.imap import types as t
 from mailstack.imap.fetch_items import Binary, BodySection, FetchAtt, Simple
 from mailstack.imap.session import Session
-from mailstack.store import Message, Store
+from mailstack.store import Message, MsgRow, Store
+from mailstack.store.base import flags_from_db
 
 PARSE_OFF_LOOP = 256 * 1024
 CACHE_VERSION = "mime-v1"
+BATCH = 64
+BATCH_BYTES = 4 * 1024 * 1024
+ROW_ITEMS = frozenset({"FLAGS", "UID", "INTERNALDATE", "RFC822.SIZE", "MODSEQ", "EMAILID",
+                       "SAVEDATE", "THREADID"})
 
 
-async def structure(store: Store, msg: Message, data: bytes | None) -> mime.Message:
-    """The parsed structure of one message, from the cache when possible."""
-    marker, cached = await store.get_cached_structure(msg.id)
-    if marker == CACHE_VERSION and cached:
-        try:
-            return mime.from_json(json.loads(cached))
-        except (ValueError, KeyError, TypeError):
-            pass  # a damaged cache entry is re-parsed below
-    if data is None:
-        data = await store.message_bytes(msg)
-    if len(data) > PARSE_OFF_LOOP:
-        parsed = await asyncio.to_thread(mime.parse_message, data)
-    else:
-        parsed = mime.parse_message(data)
-    await store.set_cached_structure(msg.id, CACHE_VERSION, json.dumps(mime.to_json(parsed)))
-    return parsed
+def decode_cached(marker: str | None, cached: str | None) -> mime.Message | None:
+    """A cached structure, or None when absent, stale or damaged (then re-parsed)."""
+    if marker != CACHE_VERSION or not cached:
+        return None
+    try:
+        return mime.from_json(json.loads(cached))
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+async def parse_all(datas: list[bytes]) -> list[mime.Message]:
+    """Parse many messages; off the event loop (one thread hop) when they are big."""
+    if sum(len(d) for d in datas) > PARSE_OFF_LOOP:
+        return await asyncio.to_thread(lambda: [mime.parse_message(d) for d in datas])
+    return [mime.parse_message(d) for d in datas]
+
+
+def cache_entry(msg_id: int, parsed: mime.Message) -> tuple[int, str, str]:
+    return msg_id, CACHE_VERSION, json.dumps(mime.to_json(parsed))
+
+
+async def structures(items: list[tuple[int, tuple[str | None, str | None], bytes]],
+                     writeback: list[tuple[int, str, str]]) -> list[mime.Message]:
+    """Structures of messages ((id, cached (marker, JSON), bytes) each): cached ones
+    decoded, the others parsed (and queued in ``writeback`` for the store)."""
+    out: list[mime.Message | None] = [decode_cached(*c) for _, c, _ in items]
+    missing = [i for i, st in enumerate(out) if st is None]
+    if missing:
+        parsed = await parse_all([items[i][2] for i in missing])
+        for i, st in zip(missing, parsed, strict=True):
+            out[i] = st
+            writeback.append(cache_entry(items[i][0], st))
+    return [st for st in out if st is not None]
 
 
 def _needs_data(a: FetchAtt) -> bool:
@@ -51,11 +81,18 @@ def _needs_data(a: FetchAtt) -> bool:
         isinstance(a, Simple) and a.name in ("RFC822", "RFC822.HEADER", "RFC822.TEXT"))
 
 
+def _top_header_fields(a: FetchAtt) -> bool:
+    """BODY[HEADER.FIELDS (...)] / .NOT of the message itself: the header block alone
+    answers it (same bytes as ``mime.section_bytes``), no structure needed."""
+    return isinstance(a, BodySection) and not a.part and a.text in (
+        "HEADER.FIELDS", "HEADER.FIELDS.NOT")
+
+
 def _needs_structure(a: FetchAtt) -> bool:
     if isinstance(a, Simple):
         return a.name in ("ENVELOPE", "BODY", "BODYSTRUCTURE", "RFC822.HEADER", "RFC822.TEXT")
     if isinstance(a, BodySection):
-        return bool(a.part) or a.text is not None
+        return bool(a.part) or (a.text is not None and not _top_header_fields(a))
     if isinstance(a, Binary):
         return bool(a.part)
     return False
@@ -77,7 +114,13 @@ async def fetch(s: Session, c: t.Fetch) -> str | None:
         items.insert(0, Simple("UID"))  # RFC 9051 §6.4.9: UID FETCH always returns UID
     if c.changedsince is not None and "MODSEQ" not in names:
         items.append(Simple("MODSEQ"))  # RFC 7162 §3.1.4.1
-    msgs = await s.store.get_messages(view.folder_id, uids) if uids else []
+    if not uids:
+        return None
+    simple = [a.name for a in items if isinstance(a, Simple) and a.name in ROW_ITEMS]
+    if len(simple) == len(items):
+        await fetch_rows(s, c, uids, simple)
+        return None
+    msgs = await s.store.get_messages(view.folder_id, uids)
     if c.changedsince is not None:
         msgs = [m for m in msgs if m.modseq > c.changedsince]
     seen_set: set[int] = set()
@@ -91,20 +134,118 @@ async def fetch(s: Session, c: t.Fetch) -> str | None:
             seen_set = set(fresh)
     want_data = any(_needs_data(a) for a in items)
     want_struct = any(_needs_structure(a) for a in items)
+    # only the header block is read when nothing else needs the bytes (nor a parse)
+    header_only = not want_struct and all(_top_header_fields(a) for a in items
+                                          if _needs_data(a))
+    writeback: list[tuple[int, str, str]] = []
+    try:
+        for batch in _batches([m for m in msgs if view.seq_of(m.uid) is not None]):
+            datas: list[bytes | None] = [None] * len(batch)
+            if want_data:
+                datas = list(await s.store.read_messages(
+                    [(m.blob_id, m.prefix) for m in batch], header_only=header_only))
+            sts: list[mime.Message | None] = [None] * len(batch)
+            if want_struct:
+                sts = await _batch_structures(s.store, batch, datas, writeback)
+            out: list[bytes] = []
+            try:
+                for m, data, st in zip(batch, datas, sts, strict=True):
+                    parts = [render_item(s, a, m, data, st) for a in items]
+                    if m.uid in seen_set and "FLAGS" not in names:
+                        parts.append(b"FLAGS " + respond.flag_list(m.flags).encode())
+                    out.append(b"* %d FETCH (" % (view.seq_of(m.uid) or 0)
+                               + b" ".join(parts) + b")\r\n")
+            finally:
+                s.send(b"".join(out))  # what was rendered goes out even if one fails
+            await s.conn.drain()
+    finally:
+        if writeback:
+            await s.store.set_cached_structures(writeback)
+    return None
+
+
+def _batches(msgs: list[Message]) -> list[list[Message]]:
+    out: list[list[Message]] = []
+    cur: list[Message] = []
+    size = 0
     for m in msgs:
-        seq = view.seq_of(m.uid)
+        if cur and (len(cur) >= BATCH or size + m.size > BATCH_BYTES):
+            out.append(cur)
+            cur, size = [], 0
+        cur.append(m)
+        size += m.size
+    if cur:
+        out.append(cur)
+    return out
+
+
+async def _batch_structures(store: Store, batch: list[Message], datas: list[bytes | None],
+                            writeback: list[tuple[int, str, str]]
+                            ) -> list[mime.Message | None]:
+    cached = await store.cached_structures([m.id for m in batch])
+    sts = [decode_cached(*cached.get(m.id, (None, None))) for m in batch]
+    missing = [i for i, st in enumerate(sts) if st is None]
+    if missing:
+        unread = [i for i in missing if datas[i] is None]
+        if unread:
+            got = await store.read_messages([(batch[i].blob_id, batch[i].prefix)
+                                             for i in unread])
+            for i, d in zip(unread, got, strict=True):
+                datas[i] = d
+        parsed = await parse_all([datas[i] or b"" for i in missing])
+        for i, st in zip(missing, parsed, strict=True):
+            sts[i] = st
+            writeback.append(cache_entry(batch[i].id, st))
+        for i in unread:
+            datas[i] = None  # only the structure was asked for
+    return sts
+
+
+async def fetch_rows(s: Session, c: t.Fetch, uids: list[int], names: list[str]) -> None:
+    """FETCH of metadata items only: straight from the rows, no Message records."""
+    view = s.require_view()
+    rows = await s.store.message_rows(view.folder_id, uids)
+    if c.changedsince is not None:
+        rows = [r for r in rows if r.modseq > c.changedsince]
+    flag_text: dict[tuple[int, str], bytes] = {}
+    out: list[bytes] = []
+    for r in rows:
+        seq = view.seq_of(r.uid)
         if seq is None:
             continue
-        data = await s.store.message_bytes(m) if want_data else None
-        st = await structure(s.store, m, data) if want_struct else None
         parts: list[bytes] = []
-        for a in items:
-            parts.append(render_item(s, a, m, data, st))
-        if m.uid in seen_set and "FLAGS" not in names:
-            parts.append(b"FLAGS " + respond.flag_list(m.flags).encode())
-        s.send(b"* %d FETCH (" % seq + b" ".join(parts) + b")\r\n")
+        for n in names:
+            if n == "FLAGS":
+                key = (r.flags, r.keywords)
+                text = flag_text.get(key)
+                if text is None:
+                    text = flag_text[key] = b"FLAGS " + respond.flag_list(
+                        flags_from_db(r.flags, r.keywords)).encode()
+                parts.append(text)
+            else:
+                parts.append(_row_item(n, r))
+        out.append(b"* %d FETCH (" % seq + b" ".join(parts) + b")\r\n")
+        if len(out) >= 1024:
+            s.send(b"".join(out))
+            out = []
+            await s.conn.drain()
+    if out:
+        s.send(b"".join(out))
         await s.conn.drain()
-    return None
+
+
+def _row_item(n: str, r: MsgRow) -> bytes:
+    if n == "UID":
+        return b"UID %d" % r.uid
+    if n == "INTERNALDATE":
+        return b"INTERNALDATE " + respond.internal_date(r.internal_date).encode()
+    if n == "RFC822.SIZE":
+        return b"RFC822.SIZE %d" % r.size
+    if n == "MODSEQ":
+        return b"MODSEQ (%d)" % r.modseq
+    if n == "EMAILID":
+        return b"EMAILID (M%d)" % r.id
+    return n.encode() + b" NIL"  # SAVEDATE, THREADID
 
 
 def render_item(s: Session, a: FetchAtt, m: Message, data: bytes | None,
@@ -142,8 +283,11 @@ def render_item(s: Session, a: FetchAtt, m: Message, data: bytes | None,
             mime.section_bytes(data, st, (), text) or b"")
     assert data is not None
     if isinstance(a, BodySection):
-        if st is None:
-            section: bytes | None = data
+        if _top_header_fields(a):
+            section: bytes | None = mime.header_fields(data, a.fields,
+                                                       negate=a.text == "HEADER.FIELDS.NOT")
+        elif st is None:
+            section = data
         else:
             section = mime.section_bytes(data, st, a.part, a.text, a.fields)
         body = _partial(section or b"", a.partial)

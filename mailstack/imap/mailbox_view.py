@@ -34,6 +34,7 @@ from mailstack.store import (
     Store,
     Subscription,
 )
+from mailstack.store.base import flags_from_db
 
 
 class MailboxView:
@@ -136,20 +137,19 @@ class MailboxView:
         if self.new_mail:
             self.new_mail = False
             last = self.uids[-1] if self.uids else 0
-            fresh = await self.store.list_messages(self.folder_id, uid_min=last + 1)
+            fresh = await self.store.folder_uids(self.folder_id, uid_min=last + 1)
             if fresh:
-                self.uids.extend(m.uid for m in fresh)
+                self.uids.extend(fresh)
                 out.append(respond.untagged(f"{len(self.uids)} EXISTS"))
         if self.pending_flags:
             wanted = [u for u in sorted(self.pending_flags) if u not in self.pending_expunge]
             self.pending_flags.clear()
-            msgs = await self.store.get_messages(self.folder_id, wanted) if wanted else []
-            for m in msgs:
-                seq = self.seq_of(m.uid)
+            rows = await self.store.message_rows(self.folder_id, wanted) if wanted else []
+            for r in rows:
+                seq = self.seq_of(r.uid)
                 if seq is None:
                     continue
-                uid_part = f"UID {m.uid} " if with_uid else ""
-                out.append(
-                    respond.untagged(f"{seq} FETCH ({uid_part}FLAGS {respond.flag_list(m.flags)})")
-                )
+                uid_part = f"UID {r.uid} " if with_uid else ""
+                flags = respond.flag_list(flags_from_db(r.flags, r.keywords))
+                out.append(respond.untagged(f"{seq} FETCH ({uid_part}FLAGS {flags})"))
         return out

@@ -5,8 +5,16 @@ Implementation notes (invariants):
 - The search tree from :mod:`mailstack.imap.search` is evaluated here in Python over the
   session's view; client strings never reach SQL, so "%", "_" and quotes are plain
   characters (HOSTILE.md "names as paths or SQL").
-- Message content is loaded only when a key needs it (HEADER/BODY/TEXT/SENT*), one
-  message at a time.
+- A key made only of system-flag tests (UNSEEN, DELETED, NOT FLAGGED, ALL, ...) is
+  answered by one SQL query over the flag bitmask (only bit masks reach SQL).
+- Otherwise evaluation is two-phase with ONE evaluator (:func:`matches`, three-valued):
+  first over the metadata rows of the folder (flags, UID, size, dates, MODSEQ; one
+  query, which also says where each message's bytes are when content may be needed),
+  where a key that needs content yields "unknown"; only the still-undecided messages
+  have their content loaded, in batches (one thread hop per batch, plus one query for
+  cached structures when BODY/TEXT need them; only the header block when every content
+  key is a header key), and are evaluated again, now to a definite answer.
+  Structures parsed on the way are cached in one write per command.
 - String matching is case-insensitive substring matching on decoded text: RFC 2047
   encoded words in headers and transfer encodings / charsets of text parts are decoded.
 - ``$`` is kept as UIDs; a failed SEARCH ... SAVE leaves it empty (RFC 5182 §2.1).
@@ -17,41 +25,80 @@ from __future__ import annotations
 import datetime
 import email.header
 import email.utils
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from mailstack import mime
 from mailstack.imap import respond
 from mailstack.imap import search as k
 from mailstack.imap import types as t
 from mailstack.imap.session import Session
-from mailstack.store import Message
+from mailstack.store import SYSTEM_FLAGS, MsgRow
+
+_BITS = {name.lower(): 1 << i for i, name in enumerate(SYSTEM_FLAGS)}
+_BATCH = 128  # messages whose content is loaded per query / thread hop
+_HEADER_BATCH = 1024  # the same when only header blocks are read
+
+NO_CONTENT, HEADER_ONLY, FULL = 0, 1, 2
 
 
 @dataclass
 class _Ctx:
-    msg: Message
+    row: MsgRow
     seq: int
-    data: bytes | None
+    data: bytes | None  # the message, or (HEADER_ONLY) a prefix holding its whole header
     parsed: mime.Message | None
     largest_uid: int
     exists: int
     saved: frozenset[int]
     now: float
+    spans: dict[int, list[tuple[int, int]]] = field(default_factory=dict)
 
 
-def _needs_content(key: k.SearchKey) -> bool:
+def content_need(key: k.SearchKey) -> int:
+    """What a key needs beyond the metadata row: nothing, the header block, or all."""
     match key:
-        case k.Header() | k.Body() | k.Text():
-            return True
-        case k.Date(which="sent"):
-            return True
+        case k.Header() | k.Date(which="sent"):
+            return HEADER_ONLY
+        case k.Body() | k.Text():
+            return FULL
         case k.Not(key=inner):
-            return _needs_content(inner)
+            return content_need(inner)
         case k.Or(left=a, right=b):
-            return _needs_content(a) or _needs_content(b)
+            return max(content_need(a), content_need(b))
         case k.And(keys=keys):
-            return any(_needs_content(x) for x in keys)
-    return False
+            return max((content_need(x) for x in keys), default=NO_CONTENT)
+    return NO_CONTENT
+
+
+def flag_masks(key: k.SearchKey) -> tuple[int, int] | None:
+    """(must-have bits, must-lack bits) when ``key`` is a conjunction of system-flag
+    tests, else None."""
+    match key:
+        case k.All() | k.Flag(flag="\\Recent", present=False):
+            return 0, 0
+        case k.Flag(flag=flag, present=present) if flag.lower() in _BITS:
+            bit = _BITS[flag.lower()]
+            return (bit, 0) if present else (0, bit)
+        case k.Not(key=k.Flag(flag=flag, present=present)) if flag.lower() in _BITS:
+            bit = _BITS[flag.lower()]
+            return (0, bit) if present else (bit, 0)
+        case k.And(keys=keys):
+            set_bits = clear_bits = 0
+            for x in keys:
+                got = flag_masks(x)
+                if got is None:
+                    return None
+                set_bits, clear_bits = set_bits | got[0], clear_bits | got[1]
+            return set_bits, clear_bits
+    return None
+
+
+def has_flag(row: MsgRow, flag: str) -> bool:
+    low = flag.lower()
+    bit = _BITS.get(low)
+    if bit is not None:
+        return bool(row.flags & bit)
+    return low in {kw.lower() for kw in row.keywords.split(" ") if kw}
 
 
 def _decode_header(value: str) -> str:
@@ -104,16 +151,24 @@ def _compare(op: str, d: datetime.date, ref: datetime.date) -> bool:
     return d < ref if op == "before" else d == ref if op == "on" else d >= ref
 
 
-def matches(key: k.SearchKey, ctx: _Ctx) -> bool:
-    m = ctx.msg
+def _in_set(ctx: _Ctx, seqset: k.SequenceSet, n: int, largest: int) -> bool:
+    spans = ctx.spans.get(id(seqset))
+    if spans is None:
+        spans = ctx.spans[id(seqset)] = seqset.intervals(largest)
+    return any(a <= n <= b for a, b in spans)
+
+
+def matches(key: k.SearchKey, ctx: _Ctx) -> bool | None:
+    """Does the message match? None ("unknown") only when the key needs content that
+    ``ctx`` does not hold (``data`` None, or ``parsed`` None for BODY/TEXT)."""
+    m = ctx.row
     match key:
         case k.All():
             return True
         case k.Flag(flag=flag, present=present):
             if flag == "\\Recent":
                 return not present  # we never report \Recent (gone in IMAP4rev2)
-            have = flag.lower() in {f.lower() for f in m.flags}
-            return have == present
+            return has_flag(m, flag) == present
         case k.Size(op=op, size=size):
             return m.size > size if op == "larger" else m.size < size
         case k.Within(op=op, seconds=secs):
@@ -123,13 +178,15 @@ def matches(key: k.SearchKey, ctx: _Ctx) -> bool:
             if seqset.saved:
                 return m.uid in ctx.saved
             if uid:
-                return seqset.contains(m.uid, ctx.largest_uid)
-            return seqset.contains(ctx.seq, ctx.exists)
+                return _in_set(ctx, seqset, m.uid, ctx.largest_uid)
+            return _in_set(ctx, seqset, ctx.seq, ctx.exists)
         case k.ModSeq(modseq=modseq):
             return m.modseq >= modseq
         case k.Date(which="internal", op=op, date=ref):
             return _compare(op, _date_of(m.internal_date), ref)
         case k.Date(which="sent", op=op, date=ref):
+            if ctx.data is None:
+                return None
             values = _header_values(ctx, "Date")
             if not values:
                 return False
@@ -139,57 +196,112 @@ def matches(key: k.SearchKey, ctx: _Ctx) -> bool:
                 return False
             return _compare(op, sent, ref)
         case k.Header(field=field, value=value):
+            if ctx.data is None:
+                return None
             values = _header_values(ctx, field)
             needle = value.casefold()
             return any(needle in v.casefold() for v in values)
         case k.Body(value=value):
+            if ctx.data is None or ctx.parsed is None:
+                return None
             return value.casefold() in _body_text(ctx).casefold()
         case k.Text(value=value):
-            assert ctx.data is not None and ctx.parsed is not None
+            if ctx.data is None or ctx.parsed is None:
+                return None
             header = ctx.data[:ctx.parsed.root.body_start].decode("utf-8", "replace")
             needle = value.casefold()
             return needle in _decode_header(header).casefold() or \
                 needle in _body_text(ctx).casefold()
         case k.Not(key=inner):
-            return not matches(inner, ctx)
+            got = matches(inner, ctx)
+            return None if got is None else not got
         case k.Or(left=a, right=b):
-            return matches(a, ctx) or matches(b, ctx)
+            left = matches(a, ctx)
+            if left:
+                return True
+            right = matches(b, ctx)
+            if right:
+                return True
+            return None if left is None or right is None else False
         case k.And(keys=keys):
-            return all(matches(x, ctx) for x in keys)
+            unknown = False
+            for x in keys:
+                got = matches(x, ctx)
+                if got is False:
+                    return False
+                unknown = unknown or got is None
+            return None if unknown else True
     raise respond.Bad("unsupported search key")
 
 
+async def evaluate(s: Session, key: k.SearchKey) -> list[tuple[int, int]]:
+    """(uid, modseq) of the messages of the session's view matching ``key``, ascending."""
+    from mailstack.imap.fetch import structures
+
+    view = s.require_view()
+    in_view = set(view.uids)
+    masks = flag_masks(key)
+    if masks is not None:
+        hits = await s.store.uids_by_flags(view.folder_id, *masks)
+        return [h for h in hits if h[0] in in_view]
+    need = content_need(key)
+    rows = [r for r in await s.store.message_rows(view.folder_id, with_blob=need != NO_CONTENT)
+            if r.uid in in_view]
+    largest = view.uids[-1] if view.uids else 0
+    saved = frozenset(view.saved or ())
+    now = s.services.clock()
+    spans: dict[int, list[tuple[int, int]]] = {}
+    found: list[MsgRow] = []
+    undecided: list[_Ctx] = []
+    for r in rows:
+        ctx = _Ctx(r, view.seq_of(r.uid) or 0, None, None, largest, view.exists, saved, now,
+                   spans)
+        got = matches(key, ctx)
+        if got:
+            found.append(r)
+        elif got is None:
+            undecided.append(ctx)
+    writeback: list[tuple[int, str, str]] = []
+    size = _HEADER_BATCH if need == HEADER_ONLY else _BATCH
+    try:
+        for i in range(0, len(undecided), size):
+            batch = undecided[i:i + size]
+            datas = await s.store.read_messages([(c.row.blob_id, c.row.prefix) for c in batch],
+                                                header_only=need == HEADER_ONLY)
+            parsed = None
+            if need == FULL:
+                cached = await s.store.cached_structures([c.row.id for c in batch])
+                parsed = await structures(
+                    [(c.row.id, cached.get(c.row.id, (None, None)), d)
+                     for c, d in zip(batch, datas, strict=True)], writeback)
+            for n, c in enumerate(batch):
+                c.data = datas[n]
+                c.parsed = parsed[n] if parsed is not None else None
+                if matches(key, c):
+                    found.append(c.row)
+                c.data = c.parsed = None
+    finally:
+        if writeback:
+            await s.store.set_cached_structures(writeback)
+    found.sort(key=lambda r: r.uid)
+    return [(r.uid, r.modseq) for r in found]
+
+
 async def search(s: Session, c: t.Search) -> str | None:
-    from mailstack.imap.fetch import structure
     view = s.require_view()
     opts = c.return_options
     if opts is not None and "SAVE" in opts:
         view.saved = []  # RFC 5182 §2.1: a failing SEARCH leaves "$" empty
-    in_view = set(view.uids)
-    msgs = [m for m in await s.store.list_messages(view.folder_id) if m.uid in in_view]
-    content = _needs_content(c.key)
-    largest = view.uids[-1] if view.uids else 0
-    saved = frozenset(view.saved or ())
-    now = s.services.clock()
-    found: list[Message] = []
-    for m in msgs:
-        seq = view.seq_of(m.uid) or 0
-        data = parsed = None
-        if content:
-            data = await s.store.message_bytes(m)
-            parsed = await structure(s.store, m, data)
-        ctx = _Ctx(m, seq, data, parsed, largest, view.exists, saved, now)
-        if matches(c.key, ctx):
-            found.append(m)
-    numbers = [m.uid if c.uid else view.seq_of(m.uid) or 0 for m in found]
+    found = await evaluate(s, c.key)
+    numbers = [uid if c.uid else view.seq_of(uid) or 0 for uid, _ in found]
     modseq = k.modseq_required(c.key)
-    top = max((m.modseq for m in found), default=0)
+    top = max((ms for _, ms in found), default=0)
     if opts is not None and "SAVE" in opts:
         chosen = found
         if opts & {"MIN", "MAX"}:  # RFC 5182 §2.4: only MIN/MAX are saved then
             chosen = ([found[0]] if "MIN" in opts and found else []) + \
                 ([found[-1]] if "MAX" in opts and found else [])
-        view.saved = sorted({m.uid for m in chosen})
+        view.saved = sorted({uid for uid, _ in chosen})
         if opts == {"SAVE"}:
             return None
     if opts is None and not s.rev2:

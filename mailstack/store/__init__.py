@@ -38,12 +38,13 @@ from .events import (
     MessagesExpunged,
     Subscription,
 )
+from .imap import ImapMixin, MsgRow
 from .mailbox import DeliveryTarget, MailboxMixin, normalize_folder_name
 from .queue import QueuedMessage, QueueMixin
 from .smtp import SmtpMixin
 
 
-class Store(SmtpMixin, AccountsMixin, MailboxMixin, QueueMixin):
+class Store(SmtpMixin, AccountsMixin, ImapMixin, MailboxMixin, QueueMixin):
     @classmethod
     async def open_from_settings(cls, settings: Settings,
                                  clock: Callable[[], float] = time.time) -> Store:
@@ -74,6 +75,7 @@ __all__ = [
     "Message",
     "MessagesAdded",
     "MessagesExpunged",
+    "MsgRow",
     "NotFound",
     "QueuedMessage",
     "Store",

@@ -1,0 +1,247 @@
+"""The IMAP fast paths answer exactly what the general evaluator answers.
+
+- SEARCH on system flags only goes to SQL; other metadata keys are decided from the
+  rows; content keys load only the undecided messages' content in batches (header
+  block only for header keys). Each query below is checked against the truth computed
+  here from the data, and against forms of the same query that force the slower paths
+  (``OR k k`` skips the SQL path; ``OR k BODY <nothing>`` forces full content loading).
+- ``FETCH 1:* (FLAGS UID ...)`` renders from rows; adding ENVELOPE forces the general
+  path, whose line must start with the same bytes.
+- Structures computed by a FETCH are cached (one write per command) and a damaged cache
+  entry is re-parsed.
+Batch sizes are made tiny so several batches run.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+
+import pytest
+
+from mailstack import mime
+from mailstack.app import App
+from mailstack.imap import fetch as fetch_mod
+from mailstack.imap import respond, search_exec
+from mailstack.store import DeliveryTarget
+from tests.imapserver.conftest import Raw, inbox_id
+
+N = 30
+DAY = 86400.0
+BASE = 1_700_000_000.0  # 2023-11-14 22:13:20 UTC
+
+
+def _msg(i: int) -> bytes:
+    subject = f"topic{i % 4} number {i}"
+    if i % 5 == 0:  # RFC 2047 encoded word: matched decoded
+        subject = "=?utf-8?b?" + base64.b64encode(f"Grüße topic{i % 4}".encode()).decode() + "?="
+    body = f"plain body {i}" + (" needle" if i % 3 == 0 else "")
+    headers = (f"From: sender{i % 3}@example.org\r\nTo: anna@example.com\r\n"
+               f"Subject: {subject}\r\nDate: Tue, {1 + i % 7} Jan 2024 10:00:00 +0000\r\n"
+               f"Message-ID: <m{i}@example.org>\r\n")
+    if i % 4 == 1:  # base64 text part: BODY matches decoded text
+        return (headers + "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n"
+                "Content-Transfer-Encoding: base64\r\n\r\n"
+                + base64.b64encode(body.encode()).decode() + "\r\n").encode()
+    return (headers + "\r\n" + body + "\r\n" + "x" * (i * 40) + "\r\n").encode()
+
+
+def _flags(i: int) -> list[str]:
+    out = []
+    if i % 2:
+        out.append("\\Seen")
+    if i % 3 == 0:
+        out.append("\\Flagged")
+    if i % 7 == 2:
+        out.append("\\Deleted")
+    if i % 4 == 3:
+        out.append("$Work")
+    return out
+
+
+@pytest.fixture(autouse=True)
+def _small_batches(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(search_exec, "_BATCH", 4)
+    monkeypatch.setattr(fetch_mod, "BATCH", 3)
+
+
+async def _fill(app: App) -> int:
+    assert app.store is not None
+    fid = await inbox_id(app)
+    for i in range(N):
+        data = _msg(i)
+        blob = await app.store.put_blob(data)
+        prefix = b"Delivered-To: anna@example.com\r\n" if i % 2 == 0 else b""
+        await app.store.deliver(blob, len(data), [DeliveryTarget(fid, prefix,
+                                                                 frozenset(_flags(i)))],
+                                internal_date=BASE + i * DAY)
+    return fid
+
+
+def _numbers(lines: list[bytes]) -> list[int]:
+    for line in lines:
+        if line.startswith(b"* SEARCH"):
+            return [int(x) for x in line.split()[2:]]
+    raise AssertionError(lines)
+
+
+def _size(i: int) -> int:
+    data = _msg(i)
+    return len(data) + (len(b"Delivered-To: anna@example.com\r\n") if i % 2 == 0 else 0)
+
+
+TRUTH = {
+    b"UNSEEN": lambda i: i % 2 == 0,
+    b"SEEN FLAGGED": lambda i: i % 2 == 1 and i % 3 == 0,
+    b"UNDELETED UNFLAGGED": lambda i: i % 7 != 2 and i % 3 != 0,
+    b"NOT SEEN NOT DELETED": lambda i: i % 2 == 0 and i % 7 != 2,
+    b"ALL": lambda i: True,
+    b"OLD": lambda i: True,
+    b"NEW": lambda i: False,
+    b"KEYWORD $work": lambda i: i % 4 == 3,
+    b"UNKEYWORD $Work SEEN": lambda i: i % 4 != 3 and i % 2 == 1,
+    b"LARGER 600": lambda i: _size(i) > 600,
+    b"SINCE 20-Nov-2023": lambda i: i >= 6,
+    b"BEFORE 16-Nov-2023 UNSEEN": lambda i: i < 2 and i % 2 == 0,
+    b"UID 3:7,20:*": lambda i: 3 <= i + 1 <= 7 or i + 1 >= 20,
+    b"2,4,6:8 SEEN": lambda i: (i + 1 in (2, 4) or 6 <= i + 1 <= 8) and i % 2 == 1,
+    b"SUBJECT topic1": lambda i: i % 4 == 1,
+    b"SUBJECT \"gr\xc3\xbc\xc3\x9fe\"": lambda i: i % 5 == 0,
+    b"FROM sender2 UNSEEN": lambda i: i % 3 == 2 and i % 2 == 0,
+    b"HEADER Delivered-To anna": lambda i: i % 2 == 0,
+    b"BODY needle": lambda i: i % 3 == 0,
+    b"TEXT needle FLAGGED": lambda i: i % 3 == 0,
+    b"TEXT sender1": lambda i: i % 3 == 1,
+    b"OR SUBJECT topic2 BODY needle": lambda i: i % 4 == 2 or i % 3 == 0,
+    b"NOT SUBJECT topic0 SEEN": lambda i: i % 4 != 0 and i % 2 == 1,
+    b"SENTON 3-Jan-2024": lambda i: i % 7 == 2,
+    b"SENTBEFORE 3-Jan-2024 DELETED": lambda i: i % 7 < 2 and i % 7 == 2,
+}
+
+
+async def test_search_paths_agree_with_truth(imap_app: App) -> None:
+    await _fill(imap_app)
+    raw = await Raw.connect(imap_app.ports["imap"])
+    await raw.login()
+    await raw.cmd(b"s", b"SELECT INBOX")
+    for n, (key, truth) in enumerate(TRUTH.items()):
+        tag = b"q%d" % n
+        prefix = b"SEARCH CHARSET UTF-8 " if b"\xc3" in key else b"SEARCH "
+        got = _numbers(await raw.cmd(tag, prefix + key))
+        expected = [i + 1 for i in range(N) if truth(i)]
+        assert got == expected, (key, got, expected)
+        forced = [b"OR (" + key + b") (" + key + b")",
+                  b"OR (" + key + b") BODY no-such-text-anywhere"]
+        for m, form in enumerate(forced):
+            got2 = _numbers(await raw.cmd(tag + b"f%d" % m, prefix + form))
+            assert got2 == expected, (form, got2, expected)
+    await raw.close()
+
+
+async def test_search_skips_messages_expunged_meanwhile(imap_app: App) -> None:
+    fid = await _fill(imap_app)
+    assert imap_app.store is not None
+    raw = await Raw.connect(imap_app.ports["imap"])
+    await raw.login()
+    await raw.cmd(b"s", b"SELECT INBOX")
+    gone = await imap_app.store.expunge(fid)  # another session's EXPUNGE (\Deleted ones)
+    assert gone == [i + 1 for i in range(N) if i % 7 == 2]
+    out = await raw.cmd(b"a", b"SEARCH BODY needle")  # EXPUNGE not sent during SEARCH
+    assert _numbers(out) == [i + 1 for i in range(N) if i % 3 == 0 and i % 7 != 2]
+    out = await raw.cmd(b"b", b"UID SEARCH DELETED")
+    assert [x for x in out if x.startswith(b"* SEARCH")] == [b"* SEARCH\r\n"]
+    await raw.close()
+
+
+async def test_fetch_row_path_matches_general_path(imap_app: App) -> None:
+    await _fill(imap_app)
+    raw = await Raw.connect(imap_app.ports["imap"])
+    await raw.login()
+    out = await raw.cmd(b"s", b"SELECT INBOX")
+    assert b"* OK [UNSEEN 1] First unseen\r\n" in out
+    fast = [x for x in await raw.cmd(b"a", b"FETCH 1:* (FLAGS UID RFC822.SIZE INTERNALDATE)")
+            if x.startswith(b"* ")]
+    slow = [x for x in await raw.cmd(
+        b"b", b"FETCH 1:* (FLAGS UID RFC822.SIZE INTERNALDATE ENVELOPE)") if x.startswith(b"* ")]
+    assert len(fast) == len(slow) == N
+    for f, s in zip(fast, slow, strict=True):
+        assert s.startswith(f[:-3] + b" ENVELOPE ("), (f, s)
+    sizes = [re.findall(rb"RFC822.SIZE (\d+)", f) for f in fast]
+    assert sizes == [[b"%d" % _size(i)] for i in range(N)]
+    uid_fast = [x for x in await raw.cmd(b"c", b"UID FETCH 5:9 FLAGS") if x.startswith(b"* ")]
+    assert uid_fast == [b"* %d FETCH (UID %d FLAGS %s)\r\n" % (
+        u, u, respond.flag_list(_flags(u - 1)).encode()) for u in range(5, 10)]
+    await raw.close()
+
+
+async def test_structures_cached_in_bulk_and_damage_reparsed(imap_app: App) -> None:
+    fid = await _fill(imap_app)
+    assert imap_app.store is not None
+    store = imap_app.store
+    raw = await Raw.connect(imap_app.ports["imap"])
+    await raw.login()
+    await raw.cmd(b"s", b"SELECT INBOX")
+    first = await raw.cmd(b"a", b"FETCH 1:* (BODYSTRUCTURE)")
+    rows = await store.message_rows(fid)
+    cached = await store.cached_structures([r.id for r in rows])
+    assert all(cached[r.id][0] == fetch_mod.CACHE_VERSION for r in rows)
+    await store.set_cached_structures([(rows[0].id, fetch_mod.CACHE_VERSION, "{broken")])
+    second = await raw.cmd(b"b", b"FETCH 1:* (BODYSTRUCTURE)")
+    assert first[:-1] == second[:-1] and second[-1].startswith(b"b OK")
+    again = await store.cached_structures([rows[0].id])
+    assert again[rows[0].id][1] != "{broken"
+    hdr = await raw.cmd(b"c", b"FETCH 2 (BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+    assert hdr[1] == b"Subject: topic1 number 1\r\n"
+    await raw.close()
+
+
+def _literals(lines: list[bytes], name: bytes) -> list[bytes]:
+    blob = b"".join(lines)
+    out = []
+    for m in re.finditer(re.escape(name) + rb" \{(\d+)\}\r\n", blob):
+        out.append(blob[m.end():m.end() + int(m.group(1))])
+    return out
+
+
+async def test_header_fields_without_structure_match_general_sections(imap_app: App) -> None:
+    await _fill(imap_app)
+    full = [(b"Delivered-To: anna@example.com\r\n" if i % 2 == 0 else b"") + _msg(i)
+            for i in range(N)]
+    raw = await Raw.connect(imap_app.ports["imap"])
+    await raw.login()
+    await raw.cmd(b"s", b"SELECT INBOX")
+    for text, fields in (("HEADER.FIELDS", ("SUBJECT", "FROM", "DELIVERED-TO")),
+                         ("HEADER.FIELDS.NOT", ("SUBJECT", "TO"))):
+        name = f"BODY[{text} ({' '.join(fields)})]".encode()
+        want = [mime.section_bytes(d, mime.parse_message(d), (), text, fields) for d in full]
+        for n, extra in enumerate((b"", b" BODYSTRUCTURE", b" BODY.PEEK[TEXT]")):
+            cmd = b"FETCH 1:* (BODY.PEEK[" + name[5:] + extra + b")"
+            out = await raw.cmd(b"h%d" % n, cmd)
+            assert out[-1].startswith(b"h%d OK" % n), out[-1]
+            assert _literals(out, name) == want, (cmd, text)
+    await raw.close()
+
+
+async def test_header_search_reads_long_headers_across_chunks(imap_app: App) -> None:
+    """A header block longer than one read chunk, with the blank line split between
+    the per-copy prefix and the blob in the second message."""
+    assert imap_app.store is not None
+    fid = await inbox_id(imap_app)
+    long_value = " ".join(f"w{i}" for i in range(12000)) + " tail-marker"
+    first = (f"Subject: long one\r\nX-Long: {long_value}\r\n\r\nbody tail-marker\r\n").encode()
+    second = b"\r\nSubject: not a header, this is the body\r\n"
+    for data, prefix in ((first, b""), (second, b"Subject: prefix only\r\n")):
+        blob = await imap_app.store.put_blob(data)
+        await imap_app.store.deliver(blob, len(data), [DeliveryTarget(fid, prefix)])
+    raw = await Raw.connect(imap_app.ports["imap"])
+    await raw.login()
+    await raw.cmd(b"s", b"SELECT INBOX")
+    assert _numbers(await raw.cmd(b"a", b"SEARCH HEADER X-Long tail-marker")) == [1]
+    assert _numbers(await raw.cmd(b"b", b"SEARCH SUBJECT body")) == []
+    assert _numbers(await raw.cmd(b"c", b"SEARCH SUBJECT prefix")) == [2]
+    assert _numbers(await raw.cmd(b"d", b"SEARCH TEXT tail-marker")) == [1]
+    out = await raw.cmd(b"e", b"FETCH 1:2 (BODY.PEEK[HEADER.FIELDS (X-LONG SUBJECT)])")
+    want = [mime.header_fields(first, ("X-LONG", "SUBJECT")),
+            mime.header_fields(b"Subject: prefix only\r\n" + second, ("X-LONG", "SUBJECT"))]
+    assert _literals(out, b"BODY[HEADER.FIELDS (X-LONG SUBJECT)]") == want
+    await raw.close()
