@@ -91,17 +91,25 @@ async def authenticate(s: Session, c: t.Authenticate) -> str | None:
     return await _auth(s, user, password, authzid or None)
 
 
+ENABLE_NAMES = {"IMAP4REV2": "IMAP4rev2", "UTF8=ACCEPT": "UTF8=ACCEPT",
+                "CONDSTORE": "CONDSTORE", "QRESYNC": "QRESYNC"}
+
+
 async def enable(s: Session, c: t.Enable) -> str | None:
-    """RFC 5161; IMAP4rev2 (RFC 9051 §6.3.1) and UTF8=ACCEPT (RFC 6855 §3)."""
+    """RFC 5161; IMAP4rev2 (RFC 9051 §6.3.1), UTF8=ACCEPT (RFC 6855 §3), CONDSTORE and
+    QRESYNC (RFC 7162 §3.1, §3.2.3: QRESYNC implies CONDSTORE). Only what was not
+    enabled before is listed in the ENABLED response."""
     done: list[str] = []
     for cap in c.capabilities:
-        name = {"IMAP4REV2": "IMAP4rev2", "UTF8=ACCEPT": "UTF8=ACCEPT"}.get(cap.upper())
+        name = ENABLE_NAMES.get(cap.upper())
         if name is None or cap.upper() in s.enabled:
             continue
         s.enabled.add(cap.upper())
         done.append(name)
     if "UTF8=ACCEPT" in s.enabled:
         s.reader.utf8 = True
+    if "QRESYNC" in s.enabled:
+        s.enable_condstore()
     s.send(respond.untagged(("ENABLED " + " ".join(done)).rstrip()))
     return None
 

@@ -8,7 +8,13 @@ Invariants:
 - LIST patterns are matched here in Python (``*`` any, ``%`` any but "/"), so "%" and
   "_" in names never reach SQL LIKE.
 - APPEND acknowledges only after the store committed (blob fsynced first), RFC 9051
-  §6.3.12; the reply carries APPENDUID (RFC 4315 §3).
+  §6.3.12; the reply carries APPENDUID (RFC 4315 §3). MULTIAPPEND (RFC 3502) is all
+  or nothing: every message is checked first, then all are stored in ONE transaction.
+- SELECT/EXAMINE always report HIGHESTMODSEQ (RFC 7162 §3.1.2.1: every folder keeps
+  MODSEQs, so NOMODSEQ never happens). With QRESYNC (RFC 7162 §3.2.5) the changes since
+  the client's MODSEQ follow: VANISHED (EARLIER) for UIDs expunged before the view was
+  taken (the store keeps every expunged UID with its MODSEQ, so seq-match-data is not
+  needed and is ignored), then FETCH (UID FLAGS MODSEQ) for changed messages in view.
 """
 
 from __future__ import annotations
@@ -50,6 +56,8 @@ async def folder_or_no(s: Session, name: str, code: str = "NONEXISTENT") -> Fold
 
 # --- SELECT / EXAMINE ---------------------------------------------------------------
 async def select(s: Session, c: t.Select) -> str | None:
+    if c.qresync is not None and not s.qresync:
+        raise respond.Bad("ENABLE QRESYNC first")  # RFC 7162 §3.2.5
     if s.view is not None:
         s.deselect()
         s.send(respond.untagged("OK [CLOSED] Previous mailbox closed"))  # RFC 9051 §7.1
@@ -62,6 +70,9 @@ async def select(s: Session, c: t.Select) -> str | None:
         raise respond.No(f"No such mailbox: {c.mailbox}", "NONEXISTENT")
     folder, uids, first = opened
     view = MailboxView(s.store, folder, uids, readonly=c.readonly, subscription=s.sub)
+    if c.condstore or c.qresync is not None:
+        s.enable_condstore()  # RFC 7162 §3.1.8
+    view.condstore, view.qresync = s.condstore, s.qresync
     s.send(respond.untagged(f"{view.exists} EXISTS"))
     if not s.rev2:
         s.send(respond.untagged("0 RECENT"))  # RFC 3501 §6.3.1; gone in rev2
@@ -73,12 +84,43 @@ async def select(s: Session, c: t.Select) -> str | None:
     s.send(respond.untagged(f"OK [PERMANENTFLAGS {perm}] Flags permitted"))
     s.send(respond.untagged(f"OK [UIDVALIDITY {folder.uidvalidity}] UIDs valid"))
     s.send(respond.untagged(f"OK [UIDNEXT {folder.uidnext}] Predicted next UID"))
+    s.send(respond.untagged(f"OK [HIGHESTMODSEQ {folder.highestmodseq}] Highest"))
     if s.rev2:  # RFC 9051 §6.3.2: LIST response for the selected mailbox
         s.send(b'* LIST () "/" ' + respond.mailbox(folder.name, s.utf8) + b"\r\n")
     s.view = view
     s.state = SELECTED
+    if c.qresync is not None and c.qresync.uidvalidity == folder.uidvalidity:
+        await _qresync(s, view, c.qresync)  # else ignored (RFC 7162 §3.2.5.2)
     mode = "READ-ONLY" if c.readonly else "READ-WRITE"
     return f"[{mode}] {'EXAMINE' if c.readonly else 'SELECT'} completed"
+
+
+async def _qresync(s: Session, view: MailboxView, q: t.QResync) -> None:
+    """RFC 7162 §3.2.5.2: what changed since ``q.modseq``, limited to the known UIDs."""
+    largest = max(view.folder.uidnext - 1, view.uids[-1] if view.uids else 0)
+    known = q.known_uids.intervals(largest) if q.known_uids is not None else None
+
+    def is_known(uid: int) -> bool:
+        return known is None or any(a <= uid <= b for a, b in known)
+
+    in_view = set(view.uids)
+    # UIDs expunged after the view was taken are still in it: their VANISHED comes later
+    gone = [u for u in await s.store.expunged_since(view.folder_id, q.modseq)
+            if is_known(u) and u not in in_view]
+    if gone:
+        s.send(respond.untagged(f"VANISHED (EARLIER) {respond.seq_set(gone)}"))
+    out: list[bytes] = []
+    for m in await s.store.changed_since(view.folder_id, q.modseq):
+        seq = view.seq_of(m.uid)
+        if seq is None or not is_known(m.uid):
+            continue
+        out.append(respond.untagged(
+            f"{seq} FETCH (UID {m.uid} FLAGS {respond.flag_list(m.flags)} MODSEQ ({m.modseq}))"))
+        if len(out) >= 1024:
+            s.send(b"".join(out))
+            out = []
+            await s.conn.drain()
+    s.send(b"".join(out))
 
 
 # --- CREATE / DELETE / RENAME / SUBSCRIBE ---------------------------------------------
@@ -154,6 +196,8 @@ def _status_items(status: FolderStatus, items: tuple[str, ...], max_size: int) -
 
 
 async def _status_line(s: Session, folder: Folder, items: tuple[str, ...]) -> bytes:
+    if "HIGHESTMODSEQ" in items:
+        s.enable_condstore()  # RFC 7162 §3.1: a CONDSTORE-enabling command
     st = await s.store.folder_status(folder.id)
     return (b"* STATUS " + respond.mailbox(folder.name, s.utf8) + b" ("
             + _status_items(st, items, s.max_message_size).encode() + b")\r\n")
@@ -219,22 +263,30 @@ async def lsub(s: Session, c: t.Lsub) -> str | None:
 
 
 # --- APPEND ---------------------------------------------------------------------------
+_SYSTEM = ("\\Seen", "\\Answered", "\\Flagged", "\\Deleted", "\\Draft")
+
+
 async def append(s: Session, c: t.Append) -> str | None:
+    """RFC 9051 §6.3.12; several messages = MULTIAPPEND (RFC 3502): every message is
+    checked before anything is stored, then all go in one store transaction."""
     folder = await s.store.get_folder(s.address_id, c.mailbox)
     if folder is None:
         raise respond.No(f"No such mailbox: {c.mailbox}", "TRYCREATE")  # RFC 9051 §6.3.12
-    if len(c.messages) != 1:
-        raise respond.Bad("MULTIAPPEND is not supported")
-    m = c.messages[0]
-    if len(m.data) > s.max_message_size:
-        raise respond.No("Message too big", "TOOBIG")
-    if not m.data:
-        raise respond.No("Empty message", "CANNOT")
-    flags = [f for f in m.flags if f != "\\Recent"]
-    if any(f.startswith("\\") and f not in
-           ("\\Seen", "\\Answered", "\\Flagged", "\\Deleted", "\\Draft") for f in flags):
-        raise respond.Bad("Unknown system flag")
-    when = m.internal_date.timestamp() if m.internal_date is not None else None
-    msg = await s.store.append(folder.id, m.data, flags=flags, internal_date=when)
-    return f"[APPENDUID {folder.uidvalidity} {msg.uid}] APPEND completed"
-
+    items: list[tuple[bytes, list[str], float | None]] = []
+    for m in c.messages:
+        if len(m.data) > s.max_message_size:
+            raise respond.No("Message too big", "TOOBIG")
+        if not m.data:
+            raise respond.No("Empty message", "CANNOT")
+        flags = [f for f in m.flags if f != "\\Recent"]
+        if any(f.startswith("\\") and f not in _SYSTEM for f in flags):
+            raise respond.Bad("Unknown system flag")
+        when = m.internal_date.timestamp() if m.internal_date is not None else None
+        items.append((m.data, flags, when))
+    if len(items) == 1:
+        data, flags, when = items[0]
+        msgs = [await s.store.append(folder.id, data, flags=flags, internal_date=when)]
+    else:
+        msgs = await s.store.append_many(folder.id, items)
+    uids = respond.seq_set(m.uid for m in msgs)
+    return f"[APPENDUID {folder.uidvalidity} {uids}] APPEND completed"  # RFC 4315 §3

@@ -10,6 +10,8 @@ Invariants:
 - COPY/MOVE to a missing mailbox: ``NO [TRYCREATE]``; replies carry COPYUID
   (RFC 4315 §3). MOVE sends COPYUID in an untagged OK before the EXPUNGEs (RFC 6851 §4.3).
 - IDLE delivers every change at once, EXPUNGE included, until the client's DONE.
+- With QRESYNC on, EXPUNGE / UID EXPUNGE / MOVE report removals as VANISHED (via
+  ``MailboxView.remove``) and, with CONDSTORE on, end with [HIGHESTMODSEQ n].
 """
 
 from __future__ import annotations
@@ -61,11 +63,25 @@ async def expunge(s: Session, c: t.Expunge) -> str | None:
     gone = await s.store.expunge(view.folder_id, uids)
     for line in view.remove(gone):
         s.send(line)
-    return None
+    return await _with_highestmodseq(s, view, bool(gone), "EXPUNGE completed")
+
+
+async def _with_highestmodseq(s: Session, view: MailboxView, changed: bool,
+                              text: str) -> str:
+    """RFC 7162 §3.2.7 (and RFC 6851 §4.4 for MOVE): after an expunge, a CONDSTORE/QRESYNC
+    client gets the new HIGHESTMODSEQ in the tagged OK. Pending changes of others are
+    told first, so the value never skips a change the client has not seen."""
+    if not changed or not view.condstore:
+        return text
+    for line in await view.flush(allow_expunge=True):
+        s.send(line)
+    return f"[HIGHESTMODSEQ {view.reported_modseq}] {text}"
 
 
 async def store(s: Session, c: t.Store) -> str | None:
     view = writable(s)
+    if c.unchangedsince is not None:
+        s.enable_condstore()  # RFC 7162 §3.1: CONDSTORE-enabling
     flags = [f for f in c.flags if f != "\\Recent"]
     for f in flags:
         if f.startswith("\\") and f not in _SYSTEM:
@@ -76,6 +92,8 @@ async def store(s: Session, c: t.Store) -> str | None:
     changed, refused = await s.store.store_flags(
         view.folder_id, uids, flags, _STORE_MODE[c.mode], unchanged_since=c.unchangedsince)
     view.own_modseqs.update(m.modseq for m in changed)
+    # RFC 7162 §3.1.3: with UNCHANGEDSINCE the changed messages are reported with their
+    # new MODSEQ even after .SILENT; with CONDSTORE on, every FETCH carries UID and MODSEQ.
     if not c.silent or c.unchangedsince is not None:
         changed_uids = {m.uid for m in changed}
         report = uids if not c.silent else sorted(changed_uids)
@@ -83,8 +101,8 @@ async def store(s: Session, c: t.Store) -> str | None:
             seq = view.seq_of(r.uid)
             if seq is None:
                 continue
-            uid = f"UID {r.uid} " if c.uid else ""
-            mod = f" MODSEQ ({r.modseq})" if c.unchangedsince is not None else ""
+            uid = f"UID {r.uid} " if c.uid or view.condstore else ""
+            mod = f" MODSEQ ({r.modseq})" if view.condstore else ""
             fl = respond.flag_list(flags_from_db(r.flags, r.keywords))
             s.send(respond.untagged(f"{seq} FETCH ({uid}FLAGS {fl}{mod})"))
     if refused:
@@ -124,9 +142,7 @@ async def copy(s: Session, c: t.Copy) -> str | None:
 async def move(s: Session, c: t.Move) -> str | None:
     view = writable(s)
     uids = view.resolve(c.sequence, c.uid)
-    dst = await _target(s, c.mailbox)
-    if dst.id == view.folder_id:
-        raise respond.No("Source and target mailbox are the same", "CANNOT")
+    dst = await _target(s, c.mailbox)  # may be the selected one: new UIDs (RFC 6851 §3)
     if not uids:
         return None
     pairs = await s.store.move_messages(view.folder_id, uids, dst.id)
@@ -134,7 +150,7 @@ async def move(s: Session, c: t.Move) -> str | None:
         s.send(respond.untagged(f"OK [{_copyuid(dst, pairs)}] Moved"))
         for line in view.remove(a for a, _ in pairs):
             s.send(line)
-    return None
+    return await _with_highestmodseq(s, view, bool(pairs), "MOVE completed")
 
 
 async def idle(s: Session, c: t.Idle) -> str | None:

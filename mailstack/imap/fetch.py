@@ -29,6 +29,7 @@ from mailstack import mime
 from mailstack.imap import respond
 from mailstack.imap import types as t
 from mailstack.imap.fetch_items import Binary, BodySection, FetchAtt, Simple
+from mailstack.imap.sequence import SequenceSet
 from mailstack.imap.session import Session
 from mailstack.store import Message, MsgRow, Store
 from mailstack.store.base import flags_from_db
@@ -114,6 +115,13 @@ async def fetch(s: Session, c: t.Fetch) -> str | None:
         items.insert(0, Simple("UID"))  # RFC 9051 §6.4.9: UID FETCH always returns UID
     if c.changedsince is not None and "MODSEQ" not in names:
         items.append(Simple("MODSEQ"))  # RFC 7162 §3.1.4.1
+    if c.changedsince is not None or "MODSEQ" in names:
+        s.enable_condstore()  # RFC 7162 §3.1: CONDSTORE-enabling
+    if c.vanished:
+        if not s.qresync:
+            raise respond.Bad("ENABLE QRESYNC first")  # RFC 7162 §3.2.6
+        assert c.changedsince is not None  # the parser insists
+        await _vanished(s, c.sequence, c.changedsince)
     if not uids:
         return None
     simple = [a.name for a in items if isinstance(a, Simple) and a.name in ROW_ITEMS]
@@ -132,6 +140,7 @@ async def fetch(s: Session, c: t.Fetch) -> str | None:
             fresh = {m.uid: m for m in changed}
             msgs = [fresh.get(m.uid, m) for m in msgs]
             seen_set = set(fresh)
+    have = {a.name for a in items if isinstance(a, Simple)}
     want_data = any(_needs_data(a) for a in items)
     want_struct = any(_needs_structure(a) for a in items)
     # only the header block is read when nothing else needs the bytes (nor a parse)
@@ -151,8 +160,8 @@ async def fetch(s: Session, c: t.Fetch) -> str | None:
             try:
                 for m, data, st in zip(batch, datas, sts, strict=True):
                     parts = [render_item(s, a, m, data, st) for a in items]
-                    if m.uid in seen_set and "FLAGS" not in names:
-                        parts.append(b"FLAGS " + respond.flag_list(m.flags).encode())
+                    if m.uid in seen_set:
+                        parts += _seen_extra(s, m, have)
                     out.append(b"* %d FETCH (" % (view.seq_of(m.uid) or 0)
                                + b" ".join(parts) + b")\r\n")
             finally:
@@ -162,6 +171,34 @@ async def fetch(s: Session, c: t.Fetch) -> str | None:
         if writeback:
             await s.store.set_cached_structures(writeback)
     return None
+
+
+def _seen_extra(s: Session, m: Message, have: set[str]) -> list[bytes]:
+    """What a FETCH that set \\Seen adds: the new FLAGS, and with CONDSTORE on also UID
+    and MODSEQ (RFC 7162 §3.1)."""
+    out = [] if "FLAGS" in have else [b"FLAGS " + respond.flag_list(m.flags).encode()]
+    if s.condstore:
+        if "UID" not in have:
+            out.append(b"UID %d" % m.uid)
+        if "MODSEQ" not in have:
+            out.append(b"MODSEQ (%d)" % m.modseq)
+    return out
+
+
+async def _vanished(s: Session, uid_set: SequenceSet, changedsince: int) -> None:
+    """UID FETCH ... (CHANGEDSINCE n VANISHED), RFC 7162 §3.2.6: the UIDs of ``uid_set``
+    expunged since ``n``, as VANISHED (EARLIER), before the FETCH responses. UIDs still
+    in the view (their removal not yet told) are left for the later VANISHED. ``*``
+    counts as unbounded, so expunged UIDs above the highest remaining one are reported."""
+    view = s.require_view()
+    saved = set(view.saved or ())
+    spans = [] if uid_set.saved else uid_set.intervals(0xFFFFFFFF)
+    in_view = set(view.uids)
+    gone = [u for u in await s.store.expunged_since(view.folder_id, changedsince)
+            if u not in in_view and (u in saved if uid_set.saved
+                                     else any(a <= u <= b for a, b in spans))]
+    if gone:
+        s.send(respond.untagged(f"VANISHED (EARLIER) {respond.seq_set(gone)}"))
 
 
 def _batches(msgs: list[Message]) -> list[list[Message]]:

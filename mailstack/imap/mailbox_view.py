@@ -15,6 +15,13 @@ Implementation notes (invariants):
   their EXPUNGE is sent; FETCHes of them simply return nothing.
 - FlagsChanged events carrying a MODSEQ this session produced itself are skipped: the
   session already answered them (or was asked for .SILENT).
+- With CONDSTORE on, flag updates carry UID and MODSEQ (RFC 7162 §3.1); with QRESYNC
+  on, removals go out as one ``* VANISHED uid-set`` instead of ``* n EXPUNGE``
+  (RFC 7162 §3.2.10), under the same timing rules as EXPUNGE.
+- ``reported_modseq`` is the MODSEQ up to which the client has been told every change:
+  HIGHESTMODSEQ at SELECT, raised by each flushed flag or expunge event. Only this value
+  may go out as HIGHESTMODSEQ later (RFC 5162 errata 1810, kept by RFC 7162): never one above a
+  change still pending.
 """
 
 from __future__ import annotations
@@ -59,6 +66,10 @@ class MailboxView:
         self.pending_flags: set[int] = set()
         self.own_modseqs: set[int] = set()
         self.saved: list[int] | None = None  # RFC 5182 "$" (kept as UIDs)
+        self.condstore = False
+        self.qresync = False
+        self.reported_modseq = folder.highestmodseq
+        self._seen_modseq = folder.highestmodseq  # highest MODSEQ of any event noted
 
     # --- numbering -----------------------------------------------------------------
     @property
@@ -91,8 +102,10 @@ class MailboxView:
 
     def remove(self, uids: Iterable[int]) -> list[bytes]:
         """Drop UIDs from the view; returns their EXPUNGE responses (highest number
-        first, so no number shifts before it is sent)."""
+        first, so no number shifts before it is sent), or one VANISHED response when
+        QRESYNC is on (RFC 7162 §3.2.10)."""
         out: list[bytes] = []
+        gone: list[int] = []
         for uid in sorted(set(uids), reverse=True):
             seq = self.seq_of(uid)
             if seq is None:
@@ -100,7 +113,10 @@ class MailboxView:
             del self.uids[seq - 1]
             self.pending_expunge.discard(uid)
             self.pending_flags.discard(uid)
+            gone.append(uid)
             out.append(respond.untagged(f"{seq} EXPUNGE"))
+        if self.qresync:
+            return [respond.untagged(f"VANISHED {respond.seq_set(gone)}")] if gone else []
         return out
 
     # --- events --------------------------------------------------------------------
@@ -116,9 +132,11 @@ class MailboxView:
         if isinstance(ev, MessagesAdded) and ev.folder_id == self.folder_id:
             self.new_mail = True
         elif isinstance(ev, MessagesExpunged) and ev.folder_id == self.folder_id:
+            self._seen_modseq = max(self._seen_modseq, ev.modseq)
             have = set(self.uids)
             self.pending_expunge.update(u for u in ev.uids if u in have)
         elif isinstance(ev, FlagsChanged) and ev.folder_id == self.folder_id:
+            self._seen_modseq = max(self._seen_modseq, ev.modseq)
             if ev.modseq in self.own_modseqs:
                 self.own_modseqs.discard(ev.modseq)
                 return
@@ -149,7 +167,14 @@ class MailboxView:
                 seq = self.seq_of(r.uid)
                 if seq is None:
                     continue
-                uid_part = f"UID {r.uid} " if with_uid else ""
+                uid_part = f"UID {r.uid} " if with_uid or self.condstore else ""
+                mod = f" MODSEQ ({r.modseq})" if self.condstore else ""
                 flags = respond.flag_list(flags_from_db(r.flags, r.keywords))
-                out.append(respond.untagged(f"{seq} FETCH ({uid_part}FLAGS {flags})"))
+                out.append(respond.untagged(f"{seq} FETCH ({uid_part}FLAGS {flags}{mod})"))
+        if not self.pending_expunge:  # everything noted so far has been told
+            self.reported_modseq = max(self.reported_modseq, self._seen_modseq)
+        elif self.condstore:
+            # RFC 5162 errata 1810 (kept by RFC 7162): expunges held back while
+            # MODSEQs went out; tell the client the MODSEQ it may resynchronise from
+            out.append(respond.untagged(f"OK [HIGHESTMODSEQ {self.reported_modseq}] Held"))
         return out

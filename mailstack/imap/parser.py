@@ -33,6 +33,7 @@ from mailstack.imap import types as t
 from mailstack.imap.fetch_items import parse_fetch_atts
 from mailstack.imap.lexer import Lexer, LiteralData, ParseError, TooBig
 from mailstack.imap.search import SearchParser
+from mailstack.imap.sequence import SequenceSet
 
 __all__ = [
     "COMMANDS",
@@ -304,15 +305,63 @@ def _select(readonly: bool) -> Handler:
         lx.sp()
         mailbox = lx.mailbox()
         condstore = False
+        qresync: t.QResync | None = None
         if lx.maybe_sp():
-            # RFC 4466 §2.1 select-params; RFC 7162 §3.2.5 CONDSTORE. Unknown → BAD.
-            for param in lx.paren_list():
-                if param != "CONDSTORE":
-                    raise lx.error(f"unsupported select parameter {param}")
-                condstore = True
-        return t.Select(tag=tag, mailbox=mailbox, readonly=readonly, condstore=condstore)
+            # RFC 4466 §2.1 select-params; RFC 7162 §3.1.8 CONDSTORE, §3.2.5 QRESYNC.
+            # Unknown or repeated parameters: BAD.
+            lx.char(b"(")
+            while True:
+                if not condstore and lx.maybe_word(b"CONDSTORE"):
+                    condstore = True
+                elif qresync is None and lx.maybe_word(b"QRESYNC"):
+                    lx.sp()
+                    qresync = _qresync_param(lx)
+                else:
+                    raise lx.error("unsupported or repeated select parameter")
+                if lx.maybe_char(b")"):
+                    break
+                lx.sp()
+        return t.Select(tag=tag, mailbox=mailbox, readonly=readonly, condstore=condstore,
+                        qresync=qresync)
 
     return handler
+
+
+def _uid_set(lx: Lexer) -> SequenceSet:
+    seq = lx.sequence_set()
+    if seq.saved:
+        raise lx.error("'$' is not allowed here")
+    return seq
+
+
+def _seq_match(lx: Lexer) -> tuple[SequenceSet, SequenceSet]:
+    """The rest of seq-match-data after its "(" (RFC 7162 §7)."""
+    seqs = _uid_set(lx)
+    lx.sp()
+    uids = _uid_set(lx)
+    lx.char(b")")
+    return seqs, uids
+
+
+def _qresync_param(lx: Lexer) -> t.QResync:
+    """RFC 7162 §7: "(" uidvalidity SP mod-sequence-value [SP known-uids]
+    [SP seq-match-data] ")"; seq-match-data = "(" sequence-set SP uid-set ")"."""
+    lx.char(b"(")
+    uidvalidity = lx.nz_number()
+    lx.sp()
+    modseq = lx.number64()
+    known: SequenceSet | None = None
+    match: tuple[SequenceSet, SequenceSet] | None = None
+    if lx.maybe_sp():
+        if lx.maybe_char(b"("):
+            match = _seq_match(lx)
+        else:
+            known = _uid_set(lx)
+            if lx.maybe_sp():
+                lx.char(b"(")
+                match = _seq_match(lx)
+    lx.char(b")")
+    return t.QResync(uidvalidity=uidvalidity, modseq=modseq, known_uids=known, seq_match=match)
 
 
 def _create(lx: Lexer, tag: str) -> t.Command:

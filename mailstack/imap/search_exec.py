@@ -295,6 +295,8 @@ async def search(s: Session, c: t.Search) -> str | None:
     found = await evaluate(s, c.key)
     numbers = [uid if c.uid else view.seq_of(uid) or 0 for uid, _ in found]
     modseq = k.modseq_required(c.key)
+    if modseq:
+        s.enable_condstore()  # RFC 7162 §3.1: SEARCH MODSEQ is CONDSTORE-enabling
     top = max((ms for _, ms in found), default=0)
     if opts is not None and "SAVE" in opts:
         chosen = found

@@ -11,6 +11,9 @@ Implementation notes (invariants):
 - After every command in the selected state, pending changes from other sessions are
   flushed before the tagged reply, except EXPUNGE during FETCH/STORE/SEARCH
   (non-UID forms), RFC 9051 §7.5.1.
+- ``enabled`` holds the extensions the client switched on (ENABLE, RFC 5161). CONDSTORE
+  is also switched on by any CONDSTORE-enabling command (RFC 7162 §3.1) and stays on
+  for the connection; QRESYNC implies CONDSTORE (RFC 7162 §3.2.3).
 - A password change (CredentialsChanged with a newer epoch) or the deletion of the
   address ends the session at once with ``* BYE`` (SPEC §2), via a watcher task on
   its own event subscription, so an idle connection is cut too.
@@ -71,6 +74,9 @@ BASE_CAPS = (
     "STATUS=SIZE",
     "BINARY",
     "UTF8=ACCEPT",
+    "CONDSTORE",
+    "QRESYNC",
+    "MULTIAPPEND",
 )
 
 
@@ -124,6 +130,21 @@ class Session:
     @property
     def rev2(self) -> bool:
         return "IMAP4REV2" in self.enabled
+
+    @property
+    def condstore(self) -> bool:
+        return "CONDSTORE" in self.enabled
+
+    @property
+    def qresync(self) -> bool:
+        return "QRESYNC" in self.enabled
+
+    def enable_condstore(self) -> None:
+        """RFC 7162 §3.1: a CONDSTORE-enabling command was seen; from now on every
+        FETCH response caused by a flag change carries UID and MODSEQ."""
+        self.enabled.add("CONDSTORE")
+        if self.view is not None:
+            self.view.condstore = True
 
     def send(self, data: bytes) -> None:
         self.conn.write(data)

@@ -119,13 +119,28 @@ class Id(Command):
 
 
 @dataclass(frozen=True, kw_only=True)
+class QResync:
+    """The QRESYNC select parameter (RFC 7162 §3.2.5): what the client last knew.
+
+    ``known_uids`` limits what is reported; ``seq_match`` is the optional pair
+    (message numbers, their UIDs) a server without full expunge history may use."""
+
+    uidvalidity: int
+    modseq: int
+    known_uids: SequenceSet | None = None
+    seq_match: tuple[SequenceSet, SequenceSet] | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
 class Select(Command):
-    """SELECT, or EXAMINE when ``readonly`` (RFC 9051 §6.3.2, §6.3.3; RFC 7162 §3.2.5)."""
+    """SELECT, or EXAMINE when ``readonly`` (RFC 9051 §6.3.2, §6.3.3; RFC 7162 §3.1.8,
+    §3.2.5)."""
 
     NAME: ClassVar[str] = "SELECT"
     mailbox: str
     readonly: bool = False
     condstore: bool = False
+    qresync: QResync | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

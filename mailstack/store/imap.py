@@ -12,6 +12,9 @@ Implementation notes (invariants):
   message.
 - Blob reads for a batch happen in ONE thread hop; ``read_headers`` stops reading a file
   as soon as the header block (up to its blank line) is in the buffer.
+- ``append_many`` (MULTIAPPEND, RFC 3502) makes every blob durable first, then inserts
+  all rows in ONE write transaction: all messages are stored or none (a blob whose rows
+  never committed is an orphan, as after a failed single APPEND).
 """
 
 from __future__ import annotations
@@ -24,9 +27,9 @@ from typing import Any, NamedTuple
 from sqlalchemy import and_, bindparam, func, select, update
 
 from . import schema as t
-from .base import SEEN_BIT, Folder, StoreBase, Unavailable
+from .base import SEEN_BIT, Folder, Message, Unavailable
 from .blobs import BlobError
-from .mailbox import _folder, normalize_folder_name
+from .mailbox import DeliveryTarget, MailboxMixin, _folder, normalize_folder_name
 
 CHUNK = 500
 _BLANK = re.compile(rb"\n\r?\n")
@@ -70,7 +73,7 @@ def _dense(uids: list[int]) -> bool:
     return len(uids) > CHUNK and len(uids) * 2 >= uids[-1] - uids[0] + 1
 
 
-class ImapMixin(StoreBase):
+class ImapMixin(MailboxMixin):
     # --- numbering -------------------------------------------------------------------
     async def folder_uids(self, folder_id: int, uid_min: int = 1) -> list[int]:
         """UIDs of a folder from ``uid_min`` on, ascending (SELECT, new-mail checks)."""
@@ -101,6 +104,23 @@ class ImapMixin(StoreBase):
                 if row is None:
                     return None
         return _folder(row), uids, int(first) if first is not None else None
+
+    async def append_many(self, folder_id: int,
+                          items: Sequence[tuple[bytes, Iterable[str], float | None]]
+                          ) -> list[Message]:
+        """Store several messages ((data, flags, internal date) each) atomically:
+        blobs fsynced first, then one transaction for all rows (RFC 3502 §6.3.11:
+        all or none). Returns them in order, with ascending UIDs."""
+        blob_ids = [await self.put_blob(data) for data, _, _ in items]
+        now = self.clock()
+        out: list[Message] = []
+        async with self._write() as (conn, events):
+            for (data, flags, when), blob_id in zip(items, blob_ids, strict=True):
+                out += await self._insert_copies(
+                    conn, events, blob_id, len(data),
+                    [DeliveryTarget(folder_id, b"", frozenset(flags))],
+                    when if when is not None else now, now)
+        return out
 
     # --- metadata rows -----------------------------------------------------------------
     async def message_rows(self, folder_id: int, uids: Iterable[int] | None = None, *,

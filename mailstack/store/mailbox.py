@@ -365,6 +365,9 @@ class MailboxMixin(StoreBase):
             for fid in sorted({src, dst}):
                 if fid == dst:
                     first_uid, modseq, dst_addr = await self._allocate(conn, dst, len(rows))
+                    # RFC 6851 §3: a MOVE within one folder gives the messages new
+                    # UIDs; the expunge shares the allocation's MODSEQ
+                    src_modseq, src_addr = modseq, dst_addr
                 elif expunge_source:
                     src_modseq, src_addr = await self._bump_modseq(conn, src)
             # verify the source rows still exist inside the transaction

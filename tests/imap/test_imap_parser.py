@@ -98,6 +98,31 @@ def test_enable_id() -> None:
         p(b"a ID (" + b" ".join(b'"k%d" "v"' % i for i in range(31)) + b")")
 
 
+def test_select_qresync_params() -> None:
+    """RFC 7162 §3.2.5 / §7 select-param QRESYNC."""
+    q = p(b"a SELECT INBOX (QRESYNC (67890007 20050715194045000 41,43:211,214:541))")
+    assert q == t.Select(tag="a", mailbox="INBOX", qresync=t.QResync(
+        uidvalidity=67890007, modseq=20050715194045000,
+        known_uids=seq((41, 41), (43, 211), (214, 541))))
+    q = p(b"a EXAMINE INBOX (QRESYNC (7 5 1:* (1:3,5 10:12,20)) CONDSTORE)")
+    assert isinstance(q, t.Select) and q.readonly and q.condstore and q.qresync is not None
+    assert q.qresync.known_uids == seq((1, None))
+    assert q.qresync.seq_match == (seq((1, 3), (5, 5)), seq((10, 12), (20, 20)))
+    q = p(b"a SELECT INBOX (qresync (7 5 (1 10)))")
+    assert isinstance(q, t.Select) and q.qresync == t.QResync(
+        uidvalidity=7, modseq=5, seq_match=(seq((1, 1)), seq((10, 10))))
+    assert p(b"a SELECT INBOX (QRESYNC (7 5))") == t.Select(
+        tag="a", mailbox="INBOX", qresync=t.QResync(uidvalidity=7, modseq=5))
+    for bad in (b"a SELECT INBOX (QRESYNC)", b"a SELECT INBOX (QRESYNC (0 5))",
+                b"a SELECT INBOX (QRESYNC (7))", b"a SELECT INBOX (QRESYNC (7 5 $))",
+                b"a SELECT INBOX (QRESYNC (7 5 1:3 (1)))", b"a SELECT INBOX (QRESYNC (7 5) ",
+                b"a SELECT INBOX (CONDSTORE CONDSTORE)",
+                b"a SELECT INBOX (QRESYNC (7 5) QRESYNC (7 5))",
+                b"a SELECT INBOX (QRESYNC (7 99999999999999999999))"):
+        with pytest.raises(ParseError):
+            p(bad)
+
+
 def test_select_examine() -> None:
     assert p(b"a SELECT inbox") == t.Select(tag="a", mailbox="INBOX")
     assert p(b"a EXAMINE Inbox") == t.Select(tag="a", mailbox="INBOX", readonly=True)
