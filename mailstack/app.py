@@ -53,6 +53,7 @@ class App:
         self.store: Store | None = None
         self.services: Services | None = None
         self.frontends: dict[str, FrontEnd] = {}
+        self._gc_task: asyncio.Task[None] | None = None
 
     @property
     def ports(self) -> dict[str, int]:
@@ -90,9 +91,30 @@ class App:
         except BaseException:
             await self.stop()
             raise
+        if s.server.blob_gc_interval_seconds > 0:
+            self._gc_task = asyncio.create_task(self._collect_garbage_forever())
+
+    async def _collect_garbage_forever(self) -> None:
+        s = self.settings.server
+        while True:
+            await asyncio.sleep(s.blob_gc_interval_seconds)
+            if self.store is None:
+                return
+            try:
+                removed = await self.store.collect_garbage(s.blob_gc_min_age_seconds)
+                if removed:
+                    log.info("blob collector: %d unreferenced message files removed",
+                             removed)
+            except Exception:
+                log.exception("blob collector failed; trying again later")
 
     async def stop(self, grace: float | None = None) -> None:
         grace = self.settings.server.shutdown_grace_seconds if grace is None else grace
+        if self._gc_task is not None:
+            self._gc_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._gc_task
+            self._gc_task = None
         await asyncio.gather(*(fe.close(grace) for fe in self.frontends.values()),
                              return_exceptions=True)
         self.frontends.clear()

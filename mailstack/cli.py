@@ -395,6 +395,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("login", metavar="LOGIN")
     sp.add_argument("address", metavar="ADDRESS")
 
+    sp = cmd(sub, "gc", cli_admin.gc, "Remove message files nothing refers to any more "
+             "(the server also does this every server.blob_gc_interval_seconds).")
+    sp.add_argument("--min-age", type=float, metavar="SECONDS",
+                    help="only files older than this (default: "
+                         "server.blob_gc_min_age_seconds)")
+
     sp = cmd(sub, "activity", cli_admin.activity,
              "Recent logins, failures and password changes.")
     sp.add_argument("address", nargs="?", metavar="ADDRESS")

@@ -175,6 +175,8 @@ async def address_remove(ctx: Ctx, store: Store, args: argparse.Namespace) -> in
     await store.remove_address(addr.id)
     await store.log_activity("address_removed", address=addr.email, protocol="cli",
                              detail=f"{len(folders)} folders, {messages} messages")
+    # its files go now if old enough, the rest with the server's periodic collector
+    await store.collect_garbage(ctx.settings.server.blob_gc_min_age_seconds)
     ctx.print(f"address {addr.email} removed ({len(folders)} folders, {messages} messages)")
     return 0
 
@@ -384,4 +386,15 @@ async def user_revoke(ctx: Ctx, store: Store, args: argparse.Namespace) -> int:
     await store.log_activity("grant_revoked", address=addr.email, protocol="cli",
                              detail=args.login.lower())
     ctx.print(f"{args.login.lower()} no longer has access to {addr.email}")
+    return 0
+
+
+@with_store
+async def gc(ctx: Ctx, store: Store, args: argparse.Namespace) -> int:
+    min_age = ctx.settings.server.blob_gc_min_age_seconds if args.min_age is None \
+        else args.min_age
+    if min_age < 60:  # a running server may hold younger blobs not yet committed
+        raise CliError("--min-age must be at least 60 seconds")
+    removed = await store.collect_garbage(min_age)
+    ctx.print(f"{removed} unreferenced message files removed")
     return 0

@@ -65,6 +65,12 @@ class ServerSettings:
                                                 "connections from 127.0.0.0/8 and ::1 only "
                                                 "(tests, local relays). Never on other "
                                                 "addresses.")
+    blob_gc_interval_seconds: float = _f(3600.0, "How often message files no longer "
+                                         "referenced (expunged, deleted) are removed; "
+                                         "0 turns the collector off.", min=0)
+    blob_gc_min_age_seconds: float = _f(3600.0, "Only files older than this are "
+                                        "collected (a younger one may belong to a "
+                                        "delivery still being committed).", min=60)
     shutdown_grace_seconds: float = _f(5.0, "On SIGTERM/SIGINT, how long open sessions get "
                                        "to finish after being told the server is going "
                                        "down.", min=0)

@@ -38,13 +38,14 @@ from .events import (
     MessagesExpunged,
     Subscription,
 )
+from .gc import GcMixin
 from .imap import ImapMixin, MsgRow
 from .mailbox import DeliveryTarget, MailboxMixin, normalize_folder_name
 from .queue import QueuedMessage, QueueMixin
 from .smtp import SmtpMixin
 
 
-class Store(SmtpMixin, AccountsMixin, ImapMixin, MailboxMixin, QueueMixin):
+class Store(SmtpMixin, AccountsMixin, ImapMixin, MailboxMixin, QueueMixin, GcMixin):
     @classmethod
     async def open_from_settings(cls, settings: Settings,
                                  clock: Callable[[], float] = time.time) -> Store:

@@ -40,3 +40,28 @@ def test_user_grant_and_revoke(cli: Cli) -> None:
     assert cli.query(users) == [("boss@remote.org", [])]
     r = cli("user", "revoke", "boss@remote.org", "shared@example.com")
     assert r.code == 1 and "holds no grant" in r.err
+
+
+def test_gc_command(cli: Cli) -> None:
+    import os
+    import time
+
+    cli.ok("domain", "add", "example.com")
+    cli.ok("address", "add", "anna@example.com")
+
+    async def add_and_expunge(store: Store) -> str:
+        a = await store.get_address("anna@example.com")
+        assert a is not None
+        inbox = await store.get_folder(a.id, "INBOX")
+        assert inbox is not None
+        m = await store.append(inbox.id, b"Subject: x\r\n\r\ny\r\n")
+        await store.expunge(inbox.id, [m.uid], only_deleted=False)
+        path = store.blobs.path_of(m.blob_id)
+        os.utime(path, (time.time() - 7200,) * 2)
+        return str(path)
+
+    path = cli.query(add_and_expunge)
+    r = cli("gc", "--min-age", "5")
+    assert r.code == 1 and "at least 60" in r.err and os.path.exists(path)
+    assert cli.ok("gc").out.startswith("1 unreferenced")
+    assert not os.path.exists(path)
