@@ -3,9 +3,13 @@
 Order (HOSTILE.md "durability"): build the blob (our ``Received:`` + the message
 with every ``Bcc:`` removed) -> ``put_blob`` (fsynced, renamed, directory fsynced) ->
 ONE transaction with every local copy, every queued remote recipient and the send
-count (``Store.accept_message``) -> only then the caller answers ``250``. Any
+count (``Store.accept_message``, which may share that transaction and its commit with
+other sessions' messages: group commit) -> only then the caller answers ``250``. Any
 failure on the way answers ``451 4.3.0`` and leaves no message row; at worst an
 unreferenced blob remains for the store's garbage collection.
+
+Routing is not repeated here: the final mailbox keys decided at RCPT time go to the
+store, which resolves their INBOX folders inside the write transaction.
 
 Per-copy bytes: each local copy gets its own prefix ``Return-Path`` + ``Delivered-To``
 (RFC 5321 §4.4); the shared blob holds the one ``Received:`` field.
@@ -29,7 +33,7 @@ from ..policy.headers import (
 )
 from ..policy.relay import RcptVerdict, merge_destinations
 from ..services import Services
-from ..store import DeliveryTarget, Unavailable
+from ..store import NotFound, Unavailable
 from . import replies
 
 log = logging.getLogger("mailstack.smtp")
@@ -67,26 +71,23 @@ async def accept(services: Services, tx: Transaction) -> str:
         now=datetime.fromtimestamp(now, UTC), tls=tx.tls)
     blob = received + strip_bcc(tx.content)
     return_path = return_path_header(tx.sender)
+    if not dest.mailboxes and not dest.remote:
+        return replies.TEMP_FAILURE
     try:
-        targets: list[DeliveryTarget] = []
-        for key in dest.mailboxes:
-            addr = await store.get_address(key)
-            inbox = await store.get_folder(addr.id, "INBOX") if addr is not None else None
-            if addr is None or inbox is None:
-                # Removed between RCPT and DATA: nothing to deliver to.
-                log.warning("smtp %s: mailbox %s vanished before delivery", tx.queue_id, key)
-                continue
-            targets.append(DeliveryTarget(inbox.id, return_path + delivered_to_header(addr.email)))
-        if not targets and not dest.remote:
-            return replies.TEMP_FAILURE
         blob_id = await store.put_blob(blob)
-        await store.accept_message(
-            blob_id, len(blob), targets, sender=str(tx.sender) if tx.sender else "",
+        # The INBOX of each final mailbox is found inside the write transaction (one
+        # query per group commit); a mailbox removed since RCPT is skipped there.
+        copies = await store.accept_message(
+            blob_id, len(blob), sender=str(tx.sender) if tx.sender else "",
             remote=list(dest.remote), sender_address_id=tx.auth_address_id,
-            counted_recipients=len(tx.recipients), at=now)
+            counted_recipients=len(tx.recipients), at=now, inboxes=dest.mailboxes,
+            inbox_prefix=lambda email: return_path + delivered_to_header(email))
+    except NotFound:
+        log.warning("smtp %s: every mailbox vanished before delivery", tx.queue_id)
+        return replies.TEMP_FAILURE
     except Unavailable as exc:
         log.error("smtp %s: store unavailable, message not accepted: %s", tx.queue_id, exc)
         return replies.TEMP_FAILURE
     log.info("smtp %s: accepted %d octets for %d local, %d remote", tx.queue_id, len(blob),
-             len(targets), len(dest.remote))
+             len(copies), len(dest.remote))
     return f"250 2.0.0 OK: queued as {tx.queue_id}"

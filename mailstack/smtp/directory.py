@@ -9,23 +9,44 @@ login is this address with the ``send`` permission.
 from __future__ import annotations
 
 from ..policy.relay import AddressFacts, AliasFacts
-from ..store import Store
+from ..store import Address, Domain, Store
 
 
 class StoreDirectory:
-    """``relay.Directory`` over the store, with a per-transaction domain cache."""
+    """``relay.Directory`` over the store, with a per-transaction domain cache: one
+    directory lives as long as one mail transaction (its envelope), so every RCPT of a
+    transaction looks a domain or an address up once, and the RCPT size check
+    (``domain``) reuses the record routing fetched. ``prefetch`` gets a RCPT's domain
+    and address in one statement."""
 
     def __init__(self, store: Store) -> None:
         self.store = store
-        self._domains: dict[str, bool] = {}
+        self._domains: dict[str, Domain | None] = {}
+        self._addresses: dict[str, Address | None] = {}
+
+    async def prefetch(self, domain: str, key: str) -> None:
+        """Fetch the domain and the address a RCPT names in one read (the two
+        look-ups ``route_recipient`` starts with)."""
+        if domain in self._domains and key in self._addresses:
+            return
+        found_domain, found_address = await self.store.route_facts(domain, key)
+        self._domains[domain] = found_domain
+        if found_domain is not None and (found_address is not None
+                                         or key.rpartition("@")[2] == found_domain.name):
+            self._addresses[key] = found_address
+
+    async def domain(self, name: str, /) -> Domain | None:
+        if name not in self._domains:
+            self._domains[name] = await self.store.get_domain(name)
+        return self._domains[name]
 
     async def domain_exists(self, domain: str, /) -> bool:
-        if domain not in self._domains:
-            self._domains[domain] = await self.store.get_domain(domain) is not None
-        return self._domains[domain]
+        return await self.domain(domain) is not None
 
     async def get_address(self, key: str, /) -> AddressFacts | None:
-        return await self.store.get_address(key)
+        if key not in self._addresses:
+            self._addresses[key] = await self.store.get_address(key)
+        return self._addresses[key]
 
     async def get_alias(self, key: str, /) -> AliasFacts | None:
         return await self.store.get_alias(key)

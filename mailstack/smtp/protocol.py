@@ -16,6 +16,14 @@ Implementation notes (invariants):
 - Transaction state lives on the ``Envelope`` (reset by RSET, EHLO, HELO, after DATA
   and after STARTTLS); login state lives on the ``Session`` (reset by STARTTLS only).
 - No password is read unless ``may_send_password`` allows it on this connection.
+- BDAT (RFC 3030): length-framed, so there is no end marker to smuggle; the chunk
+  octets are always consumed, also when the chunk is refused (no MAIL/RCPT, past the
+  size limit, after a failed chunk), so message bytes are never read as commands; the
+  size limit is checked on the announced chunk size before reading; a BDAT whose size
+  cannot be parsed ends the session (the framing is lost). DATA after BDAT in one
+  transaction is 503. The content goes through the same checks as DATA (bare CR/LF,
+  line length, headers, MIME depth, From: on submission). Exception: on 587 before
+  STARTTLS aiosmtpd refuses BDAT itself (530) without consuming its chunk.
 - Three kinds of error per command: syntax (5xx from the parsers), a policy refusal
   (the verdict's reply), a server error (logged, ``451 4.3.0``; see ``handle_exception``).
 """
@@ -25,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import binascii
 import logging
+import re
 import secrets
 from base64 import b64decode
 from collections import defaultdict
@@ -70,7 +79,8 @@ log = logging.getLogger("mailstack.smtp")
 DAY = 86400.0
 # RFC 3207 §4: before TLS on a STARTTLS-required port only these may run.
 BEFORE_STARTTLS = frozenset({"EHLO", "NOOP", "STARTTLS", "QUIT"})
-NEEDS_HELO = frozenset({"MAIL", "RCPT", "DATA", "AUTH"})
+NEEDS_HELO = frozenset({"MAIL", "RCPT", "DATA", "BDAT", "AUTH"})
+INLINE_MIME_CHECK = 256 * 1024  # octets; larger messages are MIME-checked in a thread
 
 
 class MSession(Session):
@@ -94,6 +104,10 @@ class MEnvelope(Envelope):
         self.recipients: list[EnvelopeAddress] = []
         self.verdicts: list[RcptVerdict] = []
         self.size_limit: int = 0
+        self.directory: StoreDirectory | None = None  # per transaction: domain cache
+        self.chunks: list[bytes] = []  # BDAT chunks received so far (RFC 3030 §2)
+        self.chunked_size = 0
+        self.chunking = False  # a BDAT was seen: DATA is refused in this transaction
 
 
 class _NoHooks:
@@ -252,7 +266,7 @@ class MailstackSMTP(SMTP):
         if not await self._helo(arg, True):
             return
         caps = [self.hostname, "PIPELINING", f"SIZE {self.fe.max_size}", "8BITMIME",
-                "ENHANCEDSTATUSCODES", "SMTPUTF8"]
+                "ENHANCEDSTATUSCODES", "SMTPUTF8", "CHUNKING"]
         if self.tls_context is not None and not self.tls_active:
             caps.append("STARTTLS")  # RFC 3207 §4: only before TLS
         if self.password_allowed:
@@ -292,7 +306,7 @@ class MailstackSMTP(SMTP):
 
     async def smtp_HELP(self, arg: str | None) -> None:
         await self.push("214 2.0.0 See RFC 5321; commands: EHLO HELO STARTTLS AUTH MAIL "
-                        "RCPT DATA RSET NOOP QUIT")
+                        "RCPT DATA BDAT RSET NOOP QUIT")
 
     # --- AUTH (RFC 4954; PLAIN RFC 4616; LOGIN) ---------------------------------------
     async def smtp_AUTH(self, arg: str | None) -> None:
@@ -472,13 +486,18 @@ class MailstackSMTP(SMTP):
             if not daily.ok:
                 await self.push(daily.reply)
                 return
-        verdict = await route_recipient(rcpt, authed, StoreDirectory(store))
+        directory = self.env.directory
+        if directory is None:
+            directory = self.env.directory = StoreDirectory(store)
+        if not rcpt.is_literal:
+            await directory.prefetch(rcpt.domain, rcpt.key)
+        verdict = await route_recipient(rcpt, authed, directory)
         if not verdict.accepted:
             await self.push(verdict.reply)
             return
         if not authed:
             # Mail from the internet: the recipient domain's plan bounds the size.
-            domain = await store.get_domain(rcpt.domain)
+            domain = await directory.domain(rcpt.domain)
             if domain is not None:
                 size = settings.plan(domain.plan).max_message_size
                 if mail.params.size is not None and mail.params.size > size:
@@ -503,12 +522,64 @@ class MailstackSMTP(SMTP):
         if arg:
             await self.push("501 5.5.4 Syntax: DATA")
             return
+        if self.env.chunking:  # RFC 3030 §2: DATA and BDAT never in one transaction
+            await self.push(replies.DATA_AFTER_BDAT)
+            return
         s = self.fe.services.settings.smtp
         await self.push(replies.DATA_START)
         self._reset_timeout(s.data_timeout)
         result = await read_data(self._reader, self.fe.max_size, s.max_line_length)
         self._reset_timeout()
         reply = await self._finish_data(result.state, result.content, result.size)
+        self._set_rset_state()
+        await self.push(reply)
+
+    async def smtp_BDAT(self, arg: str | None) -> None:
+        """RFC 3030 §2: ``BDAT <chunk-size> [LAST]`` followed by exactly chunk-size
+        octets. The octets are always consumed (refused chunks are read and dropped in
+        bounded pieces), so the byte stream never gets out of step; a chunk that would
+        take the message past its size limit is refused before any of it is kept."""
+        match = BDAT_ARG.fullmatch(arg or "")
+        if match is None:
+            # Without a size the framing is lost: what follows cannot be told apart
+            # from commands, so the session ends (never run message bytes as commands).
+            await self.push("501 5.5.4 Syntax: BDAT chunk-size [LAST]")
+            if self.transport is not None:
+                self.transport.close()
+            return
+        size, last = int(match.group(1)), match.group(2) is not None
+        s = self.fe.services.settings.smtp
+        env = self.env
+        refusal: str | None = None
+        if not self.sess.host_name or not self.sess.extended_smtp:
+            refusal = replies.NEED_EHLO  # an ESMTP extension: EHLO, not HELO
+        elif env.mail is None:
+            refusal = replies.NEED_MAIL
+        elif not env.recipients:
+            refusal = replies.NEED_RCPT
+        elif env.chunked_size + size > min(env.size_limit, self.fe.max_size):
+            refusal = (f"552 5.3.4 Message exceeds the maximum size of {env.size_limit} "
+                       "octets")
+        self._reset_timeout(s.data_timeout)
+        if refusal is not None:
+            await _discard(self._reader, size)
+            self._reset_timeout()
+            # RFC 3030 §2: after a failed chunk the transaction is over; later chunks
+            # already in the pipeline are read and refused (no MAIL any more).
+            self._set_rset_state()
+            await self.push(refusal)
+            return
+        chunk = await self._reader.readexactly(size)
+        self._reset_timeout()
+        env.chunking = True
+        env.chunks.append(chunk)
+        env.chunked_size += size
+        if not last:
+            await self.push(f"250 2.0.0 {size} octets received")
+            return
+        content = b"".join(env.chunks)
+        env.chunks.clear()
+        reply = await self._finish_data(DataState.OK, content, env.chunked_size)
         self._set_rset_state()
         await self.push(reply)
 
@@ -524,7 +595,10 @@ class MailstackSMTP(SMTP):
             max_header_bytes=s.max_header_bytes))
         if not check.ok:
             return check.reply
-        if await asyncio.to_thread(exceeds_depth, content, s.max_mime_depth):
+        # Linear, ~1 µs per KiB: small messages are checked on the loop (a thread hop
+        # costs more than the check); big ones in a thread, so the loop never stalls.
+        if (exceeds_depth(content, s.max_mime_depth) if len(content) <= INLINE_MIME_CHECK
+                else await asyncio.to_thread(exceeds_depth, content, s.max_mime_depth)):
             return f"554 5.6.0 MIME parts nested deeper than {s.max_mime_depth} levels"
         if sess.address_id is not None:  # SPEC §4: From: must be a sendable address
             try:
@@ -547,6 +621,19 @@ class MailstackSMTP(SMTP):
         finally:
             done.set_result(None)
             self.fe.in_flight.discard(done)
+
+
+BDAT_ARG = re.compile(r"([0-9]{1,18})(?: +(LAST))?", re.IGNORECASE)
+DISCARD_PIECE = 64 * 1024
+
+
+async def _discard(reader: asyncio.StreamReader, size: int) -> None:
+    """Read and drop ``size`` octets without holding more than one piece."""
+    while size > 0:
+        piece = await reader.read(min(size, DISCARD_PIECE))
+        if not piece:
+            raise asyncio.IncompleteReadError(b"", size)
+        size -= len(piece)
 
 
 AUTH_MECHANISMS = {

@@ -48,6 +48,7 @@ AUTH_BAD_BASE64 = "501 5.5.2 Cannot decode base64"
 AUTH_MALFORMED = "501 5.5.2 Malformed authentication response"
 AUTH_TOO_MANY = "421 4.7.0 Too many failed authentication attempts, closing connection"
 DATA_START = "354 End data with <CR><LF>.<CR><LF>"
+DATA_AFTER_BDAT = "503 5.5.1 DATA not allowed after BDAT in the same transaction"
 TEMP_FAILURE = "451 4.3.0 Temporary failure storing the message, try again later"
 LINE_TOO_LONG = "500 5.5.2 Line too long"
 

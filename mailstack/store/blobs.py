@@ -1,8 +1,14 @@
 """Immutable message blobs named by their SHA-256, on the local file system.
 
 Write order (HOSTILE.md, RFC 5321 §6.1): bytes -> temp file in ``tmp/`` -> fsync ->
-rename into ``ab/cd/<hash>`` -> fsync the directory. Only after that may a database row
-refer to the blob, so a row never points at a half-written file. A crash leaves at
+rename into ``ab/cd/<hash>`` -> fsync the directory (and, when ``ab/`` or ``cd/`` was
+created for it, the parent that got the new directory's entry). Only after that may a
+database row refer to the blob, so a row never points at a half-written file.
+
+Concurrent writers share the directory step: the renames of every blob waiting at
+that moment are done, then each directory concerned is fsynced once, and only then is
+any of them reported durable (one journal commit for N blobs instead of N). The file
+fsyncs stay one per blob, in parallel threads. A crash leaves at
 worst a temp file (swept at start) or an unreferenced blob (swept by ``gc``).
 
 All file work runs in a thread: nothing blocks the event loop.
@@ -11,6 +17,7 @@ All file work runs in a thread: nothing blocks the event loop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import re
@@ -18,6 +25,7 @@ import time
 from pathlib import Path
 
 _HEX = re.compile(r"^[0-9a-f]{64}$")
+MAX_BATCH = 256  # blobs published (renamed + directories fsynced) together
 
 
 class BlobError(Exception):
@@ -37,6 +45,8 @@ class BlobStore:
         self.root = root
         self.tmp = root / "tmp"
         self.tmp.mkdir(parents=True, exist_ok=True)
+        self._pending: list[tuple[str, Path, asyncio.Future[str]]] = []
+        self._flusher: asyncio.Task[None] | None = None
 
     def path_of(self, blob_id: str) -> Path:
         if not _HEX.match(blob_id):  # never build a path from anything but a hash
@@ -51,11 +61,12 @@ class BlobStore:
             n += 1
         return n
 
-    def _put_sync(self, data: bytes) -> str:
+    def _write_temp_sync(self, data: bytes) -> tuple[str, Path | None]:
+        """Hash ``data`` and write it to a fsynced temp file; (id, None) when a blob with
+        these bytes is already in place (content-addressed: already durable)."""
         blob_id = hashlib.sha256(data).hexdigest()
-        final = self.path_of(blob_id)
-        if final.exists():
-            return blob_id  # content-addressed: identical bytes already durable
+        if self.path_of(blob_id).exists():
+            return blob_id, None
         tmp = self.tmp / f"{blob_id}.{os.getpid()}.{time.monotonic_ns()}"
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -67,17 +78,92 @@ class BlobStore:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            final.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(tmp, final)
-            _fsync_dir(final.parent)
         except OSError as exc:
             tmp.unlink(missing_ok=True)
             raise BlobError(f"cannot store message: {exc.strerror}") from exc
-        return blob_id
+        return blob_id, tmp
+
+    def _publish_sync(self, items: list[tuple[str, Path]]) -> list[str | BlobError]:
+        """Rename fsynced temp files into place, then fsync every directory that got a
+        new entry (the blob's own, and the parent of any directory created for it), each
+        once for the whole batch. A blob is reported durable only after all of its
+        directories were fsynced."""
+        outcome: list[str | BlobError] = []
+        needs: list[set[Path]] = []
+        for blob_id, tmp in items:
+            final = self.path_of(blob_id)
+            dirs = {final.parent}
+            try:
+                for d in (final.parent.parent, final.parent):
+                    if not d.is_dir():
+                        with contextlib.suppress(FileExistsError):
+                            d.mkdir()
+                        dirs.add(d.parent)  # the new directory's own entry
+                os.replace(tmp, final)
+            except OSError as exc:
+                tmp.unlink(missing_ok=True)
+                outcome.append(BlobError(f"cannot store message: {exc.strerror}"))
+                needs.append(set())
+                continue
+            outcome.append(blob_id)
+            needs.append(dirs)
+        failed: dict[Path, BlobError] = {}
+        for d in sorted(set().union(*needs), key=lambda p: len(p.parts), reverse=True):
+            try:
+                _fsync_dir(d)
+            except OSError as exc:
+                failed[d] = BlobError(f"cannot store message: {exc.strerror}")
+        for i, dirs in enumerate(needs):
+            bad = next((failed[d] for d in dirs if d in failed), None)
+            if bad is not None:
+                outcome[i] = bad
+        return outcome
+
+    def _put_sync(self, data: bytes) -> str:
+        blob_id, tmp = self._write_temp_sync(data)
+        if tmp is None:
+            return blob_id
+        result = self._publish_sync([(blob_id, tmp)])[0]
+        if isinstance(result, BlobError):
+            raise result
+        return result
 
     async def put(self, data: bytes) -> str:
-        """Store ``data`` durably; returns its id once it is on disk."""
-        return await asyncio.to_thread(self._put_sync, data)
+        """Store ``data`` durably; returns its id once it is on disk.
+
+        The temp file is written and fsynced in a worker thread per call (concurrent
+        calls run in parallel); the renames and directory fsyncs of concurrent calls are
+        then done together by one flusher (group commit for directories)."""
+        blob_id, tmp = await asyncio.to_thread(self._write_temp_sync, data)
+        if tmp is None:
+            return blob_id
+        fut: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._pending.append((blob_id, tmp, fut))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush())
+        return await fut
+
+    async def _flush(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
+            try:
+                results = await asyncio.to_thread(
+                    self._publish_sync, [(b, p) for b, p, _ in batch])
+            except BaseException as exc:  # cancelled (shutdown) or a bug: nobody waits
+                for *_, fut in [*batch, *self._pending]:
+                    if not fut.done():
+                        fut.set_exception(BlobError(f"cannot store message: {exc!r}"))
+                self._pending = []
+                if not isinstance(exc, Exception):
+                    raise
+                continue
+            for (*_, fut), result in zip(batch, results, strict=True):
+                if fut.done():
+                    continue
+                if isinstance(result, BlobError):
+                    fut.set_exception(result)
+                else:
+                    fut.set_result(result)
 
     def get_sync(self, blob_id: str) -> bytes:
         try:
