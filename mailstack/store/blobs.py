@@ -65,8 +65,13 @@ class BlobStore:
         """Hash ``data`` and write it to a fsynced temp file; (id, None) when a blob with
         these bytes is already in place (content-addressed: already durable)."""
         blob_id = hashlib.sha256(data).hexdigest()
-        if self.path_of(blob_id).exists():
+        try:
+            # Already durable. Refresh its time so the garbage collector (store/gc.py),
+            # which only takes old files, leaves it to the row about to refer to it.
+            os.utime(self.path_of(blob_id))
             return blob_id, None
+        except FileNotFoundError:
+            pass
         tmp = self.tmp / f"{blob_id}.{os.getpid()}.{time.monotonic_ns()}"
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

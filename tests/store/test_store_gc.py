@@ -43,3 +43,15 @@ async def test_gc_after_address_removed(store: Store) -> None:
     os.utime(store.blobs.path_of(m.blob_id), (old, old))
     assert await store.collect_garbage(min_age=3600) == 1
     assert list(store.blobs.root.glob("??/??/*")) == []
+
+
+async def test_identical_bytes_again_make_an_old_orphan_young(store: Store) -> None:
+    """The same bytes arriving again reuse the blob; its time is refreshed so a
+    collector running between the write and the commit keeps it."""
+    data = b"Subject: same\r\n\r\nsame bytes\r\n"
+    blob_id = await store.put_blob(data)
+    old = time.time() - 7200
+    os.utime(store.blobs.path_of(blob_id), (old, old))  # an old orphan
+    assert await store.put_blob(data) == blob_id  # a new delivery, not committed yet
+    assert await store.collect_garbage(min_age=3600) == 0
+    assert store.blobs.path_of(blob_id).exists()
