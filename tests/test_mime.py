@@ -4,6 +4,7 @@
 import json
 import sys
 
+from mailstack.imap.structure import imap_string, render_body, render_envelope
 from mailstack.mime import (
     Address,
     binary_section,
@@ -11,10 +12,7 @@ from mailstack.mime import (
     find_part,
     from_json,
     header_fields,
-    imap_string,
     parse_message,
-    render_body,
-    render_envelope,
     section_bytes,
     to_json,
 )

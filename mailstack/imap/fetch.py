@@ -26,7 +26,7 @@ import asyncio
 import json
 
 from mailstack import mime
-from mailstack.imap import respond
+from mailstack.imap import respond, structure
 from mailstack.imap import types as t
 from mailstack.imap.fetch_items import Binary, BodySection, FetchAtt, Simple
 from mailstack.imap.sequence import SequenceSet
@@ -307,10 +307,10 @@ def render_item(s: Session, a: FetchAtt, m: Message, data: bytes | None,
         assert st is not None or n == "RFC822"
         if n == "ENVELOPE":
             assert st is not None
-            return b"ENVELOPE " + mime.render_envelope(st.envelope, utf8)
+            return b"ENVELOPE " + structure.render_envelope(st.envelope, utf8)
         if n in ("BODY", "BODYSTRUCTURE"):
             assert st is not None
-            return n.encode() + b" " + mime.render_body(st.root, n == "BODYSTRUCTURE", utf8)
+            return n.encode() + b" " + structure.render_body(st.root, n == "BODYSTRUCTURE", utf8)
         assert data is not None
         if n == "RFC822":
             return b"RFC822 " + respond.literal(data)

@@ -16,8 +16,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 
-from mailstack import mime
-from mailstack.imap import mutf7
+from mailstack.imap import mutf7, structure
 
 
 class Bad(Exception):
@@ -48,11 +47,11 @@ def untagged(text: str) -> bytes:
 
 
 def string(value: str | bytes, utf8: bool = False) -> bytes:
-    return mime.imap_string(value, utf8)
+    return structure.imap_string(value, utf8)
 
 
 def nstring(value: str | bytes | None, utf8: bool = False) -> bytes:
-    return mime.imap_nstring(value, utf8)
+    return structure.imap_nstring(value, utf8)
 
 
 def literal(data: bytes) -> bytes:
@@ -67,8 +66,8 @@ def mailbox(name: str, utf8: bool = False) -> bytes:
     if name == "INBOX":
         return b'"INBOX"'
     if utf8:
-        return mime.imap_string(name, True)
-    return mime.imap_string(mutf7.encode(name).encode("ascii"))
+        return structure.imap_string(name, True)
+    return structure.imap_string(mutf7.encode(name).encode("ascii"))
 
 
 def flag_list(flags: Iterable[str]) -> str:
