@@ -194,7 +194,10 @@ async def _mailstack(name: str, dataset: DataSet, protocols: set[str],
                             "ready_file": str(base / "ready.json"),
                             "nofile": max_conns * 2 + 1024}
     try:
-        proc, info = await asyncio.to_thread(_start_runner, base, spec)
+        # filling the store takes time: 120 s plus 2 s per 1,000 messages (100k: ~5 min)
+        total = sum(dataset.messages.values())
+        proc, info = await asyncio.to_thread(_start_runner, base, spec,
+                                             120.0 + total / 500)
         try:
             yield Running(name, {**ports, **info["ports"]}, lambda: descendants(proc.pid),
                           {"log": base / "mailstack.log"})
