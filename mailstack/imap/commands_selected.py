@@ -24,7 +24,6 @@ from mailstack.imap.mailbox_view import MailboxView
 from mailstack.imap.parser import is_idle_done
 from mailstack.imap.session import Session
 from mailstack.store import Folder
-from mailstack.store.base import flags_from_db
 
 _STORE_MODE = {"+": "add", "-": "remove", "": "replace"}
 _SYSTEM = ("\\Seen", "\\Answered", "\\Flagged", "\\Deleted", "\\Draft")
@@ -89,21 +88,23 @@ async def store(s: Session, c: t.Store) -> str | None:
     uids = view.resolve(c.sequence, c.uid)
     if not uids:
         return None
-    changed, refused = await s.store.store_flags(
-        view.folder_id, uids, flags, _STORE_MODE[c.mode], unchanged_since=c.unchangedsince)
+    # One write transaction; it also gives every listed message as it is after the
+    # change, so the FETCH responses below need no second read.
+    changed, refused, after = await s.store.store_flags_report(
+        view.folder_id, uids, flags, _STORE_MODE[c.mode], unchanged_since=c.unchangedsince,
+        want_after=not c.silent)
     view.own_modseqs.update(m.modseq for m in changed)
     # RFC 7162 §3.1.3: with UNCHANGEDSINCE the changed messages are reported with their
     # new MODSEQ even after .SILENT; with CONDSTORE on, every FETCH carries UID and MODSEQ.
     if not c.silent or c.unchangedsince is not None:
-        changed_uids = {m.uid for m in changed}
-        report = uids if not c.silent else sorted(changed_uids)
-        for r in await s.store.message_rows(view.folder_id, report):
+        report = after if not c.silent else changed
+        for r in report:
             seq = view.seq_of(r.uid)
             if seq is None:
                 continue
             uid = f"UID {r.uid} " if c.uid or view.condstore else ""
             mod = f" MODSEQ ({r.modseq})" if view.condstore else ""
-            fl = respond.flag_list(flags_from_db(r.flags, r.keywords))
+            fl = respond.flag_list(r.flags)
             s.send(respond.untagged(f"{seq} FETCH ({uid}FLAGS {fl}{mod})"))
     if refused:
         numbers = refused if c.uid else [view.seq_of(u) or 0 for u in refused]

@@ -20,7 +20,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Integer, and_, delete, func, insert, or_, select, update
+from sqlalchemy import Integer, and_, bindparam, delete, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from . import schema as t
@@ -302,6 +302,20 @@ class MailboxMixin(StoreBase):
         """Change flags (mode add/remove/replace). Messages whose flags really change get
         one new MODSEQ. Returns (changed messages, uids refused by UNCHANGEDSINCE,
         RFC 7162 §3.1.3)."""
+        changed, refused, _ = await self.store_flags_report(
+            folder_id, uids, flags, mode, unchanged_since=unchanged_since, want_after=False)
+        return changed, refused
+
+    async def store_flags_report(self, folder_id: int, uids: Iterable[int],
+                                 flags: Iterable[str], mode: str, *,
+                                 unchanged_since: int | None = None, want_after: bool = True
+                                 ) -> tuple[list[Message], list[int], list[Message]]:
+        """``store_flags`` that also returns (with ``want_after``) every listed message
+        still present, as it is after the change (ascending UID): what a non-silent
+        STORE reports, without a second read transaction. Statements: one SELECT, and
+        only if something changes one MODSEQ bump plus one UPDATE (one ``uid IN (...)``
+        per chunk when all changed messages end with the same flags, else one
+        executemany by id), not one UPDATE per message."""
         if mode not in ("add", "remove", "replace"):
             raise ValueError(mode)
         want_bits, want_kw = flags_to_db(frozenset(flags))
@@ -309,13 +323,15 @@ class MailboxMixin(StoreBase):
         uid_set = sorted(set(uids))
         changed: list[Message] = []
         refused: list[int] = []
+        after: list[Message] = []
+        m = t.messages.c
         async with self._write() as (conn, events):
             current: list[Any] = []
             for i in range(0, len(uid_set), 500):
                 current += (await conn.execute(select(*_MSG_COLS).where(and_(
-                    t.messages.c.folder_id == folder_id,
-                    t.messages.c.uid.in_(uid_set[i:i + 500]))))).all()
-            updates = []
+                    m.folder_id == folder_id, m.uid.in_(uid_set[i:i + 500]))))).all()
+            current.sort(key=lambda r: r.uid)
+            new_flags: dict[int, tuple[int, str]] = {}  # uid -> (bits, keywords)
             for row in current:
                 if unchanged_since is not None and row.modseq > unchanged_since:
                     refused.append(row.uid)
@@ -330,18 +346,46 @@ class MailboxMixin(StoreBase):
                     bits, kws = want_bits, dict(want_kw_set)
                 kw_text = " ".join(sorted(kws.values(), key=str.lower))
                 if bits != row.flags or kw_text != row.keywords:
-                    updates.append((row, bits, kw_text))
-            if updates:
+                    new_flags[row.uid] = (bits, kw_text)
+            modseq = address_id = 0
+            if new_flags:
                 modseq, address_id = await self._bump_modseq(conn, folder_id)
-                for row, bits, kw_text in updates:
-                    await conn.execute(update(t.messages).where(t.messages.c.id == row.id)
-                                       .values(flags=bits, keywords=kw_text, modseq=modseq))
-                    changed.append(Message(row.id, folder_id, row.uid, modseq,
-                                           flags_from_db(bits, kw_text), row.internal_date,
-                                           row.size, row.blob_id, row.prefix or b""))
+                await self._write_flags(conn, folder_id, current, new_flags, modseq)
+            for row in current:
+                if row.uid not in new_flags:
+                    if want_after:
+                        after.append(_message(row))
+                    continue
+                bits, kw_text = new_flags[row.uid]
+                msg = Message(row.id, folder_id, row.uid, modseq,
+                              flags_from_db(bits, kw_text), row.internal_date,
+                              row.size, row.blob_id, row.prefix or b"")
+                changed.append(msg)
+                if want_after:
+                    after.append(msg)
+            if changed:
                 events.append(FlagsChanged(address_id, folder_id,
                                            tuple(m.uid for m in changed), modseq))
-        return changed, sorted(refused)
+        return changed, refused, after
+
+    async def _write_flags(self, conn: Any, folder_id: int, current: list[Any],
+                           new_flags: dict[int, tuple[int, str]], modseq: int) -> None:
+        """Write the new flags (all with ``modseq``) in as few statements as possible."""
+        m = t.messages.c
+        if len(set(new_flags.values())) == 1:  # the usual case: one resulting flag set
+            bits, kw_text = next(iter(new_flags.values()))
+            uids = sorted(new_flags)
+            for i in range(0, len(uids), 500):
+                await conn.execute(update(t.messages).where(and_(
+                    m.folder_id == folder_id, m.uid.in_(uids[i:i + 500])))
+                    .values(flags=bits, keywords=kw_text, modseq=modseq))
+            return
+        stmt = update(t.messages).where(m.id == bindparam("_id")).values(
+            flags=bindparam("_flags"), keywords=bindparam("_kw"), modseq=modseq)
+        params = [{"_id": r.id, "_flags": new_flags[r.uid][0], "_kw": new_flags[r.uid][1]}
+                  for r in current if r.uid in new_flags]
+        for i in range(0, len(params), 500):
+            await conn.execute(stmt, params[i:i + 500])
 
     async def copy_messages(self, src_folder_id: int, uids: Iterable[int],
                             dst_folder_id: int) -> list[tuple[int, int]]:
@@ -374,14 +418,17 @@ class MailboxMixin(StoreBase):
             live = {r.uid for r in (await conn.execute(select(t.messages.c.uid).where(and_(
                 t.messages.c.folder_id == src,
                 t.messages.c.uid.in_([m.uid for m in rows]))))).all()}
+            new_rows = []
             for n, m in enumerate(r for r in rows if r.uid in live):
                 new_uid = first_uid + n
                 bits, keywords = flags_to_db(m.flags)
-                await conn.execute(insert(t.messages).values(
-                    folder_id=dst, uid=new_uid, modseq=modseq, flags=bits, keywords=keywords,
-                    internal_date=m.internal_date, size=m.size, blob_id=m.blob_id,
-                    prefix=m.prefix, created_at=now))
+                new_rows.append({
+                    "folder_id": dst, "uid": new_uid, "modseq": modseq, "flags": bits,
+                    "keywords": keywords, "internal_date": m.internal_date, "size": m.size,
+                    "blob_id": m.blob_id, "prefix": m.prefix, "created_at": now})
                 pairs.append((m.uid, new_uid))
+            if new_rows:  # one executemany: one round trip for the whole copy
+                await conn.execute(insert(t.messages), new_rows)
             if pairs:
                 events.append(MessagesAdded(dst_addr, dst, tuple(p[1] for p in pairs)))
             if expunge_source and pairs:
