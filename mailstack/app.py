@@ -125,14 +125,19 @@ class App:
             await self.store.close()
             self.store = None
 
-    async def run_forever(self) -> None:
-        await self.start()
+    async def run_until_signal(self, on_started: Callable[[App], None] | None = None
+                               ) -> None:
+        """Start, call ``on_started``, serve until SIGTERM/SIGINT, then stop cleanly.
+        Handlers are installed before starting, so a signal during start-up is kept."""
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError):
                 loop.add_signal_handler(sig, stop.set)
+        await self.start()
         try:
+            if on_started is not None:
+                on_started(self)
             await stop.wait()
             log.info("shutting down")
         finally:

@@ -20,11 +20,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import getpass
 import logging
 import secrets
-import signal
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -244,27 +242,19 @@ def cmd_serve(ctx: Ctx, args: argparse.Namespace) -> int:
                 password = await ensure_demo(ctx, store)
             finally:
                 await store.close()
-        app = App(settings, generate_cert=args.dev)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            with contextlib.suppress(NotImplementedError):
-                loop.add_signal_handler(sig, stop.set)
-        try:
-            await app.start()
-        except RuntimeError as exc:  # e.g. TLS listeners without certificate files
-            raise CliError(str(exc)) from exc
-        try:
+
+        def started(app: App) -> None:
             if args.dev:
                 for line in dev_instructions(ctx, app.ports, password):
                     ctx.print(line)
             else:
                 log.info("serving %s with %d listeners", settings.server.hostname,
                          len(app.ports))
-            await stop.wait()
-            log.info("shutting down")
-        finally:
-            await app.stop()
+
+        try:
+            await App(settings, generate_cert=args.dev).run_until_signal(started)
+        except RuntimeError as exc:  # e.g. TLS listeners without certificate files
+            raise CliError(str(exc)) from exc
         log.info("stopped")
         return 0
 
