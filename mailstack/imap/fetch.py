@@ -271,7 +271,12 @@ async def fetch_rows(s: Session, c: t.Fetch, uids: list[int], names: list[str]) 
         await s.conn.drain()
 
 
-def _row_item(n: str, r: MsgRow) -> bytes:
+ROW_ITEMS = frozenset({"UID", "INTERNALDATE", "RFC822.SIZE", "MODSEQ", "EMAILID",
+                       "SAVEDATE", "THREADID"})
+
+
+def _row_item(n: str, r: MsgRow | Message) -> bytes:
+    """A metadata item from a row or a message record (both carry these fields)."""
     if n == "UID":
         return b"UID %d" % r.uid
     if n == "INTERNALDATE":
@@ -292,18 +297,8 @@ def render_item(s: Session, a: FetchAtt, m: Message, data: bytes | None,
         n = a.name
         if n == "FLAGS":
             return b"FLAGS " + respond.flag_list(m.flags).encode()
-        if n == "UID":
-            return b"UID %d" % m.uid
-        if n == "INTERNALDATE":
-            return b"INTERNALDATE " + respond.internal_date(m.internal_date).encode()
-        if n == "RFC822.SIZE":
-            return b"RFC822.SIZE %d" % m.size
-        if n == "MODSEQ":
-            return b"MODSEQ (%d)" % m.modseq
-        if n == "EMAILID":
-            return b"EMAILID (M%d)" % m.id
-        if n in ("SAVEDATE", "THREADID"):
-            return n.encode() + b" NIL"
+        if n in ROW_ITEMS:
+            return _row_item(n, m)
         assert st is not None or n == "RFC822"
         if n == "ENVELOPE":
             assert st is not None
