@@ -71,6 +71,9 @@ class ServerSettings:
     blob_gc_min_age_seconds: float = _f(3600.0, "Only files older than this are "
                                         "collected (a younger one may belong to a "
                                         "delivery still being committed).", min=60)
+    tls_handshake_timeout_seconds: float = _f(30.0, "A client that has not finished its "
+                                              "TLS handshake (implicit TLS or after "
+                                              "STARTTLS/STLS) by then is dropped.", min=1)
     shutdown_grace_seconds: float = _f(5.0, "On SIGTERM/SIGINT, how long open sessions get "
                                        "to finish after being told the server is going "
                                        "down.", min=0)

@@ -91,7 +91,8 @@ class Conn:
         buf: Any = getattr(self.reader, "_buffer", None)
         if buf is not None:
             buf.clear()
-        await self.writer.start_tls(ctx)
+        await self.writer.start_tls(ctx,
+                                    ssl_handshake_timeout=self.listener.handshake_timeout)
         self.tls = True
 
     async def close(self) -> None:
@@ -110,8 +111,10 @@ class TcpListener:
     """Accepts connections and runs ``handler`` for each; implicit TLS if asked."""
 
     def __init__(self, name: str, settings: ListenerSettings, handler: Handler, *,
-                 ssl_ctx: ssl.SSLContext | None, max_per_ip: int = 50) -> None:
+                 ssl_ctx: ssl.SSLContext | None, max_per_ip: int = 50,
+                 handshake_timeout: float = 30.0) -> None:
         self.name = name
+        self.handshake_timeout = handshake_timeout
         self.settings = settings
         self.handler = handler
         self.ssl_ctx = ssl_ctx
@@ -127,7 +130,8 @@ class TcpListener:
         self.server = await asyncio.start_server(
             self._accept, self.settings.address, self.settings.port,
             ssl=self.ssl_ctx if implicit else None,
-            ssl_handshake_timeout=30 if implicit else None, limit=256 * 1024)
+            ssl_handshake_timeout=self.handshake_timeout if implicit else None,
+            limit=256 * 1024)
         self.port = self.server.sockets[0].getsockname()[1]
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

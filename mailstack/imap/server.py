@@ -38,7 +38,9 @@ class ImapServer:
         self.settings = settings
         ctx = services.server_ssl if settings.tls != "none" else None
         self.listener = TcpListener(name, settings, self.handle, ssl_ctx=ctx,
-                                    max_per_ip=services.settings.imap.max_connections_per_ip)
+                                    max_per_ip=services.settings.imap.max_connections_per_ip,
+                                    handshake_timeout=services.settings.server
+                                    .tls_handshake_timeout_seconds)
 
     @property
     def port(self) -> int:

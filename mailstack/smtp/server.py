@@ -55,7 +55,9 @@ class SmtpFrontEnd:
         ssl_ctx = self.services.server_ssl if self.listener.tls == "implicit" else None
         self._server = await loop.create_server(
             lambda: MailstackSMTP(self), self.listener.address, self.listener.port,
-            ssl=ssl_ctx, ssl_handshake_timeout=60.0 if ssl_ctx else None)
+            ssl=ssl_ctx, ssl_handshake_timeout=(
+                self.services.settings.server.tls_handshake_timeout_seconds
+                if ssl_ctx else None))
         self.port = int(self._server.sockets[0].getsockname()[1])
 
     async def close(self, grace: float = 0.0) -> None:
