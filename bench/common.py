@@ -10,6 +10,7 @@ Invariants:
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import os
@@ -19,7 +20,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -305,3 +306,20 @@ def stop_process(proc: subprocess.Popen[Any], timeout: float = 10.0) -> None:
 
 def python_cmd(script: str) -> list[str]:
     return [sys.executable, str(REPO / "bench" / script)]
+
+
+def standalone_main(doc: str | None, add_args: Callable[[argparse.ArgumentParser], None],
+                    run_from_args: Callable[[argparse.Namespace], Results],
+                    name: str) -> None:
+    """``python -m bench.NAME``: parse the benchmark's options, run it, print the table
+    and write the JSON (default ``bench/results/latest-NAME.json``, not committed)."""
+    ap = argparse.ArgumentParser(description=doc,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_args(ap)
+    ap.add_argument("--json", default=str(Path(__file__).parent / "results" /
+                                          f"latest-{name}.json"))
+    a = ap.parse_args()
+    res = run_from_args(a)
+    print(table(res.rows))
+    Path(a.json).parent.mkdir(parents=True, exist_ok=True)
+    write_json(a.json, res.rows, machine_meta())

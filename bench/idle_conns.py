@@ -24,13 +24,11 @@ from .common import (
     DOMAIN,
     PASSWORD,
     Results,
-    machine_meta,
     make_dataset,
     median,
     pss_kib,
     raise_nofile,
-    table,
-    write_json,
+    standalone_main,
 )
 from .servers import probe_unavailable, serve
 
@@ -132,14 +130,7 @@ def run_from_args(a: argparse.Namespace) -> Results:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_args(ap)
-    ap.add_argument("--json", default="bench-idle.json")
-    a = ap.parse_args()
-    res = run_from_args(a)
-    print(table(res.rows))
-    write_json(a.json, res.rows, machine_meta())
+    standalone_main(__doc__, add_args, run_from_args, "idle")
 
 
 if __name__ == "__main__":

@@ -28,12 +28,10 @@ from .common import (
     DOMAIN,
     PASSWORD,
     Results,
-    machine_meta,
     make_dataset,
     pct,
     smtp_message,
-    table,
-    write_json,
+    standalone_main,
 )
 from .servers import probe_unavailable, serve
 
@@ -148,14 +146,7 @@ def run_from_args(a: argparse.Namespace) -> Results:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_args(ap)
-    ap.add_argument("--json", default="bench-imap-mixed.json")
-    a = ap.parse_args()
-    res = run_from_args(a)
-    print(table(res.rows))
-    write_json(a.json, res.rows, machine_meta())
+    standalone_main(__doc__, add_args, run_from_args, "imap-mixed")
 
 
 if __name__ == "__main__":

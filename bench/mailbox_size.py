@@ -23,11 +23,9 @@ from .common import (
     DOMAIN,
     PASSWORD,
     Results,
-    machine_meta,
     make_dataset,
     median,
-    table,
-    write_json,
+    standalone_main,
 )
 from .servers import probe_unavailable, serve
 
@@ -82,14 +80,7 @@ def run_from_args(a: argparse.Namespace) -> Results:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_args(ap)
-    ap.add_argument("--json", default="bench-mailbox-size.json")
-    a = ap.parse_args()
-    res = run_from_args(a)
-    print(table(res.rows))
-    write_json(a.json, res.rows, machine_meta())
+    standalone_main(__doc__, add_args, run_from_args, "mailbox-size")
 
 
 if __name__ == "__main__":
