@@ -312,12 +312,11 @@ async def test_activity_and_send_log(store: Store) -> None:
 
 
 @pytest.mark.postgres
+@pytest.mark.parametrize("backend", ["postgres"], indirect=True)  # a PostgreSQL feature
 async def test_events_reach_other_nodes(backend: str, store: Store, db_url: str,
                                         tmp_path: Path) -> None:
     """Two front-end nodes on one PostgreSQL: a commit on one reaches the other's
     subscribers through LISTEN/NOTIFY; nothing is sent for a rolled-back change."""
-    if backend != "postgres":
-        pytest.skip("cross-node events are a PostgreSQL feature")
     aid, inbox = await mailbox(store)
     other = Store(db_url, tmp_path / "blobs")
     await other.open()
