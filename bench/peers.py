@@ -19,7 +19,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from .common import DOMAIN, HOST, DataSet, free_port, is_seen, message_parts, wait_port
 
@@ -86,7 +86,28 @@ def write_maildir(root: Path, user: str, count: int, body_size: int, seen_ratio:
         os.utime(root / "cur" / name, (base + i, base + i))
 
 
-class Postfix:
+class _Peer:
+    """A peer server we start and must stop: ``with Peer(...) as p`` starts it, and stops
+    it (removing its temp dir) also when start-up fails half way."""
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+
+class Postfix(_Peer):
     """A private Postfix instance: ``with Postfix(dataset) as p: p.port``."""
 
     name = "postfix"
@@ -232,18 +253,9 @@ postlog   unix-dgram n  -       n       -       1       postlogd
         if self._own_tmp:
             shutil.rmtree(self.dir, ignore_errors=True)
 
-    def __enter__(self) -> Postfix:
-        try:
-            return self.start()
-        except BaseException:
-            self.stop()
-            raise
-
-    def __exit__(self, *exc: Any) -> None:
-        self.stop()
 
 
-class Dovecot:
+class Dovecot(_Peer):
     """A private Dovecot instance (IMAP + POP3): ``with Dovecot(dataset) as d:``."""
 
     name = "dovecot"
@@ -370,15 +382,6 @@ protocol pop3 {{
         if self._own_tmp:
             shutil.rmtree(self.dir, ignore_errors=True)
 
-    def __enter__(self) -> Dovecot:
-        try:
-            return self.start()
-        except BaseException:
-            self.stop()
-            raise
-
-    def __exit__(self, *exc: Any) -> None:
-        self.stop()
 
 
 if __name__ == "__main__":

@@ -224,18 +224,6 @@ class MailboxMixin(StoreBase):
                 .order_by(t.expunged.c.uid))).all()
         return [r.uid for r in rows]
 
-    async def get_cached_structure(self, message_id: int) -> tuple[str | None, str | None]:
-        async with self._read() as conn:
-            row = (await conn.execute(select(t.messages.c.envelope, t.messages.c.bodystructure)
-                                      .where(t.messages.c.id == message_id))).first()
-        return (row.envelope, row.bodystructure) if row else (None, None)
-
-    async def set_cached_structure(self, message_id: int, envelope: str,
-                                   bodystructure: str) -> None:
-        async with self._write() as (conn, _):
-            await conn.execute(update(t.messages).where(t.messages.c.id == message_id)
-                               .values(envelope=envelope, bodystructure=bodystructure))
-
     # --- writing messages ------------------------------------------------------------
     async def _allocate(self, conn: Any, folder_id: int, count: int) -> tuple[int, int, int]:
         """Reserve ``count`` UIDs and one new MODSEQ; returns (first_uid, modseq, addr)."""
