@@ -14,9 +14,9 @@ import datetime as dt
 import secrets
 import string
 
-from .cli import CliError, Ctx, read_password, with_store
-from .policy.addresses import AddressRuleError, address_key, check_domain, parse_new_address
-from .store import Address, NotFound, Store
+from ..policy.addresses import AddressRuleError, address_key, check_domain, parse_new_address
+from ..store import Address, NotFound, Store
+from .common import CliError, Ctx, Parsers, read_password, with_store
 
 # --- helpers -------------------------------------------------------------------------
 
@@ -398,3 +398,107 @@ async def gc(ctx: Ctx, store: Store, args: argparse.Namespace) -> int:
     removed = await store.collect_garbage(min_age)
     ctx.print(f"{removed} unreferenced message files removed")
     return 0
+
+
+def register(p: Parsers) -> None:
+    from .csv_import import import_csv
+
+    dom = p.group("domain", "Hosted domains.")
+    sp = p.cmd(dom, "add", domain_add, "Host a new domain.")
+    sp.add_argument("domain", metavar="DOMAIN")
+    sp.add_argument("--plan", metavar="NAME", help="plan from the config's [plans] "
+                    "(default: smtp.default_plan)")
+    p.cmd(dom, "list", domain_list, "List hosted domains with plan and counts.")
+    sp = p.cmd(dom, "remove", domain_remove,
+             "Stop hosting a domain (it must hold no addresses or aliases).")
+    sp.add_argument("domain", metavar="DOMAIN")
+
+    adr = p.group("address", "Mail addresses (mailboxes, no-reply, catchall).")
+    sp = p.cmd(adr, "add", address_add, "Create an address.")
+    sp.add_argument("address", metavar="ADDRESS")
+    sp.add_argument("--kind", choices=("mailbox", "no-reply", "catchall"), default="mailbox")
+    sp.add_argument("--name", metavar="NAME", default="", help="display name")
+    sp.add_argument("--password-stdin", action="store_true",
+                    help="read the password as one line from standard input (without it "
+                         "you are prompted on a terminal; otherwise no password is set)")
+    sp = p.cmd(adr, "passwd", address_passwd,
+             "Set an address's password (open sessions are cut off).")
+    sp.add_argument("address", metavar="ADDRESS")
+    sp.add_argument("--password-stdin", action="store_true",
+                    help="read the password as one line from standard input")
+    sp = p.cmd(adr, "list", address_list, "List addresses.")
+    sp.add_argument("domain", nargs="?", metavar="DOMAIN")
+    sp = p.cmd(adr, "remove", address_remove,
+             "Delete an address and ALL its mail (needs --yes).")
+    sp.add_argument("address", metavar="ADDRESS")
+    sp.add_argument("--yes", action="store_true",
+                    help="confirm: the address's folders and messages are destroyed")
+    sp = p.cmd(adr, "import-csv", import_csv,
+             "Create addresses from a CSV file: address,password[,name] per line.")
+    sp.add_argument("file", metavar="FILE", help="CSV file ('-' for standard input)")
+    sp.add_argument("--valid-only", action="store_true",
+                    help="create the valid rows even if some are bad (default: nothing "
+                         "is created unless every row is valid)")
+
+    ali = p.group("alias", "Aliases: an address that redirects to one or more others.")
+    sp = p.cmd(ali, "add", alias_add, "Create an alias.")
+    sp.add_argument("alias", metavar="ALIAS")
+    sp.add_argument("targets", nargs="+", metavar="TARGET",
+                    help="local or remote addresses")
+    sp = p.cmd(ali, "remove", alias_remove, "Delete an alias.")
+    sp.add_argument("alias", metavar="ALIAS")
+    sp = p.cmd(ali, "list", alias_list, "List aliases.")
+    sp.add_argument("domain", nargs="?", metavar="DOMAIN")
+
+    fwd = p.group("forward", "Forwarding of all incoming mail of an address.")
+    sp = p.cmd(fwd, "set", forward_set, "Forward an address's incoming mail.")
+    sp.add_argument("address", metavar="ADDRESS")
+    sp.add_argument("targets", nargs="+", metavar="TARGET")
+    sp.add_argument("--keep-copy", action="store_true",
+                    help="also keep a copy in the address's own INBOX")
+    sp = p.cmd(fwd, "clear", forward_clear, "Stop forwarding.")
+    sp.add_argument("address", metavar="ADDRESS")
+
+    app = p.group("app-password", "App passwords: named, revocable, per address.")
+    sp = p.cmd(app, "add", app_password_add,
+             "Generate an app password (printed once).")
+    sp.add_argument("address", metavar="ADDRESS")
+    sp.add_argument("name", metavar="NAME", help="e.g. 'phone' or 'scanner'")
+    sp = p.cmd(app, "list", app_password_list, "List an address's app passwords.")
+    sp.add_argument("address", metavar="ADDRESS")
+    sp = p.cmd(app, "revoke", app_password_revoke,
+             "Revoke an app password (sessions using it are cut off).")
+    sp.add_argument("address", metavar="ADDRESS")
+    sp.add_argument("name", metavar="NAME")
+
+    usr = p.group("user", "Users: accounts with their own password, granted access to "
+                "addresses (read, passwd, autoresponder, send).")
+    sp = p.cmd(usr, "add", user_add, "Create a user (login: usually an email "
+             "address, hosted here or anywhere).")
+    sp.add_argument("login", metavar="LOGIN")
+    sp.add_argument("--password-stdin", action="store_true",
+                    help="read the password as one line from standard input")
+    p.cmd(usr, "list", user_list, "List users with their grants.")
+    sp = p.cmd(usr, "grant", user_grant,
+             "Grant a user permissions on an address (replaces earlier ones).")
+    sp.add_argument("login", metavar="LOGIN")
+    sp.add_argument("address", metavar="ADDRESS")
+    sp.add_argument("--perm", required=True, metavar="LIST",
+                    help="comma list of: read, passwd, autoresponder, send")
+    sp = p.cmd(usr, "revoke", user_revoke, "Take a user's access to an address.")
+    sp.add_argument("login", metavar="LOGIN")
+    sp.add_argument("address", metavar="ADDRESS")
+
+    sp = p.cmd(p.sub, "gc", gc, "Remove message files nothing refers to any more "
+             "(the server also does this every server.blob_gc_interval_seconds).")
+    sp.add_argument("--min-age", type=float, metavar="SECONDS",
+                    help="only files older than this (default: "
+                         "server.blob_gc_min_age_seconds)")
+
+    sp = p.cmd(p.sub, "activity", activity,
+             "Recent logins, failures and password changes.")
+    sp.add_argument("address", nargs="?", metavar="ADDRESS")
+    sp.add_argument("--limit", type=int, default=50, metavar="N")
+    sp = p.cmd(p.sub, "client-settings", client_settings,
+             "Print what a mail client needs to connect as ADDRESS.")
+    sp.add_argument("address", metavar="ADDRESS")

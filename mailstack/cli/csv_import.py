@@ -28,9 +28,9 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from .cli import CliError, Ctx, check_password, with_store
-from .policy.addresses import AddressRuleError, address_key, parse_new_address
-from .store import Address, Store, StoreError
+from ..policy.addresses import AddressRuleError, address_key, parse_new_address
+from ..store import Address, Store, StoreError
+from .common import CliError, Ctx, check_password, with_store
 
 _HASH_WORKERS = max(1, min(4, os.cpu_count() or 1))
 

@@ -1,0 +1,148 @@
+"""Helpers shared by every command module of ``mailstack``: the context a handler gets,
+errors, store access, passwords from stdin, and the parser registration helpers.
+
+Nothing here imports another module of this package: command modules import from
+here, never from each other.
+
+Invariants (for every command):
+- A password never appears in argv, stdout, stderr or logs: it comes from
+  ``--password-stdin`` (one line) or an interactive prompt; generated secrets (demo
+  password, app passwords) are printed once, on stdout, and nowhere else.
+- Errors are caught once, in ``main``: a user error (bad input, refused by the store)
+  prints one clear line on stderr and exits 1; a refused confirmation exits 2 (like a
+  usage error); a bad config file exits 1 naming the key, the value and the problem.
+- All store work runs in one ``asyncio.run`` per command; Argon2 hashing runs off the
+  event loop (``Passwords.hash`` uses a thread).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import sys
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+from sqlalchemy.engine import make_url
+
+from ..config import Settings
+from ..policy.passwords import Passwords
+from ..store import Store
+
+MIN_PASSWORD_LENGTH = 8
+
+
+class CliError(Exception):
+    """A user error: printed as one line on stderr, exit ``code``."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass
+class Ctx:
+    """What a handler gets: settings, where they came from, and the three streams."""
+
+    settings: Settings
+    config_path: str | None
+    stdin: TextIO = field(default_factory=lambda: sys.stdin)
+    out: TextIO = field(default_factory=lambda: sys.stdout)
+    err: TextIO = field(default_factory=lambda: sys.stderr)
+
+    def print(self, *parts: object) -> None:
+        print(*parts, file=self.out, flush=True)
+
+    def warn(self, *parts: object) -> None:
+        print(*parts, file=self.err, flush=True)
+
+    def passwords(self) -> Passwords:
+        a = self.settings.auth
+        return Passwords(a.argon2_time_cost, a.argon2_memory_kib, a.argon2_parallelism)
+
+
+Handler = Callable[[Ctx, argparse.Namespace], int]
+StoreHandler = Callable[[Ctx, Store, argparse.Namespace], Awaitable[int]]
+
+
+def with_store(fn: StoreHandler) -> Handler:
+    """Wrap an async handler: open the store (migrations applied), run, close."""
+
+    def run(ctx: Ctx, args: argparse.Namespace) -> int:
+        async def go() -> int:
+            store = await Store.open_from_settings(ctx.settings)
+            try:
+                return await fn(ctx, store, args)
+            finally:
+                await store.close()
+
+        return asyncio.run(go())
+
+    run.__name__ = getattr(fn, "__name__", "handler")
+    return run
+
+
+# --- passwords ---------------------------------------------------------------------
+
+
+def check_password(password: str) -> str | None:
+    """Why ``password`` may not be used, or None. Never echoes the password."""
+    if not password:
+        return "the password is empty"
+    if len(password) < MIN_PASSWORD_LENGTH:
+        return f"the password is shorter than {MIN_PASSWORD_LENGTH} characters"
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in password):
+        return "the password contains a control character"
+    return None
+
+
+def read_password(ctx: Ctx, args: argparse.Namespace, *, required: bool,
+                  what: str = "password") -> str | None:
+    """The new password from ``--password-stdin`` (one line) or a prompt on a terminal.
+
+    Returns None when no source is available and ``required`` is false.
+    """
+    if getattr(args, "password_stdin", False):
+        line = ctx.stdin.readline()
+        password = line.rstrip("\r\n")
+    elif ctx.stdin.isatty():
+        password = getpass.getpass(f"New {what}: ")
+        if getpass.getpass(f"Repeat the {what}: ") != password:
+            raise CliError("the two passwords differ; nothing changed")
+    elif required:
+        raise CliError("no password given: pass it on standard input with "
+                       "--password-stdin (never on the command line)")
+    else:
+        return None
+    problem = check_password(password)
+    if problem:
+        raise CliError(f"{problem}; nothing changed")
+    return password
+
+
+def safe_url(url: str) -> str:
+    """The database URL without its password, for printing."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return "(unparseable URL)"
+
+
+class Parsers:
+    """Registration helpers handed to each command module's ``register``."""
+
+    def __init__(self, sub: Any) -> None:
+        self.sub = sub
+
+    def cmd(self, parent: Any, name: str, handler: Handler, help_text: str
+            ) -> argparse.ArgumentParser:
+        sp: argparse.ArgumentParser = parent.add_parser(name, help=help_text,
+                                                        description=help_text)
+        sp.set_defaults(handler=handler)
+        return sp
+
+    def group(self, name: str, help_text: str) -> Any:
+        gp = self.sub.add_parser(name, help=help_text, description=help_text)
+        return gp.add_subparsers(dest=f"{name}_command", metavar="ACTION", required=True)

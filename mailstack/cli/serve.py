@@ -1,0 +1,145 @@
+"""``mailstack init``, ``serve``, ``check-config`` and ``config-example``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import secrets
+from typing import TextIO
+
+from ..config import ConfigError, dev_settings, load_settings, render_example
+from ..store import Store
+from .common import CliError, Ctx, Parsers, safe_url
+
+log = logging.getLogger("mailstack")
+
+DEMO_DOMAIN = "example.test"
+DEMO_ADDRESS = f"demo@{DEMO_DOMAIN}"
+
+
+def cmd_init(ctx: Ctx, args: argparse.Namespace) -> int:
+    async def go() -> None:
+        store = await Store.open_from_settings(ctx.settings)
+        await store.close()
+
+    asyncio.run(go())
+    ctx.print(f"data dir: {ctx.settings.data_dir}")
+    ctx.print(f"database: {safe_url(ctx.settings.database_url)} (schema up to date)")
+    return 0
+
+
+def cmd_check_config(ctx: Ctx, args: argparse.Namespace) -> int:
+    """Only a marker for the parser: ``main`` runs ``check_config`` before any settings
+    are loaded, because the file to check is the argument, not the settings in force."""
+    return check_config(args.file or ctx.config_path, ctx.out, ctx.err)
+
+
+def check_config(path: str | None, out: TextIO, err: TextIO) -> int:
+    try:
+        load_settings(path)
+    except ConfigError as exc:
+        print(f"{path or '(defaults)'}: {exc}", file=err)
+        return 1
+    print(f"OK: {path}" if path else "OK: no config file; the built-in defaults apply",
+          file=out)
+    return 0
+
+
+def cmd_config_example(ctx: Ctx, args: argparse.Namespace) -> int:
+    ctx.out.write(render_example())
+    return 0
+
+
+# --- serve -------------------------------------------------------------------------
+
+
+async def ensure_demo(ctx: Ctx, store: Store) -> str | None:
+    """On an empty store, create the demo domain and address; return its password."""
+    if await store.list_domains():
+        return None
+    plan = ctx.settings.smtp.default_plan
+    await store.add_domain(DEMO_DOMAIN, plan)
+    password = secrets.token_urlsafe(12)
+    pw_hash = await ctx.passwords().hash(password)
+    local = DEMO_ADDRESS.split("@")[0]
+    await store.add_address(local, DEMO_DOMAIN, password_hash=pw_hash,
+                            display_name="Demo", max_addresses=ctx.settings.plan(plan)
+                            .max_addresses)
+    await store.log_activity("address_created", address=DEMO_ADDRESS, protocol="cli",
+                             detail="serve --dev demo")
+    return password
+
+
+def dev_instructions(ctx: Ctx, ports: dict[str, int], password: str | None) -> list[str]:
+    s = ctx.settings
+    lines = ["", "mailstack is running in dev mode (self-signed certificate, 127.0.0.1 only)."]
+    if password is not None:
+        lines += [f"Demo address created: {DEMO_ADDRESS}",
+                  f"Its password (shown once, now): {password}"]
+    else:
+        lines += [f"Demo address (if you kept it): {DEMO_ADDRESS}; set a new password with "
+                  "`mailstack address passwd ADDRESS --password-stdin`"]
+    lines.append("Connect a mail client with:")
+    for name, label, role in (("imaps", "IMAP", "incoming mail"),
+                              ("submissions", "SMTP", "outgoing mail"),
+                              ("pop3s", "POP3", "alternative to IMAP")):
+        ls = getattr(s.listeners, name)
+        if not ls.enabled:
+            continue
+        port = ports.get(name, ls.port)
+        state = "" if name in ports else "   (not listening yet: no server in this build)"
+        lines.append(f"  {label:4} server 127.0.0.1  port {port}  SSL/TLS  ({role}){state}")
+    lines += ["  user name: the full address; password: the address's password",
+              f"  trust this certificate: {s.cert_path}",
+              f"  (it names {s.server.hostname}, localhost and 127.0.0.1)",
+              "Stop with Ctrl-C.", ""]
+    return lines
+
+
+def cmd_serve(ctx: Ctx, args: argparse.Namespace) -> int:
+    from ..app import App
+
+    settings = dev_settings(ctx.settings) if args.dev else ctx.settings
+    ctx.settings = settings
+
+    async def go() -> int:
+        password = None
+        if args.dev:
+            store = await Store.open_from_settings(settings)
+            try:
+                password = await ensure_demo(ctx, store)
+            finally:
+                await store.close()
+
+        def started(app: App) -> None:
+            if args.dev:
+                for line in dev_instructions(ctx, app.ports, password):
+                    ctx.print(line)
+            else:
+                log.info("serving %s with %d listeners", settings.server.hostname,
+                         len(app.ports))
+
+        try:
+            await App(settings, generate_cert=args.dev).run_until_signal(started)
+        except RuntimeError as exc:  # e.g. TLS listeners without certificate files
+            raise CliError(str(exc)) from exc
+        log.info("stopped")
+        return 0
+
+    return asyncio.run(go())
+
+
+def register(p: Parsers) -> None:
+    p.cmd(p.sub, "init", cmd_init, "Create the data directory and apply database migrations.")
+    sp = p.cmd(p.sub, "serve", cmd_serve, "Run the mail server until SIGTERM/SIGINT.")
+    sp.add_argument("--dev", action="store_true",
+                    help="dev mode: 127.0.0.1 only, standard ports + 10000, self-signed "
+                         "certificate, a demo address on first run")
+    sp = p.cmd(p.sub, "check-config", cmd_check_config,
+             "Validate a config file: print OK, or the bad key and exit 1.")
+    sp.add_argument("file", nargs="?", metavar="FILE",
+                    help="file to check (default: the one --config/MAILSTACK_CONFIG/"
+                         "./mailstack.toml selects)")
+    p.cmd(p.sub, "config-example", cmd_config_example,
+        "Print the annotated example config (every setting with its default).")
