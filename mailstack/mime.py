@@ -8,7 +8,7 @@ Invariants:
 - Parsing works on the original bytes and records byte ranges, so every BODY[section]
   is a slice of the stored message; nothing is re-serialised.
 - Parsing is linear per nesting level and never recurses deeper than ``max_depth``
-  (RFC 2046 sets no limit; HOSTILE.md "header and MIME bombs"): past ``max_depth``
+  (RFC 2046 sets no limit; docs/behaviour.md §12 "header and MIME bombs"): past ``max_depth``
   levels or ``max_parts`` parts the remaining content is an opaque leaf / ignored.
   Header fields beyond ``max_header_lines`` lines per header block are ignored.
 - Header values are kept raw (RFC 2047 encoded-words untouched), unfolded, as ``str``
@@ -393,7 +393,7 @@ def parse_message(
 
 def exceeds_depth(data: bytes, max_depth: int) -> bool:
     """True if MIME parts (multipart or message/rfc822) nest deeper than ``max_depth``
-    (SMTP refuses such messages: HOSTILE.md "MIME bombs"). Linear in the message size."""
+    (SMTP refuses such messages: docs/behaviour.md §12 "MIME bombs"). Linear in the message size."""
     budget = _Budget(MAX_PARTS, MAX_HEADER_LINES, max_depth)
     _message(data, 0, len(data), 0, budget)
     return budget.too_deep

@@ -5,7 +5,7 @@ and graceful shutdown that tells every open session.
 STARTTLS (RFC 3207 §4.2, RFC 2595 §3.1, RFC 9051 §6.2.1): anything the client sent
 after the STARTTLS/STLS line and before the handshake must be thrown away, never run
 as a command under TLS. asyncio's ``StreamWriter.start_tls`` keeps the reader's
-buffered plaintext, so ``Conn.start_tls`` clears it first (HOSTILE.md "STARTTLS
+buffered plaintext, so ``Conn.start_tls`` clears it first (docs/behaviour.md §12 "STARTTLS
 command injection").
 """
 

@@ -1,4 +1,4 @@
-"""Security notices mailed to an address (SPEC §2).
+"""Security notices mailed to an address (docs/behaviour.md §2).
 
 - A successful login from a network never seen for the address (not the first login
   ever: that one sets the baseline).

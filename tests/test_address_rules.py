@@ -1,4 +1,5 @@
-"""Local-part rules of SPEC §3, exactly: a table of every refused character and shape."""
+"""Local-part rules of docs/behaviour.md §3, exactly: a table of every refused character
+and shape."""
 
 from __future__ import annotations
 

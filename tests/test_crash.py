@@ -1,4 +1,4 @@
-"""Crash durability with a real process kill (HOSTILE.md "Durability", "Faults";
+"""Crash durability with a real process kill (docs/behaviour.md §12 "Durability", "Faults";
 RFC 5321 §6.1): ``mailstack serve`` runs in a subprocess and is SIGKILLed.
 
 - Every message answered 250 before the kill is readable after a restart.

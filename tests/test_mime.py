@@ -1,5 +1,5 @@
 """mailstack.mime: ENVELOPE, BODYSTRUCTURE, section byte ranges, caps (RFC 3501 §6.4.5,
-§7.4.2; RFC 9051 §7.5.2; HOSTILE.md "header and MIME bombs")."""
+§7.4.2; RFC 9051 §7.5.2; docs/behaviour.md §12 "header and MIME bombs")."""
 
 import json
 import sys

@@ -1,4 +1,4 @@
-"""Security notices (SPEC §2): a new-network login and failed attempts (at most one per
+"""Security notices (docs/behaviour.md §2): a new-network login and failed attempts (at most one per
 hour) reach the address's INBOX, and a granted user's login address elsewhere."""
 
 from __future__ import annotations

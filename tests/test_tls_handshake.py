@@ -1,4 +1,4 @@
-"""Slow clients (HOSTILE.md): a client that opens a connection to an implicit-TLS port,
+"""Slow clients (docs/behaviour.md §12): a client that opens a connection to an implicit-TLS port,
 or says STARTTLS, and never completes the handshake is dropped after
 ``server.tls_handshake_timeout_seconds``; other clients are served meanwhile."""
 

@@ -1,5 +1,5 @@
 """Operator sub-commands over the store: domains, addresses, aliases, forwarding,
-app passwords, the activity log and client settings (SPEC §3, §10, §11).
+app passwords, the activity log and client settings (docs/behaviour.md §3, §10, §11).
 
 Every handler validates its input with ``mailstack.policy.addresses`` before it
 touches the store, so a refused address is reported with the offending character and
@@ -287,7 +287,7 @@ async def activity(ctx: Ctx, store: Store, args: argparse.Namespace) -> int:
 
 @with_store
 async def client_settings(ctx: Ctx, store: Store, args: argparse.Namespace) -> int:
-    """What a client needs (SPEC §11): IMAP 993 SSL/TLS, SMTP 465 SSL/TLS, POP3 995."""
+    """What a client needs (docs/behaviour.md §11): IMAP 993 SSL/TLS, SMTP 465 SSL/TLS, POP3 995."""
     addr = await need_address(store, args.address)
     s = ctx.settings
     host = s.server.hostname
@@ -311,7 +311,7 @@ async def client_settings(ctx: Ctx, store: Store, args: argparse.Namespace) -> i
     return 0
 
 
-# --- users and grants (SPEC §2) ----------------------------------------------------
+# --- users and grants (docs/behaviour.md §2) ----------------------------------------------------
 
 PERMISSIONS = ("read", "passwd", "autoresponder", "send")
 

@@ -1,4 +1,4 @@
-"""``mailstack address import-csv``: bulk creation of addresses (SPEC §3).
+"""``mailstack address import-csv``: bulk creation of addresses (docs/behaviour.md §3).
 
 Each row is ``address,password[,name]``; a first row whose first cell is ``address``
 is a header and skipped; blank lines are skipped. Every row is validated first,
@@ -6,7 +6,7 @@ against the rules, the file itself and the store:
 
 - the address (local-part rules: the error names the character and its position),
 - the password (present, long enough; never echoed),
-- duplicates within the file (case-insensitive, SPEC §3),
+- duplicates within the file (case-insensitive, docs/behaviour.md §3),
 - already existing as an address or alias, unknown domain,
 - the domain's plan cap (``max_addresses``), counting earlier valid rows.
 

@@ -4,7 +4,7 @@ RENAME, SUBSCRIBE, UNSUBSCRIBE, LIST (RFC 5258, 5819, 6154), LSUB, STATUS, APPEN
 Invariants:
 - Mailbox names are data, never paths: they reach the store as parameters. Names with
   empty, "." or ".." components, control characters or over 255 characters are
-  refused with ``NO [CANNOT]`` (HOSTILE.md "names as paths or SQL").
+  refused with ``NO [CANNOT]`` (docs/behaviour.md §12 "names as paths or SQL").
 - LIST patterns are matched here in Python (``*`` any, ``%`` any but "/"), so "%" and
   "_" in names never reach SQL LIKE.
 - APPEND acknowledges only after the store committed (blob fsynced first), RFC 9051
@@ -33,7 +33,7 @@ SPECIAL_USES = frozenset({"\\All", "\\Archive", "\\Drafts", "\\Flagged", "\\Junk
 
 
 def check_name(name: str) -> str:
-    """A name a client may create (HOSTILE.md): returns it without a trailing "/"."""
+    """A name a client may create (docs/behaviour.md §12): returns it without a trailing "/"."""
     if name.endswith("/"):
         name = name[:-1]  # RFC 9051 §6.3.4: trailing delimiter = intent to have children
     if not name or len(name) > 255:

@@ -13,7 +13,7 @@ The network layer drives a :class:`CommandReader` one line at a time::
 
 Invariants:
 - Limits are checked on the *announcement* ``{n}`` — before the caller reads or
-  allocates the literal data (HOSTILE.md "literal and line bombs").
+  allocates the literal data (docs/behaviour.md §12 "literal and line bombs").
 - Only :class:`ParseError` (→ ``tag BAD``, or NO when ``err.no``) and :class:`TooBig`
   escape ``feed_line`` / ``feed_literal`` for any client input; after either, the reader
   is reset and ready for the next command.

@@ -4,7 +4,7 @@ the saved result "$" (RFC 5182 SEARCHRES).
 Implementation notes (invariants):
 - The search tree from :mod:`mailstack.imap.search` is evaluated here in Python over the
   session's view; client strings never reach SQL, so "%", "_" and quotes are plain
-  characters (HOSTILE.md "names as paths or SQL").
+  characters (docs/behaviour.md §12 "names as paths or SQL").
 - A key made only of system-flag tests (UNSEEN, DELETED, NOT FLAGGED, ALL, ...) is
   answered by one SQL query over the flag bitmask (only bit masks reach SQL).
 - Otherwise evaluation is two-phase with ONE evaluator (:func:`matches`, three-valued):

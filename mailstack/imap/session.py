@@ -15,7 +15,7 @@ Implementation notes (invariants):
   is also switched on by any CONDSTORE-enabling command (RFC 7162 §3.1) and stays on
   for the connection; QRESYNC implies CONDSTORE (RFC 7162 §3.2.3).
 - A password change (CredentialsChanged with a newer epoch) or the deletion of the
-  address ends the session at once with ``* BYE`` (SPEC §2), via a watcher task on
+  address ends the session at once with ``* BYE`` (docs/behaviour.md §2), via a watcher task on
   its own event subscription, so an idle connection is cut too.
 """
 
@@ -198,7 +198,7 @@ class Session:
         self._watcher = asyncio.create_task(self._watch(self._watch_sub))
 
     async def _watch(self, sub: Subscription) -> None:
-        """Cut the session when the address's credentials change (SPEC §2)."""
+        """Cut the session when the address's credentials change (docs/behaviour.md §2)."""
         while True:
             ev = await sub.queue.get()
             if (isinstance(ev, CredentialsChanged) and ev.epoch > self.epoch) or isinstance(

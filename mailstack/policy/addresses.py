@@ -1,4 +1,4 @@
-"""Rules for creating an address (SPEC §3).
+"""Rules for creating an address (docs/behaviour.md §3).
 
 A local part is 1 to 64 characters of ``A-Z a-z 0-9 - _ .``; a dot may not be first,
 last or next to another dot. Everything else (space, ``@ ! # $ % ^ & * ( ) = [ ] < > ,
@@ -100,5 +100,5 @@ def parse_new_address(address: str) -> NewAddress:
 
 
 def address_key(address: str) -> str:
-    """The comparison form: addresses compare case-insensitively (SPEC §3)."""
+    """The comparison form: addresses compare case-insensitively (docs/behaviour.md §3)."""
     return address.strip().lower()

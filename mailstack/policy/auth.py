@@ -1,7 +1,7 @@
 """Authentication shared by SMTP AUTH, IMAP LOGIN/AUTHENTICATE and POP3 USER/PASS/AUTH.
 
 - The user name is the full address; the secret is the address's own password or one
-  of its app passwords (only app passwords when the address is set so). SPEC §2.
+  of its app passwords (only app passwords when the address is set so). docs/behaviour.md §2.
 - Unknown address and wrong password are indistinguishable: same outcome, and one full
   Argon2 computation either way (``Passwords.verify`` hashes against a dummy).
 - An authorization identity (SASL PLAIN authzid, RFC 4616 §2), if given, must equal
@@ -41,7 +41,7 @@ def is_loopback(ip: str) -> bool:
 
 def may_send_password(tls_active: bool, client_ip: str, allow_loopback: bool) -> bool:
     """No password over an unencrypted connection, except from loopback when the
-    operator allows it (SPEC §1; RFC 4954 §4, RFC 3501 §6.2.3 LOGINDISABLED)."""
+    operator allows it (docs/behaviour.md §1; RFC 4954 §4, RFC 3501 §6.2.3 LOGINDISABLED)."""
     return tls_active or (allow_loopback and is_loopback(client_ip))
 
 

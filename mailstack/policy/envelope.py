@@ -111,7 +111,7 @@ class EnvelopeAddress:
 
     @property
     def key(self) -> str:
-        """The lookup key: addresses compare case-insensitively (SPEC §3)."""
+        """The lookup key: addresses compare case-insensitively (docs/behaviour.md §3)."""
         return f"{self.local.lower()}@{self.domain}"
 
     @property

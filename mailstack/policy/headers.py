@@ -143,7 +143,8 @@ def header_fields(header: bytes) -> list[tuple[bytes, bytes]]:
 
 
 def strip_bcc(message: bytes) -> bytes:
-    """Remove every Bcc:/Resent-Bcc: field (RFC 5322 §3.6.3, SPEC §4) from the header."""
+    """Remove every Bcc:/Resent-Bcc: field (RFC 5322 §3.6.3, docs/behaviour.md §4) from
+    the header."""
     hend, _ = _scan_header(message)
     header = message[:hend]
     fields = header_fields(header)

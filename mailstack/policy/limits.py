@@ -3,11 +3,11 @@
 Pure: counts, timestamps and a clock come in as parameters; verdicts come out.
 
 Invariants:
-- Recipient cap (SPEC §4, RFC 5321 §4.5.3.1.10): the Nth accepted RCPT of a
+- Recipient cap (docs/behaviour.md §4, RFC 5321 §4.5.3.1.10): the Nth accepted RCPT of a
   transaction is allowed while ``n <= cap``; past it ``452 4.5.3 Too many
   recipients``. 452 is temporary on purpose: the client sends the rest in another
   transaction, and the message still goes to the first ``cap`` recipients.
-- Daily limit (SPEC §4): a rolling window ``(now - 24h, now]``: a send exactly 24 h
+- Daily limit (docs/behaviour.md §4): a rolling window ``(now - 24h, now]``: a send exactly 24 h
   old no longer counts. Recipients are counted, not messages. When the limit is
   reached the refusal is ``450 4.7.1``: RFC 5321 §4.2.3 defines 450 for a mailbox
   "temporarily blocked for policy reasons" (RFC 3463 X.7.1 delivery not authorised),
@@ -81,7 +81,7 @@ class ConnVerdict(HasReply):
 def check_recipient_cap(n: int, cap: int) -> RcptCapVerdict:
     """Verdict for the ``n``-th recipient (1-based) of a transaction under ``cap``.
 
-    ``n`` counts recipients accepted so far plus this one (SPEC §4: every envelope
+    ``n`` counts recipients accepted so far plus this one (docs/behaviour.md §4: every envelope
     recipient, To, Cc and Bcc alike). RFC 5321 §4.5.3.1.10: 452 4.5.3 past the cap.
     """
     if n < 1:

@@ -1,4 +1,4 @@
-"""Password hashing: Argon2id only (SPEC §2), verified off the event loop.
+"""Password hashing: Argon2id only (docs/behaviour.md §2), verified off the event loop.
 
 ``verify`` always does one full Argon2 computation, also when the hash is missing (an
 unknown address is checked against a dummy hash) so the reply time does not tell

@@ -1,4 +1,4 @@
-"""Recipient routing and sender authorisation (SPEC §4, §5): facts in, verdicts out.
+"""Recipient routing and sender authorisation (docs/behaviour.md §4, §5): facts in, verdicts out.
 
 The policy asks the store only through the narrow async ``Directory`` protocol below
 (four look-ups; the store's ``get_address`` / ``get_alias`` / ``catchall_for`` records
@@ -12,7 +12,7 @@ Invariants:
 - Address literals (``user@[10.0.0.1]``) are never hosted and never accepted as
   destinations, even after AUTH: queueing to a literal would let any user make the
   queue connect to internal addresses. Refused with 550 5.7.1.
-- Routing order for a hosted recipient (SPEC §5): existing address -> alias ->
+- Routing order for a hosted recipient (docs/behaviour.md §5): existing address -> alias ->
   catchall -> ``550 5.1.1`` at RCPT time. A no-reply address refuses with 550 5.7.1.
 - Expansion (aliases, forwarding, catchall) visits each key once: a loop contributes
   nothing and cannot recurse; each final mailbox appears once. Chains deeper than
@@ -119,7 +119,7 @@ class RcptVerdict(HasReply):
     text: str
     mailboxes: tuple[str, ...] = ()  # final hosted mailbox keys, deduplicated
     remote: tuple[str, ...] = ()  # addresses to queue for the internet, deduplicated
-    via_catchall: bool = False  # SPEC §7: no autoreply for catchall deliveries
+    via_catchall: bool = False  # docs/behaviour.md §7: no autoreply for catchall deliveries
 
 
 @dataclass(frozen=True)
@@ -226,7 +226,7 @@ async def route_recipient(
     max_depth: int = 8,
     max_destinations: int = 1000,
 ) -> RcptVerdict:
-    """Decide one RCPT TO (SPEC §4, §5). ``authenticated``: the session did AUTH."""
+    """Decide one RCPT TO (docs/behaviour.md §4, §5). ``authenticated``: the session did AUTH."""
     if rcpt.is_literal:
         if not authenticated:
             return _refuse(550, "5.7.1", RELAY_DENIED)
@@ -273,7 +273,7 @@ async def route_recipient(
 def merge_destinations(verdicts: Iterable[RcptVerdict]) -> Destinations:
     """One copy per final mailbox and per remote address across all accepted RCPTs.
 
-    ``catchall_only`` names the mailboxes reached *only* through a catchall (SPEC §7:
+    ``catchall_only`` names the mailboxes reached *only* through a catchall (docs/behaviour.md §7:
     the autoresponder never answers those).
     """
     mailboxes: dict[str, None] = {}
@@ -291,7 +291,7 @@ def merge_destinations(verdicts: Iterable[RcptVerdict]) -> Destinations:
     return Destinations(tuple(mailboxes), tuple(remote.values()), frozenset(caught - direct))
 
 
-# --- sender checks (SPEC §4) ---------------------------------------------------------
+# --- sender checks (docs/behaviour.md §4) ---------------------------------------------------------
 
 
 def address_key(text: str) -> str | None:
@@ -316,7 +316,7 @@ def check_envelope_sender(
     sender: EnvelopeAddress | None, allowed: Iterable[str], *, allow_null_sender: bool = True
 ) -> SenderVerdict:
     """MAIL FROM after AUTH: ``allowed`` is every address the login may send as (its
-    own, aliases pointing to it, granted addresses). Refusal: 553 5.7.1 (SPEC §4)."""
+    own, aliases pointing to it, granted addresses). Refusal: 553 5.7.1 (docs/behaviour.md §4)."""
     if sender is None:
         if allow_null_sender:
             return _OK
@@ -330,7 +330,7 @@ def check_envelope_sender(
 
 def check_header_senders(from_addresses: Sequence[str], allowed: Iterable[str]) -> SenderVerdict:
     """After DATA on submission: every ``From:`` address must be one the login may send
-    as (SPEC §4: 553 5.7.1). A message without any From: address is refused with
+    as (docs/behaviour.md §4: 553 5.7.1). A message without any From: address is refused with
     550 5.6.0 (RFC 5322 §3.6 requires From:)."""
     if not from_addresses:
         return SenderVerdict(False, 550, "5.6.0", "Message has no From: address (RFC 5322 §3.6)")

@@ -5,7 +5,7 @@ Implementation notes (invariants):
   session (server shutdown, password change, address deleted, maildrop lock lost, idle
   timeout) sets ``_stop`` with a reason; the main loop notices it while waiting for the
   next command, writes one ``-ERR`` line and ends. A command that is running finishes.
-- Credentials only over TLS, or from loopback when the operator allows it (SPEC §1,
+- Credentials only over TLS, or from loopback when the operator allows it (docs/behaviour.md §1,
   RFC 2595 §4). STLS discards pipelined plaintext (``Conn.start_tls``) and resets the
   AUTHORIZATION state (a USER given before STLS is forgotten).
 - The maildrop lock (RFC 1939 §8) is taken after the credentials are accepted and
@@ -268,7 +268,7 @@ class Session:
                          f"({size} octets)")
 
     async def _watch(self) -> None:
-        """Refresh the lock; end the session when the credentials change (SPEC §2),
+        """Refresh the lock; end the session when the credentials change (docs/behaviour.md §2),
         the address goes away or another node took the lock over."""
         assert self._sub is not None
         interval = max(1.0, self.settings.pop3.lock_stale_seconds / 3)

@@ -1,6 +1,6 @@
 """Reading the DATA section (RFC 5321 §4.1.1.4, §4.5.2) without smuggling.
 
-Invariants (HOSTILE.md "SMTP smuggling", CVE-2023-51764 class):
+Invariants (docs/behaviour.md §12 "SMTP smuggling", CVE-2023-51764 class):
 - Only ``<CRLF>.<CRLF>`` ends the data: the reader splits on CRLF alone, and a line is
   the end marker only when it is exactly ``.<CRLF>`` *and* starts right after a CRLF
   (the first line of DATA counts as starting after one). ``\\n.\\n``, ``\\r.\\r``,

@@ -1,6 +1,6 @@
-"""Durable acceptance of one SMTP transaction (RFC 5321 §6.1, SPEC §4, §5).
+"""Durable acceptance of one SMTP transaction (RFC 5321 §6.1, docs/behaviour.md §4, §5).
 
-Order (HOSTILE.md "durability"): build the blob (our ``Received:`` + the message
+Order (docs/behaviour.md §12 "durability"): build the blob (our ``Received:`` + the message
 with every ``Bcc:`` removed) -> ``put_blob`` (fsynced, renamed, directory fsynced) ->
 ONE transaction with every local copy, every queued remote recipient and the send
 count (``Store.accept_message``, which may share that transaction and its commit with

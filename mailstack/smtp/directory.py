@@ -1,7 +1,7 @@
 """The store seen through the narrow interfaces the policy asks for.
 
 ``StoreDirectory`` implements ``mailstack.policy.relay.Directory`` over the Store (the
-policy never sees SQL). ``allowed_senders`` lists what a login may send as (SPEC §4):
+policy never sees SQL). ``allowed_senders`` lists what a login may send as (docs/behaviour.md §4):
 the address itself, aliases pointing to it, and addresses granted to a user whose
 login is this address with the ``send`` permission.
 """

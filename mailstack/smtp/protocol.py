@@ -9,7 +9,7 @@ Implementation notes (invariants):
   dropped before the first command under TLS, and the session is reset (new
   ``Session``: no EHLO name, no AUTH; new ``Envelope``). aiosmtpd clears the reader
   buffer in ``connection_made``; ``_after_tls`` does it again explicitly, so the
-  guarantee does not rest on a library detail (tests/smtp/test_starttls.py).
+  guarantee does not rest on a library detail (tests/smtp/test_hostile.py, STARTTLS injection).
 - Per-state rules are checked once per command in ``_gate``: 587 refuses everything
   but EHLO/NOOP/STARTTLS/QUIT before TLS (530 5.7.0); submission refuses MAIL before
   AUTH (530 5.7.0, RFC 6409 §4.3); MAIL/RCPT/DATA need EHLO/HELO first.
@@ -600,7 +600,7 @@ class MailstackSMTP(SMTP):
         if (exceeds_depth(content, s.max_mime_depth) if len(content) <= INLINE_MIME_CHECK
                 else await asyncio.to_thread(exceeds_depth, content, s.max_mime_depth)):
             return f"554 5.6.0 MIME parts nested deeper than {s.max_mime_depth} levels"
-        if sess.address_id is not None:  # SPEC §4: From: must be a sendable address
+        if sess.address_id is not None:  # docs/behaviour.md §4: From: must be a sendable address
             try:
                 froms = extract_from_addresses(content)
             except HeaderError as exc:

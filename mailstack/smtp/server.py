@@ -40,7 +40,7 @@ class SmtpFrontEnd:
         # SIZE (RFC 1870) advertises the largest plan's limit; the sender's (or the
         # recipient domain's) plan is applied per transaction.
         self.max_size = max(p.max_message_size for p in s.plans.values())
-        # RFC 6409 §4.3 / SPEC §1: on a submission STARTTLS port nothing but
+        # RFC 6409 §4.3 / docs/behaviour.md §1: on a submission STARTTLS port nothing but
         # EHLO/NOOP/STARTTLS/QUIT before TLS.
         self.starttls_required = role == "submission" and listener.tls == "starttls"
         self.max_auth_failures = MAX_AUTH_FAILURES

@@ -1,6 +1,6 @@
 """Domains, addresses, aliases, users and grants, app passwords, activity, send log.
 
-Addresses compare case-insensitively (SPEC §3): every lookup goes through the
+Addresses compare case-insensitively (docs/behaviour.md §3): every lookup goes through the
 lowercased ``local_key`` and the lowercase domain name. Callers validate local parts
 with ``mailstack.policy.addresses`` before they get here.
 """

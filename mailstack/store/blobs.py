@@ -1,6 +1,6 @@
 """Immutable message blobs named by their SHA-256, on the local file system.
 
-Write order (HOSTILE.md, RFC 5321 §6.1): bytes -> temp file in ``tmp/`` -> fsync ->
+Write order (docs/behaviour.md §12, RFC 5321 §6.1): bytes -> temp file in ``tmp/`` -> fsync ->
 rename into ``ab/cd/<hash>`` -> fsync the directory (and, when ``ab/`` or ``cd/`` was
 created for it, the parent that got the new directory's entry). Only after that may a
 database row refer to the blob, so a row never points at a half-written file.

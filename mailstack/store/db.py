@@ -1,7 +1,7 @@
 """Engine creation and the schema migration runner.
 
 SQLite (embedded default): WAL journal, ``synchronous=FULL`` (a commit is on disk before
-it returns: HOSTILE.md "durability"), foreign keys on, and write transactions opened
+it returns: docs/behaviour.md §12 "durability"), foreign keys on, and write transactions opened
 with ``BEGIN IMMEDIATE`` so a read-then-write transaction never fails half way with
 SQLITE_BUSY; one asyncio lock per process serialises our own writers.
 

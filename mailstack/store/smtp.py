@@ -5,7 +5,7 @@ Implementation notes (invariants):
   copy (one row per final mailbox), every queued remote recipient and the sender's
   send-log entry go into ONE transaction. Either all of it is committed or nothing
   is, so a ``451 4.3.0`` after a failure means "nothing stored" and a ``250`` means
-  "everything stored" (RFC 5321 §6.1, HOSTILE.md "durability").
+  "everything stored" (RFC 5321 §6.1, docs/behaviour.md §12 "durability").
 - The blob must be durable (``put_blob``) before this is called; events for the new
   messages are published only after the commit.
 - Group commit: concurrent calls queue up; one flusher task takes everything queued

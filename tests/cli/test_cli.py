@@ -1,5 +1,5 @@
 """The ``mailstack`` command end to end: a subprocess per command, a temp config, and
-the stored state checked through the store (SPEC §3, §10)."""
+the stored state checked through the store (docs/behaviour.md §3, §10)."""
 
 from __future__ import annotations
 

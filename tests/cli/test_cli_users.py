@@ -1,5 +1,5 @@
 """``mailstack user``: accounts with their own password, and grants on addresses
-(SPEC §2). Each refusal checks the exit code, the message and that nothing changed."""
+(docs/behaviour.md §2). Each refusal checks the exit code, the message and that nothing changed."""
 
 from __future__ import annotations
 

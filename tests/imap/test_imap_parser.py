@@ -1,6 +1,6 @@
 """IMAP command parser: table tests per command, hostile input, and a fuzz test.
 
-RFC 9051 §6 (commands), §9 (grammar); HOSTILE.md "literal and line bombs",
+RFC 9051 §6 (commands), §9 (grammar); docs/behaviour.md §12 "literal and line bombs",
 "parser edge cases".
 """
 

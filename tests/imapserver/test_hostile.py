@@ -1,4 +1,4 @@
-"""Hostile input (HOSTILE.md) against the live IMAP server: every case is answered
+"""Hostile input (docs/behaviour.md §12) against the live IMAP server: every case is answered
 cleanly, nothing is stored, and the server keeps serving another client."""
 
 from __future__ import annotations

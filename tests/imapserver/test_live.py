@@ -1,4 +1,4 @@
-"""Live state across sessions (SPEC §8): changes made by one session or by delivery
+"""Live state across sessions (docs/behaviour.md §8): changes made by one session or by delivery
 reach the others: during IDLE at once, otherwise at the next command where RFC 9051
 §7.5.1 allows (never EXPUNGE during FETCH, STORE or SEARCH)."""
 

@@ -1,4 +1,4 @@
-"""Recipient cap, rolling daily limit, per-client connection cap (SPEC §4)."""
+"""Recipient cap, rolling daily limit, per-client connection cap (docs/behaviour.md §4)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Recipient routing and sender checks (SPEC §4, §5) over an in-memory Directory."""
+"""Recipient routing and sender checks (docs/behaviour.md §4, §5) over an in-memory Directory."""
 
 from __future__ import annotations
 
@@ -107,7 +107,7 @@ async def route(arg: str, authenticated: bool = False, **kw: int) -> RcptVerdict
     return await route_recipient(rcpt, authenticated, make_directory(), **kw)
 
 
-# --- open relay: every spelling from HOSTILE.md, unauthenticated --------------------
+# --- open relay: every spelling from docs/behaviour.md §12, unauthenticated --------------------
 
 RELAY_TABLE = [
     # (RCPT argument, expected: "refused" or the tuple of final mailboxes)

@@ -1,4 +1,4 @@
-"""A real POP3 client from Debian: fetchmail, keeping mail on the server (SPEC §8).
+"""A real POP3 client from Debian: fetchmail, keeping mail on the server (docs/behaviour.md §8).
 
 fetchmail remembers the UIDL of what it fetched in its id file; a second run must fetch
 nothing, and a run after one more message arrives must fetch exactly that one.

@@ -1,5 +1,6 @@
 """POP3 sessions: STLS and plaintext rules, authentication failures, the maildrop lock,
-UIDL stability, and sessions ended by the server (RFC 1939 §3/§8, RFC 2595, SPEC §1/§2/§8).
+UIDL stability, and sessions ended by the server (RFC 1939 §3/§8, RFC 2595,
+docs/behaviour.md §1, §2, §8).
 """
 
 from __future__ import annotations

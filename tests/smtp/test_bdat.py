@@ -65,7 +65,7 @@ async def test_pipelined_bdat_in_one_packet(env: Env) -> None:
     try:
         await raw.send(b"BDAT %d\r\n%sBDAT 6 LAST\r\nhello\nNOOP\r\n" % (len(MSG), MSG))
         assert (await raw.reply())[0] == 250
-        # The last chunk holds a bare LF: refused like DATA would (HOSTILE.md).
+        # The last chunk holds a bare LF: refused like DATA would (docs/behaviour.md §12).
         code, _ = await raw.reply()
         assert code == 554
         assert (await raw.reply())[0] == 250  # NOOP, in step after both chunks

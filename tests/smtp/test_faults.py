@@ -1,4 +1,4 @@
-"""Faults on the SMTP path (HOSTILE.md "Faults", "Slow clients").
+"""Faults on the SMTP path (docs/behaviour.md §12 "Faults", "Slow clients").
 
 - The database refuses the write in the middle of the acceptance transaction (a real
   failure raised by the database itself, through a trigger): 451 4.3.0, and nothing of

@@ -1,4 +1,4 @@
-"""Hostile input on the wire (HOSTILE.md): STARTTLS injection, SMTP smuggling, open
+"""Hostile input on the wire (docs/behaviour.md §12): STARTTLS injection, SMTP smuggling, open
 relay spellings, oversize, AUTH abuse, store failure. Every refusal checks the reply
 code AND that nothing was stored."""
 
@@ -14,7 +14,7 @@ import pytest
 
 from .conftest import PASSWORD, Env, Raw, message, plain_auth, populate
 
-# --- STARTTLS command injection (RFC 3207 §4.2, CVE-2011-0411 class) ------------------
+# --- STARTTLS command injection (RFC 3207 §4.2, CVE-2011-0411 class) ------------------------------
 
 
 @pytest.mark.parametrize("port_name", ["smtp", "submission"])
@@ -92,7 +92,7 @@ async def test_submission_requires_auth(env: Env) -> None:
     assert await env.total_stored() == 0
 
 
-# --- SMTP smuggling (CVE-2023-51764 class) --------------------------------------------
+# --- SMTP smuggling (CVE-2023-51764 class) --------------------------------------------------------
 
 SMUGGLED = (b"MAIL FROM:<ceo@example.com>\r\nRCPT TO:<bob@example.com>\r\nDATA\r\n"
             b"From: ceo@example.com\r\nSubject: smuggled\r\n\r\nevil\r\n")
@@ -138,7 +138,7 @@ async def test_dot_transparency_kept_and_only_crlf_dot_crlf_ends(env: Env) -> No
     assert stored.endswith(b"\r\n\r\n.leading dot\r\nx\r\n")
 
 
-# --- open relay (SPEC §4, §5) ----------------------------------------------------------
+# --- open relay (docs/behaviour.md §4, §5) --------------------------------------------------------
 
 RELAY_TABLE = [
     ("<user@remote.example>", 550, "5.7.1"),
@@ -197,7 +197,7 @@ async def test_open_relay_table_port_587(env: Env) -> None:
     assert await env.total_stored() == 0
 
 
-# --- size (RFC 1870) -------------------------------------------------------------------
+# --- size (RFC 1870) ------------------------------------------------------------------------------
 
 SMALL = {name: {"max_message_size": 4096} for name in ("free", "starter", "standard")}
 
@@ -246,7 +246,7 @@ async def test_long_line_refused(env: Env) -> None:
     assert await env.total_stored() == 0
 
 
-# --- AUTH abuse (RFC 4954; SPEC §2 brute force) ------------------------------------------
+# --- AUTH abuse (RFC 4954; docs/behaviour.md §2 brute force) --------------------------------------
 
 
 async def test_auth_failures_same_reply_then_session_closed(env: Env) -> None:
@@ -302,7 +302,7 @@ async def test_auth_throttle_then_clean_network_still_works(app_factory: Any,
     assert code == 235
 
 
-# --- durability: store failure -> 451, nothing stored ------------------------------------
+# --- durability: store failure -> 451, nothing stored ---------------------------------------------
 
 
 async def test_store_failure_451_nothing_stored(env: Env) -> None:

@@ -1,4 +1,4 @@
-"""MIME nesting cap on DATA (HOSTILE.md "MIME bombs") and RFC 5321 §4.1.1.3's
+"""MIME nesting cap on DATA (docs/behaviour.md §12 "MIME bombs") and RFC 5321 §4.1.1.3's
 domain-less ``RCPT TO:<Postmaster>``, through the MX listener."""
 
 from __future__ import annotations

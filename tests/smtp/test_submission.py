@@ -1,5 +1,5 @@
 """Submission on 465 (implicit TLS) and 587 (STARTTLS) through real clients:
-smtplib, aiosmtplib and Debian's swaks (SPEC §4; RFC 6409, RFC 8314)."""
+smtplib, aiosmtplib and Debian's swaks (docs/behaviour.md §4; RFC 6409, RFC 8314)."""
 
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ async def aio_client(env: Env, port_name: str, user: str = "anna@example.com"
 
 
 async def test_thunderbird_style_465_lands_in_inbox(env: Env) -> None:
-    """SPEC done-when: 465, full address as user name, its password -> INBOX."""
+    """docs/behaviour.md §4: 465, full address as user name, its password -> INBOX."""
     def send() -> None:
         with smtp_client(env, "submissions") as s:
             assert s.has_extn("auth")
@@ -70,7 +70,7 @@ async def test_thunderbird_style_465_lands_in_inbox(env: Env) -> None:
 @pytest.mark.parametrize(("user", "cap"), [("frida@free.example", 10),
                                            ("stan@std.example", 100)])
 async def test_recipient_cap_per_plan(env: Env, port_name: str, user: str, cap: int) -> None:
-    """RFC 5321 §4.5.3.1.10 / SPEC §4: past the plan's cap 452 4.5.3; the message
+    """RFC 5321 §4.5.3.1.10 / docs/behaviour.md §4: past the plan's cap 452 4.5.3; the message
     still goes to exactly the accepted recipients."""
     rcpts = [f"r{i}@remote.example" for i in range(cap + 1)]
     client = await aio_client(env, port_name, user)
@@ -150,7 +150,7 @@ async def test_catchall_on_and_off(env: Env) -> None:
     try:
         await client.sendmail("anna@example.com", ["nobody@example.org"],
                               message("anna@example.com", "nobody@example.org"))
-        # example.com has no catchall: 550 5.1.1 at RCPT time (SPEC §5).
+        # example.com has no catchall: 550 5.1.1 at RCPT time (docs/behaviour.md §5).
         with pytest.raises(aiosmtplib.SMTPRecipientsRefused) as exc:
             await client.sendmail("anna@example.com", ["nobody@example.com"],
                                   message("anna@example.com", "nobody@example.com"))
