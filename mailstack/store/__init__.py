@@ -41,7 +41,7 @@ from .events import (
 from .gc import GcMixin
 from .imap import ImapMixin, MsgRow
 from .mailbox import DeliveryTarget, MailboxMixin, normalize_folder_name
-from .queue import QueuedMessage, QueueMixin
+from .queue import NO_DSN, DsnRequest, QueuedMessage, QueueMixin
 from .smtp import SmtpMixin
 
 
@@ -56,6 +56,7 @@ class Store(SmtpMixin, AccountsMixin, ImapMixin, MailboxMixin, QueueMixin, GcMix
 
 
 __all__ = [
+    "NO_DSN",
     "SPECIAL_FOLDERS",
     "SYSTEM_FLAGS",
     "ActivityEntry",
@@ -67,6 +68,7 @@ __all__ = [
     "CredentialsChanged",
     "DeliveryTarget",
     "Domain",
+    "DsnRequest",
     "Event",
     "FlagsChanged",
     "Folder",

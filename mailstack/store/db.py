@@ -29,8 +29,22 @@ from . import schema
 Migration = Callable[[Connection], None]
 
 # Version N is MIGRATIONS[N-1]. Version 1 is the initial schema; append steps, never edit.
+def _add_columns(conn: Connection, table: str, columns: list[str]) -> None:
+    """``ALTER TABLE table ADD COLUMN ...`` for each column definition (SQL that both
+    dialects accept, e.g. ``name TEXT NOT NULL DEFAULT ''``)."""
+    for column in columns:
+        conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN {column}")
+
+
+def _m2_queue_dsn(conn: Connection) -> None:
+    _add_columns(conn, "outbound_queue", [
+        "dsn_ret VARCHAR(8) NOT NULL DEFAULT ''", "dsn_envid TEXT NOT NULL DEFAULT ''",
+        "dsn_notify VARCHAR(64) NOT NULL DEFAULT ''", "dsn_orcpt TEXT NOT NULL DEFAULT ''"])
+
+
 MIGRATIONS: list[Migration] = [
     lambda conn: None,  # 1: initial schema (created by create_all on a fresh database)
+    _m2_queue_dsn,  # 2: DSN parameters on queue rows (RFC 3461)
 ]
 LATEST = len(MIGRATIONS)
 

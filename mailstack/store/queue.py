@@ -10,7 +10,8 @@ may be taken over.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 from sqlalchemy import and_, delete, insert, select, update
 
@@ -18,14 +19,31 @@ from . import schema as t
 from .base import StoreBase
 
 
+@dataclass(frozen=True)
+class DsnRequest:
+    """The DSN parameters of one submitted message (RFC 3461 §4): ``ret`` is "" (not
+    given), "FULL" or "HDRS"; ``envid`` the decoded ENVID; ``rcpt`` maps a recipient to
+    its (NOTIFY, ORCPT): NOTIFY "" when not given, else an upper-case comma list of
+    NEVER|SUCCESS|FAILURE|DELAY; ORCPT decoded, as "addr-type;address" or ""."""
+
+    ret: str = ""
+    envid: str = ""
+    rcpt: Mapping[str, tuple[str, str]] = field(default_factory=dict)
+
+
+NO_DSN = DsnRequest()
+
+
 def queue_row(*, now: float, sender: str, recipient: str, blob_id: str, blob_size: int,
-              prefix: bytes, lifetime: float) -> dict[str, object]:
+              prefix: bytes, lifetime: float, dsn: DsnRequest = NO_DSN) -> dict[str, object]:
     """The values of one new outbound queue row (due at once)."""
+    notify, orcpt = dsn.rcpt.get(recipient, ("", ""))
     return {"created_at": now, "sender": sender, "recipient": recipient,
             "domain": recipient.rpartition("@")[2].lower(), "blob_id": blob_id,
             "prefix": prefix, "size": blob_size + len(prefix), "next_attempt_at": now,
             "attempts": 0, "last_error": "", "expires_at": now + lifetime,
-            "delay_notified": False}
+            "delay_notified": False, "dsn_ret": dsn.ret, "dsn_envid": dsn.envid,
+            "dsn_notify": notify, "dsn_orcpt": orcpt}
 
 
 @dataclass(frozen=True)
@@ -44,7 +62,8 @@ class QueuedMessage:
 
 class QueueMixin(StoreBase):
     async def enqueue(self, sender: str, recipients: list[str], blob_id: str, size: int,
-                      *, prefix: bytes = b"", lifetime: float = 5 * 86400) -> list[int]:
+                      *, prefix: bytes = b"", lifetime: float = 5 * 86400,
+                      dsn: DsnRequest = NO_DSN) -> list[int]:
         """Queue one row per remote recipient, all in one transaction."""
         now = self.clock()
         ids = []
@@ -52,7 +71,7 @@ class QueueMixin(StoreBase):
             for rcpt in recipients:
                 res = await conn.execute(insert(t.outbound_queue).values(**queue_row(
                     now=now, sender=sender, recipient=rcpt, blob_id=blob_id, blob_size=size,
-                    prefix=prefix, lifetime=lifetime)).returning(t.outbound_queue.c.id))
+                    prefix=prefix, lifetime=lifetime, dsn=dsn)).returning(t.outbound_queue.c.id))
                 ids.append(int(res.scalar_one()))
         return ids
 

@@ -195,6 +195,11 @@ outbound_queue = Table(
     Column("last_error", Text, nullable=False, default=""),
     Column("expires_at", Float, nullable=False),
     Column("delay_notified", Boolean, nullable=False, default=False),
+    # DSN parameters (RFC 3461 §4): see ``queue.DsnRequest``.
+    Column("dsn_ret", String(8), nullable=False, default=""),
+    Column("dsn_envid", Text, nullable=False, default=""),
+    Column("dsn_notify", String(64), nullable=False, default=""),
+    Column("dsn_orcpt", Text, nullable=False, default=""),
     Index("ix_queue_next", "next_attempt_at"),
     sqlite_autoincrement=True,
 )

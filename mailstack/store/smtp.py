@@ -47,7 +47,7 @@ from .accounts import _address_cols, _to_address, split_address
 from .base import Address, Domain, Message, NotFound, flags_from_db, flags_to_db
 from .events import Event, MessagesAdded
 from .mailbox import DeliveryTarget, MailboxMixin
-from .queue import queue_row
+from .queue import NO_DSN, DsnRequest, queue_row
 
 log = logging.getLogger("mailstack.store")
 
@@ -71,6 +71,7 @@ class AcceptRequest:
     counted_recipients: int
     queue_lifetime: float
     at: float
+    dsn: DsnRequest = NO_DSN
 
 
 @dataclass
@@ -120,6 +121,7 @@ class SmtpMixin(MailboxMixin):
                              at: float | None = None,
                              inboxes: Sequence[str] = (),
                              inbox_prefix: Callable[[str], bytes] | None = None,
+                             dsn: DsnRequest = NO_DSN,
                              ) -> list[Message]:
         """Deliver local copies, queue remote recipients and count the send, atomically.
 
@@ -128,11 +130,12 @@ class SmtpMixin(MailboxMixin):
         copy's header prefix). Returns the copies (``targets`` first, then the inboxes
         found). Raises ``NotFound`` (nothing stored) when no local copy is left and
         there is no remote recipient, ``Unavailable`` on a database failure.
-        ``at``: the time to record (the front-end's clock), default the store's."""
+        ``at``: the time to record (the front-end's clock), default the store's.
+        ``dsn``: the DSN parameters kept on the queued rows (RFC 3461)."""
         req = AcceptRequest(
             blob_id, blob_size, tuple(targets), tuple(inboxes), inbox_prefix, sender,
             tuple(remote), remote_prefix, sender_address_id, counted_recipients,
-            queue_lifetime, self.clock() if at is None else at)
+            queue_lifetime, self.clock() if at is None else at, dsn)
         fut: asyncio.Future[list[Message]] = asyncio.get_running_loop().create_future()
         self._accept_queue.append(_Job(req, fut))
         if self._accept_flusher is None or self._accept_flusher.done():
@@ -220,7 +223,7 @@ class SmtpMixin(MailboxMixin):
         queue_rows = [queue_row(now=reqs[i].at, sender=reqs[i].sender, recipient=rcpt,
                                 blob_id=reqs[i].blob_id, blob_size=reqs[i].blob_size,
                                 prefix=reqs[i].remote_prefix,
-                                lifetime=reqs[i].queue_lifetime)
+                                lifetime=reqs[i].queue_lifetime, dsn=reqs[i].dsn)
                       for i in live for rcpt in reqs[i].remote]
         if queue_rows:
             await conn.execute(insert(t.outbound_queue), queue_rows)
