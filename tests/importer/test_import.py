@@ -72,7 +72,8 @@ def _imported(target: dict[str, Counter[Key]], expected: dict[str, Counter[Key]]
 
 async def test_whole_mailbox_moves_in_once(import_app: App, dovecot: Dovecot,
                                            source_user: str) -> None:
-    await asyncio.to_thread(fill_source, dovecot, source_user, count=60, big=3 * 1024 * 1024)
+    await asyncio.to_thread(fill_source, dovecot, source_user, count=60,
+                            big=10 * 1024 * 1024)
     source = await _source(dovecot, source_user)
     job_id = await start_job(import_app, "127.0.0.1", dovecot.port, source_user, SOURCE_PW)
     job = await wait_job(import_app, job_id)
@@ -224,3 +225,40 @@ async def start_job_no_wake(app: App) -> int:
     (job_id,) = await store.create_import_jobs([NewImportJob(
         addr.id, "127.0.0.1", 1, "none", "x", secret.seal(app.settings.data_dir, "pw"))])
     return job_id
+
+
+async def test_concurrency_caps_per_node_and_per_source_host(
+        app_factory: object) -> None:
+    """At most ``max_jobs`` at once, and ``max_jobs_per_host`` against one host: with
+    caps 2 and 1, three jobs (two on one host) run as two, on different hosts."""
+    from tests.conftest import add_mailbox
+    from tests.importer.conftest import FAST, TARGET_PW
+
+    app: App = await app_factory(  # type: ignore[operator]
+        importer={**FAST, "max_jobs": 2, "max_jobs_per_host": 1, "timeout_seconds": 30.0})
+    await add_mailbox(app, TARGET, TARGET_PW)
+    assert app.store is not None and app.importer is not None
+    accepted: list[asyncio.StreamWriter] = []
+
+    async def silent(_r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        accepted.append(w)  # never greets: the job waits in connect
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        ids = [await start_job(app, host, port, "u", "pw")
+               for host in ("127.0.0.1", "127.0.0.1", "localhost")]
+        for _ in range(100):
+            states = [(await app.store.get_import_job(i)) for i in ids]
+            if sum(1 for j in states if j and j.state == "running") == 2:
+                break
+            await asyncio.sleep(0.05)
+        running = [j for j in states if j and j.state == "running"]
+        assert sorted(j.host for j in running) == ["127.0.0.1", "localhost"]
+        assert [j.state for j in states if j].count("queued") == 1
+    finally:
+        await app.importer.stop()
+        app.importer = None
+        for w in accepted:
+            w.close()
+        server.close()
