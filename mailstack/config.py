@@ -177,6 +177,14 @@ class AuthSettings:
                                     "password attempts.")
     failed_notice_interval_seconds: float = _f(3600.0, "At most one failed-attempt notice "
                                                "per address in this many seconds.", min=60)
+    credential_cache_seconds: float = _f(3600.0, "How long a successfully verified "
+                                         "password is remembered (as a keyed hash, in "
+                                         "memory) so a client that logs in often costs "
+                                         "one Argon2 computation per this period. A "
+                                         "changed password or revoked app password stops "
+                                         "matching at once. 0 turns the cache off.", min=0)
+    credential_cache_size: int = _f(10000, "Most remembered credentials (least recently "
+                                    "used go first).", min=1)
 
 
 @dataclass(frozen=True)
