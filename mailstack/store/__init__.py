@@ -50,10 +50,13 @@ class Store(SmtpMixin, AccountsMixin, ImapMixin, ImportMixin, MailboxMixin, Queu
             GcMixin):
     @classmethod
     async def open_from_settings(cls, settings: Settings,
-                                 clock: Callable[[], float] = time.time) -> Store:
+                                 clock: Callable[[], float] = time.time, *,
+                                 listen: bool = True) -> Store:
+        """``listen``: follow other processes' and nodes' changes (servers do; a CLI
+        command, which only writes, does not need to)."""
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         store = cls(settings.database_url, Path(settings.data_dir) / "blobs", clock=clock)
-        await store.open()
+        await store.open(listen=listen)
         return store
 
 

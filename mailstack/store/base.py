@@ -28,6 +28,8 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from .blobs import BlobError, BlobStore
+from .changes import ChangeFollower
+from .changes import record as record_changes
 from .db import _split_schema, create_engine, migrate_sync, schema_of
 from .events import Event, EventHub, decode_event, encode_event
 
@@ -197,6 +199,7 @@ class StoreBase:
         self.node_id = uuid.uuid4().hex
         self.channel = f"mailstack_{schema_of(url) or 'public'}"[:63]
         self._listener: Any = None
+        self._follower: ChangeFollower | None = None
 
     async def migrate(self) -> int:
         async with self.engine.begin() as conn:
@@ -207,7 +210,10 @@ class StoreBase:
         listen for other nodes' change events."""
         await self.migrate()
         await asyncio.to_thread(self.blobs.sweep_temp)
-        if listen and not self.is_sqlite:
+        if listen and self.is_sqlite:
+            self._follower = ChangeFollower(self)
+            await self._follower.start()
+        elif listen:
             await self._listen()
 
     async def _listen(self) -> None:
@@ -225,6 +231,9 @@ class StoreBase:
         await self._listener.add_listener(self.channel, on_notify)
 
     async def close(self) -> None:
+        if self._follower is not None:
+            await self._follower.stop()
+            self._follower = None
         if self._listener is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._listener.close(), 5)
@@ -249,6 +258,8 @@ class StoreBase:
                     conn = await conn.execution_options(sqlite_begin="IMMEDIATE")
                     async with conn.begin():
                         yield conn, events
+                        # other processes on this box follow the log (store/changes.py)
+                        await record_changes(conn, self.node_id, events)
             else:
                 async with self.engine.begin() as conn:
                     yield conn, events

@@ -47,10 +47,15 @@ def _m3_import_jobs(conn: Connection) -> None:
     schema.import_folders.create(conn, checkfirst=True)
 
 
+def _m4_change_log(conn: Connection) -> None:
+    schema.change_log.create(conn, checkfirst=True)
+
+
 MIGRATIONS: list[Migration] = [
     lambda conn: None,  # 1: initial schema (created by create_all on a fresh database)
     _m2_queue_dsn,  # 2: DSN parameters on queue rows (RFC 3461)
     _m3_import_jobs,  # 3: IMAP import jobs
+    _m4_change_log,  # 4: change events between processes on one box (SQLite)
 ]
 LATEST = len(MIGRATIONS)
 

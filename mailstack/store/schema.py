@@ -259,3 +259,13 @@ import_folders = Table(
     Column("skipped", BigInteger, nullable=False, default=0),
     Column("done", Boolean, nullable=False, default=False),
 )
+
+# Change events for other processes on one box (SQLite; PostgreSQL uses NOTIFY): written
+# in the transaction that made the change, followed by every server process.
+change_log = Table(
+    "change_log", metadata,
+    Column("id", PK, primary_key=True, autoincrement=True),
+    Column("node", String(64), nullable=False),
+    Column("payload", Text, nullable=False),
+    sqlite_autoincrement=True,
+)
