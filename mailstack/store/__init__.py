@@ -43,9 +43,11 @@ from .imap import ImapMixin, MsgRow
 from .mailbox import DeliveryTarget, MailboxMixin, normalize_folder_name
 from .queue import NO_DSN, DsnRequest, QueuedMessage, QueueMixin
 from .smtp import SmtpMixin
+from .transport import CachedStsPolicy, TlsResultKey, TransportMixin
 
 
-class Store(SmtpMixin, AccountsMixin, ImapMixin, MailboxMixin, QueueMixin, GcMixin):
+class Store(SmtpMixin, AccountsMixin, ImapMixin, MailboxMixin, QueueMixin, GcMixin,
+            TransportMixin):
     @classmethod
     async def open_from_settings(cls, settings: Settings,
                                  clock: Callable[[], float] = time.time) -> Store:
@@ -64,6 +66,7 @@ __all__ = [
     "AddressDeleted",
     "Alias",
     "AlreadyExists",
+    "CachedStsPolicy",
     "Conflict",
     "CredentialsChanged",
     "DeliveryTarget",
@@ -84,6 +87,7 @@ __all__ = [
     "Store",
     "StoreError",
     "Subscription",
+    "TlsResultKey",
     "Unavailable",
     "normalize_folder_name",
     "split_address",

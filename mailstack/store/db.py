@@ -42,9 +42,15 @@ def _m2_queue_dsn(conn: Connection) -> None:
         "dsn_notify VARCHAR(64) NOT NULL DEFAULT ''", "dsn_orcpt TEXT NOT NULL DEFAULT ''"])
 
 
+def _m_dane_tables(conn: Connection) -> None:
+    schema.mta_sts_policies.create(conn, checkfirst=True)
+    schema.tls_report_counts.create(conn, checkfirst=True)
+
+
 MIGRATIONS: list[Migration] = [
     lambda conn: None,  # 1: initial schema (created by create_all on a fresh database)
     _m2_queue_dsn,  # 2: DSN parameters on queue rows (RFC 3461)
+    _m_dane_tables,  # 3: dane: MTA-STS policy cache and TLS-RPT counts (RFC 8461, 8460)
 ]
 LATEST = len(MIGRATIONS)
 
