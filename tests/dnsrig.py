@@ -24,12 +24,16 @@ between cases, not while a server is waiting.
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import pytest
 
 BINARIES = ("nsd", "nsd-control", "unbound", "unbound-control", "ldns-signzone",
             "ldns-keygen")
@@ -310,10 +314,25 @@ remote-control:
 
 
 @contextlib.contextmanager
-def running_rig(workdir: Path):  # type: ignore[no-untyped-def]
+def running_rig(workdir: Path) -> Iterator[DnsRig]:
     rig = DnsRig(workdir)
     try:
         rig.start()
         yield rig
     finally:
         rig.stop()
+
+
+@pytest.fixture(scope="session")
+def dns_rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DnsRig]:
+    """One nsd + unbound pair per test session (per xdist worker). Outside CI a missing
+    binary skips, saying which and how to get it; in CI (``CI=true``) it fails."""
+    missing = missing_binaries()
+    if missing:
+        reason = (f"DNSSEC rig needs {', '.join(missing)} "
+                  "(apt-get install nsd unbound ldnsutils; scripts/test does it)")
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{reason} (CI must run the DNSSEC tests)")
+        pytest.skip(reason)
+    with running_rig(tmp_path_factory.mktemp("dnsrig")) as rig:
+        yield rig

@@ -20,6 +20,9 @@ The decision is pure (made from DNS facts and settings); the client only execute
   (RFC 8461 §4.1). Such a requirement also has ``require_tls`` and a ``verify`` that
   always refuses, so a client that ignored the field would still never send the message
   unprotected.
+- The peer counts as authenticated (delivery log, ``queue show``) when ``verify`` returned
+  None for policy "dane" or "mta-sts"; the ``verify`` of "mta-sts-testing" only reports
+  and always returns None (RFC 8461 §5: testing mode never blocks delivery).
 - ``report``: when set, the client calls it once per connection attempt with an RFC 8460
   result type and a detail text: "starttls-not-supported" when STARTTLS was not offered,
   "validation-failure" when the handshake failed, and "success" after a TLS session
