@@ -20,7 +20,7 @@ from aiosmtpd.smtp import Envelope, Session
 from mailstack.outbound.dane import peer_chain_der
 from mailstack.outbound.transport import TlsRequirement
 from tests.dnsrig import dns_rig  # noqa: F401  (the session fixture)
-from tests.transport.certs import Pki, make_pki, write_chain
+from tests.transport.certs import Pki, make_pki
 
 MESSAGE = b"From: a@example.org\r\nTo: b@dane.test\r\nSubject: t\r\n\r\nhello\r\n"
 

@@ -153,7 +153,7 @@ async def test_bogus_tlsa_behind_cname_defers_host(dns_rig: DnsRig,
     dns_rig.publish("badtlsa.test", ["@ IN MX 10 mx", "mx IN A 127.0.0.1",
                                      "_25._tcp.mx IN CNAME _25._tcp.mx.badtlsa-target.test."])
     sec = security(dns_rig, sqlite_store)
-    host, secure, req = await route(sec, "badtlsa.test")
+    _host, secure, req = await route(sec, "badtlsa.test")
     assert secure and req.defer_reason and "TLSA" in req.defer_reason
 
 
