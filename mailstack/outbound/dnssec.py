@@ -69,8 +69,12 @@ def parse_resolver(setting: str) -> list[tuple[str, int]]:
             host, port = item, 53
         out.append((host, port))
     if not out:
-        system = dns.resolver.Resolver(configure=True)
-        out = [(str(ns), 53) for ns in system.nameservers]
+        try:
+            system = dns.resolver.Resolver(configure=True)
+            out = [(str(ns), 53) for ns in system.nameservers]
+        except dns.exception.DNSException:  # no /etc/resolv.conf
+            out = []
+        out = out or [("127.0.0.1", 53)]
     return out
 
 
