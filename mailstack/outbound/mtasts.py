@@ -16,6 +16,7 @@ Invariants:
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 import socket
@@ -275,3 +276,24 @@ class MtaSts:
             return parse_policy(cached.policy_text, cached.policy_id)
         except StsError:
             return None
+
+
+# --- our own domains (printed by ``mailstack dns``, served by the web listener) --------
+
+
+def our_policy_text(mx_hosts: Sequence[str], mode: Mode = "enforce",
+                    max_age: int = 604800) -> str:
+    """The policy file to serve at ``https://mta-sts.<domain>/.well-known/mta-sts.txt``
+    for a hosted domain whose MX hosts are ``mx_hosts`` (RFC 8461 §3.2)."""
+    lines = ["version: STSv1", f"mode: {mode}",
+             *(f"mx: {h.rstrip('.').lower()}" for h in mx_hosts), f"max_age: {max_age}"]
+    text = "\r\n".join(lines) + "\r\n"
+    parse_policy(text)  # never hand out a policy we would refuse ourselves
+    return text
+
+
+def our_txt_record(domain: str, policy_text: str) -> str:
+    """The ``_mta-sts`` TXT record announcing ``policy_text``; its id is derived from
+    the policy's content, so it changes exactly when the policy does (RFC 8461 §3.1)."""
+    policy_id = hashlib.sha256(policy_text.encode()).hexdigest()[:20]
+    return f'_mta-sts.{domain.rstrip(".")}. IN TXT "v=STSv1; id={policy_id}"'
