@@ -160,7 +160,7 @@ def load_ca_certs(extra_ca_files: Sequence[str] = ()) -> list[bytes]:
 # --- fetching ------------------------------------------------------------------------
 
 
-class _Resolver(AbstractResolver):
+class HttpResolver(AbstractResolver):
     """aiohttp host lookups through the configured resolver (A, then AAAA)."""
 
     def __init__(self, resolver: SecureResolver) -> None:
@@ -190,7 +190,7 @@ async def fetch_policy_text(domain: str, *, resolver: SecureResolver,
     answer of at most 64 KiB."""
     host = f"mta-sts.{domain}"
     url = f"https://{host}{'' if port == 443 else f':{port}'}{WELL_KNOWN}"
-    connector = aiohttp.TCPConnector(ssl=ssl_context, resolver=_Resolver(resolver),
+    connector = aiohttp.TCPConnector(ssl=ssl_context, resolver=HttpResolver(resolver),
                                      use_dns_cache=False)
     try:
         async with aiohttp.ClientSession(

@@ -18,8 +18,10 @@ import datetime as dt
 import gzip
 import json
 import re
+import ssl
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from email.mime.application import MIMEApplication
 from email.mime.multipart import MIMEMultipart
 from email.mime.text import MIMEText
@@ -27,7 +29,11 @@ from email.policy import SMTP
 from email.utils import format_datetime, make_msgid
 from typing import Any, Protocol
 
+import aiohttp
+
 from ..store.transport import TlsResultKey
+from .dnssec import SecureResolver
+from .mtasts import HttpResolver
 
 REPORT_MEDIA_TYPE = "application/tlsrpt+gzip"
 JSON_MEDIA_TYPE = "application/tlsrpt+json"
@@ -155,3 +161,69 @@ def record_text(domain: str, rua: str) -> str:
     """The ``_smtp._tls`` record to publish for one of our domains, e.g. with
     ``rua="mailto:tls-reports@example.org"``."""
     return f'_smtp._tls.{domain.rstrip(".")}. IN TXT "v=TLSRPTv1; rua={rua}"'
+
+
+# --- sending the daily reports (RFC 8460 §3, §5) ----------------------------------------
+
+Enqueue = Callable[[str, str, bytes], Awaitable[None]]
+
+
+class ReportSource(Protocol):
+    async def tls_results(self, day: str) -> dict[TlsResultKey, int]: ...
+
+
+@dataclass(frozen=True)
+class SentReport:
+    domain: str
+    uri: str
+    error: str = ""
+
+
+async def send_daily_reports(day: str, *, source: ReportSource, resolver: SecureResolver,
+                             enqueue: Enqueue, organization: str, submitter: str,
+                             from_addr: str, contact: str,
+                             https_context: ssl.SSLContext | None = None,
+                             timeout: float = 30.0,
+                             now: dt.datetime | None = None) -> list[SentReport]:
+    """Send ``day``'s report of every policy domain with counts to the ``rua`` URIs of
+    its ``_smtp._tls`` record: mailto: through ``enqueue(from, to, message)`` (our own
+    queue, empty return path is the caller's choice), https: by POST of the gzip JSON
+    (RFC 8460 §5.2). Domains without a record get nothing. Returns what was tried."""
+    counts = await source.tls_results(day)
+    sent: list[SentReport] = []
+    for domain in sorted({k.policy_domain for k in counts}):
+        ans = await resolver.query(f"_smtp._tls.{domain}", "TXT")
+        if ans.status != "records":
+            continue
+        uris = parse_record([b"".join(getattr(r, "strings", ())).decode("utf-8", "replace")
+                             for r in ans.rdata])
+        if not uris:
+            continue
+        report = build_report(domain, day, counts, organization=organization,
+                              contact=contact)
+        for uri in uris:
+            try:
+                if uri.lower().startswith("mailto:"):
+                    rcpt = uri[len("mailto:"):].split("?")[0]
+                    await enqueue(from_addr, rcpt, report_message(
+                        report, domain=domain, submitter=submitter, from_addr=from_addr,
+                        to_addr=rcpt, now=now or dt.datetime.now(dt.UTC)))
+                else:
+                    await _post(uri, report_gzip(report), https_context, timeout, resolver)
+                sent.append(SentReport(domain, uri))
+            except (OSError, aiohttp.ClientError, TimeoutError, ValueError) as exc:
+                sent.append(SentReport(domain, uri, f"{type(exc).__name__}: {exc}"))
+    return sent
+
+
+async def _post(uri: str, body: bytes, ctx: ssl.SSLContext | None, timeout: float,
+                resolver: SecureResolver) -> None:
+    connector = aiohttp.TCPConnector(ssl=ctx or ssl.create_default_context(),
+                                     resolver=HttpResolver(resolver), use_dns_cache=False)
+    async with aiohttp.ClientSession(connector=connector, trust_env=False,
+                                     timeout=aiohttp.ClientTimeout(total=timeout)
+                                     ) as session, session.post(
+            uri, data=body, allow_redirects=False,
+            headers={"Content-Type": REPORT_MEDIA_TYPE}) as resp:
+        if resp.status // 100 != 2:
+            raise ValueError(f"{uri}: HTTP {resp.status}")
