@@ -59,14 +59,16 @@ class TransportSecurity:
     https_port: int = 443  # tests serve MTA-STS policies on an ephemeral port
     results: TlsResults = field(init=False)
     _sts: MtaSts = field(init=False)
+    _pkix: ssl.SSLContext = field(init=False)
     _trust: TrustStore | None = field(init=False, default=None)
     _memo: dict[str, tuple[float, StsLookup]] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         self.results = TlsResults(self.clock)
-        self._sts = MtaSts(self.resolver, self.store, pkix_context(self.extra_ca_files),
-                           timeout=self.sts_timeout, clock=self.clock,
-                           https_port=self.https_port)
+        # One PKIX context (loading the CA store takes milliseconds: never per delivery).
+        self._pkix = pkix_context(self.extra_ca_files)
+        self._sts = MtaSts(self.resolver, self.store, self._pkix, timeout=self.sts_timeout,
+                           clock=self.clock, https_port=self.https_port)
 
     @classmethod
     def from_settings(cls, settings: Settings, store: SecurityStore,
@@ -83,7 +85,7 @@ class TransportSecurity:
         return await check_validating(self.resolver, self.probe_name)
 
     def pkix_context(self) -> ssl.SSLContext:
-        return pkix_context(self.extra_ca_files)
+        return self._pkix
 
     def trust(self) -> TrustStore:
         if self._trust is None:
