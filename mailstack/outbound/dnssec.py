@@ -21,10 +21,12 @@ from dataclasses import dataclass
 from typing import Literal
 
 import dns.asyncquery
+import dns.asyncresolver
 import dns.exception
 import dns.flags
 import dns.message
 import dns.name
+import dns.nameserver
 import dns.rcode
 import dns.rdatatype
 import dns.resolver
@@ -76,6 +78,21 @@ def parse_resolver(setting: str) -> list[tuple[str, int]]:
             out = []
         out = out or [("127.0.0.1", 53)]
     return out
+
+
+def dnspython_resolver(setting: str, lifetime: float = 20.0) -> dns.asyncresolver.Resolver:
+    """A dnspython async resolver asking only the configured validating resolver(s)
+    (``[outbound_tls] dns_resolver``, ports allowed) with DO and AD set, for code that
+    uses dnspython's resolver API (MX and address lookups in routing): its answers'
+    ``response.flags & AD`` are then trustworthy in the sense of RFC 7672 §2.1."""
+    resolver = dns.asyncresolver.Resolver(configure=False)
+    resolver.nameservers = [dns.nameserver.Do53Nameserver(host, port)
+                            for host, port in parse_resolver(setting)]
+    resolver.use_edns(0, dns.flags.DO, 1232)
+    resolver.flags = dns.flags.RD | dns.flags.AD
+    resolver.lifetime = lifetime
+    resolver.search = []
+    return resolver
 
 
 class SecureResolver:

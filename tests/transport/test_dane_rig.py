@@ -233,3 +233,18 @@ async def test_unreachable_resolver_is_a_failure_not_a_downgrade(
     sec = TransportSecurity(dead, sqlite_store, mta_sts=False)
     req = await sec("ee.test", "mx.ee.test", True)
     assert req.defer_reason and req.require_tls
+
+
+async def test_dnspython_resolver_for_routing_sees_the_ad_bit(dns_rig: DnsRig) -> None:
+    import dns.flags
+
+    from mailstack.outbound.dnssec import dnspython_resolver
+
+    dns_rig.publish("routing.test", ["@ IN MX 10 mx", "mx IN A 127.0.0.1"])
+    dns_rig.publish("routing-plain.test", ["@ IN MX 10 mx"], mode="unsigned")
+    host, port = dns_rig.resolver
+    resolver = dnspython_resolver(f"{host}:{port}", lifetime=5)
+    signed = await resolver.resolve("routing.test", "MX", search=False)
+    assert signed.response.flags & dns.flags.AD
+    plain = await resolver.resolve("routing-plain.test", "MX", search=False)
+    assert not plain.response.flags & dns.flags.AD
