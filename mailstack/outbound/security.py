@@ -15,6 +15,7 @@ Invariants:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import ssl
 import time
@@ -35,6 +36,7 @@ from .transport import TlsRequirement
 log = logging.getLogger("mailstack.outbound.security")
 
 STS_MEMO_SECONDS = 60.0
+STS_MEMO_MAX = 10_000
 
 
 class SecurityStore(Protocol):
@@ -87,9 +89,11 @@ class TransportSecurity:
     def pkix_context(self) -> ssl.SSLContext:
         return self._pkix
 
-    def trust(self) -> TrustStore:
+    async def trust(self) -> TrustStore:
+        """The CA store of the MTA-STS verifier, loaded once, off the event loop."""
         if self._trust is None:
-            self._trust = trust_store(load_ca_certs(self.extra_ca_files))
+            self._trust = await asyncio.to_thread(
+                lambda: trust_store(load_ca_certs(self.extra_ca_files)))
         return self._trust
 
     async def facts(self, domain: str, mx_host: str, mx_secure: bool) -> PolicyFacts:
@@ -110,6 +114,10 @@ class TransportSecurity:
         found = await self._sts.lookup(key)
         if found.error is not None and self.reporting:
             self.results.record(key, "sts", found.error.result_type, "", str(found.error))
+        if len(self._memo) >= STS_MEMO_MAX:  # bounded: drop what has expired
+            self._memo = {k: v for k, v in self._memo.items() if v[0] > now}
+            if len(self._memo) >= STS_MEMO_MAX:
+                self._memo.clear()
         self._memo[key] = (now + STS_MEMO_SECONDS, found)
         return found
 
@@ -117,7 +125,7 @@ class TransportSecurity:
         facts = await self.facts(domain, mx_host, mx_secure)
         requirement = decide(
             facts, clock=self.clock, pkix_context=self.pkix_context,
-            trust=self.trust() if facts.sts is not None else None,
+            trust=await self.trust() if facts.sts is not None else None,
             sink=self.results.record if self.reporting else None)
         log.debug("TLS policy for %s MX %s: %s", domain, mx_host, requirement.policy)
         return requirement
