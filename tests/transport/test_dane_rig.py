@@ -248,3 +248,22 @@ async def test_dnspython_resolver_for_routing_sees_the_ad_bit(dns_rig: DnsRig) -
     assert signed.response.flags & dns.flags.AD
     plain = await resolver.resolve("routing-plain.test", "MX", search=False)
     assert not plain.response.flags & dns.flags.AD
+
+
+async def test_from_settings_uses_the_configured_resolver(dns_rig: DnsRig, tmp_path: Any,
+                                                          sqlite_store: Any) -> None:
+    from mailstack.config import settings_from_dict
+
+    host, port = dns_rig.resolver
+    dns_rig.publish("cfg.test", zone_records(["3 1 1 " + "55" * 32]))
+    settings = settings_from_dict({"outbound_tls": {
+        "dns_resolver": f"{host}:{port}", "dnssec_probe_name": "test.",
+        "dns_timeout_seconds": 5}})
+    sec = TransportSecurity.from_settings(settings, sqlite_store)
+    assert await sec.start() is None  # the resolver validates: no warning
+    _, _, req = await route(sec, "cfg.test")
+    assert req.policy == "dane"
+    off = TransportSecurity.from_settings(settings_from_dict({"outbound_tls": {
+        "dns_resolver": f"{host}:{port}", "dane": False, "mta_sts": False}}), sqlite_store)
+    _, _, req = await route(off, "cfg.test")
+    assert req.policy == "opportunistic"
