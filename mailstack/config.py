@@ -86,6 +86,10 @@ class TlsSettings:
     key_file: str = _f("", "PEM private key. Empty: <data_dir>/tls/key.pem.")
     min_version: str = _f("TLSv1.2", "Lowest TLS version accepted.",
                           choices=("TLSv1.2", "TLSv1.3"))
+    next_key_file: str = _f("", "PEM private key the certificate will move to at the next "
+                            "renewal. When set, `mailstack tlsa` also prints its TLSA "
+                            "record so both can be published before the rollover "
+                            "(RFC 7671 §8.1).")
 
 
 @dataclass(frozen=True)
@@ -234,6 +238,34 @@ class ImporterSettings:
 
 
 @dataclass(frozen=True)
+class OutboundTlsSettings:
+    dns_resolver: str = _f("", "Validating DNS resolver(s) used for outbound MX, TLSA and "
+                           "MTA-STS lookups, as host or host:port ([v6]:port), comma "
+                           "separated. Only its AD bit makes an answer DNSSEC-secure "
+                           "(RFC 7672 §2.1). Empty: the system's resolvers "
+                           "(/etc/resolv.conf); a warning is logged at start-up when they "
+                           "do not validate.")
+    dns_timeout_seconds: float = _f(5.0, "Timeout of one DNS query.", min=0.1)
+    dnssec_probe_name: str = _f(".", "A name known to be DNSSEC-signed, queried at "
+                                "start-up to check that the resolver validates.")
+    dane: bool = _f(True, "Use DANE (RFC 7672): TLSA records of MX hosts found by "
+                    "DNSSEC-validated lookups make TLS mandatory and authenticated.")
+    mta_sts: bool = _f(True, "Use MTA-STS policies (RFC 8461) of destinations without "
+                       "DANE.")
+    mta_sts_fetch_timeout_seconds: float = _f(20.0, "Timeout of one MTA-STS policy fetch "
+                                              "(connect, TLS and body).", min=1)
+    extra_ca_files: str = _f("", "PEM files of extra certificate authorities trusted for "
+                             "MTA-STS (policy fetch and MX certificates), comma separated, "
+                             "in addition to the system's. For tests and private PKIs.")
+    tls_reporting: bool = _f(True, "Count TLS outcomes per destination policy domain for "
+                             "TLS reports (RFC 8460).")
+    tls_report_organization: str = _f("", "organization-name in the TLS reports we send "
+                                      "(RFC 8460 §4.4). Empty: the server host name.")
+    tls_report_contact: str = _f("", "contact-info in the TLS reports we send. Empty: "
+                                 "postmaster@<server host name>.")
+
+
+@dataclass(frozen=True)
 class Settings:
     server: ServerSettings = _f(ServerSettings(), "The server as a whole.")
     tls: TlsSettings = _f(TlsSettings(), "Certificate and key.")
@@ -246,6 +278,9 @@ class Settings:
     pop3: Pop3Settings = _f(Pop3Settings(), "POP3 server.")
     importer: ImporterSettings = _f(ImporterSettings(), "Import of mailboxes from other "
                                     "providers over IMAP (`mailstack import`).")
+    outbound_tls: OutboundTlsSettings = _f(OutboundTlsSettings(), "Transport security of "
+                                           "outbound delivery: DANE, MTA-STS, TLS "
+                                           "reporting.")
 
     # Derived paths -------------------------------------------------------
     @property

@@ -44,10 +44,11 @@ from .importer import FolderProgress, ImportedMessage, ImportJob, ImportMixin, N
 from .mailbox import DeliveryTarget, MailboxMixin, normalize_folder_name
 from .queue import NO_DSN, DsnRequest, QueuedMessage, QueueMixin
 from .smtp import SmtpMixin
+from .transport import CachedStsPolicy, TlsResultKey, TransportMixin
 
 
 class Store(SmtpMixin, AccountsMixin, ImapMixin, ImportMixin, MailboxMixin, QueueMixin,
-            GcMixin):
+            GcMixin, TransportMixin):
     @classmethod
     async def open_from_settings(cls, settings: Settings,
                                  clock: Callable[[], float] = time.time, *,
@@ -69,6 +70,7 @@ __all__ = [
     "AddressDeleted",
     "Alias",
     "AlreadyExists",
+    "CachedStsPolicy",
     "Conflict",
     "CredentialsChanged",
     "DeliveryTarget",
@@ -93,6 +95,7 @@ __all__ = [
     "Store",
     "StoreError",
     "Subscription",
+    "TlsResultKey",
     "Unavailable",
     "normalize_folder_name",
     "split_address",

@@ -49,6 +49,9 @@ def _m3_import_jobs(conn: Connection) -> None:
 
 def _m4_change_log(conn: Connection) -> None:
     schema.change_log.create(conn, checkfirst=True)
+def _m_dane_tables(conn: Connection) -> None:
+    schema.mta_sts_policies.create(conn, checkfirst=True)
+    schema.tls_report_counts.create(conn, checkfirst=True)
 
 
 MIGRATIONS: list[Migration] = [
@@ -56,6 +59,7 @@ MIGRATIONS: list[Migration] = [
     _m2_queue_dsn,  # 2: DSN parameters on queue rows (RFC 3461)
     _m3_import_jobs,  # 3: IMAP import jobs
     _m4_change_log,  # 4: change events between processes on one box (SQLite)
+    _m_dane_tables,  # 5: dane: MTA-STS policy cache and TLS-RPT counts (RFC 8461, 8460)
 ]
 LATEST = len(MIGRATIONS)
 
