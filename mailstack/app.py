@@ -33,6 +33,9 @@ FRONTENDS: dict[str, tuple[str, str]] = {
     "imap": ("mailstack.imap", "imap"),
     "pop3s": ("mailstack.pop3", "pop3"),
     "pop3": ("mailstack.pop3", "pop3"),
+    "https": ("mailstack.web", "https"),
+    "http": ("mailstack.web", "http"),
+    "metrics": ("mailstack.web", "metrics"),
 }
 
 
@@ -87,6 +90,7 @@ class App:
                 fe: FrontEnd = build(self.services, f.name, role, ls)
                 await fe.start()
                 self.frontends[f.name] = fe
+                self.services.bound_ports[f.name] = fe.port
                 log.info("listening: %s on %s:%d (%s)", f.name, ls.address, fe.port, ls.tls)
         except BaseException:
             await self.stop()
