@@ -10,17 +10,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
+import json
 import logging
+import os
 import signal
 import time
 from collections.abc import Callable
 from dataclasses import fields
-from typing import Protocol
+from typing import Any, Protocol
 
 from .config import ListenerSettings, Settings
 from .services import Services
 from .store import Store
 from .tls import ensure_self_signed, server_context
+
+LISTENING_FILE = "listening.json"
 
 log = logging.getLogger("mailstack")
 
@@ -97,6 +101,7 @@ class App:
             raise
         if s.server.blob_gc_interval_seconds > 0:
             self._gc_task = asyncio.create_task(self._collect_garbage_forever())
+        write_listening(s, self.ports)
 
     async def _collect_garbage_forever(self) -> None:
         s = self.settings.server
@@ -121,6 +126,8 @@ class App:
             self._gc_task = None
         await asyncio.gather(*(fe.close(grace) for fe in self.frontends.values()),
                              return_exceptions=True)
+        if self.frontends:
+            remove_listening(self.settings)
         self.frontends.clear()
         if self.services is not None:
             with contextlib.suppress(TimeoutError):
@@ -146,3 +153,34 @@ class App:
             log.info("shutting down")
         finally:
             await self.stop()
+
+
+def write_listening(settings: Settings, ports: dict[str, int]) -> None:
+    """Record the ports this process listens on and the host name clients are told, in
+    ``<data_dir>/listening.json``, so ``mailstack client-settings`` prints the ports
+    actually in use (dev mode's +10000, ephemeral ports). Best effort."""
+    record = {"pid": os.getpid(), "hostname": settings.client_hostname, "ports": ports}
+    with contextlib.suppress(OSError):
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        tmp = settings.data_dir / f".{LISTENING_FILE}.{os.getpid()}"
+        tmp.write_text(json.dumps(record), encoding="utf-8")
+        os.replace(tmp, settings.data_dir / LISTENING_FILE)
+
+
+def remove_listening(settings: Settings) -> None:
+    path = settings.data_dir / LISTENING_FILE
+    with contextlib.suppress(OSError, ValueError):
+        if json.loads(path.read_text(encoding="utf-8")).get("pid") == os.getpid():
+            path.unlink()
+
+
+def read_listening(settings: Settings) -> dict[str, Any] | None:
+    """The record of a server process that is still running, or None."""
+    try:
+        record = json.loads((settings.data_dir / LISTENING_FILE).read_text(encoding="utf-8"))
+        os.kill(int(record["pid"]), 0)
+    except PermissionError:
+        pass  # running, as another user
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return record if isinstance(record.get("ports"), dict) else None
