@@ -17,12 +17,15 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import fields
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .config import ListenerSettings, Settings
 from .services import Services
 from .store import Store
 from .tls import ensure_self_signed, server_context
+
+if TYPE_CHECKING:
+    from .web.acme import AcmeManager
 
 LISTENING_FILE = "listening.json"
 
@@ -61,6 +64,8 @@ class App:
         self.services: Services | None = None
         self.frontends: dict[str, FrontEnd] = {}
         self._gc_task: asyncio.Task[None] | None = None
+        self.acme: AcmeManager | None = None
+        self._acme_task: asyncio.Task[None] | None = None
 
     @property
     def ports(self) -> dict[str, int]:
@@ -68,7 +73,9 @@ class App:
 
     async def start(self) -> None:
         s = self.settings
-        if self.generate_cert:
+        if self.generate_cert or (s.tls.acme and not (s.cert_path.exists()
+                                                      and s.key_path.exists())):
+            # with ACME: a stand-in until the first certificate arrives (then swapped in)
             ensure_self_signed(s.cert_path, s.key_path, s.server.hostname)
         ctx = None
         if s.cert_path.exists() and s.key_path.exists():
@@ -101,6 +108,13 @@ class App:
             raise
         if s.server.blob_gc_interval_seconds > 0:
             self._gc_task = asyncio.create_task(self._collect_garbage_forever())
+        if s.tls.acme and self.services.server_ssl is not None:
+            from .web.acme import AcmeManager
+
+            ctx = self.services.server_ssl
+            self.acme = AcmeManager(s, self.store, self.services.acme_challenges,
+                                    lambda: [ctx], clock=self.clock)
+            self._acme_task = asyncio.create_task(self.acme.run_forever())
         write_listening(s, self.ports)
 
     async def _collect_garbage_forever(self) -> None:
@@ -119,11 +133,12 @@ class App:
 
     async def stop(self, grace: float | None = None) -> None:
         grace = self.settings.server.shutdown_grace_seconds if grace is None else grace
-        if self._gc_task is not None:
-            self._gc_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._gc_task
-            self._gc_task = None
+        for task in (self._gc_task, self._acme_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._gc_task = self._acme_task = None
         await asyncio.gather(*(fe.close(grace) for fe in self.frontends.values()),
                              return_exceptions=True)
         if self.frontends:

@@ -28,6 +28,7 @@ from .base import (
     StoreError,
     Unavailable,
 )
+from .certs import CertsMixin, StoredCertificate
 from .events import (
     AddressDeleted,
     CredentialsChanged,
@@ -45,7 +46,8 @@ from .queue import NO_DSN, DsnRequest, QueuedMessage, QueueMixin
 from .smtp import SmtpMixin
 
 
-class Store(SmtpMixin, AccountsMixin, ImapMixin, MailboxMixin, QueueMixin, GcMixin):
+class Store(SmtpMixin, AccountsMixin, ImapMixin, MailboxMixin, QueueMixin, GcMixin,
+            CertsMixin):
     @classmethod
     async def open_from_settings(cls, settings: Settings,
                                  clock: Callable[[], float] = time.time) -> Store:
@@ -83,6 +85,7 @@ __all__ = [
     "QueuedMessage",
     "Store",
     "StoreError",
+    "StoredCertificate",
     "Subscription",
     "Unavailable",
     "normalize_folder_name",

@@ -45,6 +45,7 @@ def _m2_queue_dsn(conn: Connection) -> None:
 MIGRATIONS: list[Migration] = [
     lambda conn: None,  # 1: initial schema (created by create_all on a fresh database)
     _m2_queue_dsn,  # 2: DSN parameters on queue rows (RFC 3461)
+    lambda conn: schema.tls_certificates.create(conn, checkfirst=True),  # 3: web: ACME cert + lock
 ]
 LATEST = len(MIGRATIONS)
 
