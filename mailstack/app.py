@@ -19,10 +19,11 @@ from collections.abc import Callable
 from dataclasses import fields
 from typing import TYPE_CHECKING, Any, Protocol
 
+from . import metrics
 from .config import ListenerSettings, Settings
 from .services import Services
 from .store import Store
-from .tls import ensure_self_signed, server_context
+from .tls import ensure_self_signed, load_first_cert, server_context
 
 if TYPE_CHECKING:
     from .web.acme import AcmeManager
@@ -80,6 +81,9 @@ class App:
         ctx = None
         if s.cert_path.exists() and s.key_path.exists():
             ctx = server_context(s.cert_path, s.key_path, s.tls.min_version)
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                metrics.CERT_EXPIRY.set(
+                    load_first_cert(s.cert_path).not_valid_after_utc.timestamp())
         self.store = await Store.open_from_settings(s, self.clock)
         self.services = Services.build(s, self.store, ctx, self.clock)
         try:

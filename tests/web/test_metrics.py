@@ -79,6 +79,7 @@ async def test_counters_move_with_logins_and_delivery(
     assert moved("mailstack_store_transaction_seconds_count") >= 1
     assert val(after, "mailstack_blob_store_bytes") > 0
     assert ("mailstack_event_loop_lag_seconds", ()) in after
+    assert val(after, "mailstack_tls_certificate_expiry_timestamp_seconds") > 1.7e9
     # no address, no password in any label or anywhere in the page
     for secret in (ADDR, "anna", "secret", "wrong-password", "127.0.0.1"):
         assert secret not in text
