@@ -385,6 +385,16 @@ def _cross_checks(s: Settings) -> None:
                           f"no such plan (plans: {', '.join(s.plans)})")
     if not s.server.hostname or any(c in s.server.hostname for c in " \t\r\n/@"):
         raise ConfigError("server.hostname", s.server.hostname, "must be a DNS host name")
+    if s.tls.acme and not s.listeners.http.enabled:
+        raise ConfigError("tls.acme", True, "needs listeners.http enabled: the ACME server "
+                          "validates through it (HTTP-01 on port 80)")
+    for name in ("http", "metrics"):
+        if getattr(s.listeners, name).tls != "none":
+            raise ConfigError(f"listeners.{name}.tls", getattr(s.listeners, name).tls,
+                              "must be \"none\" (plain HTTP)")
+    if s.listeners.https.tls != "implicit":
+        raise ConfigError("listeners.https.tls", s.listeners.https.tls,
+                          "must be \"implicit\" (HTTPS is TLS from the first byte)")
     url = s.server.database_url
     if url and not url.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
         raise ConfigError("server.database_url", url,
