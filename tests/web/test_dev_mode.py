@@ -152,12 +152,12 @@ async def test_client_settings_dev_flag(app_factory: Callable[..., Any],
 
 
 @pytest.mark.skipif(shutil.which("fetchmail") is None, reason="fetchmail is not installed")
-async def test_client_settings_prints_ports_in_use_and_fetchmail_uses_them(
+async def test_client_settings_prints_ports_in_use_and_clients_use_them(
         app_factory: Callable[..., Any], tls_files: tuple[Path, Path],
         tmp_path: Path) -> None:
     """A running server records its ports; client-settings prints them with the host a
-    client should use, and fetchmail, given exactly those and the certificate, with
-    certificate checking on, fetches the mail."""
+    client should use, and fetchmail and mbsync (isync), given exactly those and the
+    certificate, with certificate checking on, fetch the mail."""
     app: App = await app_factory(web={"advertised_hostname": "localhost"})
     await add_mailbox(app, ADDR)
     assert app.store is not None
@@ -188,6 +188,25 @@ async def test_client_settings_prints_ports_in_use_and_fetchmail_uses_them(
     log, _ = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 0, log.decode()
     assert any(b"Subject: fm" in p.read_bytes() for p in (home / "out").glob("mail.*"))
+
+    if shutil.which("mbsync"):  # isync, with the printed IMAP host and port
+        imap_host, imap_port = printed(out, r"Incoming \(IMAP")
+        maildir = home / "Mail"
+        maildir.mkdir()
+        mbrc = home / "mbsyncrc"
+        mbrc.write_text(f"IMAPAccount a\nHost {imap_host}\nPort {imap_port}\nUser {ADDR}\n"
+                        f"Pass secret\nSSLType IMAPS\nCertificateFile {tls_files[0]}\n\n"
+                        "IMAPStore r\nAccount a\n\n"
+                        f"MaildirStore l\nPath {maildir}/\nInbox {maildir}/INBOX\n\n"
+                        "Channel c\nFar :r:\nNear :l:\nPatterns INBOX\nCreate Near\n"
+                        "SyncState *\n")
+        mb = await asyncio.create_subprocess_exec(
+            "mbsync", "-c", str(mbrc), "-a", stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT, env=env)
+        mlog, _ = await asyncio.wait_for(mb.communicate(), 60)
+        assert mb.returncode == 0, mlog.decode()
+        assert any(b"Subject: fm" in p.read_bytes()
+                   for p in (maildir / "INBOX").glob("*/*"))
     await app.stop()
     assert not (app.settings.data_dir / "listening.json").exists()
 
