@@ -109,7 +109,10 @@ def server_context(cert_path: Path, key_path: Path, min_version: str = "TLSv1.2"
 
 def reload_context(ctx: ssl.SSLContext, cert_path: Path, key_path: Path) -> None:
     """Swap the certificate of a live server context: connections made from now on get
-    the new one; open connections keep theirs (their SSL objects copied it at creation)."""
+    the new one; open connections keep theirs (their SSL objects copied it at creation).
+    The pair is tried on a scratch context first, so a bad file (or a key that does not
+    match) raises before the live context is touched."""
+    ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert_path, key_path)
     ctx.load_cert_chain(cert_path, key_path)
 
 

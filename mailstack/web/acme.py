@@ -45,6 +45,7 @@ LOCK_NAME = "acme"
 LOCK_TTL = 900.0  # seconds a node may take to obtain a certificate
 MAX_NAMES = 100  # Let's Encrypt's limit of names per certificate
 ISSUE_TIMEOUT = 300.0
+RETRY_AFTER_FAILURE = 300.0  # seconds; a failed check is tried again sooner
 
 
 def wanted_names(hostname: str, domains: Iterable[str]) -> list[str]:
@@ -111,15 +112,18 @@ class AcmeManager:
 
     # --- the periodic check -----------------------------------------------------------
     async def run_forever(self) -> None:
+        interval = self.settings.tls.acme_check_interval_seconds
         while True:
             try:
                 result = await self.check()
                 log.info("acme: %s", result)
+                delay = interval
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.exception("acme: check failed; trying again later")
-            await asyncio.sleep(self.settings.tls.acme_check_interval_seconds)
+                delay = min(interval, RETRY_AFTER_FAILURE)
+            await asyncio.sleep(delay)
 
     async def check(self) -> str:
         """One round: pick up another node's newer certificate, or renew if due.

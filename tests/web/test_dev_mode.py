@@ -229,3 +229,38 @@ def test_client_settings_without_running_server(tmp_path: Path) -> None:
                          text=True).stdout
     assert printed(out, r"Incoming \(IMAP") == ("mail.example.net", 993)
     assert "running now" not in out
+
+
+def test_reload_refuses_a_mismatched_pair_and_keeps_the_live_certificate(
+        tmp_path: Path) -> None:
+    import ssl
+
+    from mailstack.tls import reload_context, server_context
+
+    a_cert, a_key = tmp_path / "a.pem", tmp_path / "ak.pem"
+    b_cert, b_key = tmp_path / "b.pem", tmp_path / "bk.pem"
+    ensure_self_signed(a_cert, a_key, "a.example")
+    ensure_self_signed(b_cert, b_key, "b.example")
+    ctx = server_context(a_cert, a_key)
+    with pytest.raises(ssl.SSLError):
+        reload_context(ctx, b_cert, a_key)  # certificate and key do not belong together
+    client = ssl.create_default_context(cafile=str(a_cert))
+    import socket
+    import threading
+
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1)
+
+    def serve() -> None:
+        conn, _ = srv.accept()
+        with ctx.wrap_socket(conn, server_side=True) as tls:
+            tls.recv(1)
+
+    t = threading.Thread(target=serve)
+    t.start()
+    with socket.create_connection(srv.getsockname()) as raw, \
+            client.wrap_socket(raw, server_hostname="a.example") as tls:
+        tls.sendall(b"x")  # the handshake succeeded with the old pair
+    t.join(10)
+    srv.close()
