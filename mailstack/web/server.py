@@ -47,6 +47,8 @@ AUTODISCOVER_PATH = "/autodiscover/autodiscover.xml"
 MTA_STS_PATH = "/.well-known/mta-sts.txt"
 ACME_PREFIX = "/.well-known/acme-challenge/"
 NOT_FOUND = "not found\n"
+KEEPALIVE = 15.0  # seconds an idle keep-alive connection stays open
+BODY_TIMEOUT = 30.0  # seconds a request body may take to arrive
 
 
 def _host(request: web.Request) -> str:
@@ -176,7 +178,11 @@ class WebFrontEnd:
     async def autodiscover(self, request: web.Request) -> web.StreamResponse:
         if request.method != "POST":
             return web.Response(status=405, text="use POST\n")
-        body = await _read_capped(request, cc.MAX_REQUEST_XML)
+        try:
+            body = await asyncio.wait_for(_read_capped(request, cc.MAX_REQUEST_XML),
+                                          BODY_TIMEOUT)
+        except TimeoutError:
+            return web.Response(status=408, text="request body too slow\n")
         if body is None:
             return _bad_request("request too large")
         try:
@@ -266,7 +272,8 @@ class WebFrontEnd:
 
         app.router.add_route("*", "/{tail:.*}", handle)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False,
-                                     shutdown_timeout=1.0)
+                                     shutdown_timeout=1.0, keepalive_timeout=KEEPALIVE,
+                                     max_line_size=8190, max_field_size=8190, max_headers=64)
         await self._runner.setup()
         loop = asyncio.get_running_loop()
         implicit = self.listener.tls == "implicit"

@@ -278,3 +278,18 @@ async def test_http_redirects_and_serves_acme_challenges(
         assert r.status == 404  # tokens are case-sensitive
     async with http.get(url(web_app, "https", "/.well-known/acme-challenge/tok-EN_1")) as r:
         assert r.status == 404  # only on port 80
+
+
+async def test_oversized_headers_refused_and_server_keeps_serving(
+        web_app: App, http: aiohttp.ClientSession) -> None:
+    """A header line bomb is refused by the HTTP parser (4xx), never a traceback, and the
+    listener goes on answering."""
+    r, w = await asyncio.open_connection("127.0.0.1", web_app.ports["http"])
+    w.write(b"GET /mail/config-v1.1.xml HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20000
+            + b"\r\n\r\n")
+    await w.drain()
+    status = await asyncio.wait_for(r.readline(), 30)
+    assert status.split()[1].startswith(b"4"), status
+    w.close()
+    async with http.get(url(web_app, "https", TB_PATH), params={"emailaddress": ADDR}) as resp:
+        assert resp.status == 200
