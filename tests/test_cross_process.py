@@ -72,7 +72,7 @@ def _closed(sock: socket.socket, deadline: float) -> bool:
 def test_cli_password_change_ends_sessions_of_a_running_server(tmp_path: Path) -> None:
     imap_port, pop3_port = _free_port(), _free_port()
     off = "\n".join(f"[listeners.{n}]\nenabled = false" for n in (
-        "smtp", "submissions", "submission", "imaps", "pop3s"))
+        "smtp", "submissions", "submission", "imaps", "pop3s", "https", "http", "metrics"))
     cli = make_cli(tmp_path, extra=(
         f'{off}\n[listeners.imap]\naddress = "127.0.0.1"\nport = {imap_port}\ntls = "none"\n'
         f'[listeners.pop3]\naddress = "127.0.0.1"\nport = {pop3_port}\ntls = "none"\n'))

@@ -28,6 +28,7 @@ from .base import (
     StoreError,
     Unavailable,
 )
+from .certs import CertsMixin, StoredCertificate
 from .events import (
     AddressDeleted,
     CredentialsChanged,
@@ -48,7 +49,7 @@ from .transport import CachedStsPolicy, TlsResultKey, TransportMixin
 
 
 class Store(SmtpMixin, AccountsMixin, ImapMixin, ImportMixin, MailboxMixin, QueueMixin,
-            GcMixin, TransportMixin):
+            GcMixin, TransportMixin, CertsMixin):
     @classmethod
     async def open_from_settings(cls, settings: Settings,
                                  clock: Callable[[], float] = time.time, *,
@@ -94,6 +95,7 @@ __all__ = [
     "QueuedMessage",
     "Store",
     "StoreError",
+    "StoredCertificate",
     "Subscription",
     "TlsResultKey",
     "Unavailable",

@@ -27,6 +27,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from .. import metrics
 from .blobs import BlobError, BlobStore
 from .changes import ChangeFollower
 from .changes import record as record_changes
@@ -252,6 +253,7 @@ class StoreBase:
     async def _write(self) -> AsyncIterator[tuple[AsyncConnection, list[Event]]]:
         """A write transaction; events appended to the list are published after commit."""
         events: list[Event] = []
+        started = time.perf_counter()
         try:
             if self.is_sqlite:
                 async with self._write_lock, self.engine.connect() as conn:
@@ -268,6 +270,7 @@ class StoreBase:
                             "c": self.channel, "p": encode_event(self.node_id, ev)})
         except (OperationalError, DBAPIError) as exc:
             raise Unavailable(f"database unavailable: {exc.orig!r}") from exc
+        metrics.observe_store_transaction(time.perf_counter() - started)
         for ev in events:
             self.events.publish(ev)
 

@@ -60,6 +60,7 @@ MIGRATIONS: list[Migration] = [
     _m3_import_jobs,  # 3: IMAP import jobs
     _m4_change_log,  # 4: change events between processes on one box (SQLite)
     _m_dane_tables,  # 5: dane: MTA-STS policy cache and TLS-RPT counts (RFC 8461, 8460)
+    lambda conn: schema.tls_certificates.create(conn, checkfirst=True),  # 6: web: ACME cert + lock
 ]
 LATEST = len(MIGRATIONS)
 

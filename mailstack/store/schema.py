@@ -293,3 +293,15 @@ tls_report_counts = Table(
     Column("mx_host", String(255), primary_key=True),
     Column("count", BigInteger, nullable=False),
 )
+
+# The certificate obtained by ACME (docs/behaviour.md §1, RFC 8555), shared by every node,
+# and the lock that lets one node at a time renew it.
+tls_certificates = Table(
+    "tls_certificates", metadata,
+    Column("name", String(64), primary_key=True),  # "acme"
+    Column("holder", String(128), nullable=False, default=""),  # node renewing now
+    Column("locked_until", Float, nullable=False, default=0.0),
+    Column("cert_pem", Text, nullable=False, default=""),  # full chain
+    Column("key_pem", Text, nullable=False, default=""),
+    Column("updated_at", Float, nullable=False, default=0.0),
+)
