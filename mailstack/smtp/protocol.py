@@ -47,6 +47,7 @@ from ..policy.envelope import (
     AddressError,
     EnvelopeAddress,
     MailFrom,
+    RcptParams,
     check_helo_name,
     parse_mail_from,
     parse_rcpt_to,
@@ -103,6 +104,7 @@ class MEnvelope(Envelope):
         self.mail: MailFrom | None = None
         self.recipients: list[EnvelopeAddress] = []
         self.verdicts: list[RcptVerdict] = []
+        self.rcpt_params: list[RcptParams] = []  # DSN NOTIFY/ORCPT per recipient
         self.size_limit: int = 0
         self.directory: StoreDirectory | None = None  # per transaction: domain cache
         self.chunks: list[bytes] = []  # BDAT chunks received so far (RFC 3030 §2)
@@ -266,7 +268,7 @@ class MailstackSMTP(SMTP):
         if not await self._helo(arg, True):
             return
         caps = [self.hostname, "PIPELINING", f"SIZE {self.fe.max_size}", "8BITMIME",
-                "ENHANCEDSTATUSCODES", "SMTPUTF8", "CHUNKING"]
+                "ENHANCEDSTATUSCODES", "SMTPUTF8", "CHUNKING", "DSN"]
         if self.tls_context is not None and not self.tls_active:
             caps.append("STARTTLS")  # RFC 3207 §4: only before TLS
         if self.password_allowed:
@@ -436,7 +438,7 @@ class MailstackSMTP(SMTP):
             return
         limit = self._plan_size()
         try:
-            mail = parse_mail_from(arg or "", max_size=limit, dsn_enabled=False)
+            mail = parse_mail_from(arg or "", max_size=limit, dsn_enabled=True)
         except AddressError as exc:
             await self.push(exc.reply)
             return
@@ -463,8 +465,9 @@ class MailstackSMTP(SMTP):
             if "@" not in (arg or ""):  # RFC 5321 §4.1.1.3: <Postmaster> without domain
                 postmaster = await postmaster_domain(self.fe.services.store,
                                                      self.fe.services.hostname)
-            rcpt = parse_rcpt_to(arg or "", smtputf8=mail.params.smtputf8,
-                                 dsn_enabled=False, postmaster_domain=postmaster).recipient
+            parsed = parse_rcpt_to(arg or "", smtputf8=mail.params.smtputf8,
+                                   dsn_enabled=True, postmaster_domain=postmaster)
+            rcpt = parsed.recipient
         except AddressError as exc:
             await self.push(exc.reply)
             return
@@ -507,6 +510,7 @@ class MailstackSMTP(SMTP):
                 self.env.size_limit = min(self.env.size_limit, size)
         self.env.recipients.append(rcpt)
         self.env.verdicts.append(verdict)
+        self.env.rcpt_params.append(parsed.params)
         self.env.rcpt_tos.append(str(rcpt))
         await self.push("250 2.1.5 Recipient OK")
 
@@ -613,7 +617,8 @@ class MailstackSMTP(SMTP):
             queue_id=self.fe.make_id(), helo=sess.host_name, esmtp=sess.extended_smtp,
             client_ip=self.client_ip, tls=self.tls_info(), sender=env.mail.sender,
             smtputf8=env.mail.params.smtputf8, recipients=list(env.recipients),
-            verdicts=list(env.verdicts), content=content, auth_address_id=sess.address_id)
+            verdicts=list(env.verdicts), content=content, auth_address_id=sess.address_id,
+            mail_params=env.mail.params, rcpt_params=list(env.rcpt_params))
         done: asyncio.Future[None] = self.loop.create_future()
         self.fe.in_flight.add(done)
         try:
