@@ -66,6 +66,7 @@ from ..policy.relay import (
     check_header_senders,
     route_recipient,
 )
+from ..policy.submission import msa_additions
 from ..store import Unavailable
 from . import replies
 from .data import DataState, read_data
@@ -605,6 +606,12 @@ class MailstackSMTP(SMTP):
                 else await asyncio.to_thread(exceeds_depth, content, s.max_mime_depth)):
             return f"554 5.6.0 MIME parts nested deeper than {s.max_mime_depth} levels"
         if sess.address_id is not None:  # docs/behaviour.md §4: From: must be a sendable address
+            if self.fe.role == "submission":
+                # RFC 6409 §8: Date, Message-ID and (for a minimal client) From are added.
+                content = msa_additions(
+                    content, login=sess.email, hostname=self.hostname,
+                    now=self.fe.services.clock(),
+                    unique=f"{self.fe.make_id()}.{secrets.token_hex(6)}") + content
             try:
                 froms = extract_from_addresses(content)
             except HeaderError as exc:
