@@ -24,6 +24,10 @@ Implementation notes (invariants):
   transaction is 503. The content goes through the same checks as DATA (bare CR/LF,
   line length, headers, MIME depth, From: on submission). Exception: on 587 before
   STARTTLS aiosmtpd refuses BDAT itself (530) without consuming its chunk.
+- A password change (``CredentialsChanged`` with a newer epoch) or the deletion of the
+  logged-in address ends the session with ``421 4.7.0`` (docs/behaviour.md §2), via a
+  watcher task on its own event subscription, so an idle connection is cut too; a
+  message being stored at that moment still gets its reply first.
 - Three kinds of error per command: syntax (5xx from the parsers), a policy refusal
   (the verdict's reply), a server error (logged, ``451 4.3.0``; see ``handle_exception``).
 """
@@ -32,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import binascii
+import contextlib
 import logging
 import re
 import secrets
@@ -67,7 +72,7 @@ from ..policy.relay import (
     route_recipient,
 )
 from ..policy.submission import msa_additions
-from ..store import Unavailable
+from ..store import AddressDeleted, CredentialsChanged, Subscription, Unavailable
 from . import replies
 from .data import DataState, read_data
 from .delivery import Transaction, accept
@@ -139,6 +144,9 @@ class MailstackSMTP(SMTP):
         self.envelope: MEnvelope | None = None
         self._counted_ip: str | None = None
         self._refused = False
+        self._watcher: asyncio.Task[None] | None = None
+        self._watch_sub: Subscription | None = None
+        self._storing: asyncio.Future[None] | None = None
 
     # --- plumbing ---------------------------------------------------------------------
     def _create_session(self) -> MSession:
@@ -207,6 +215,7 @@ class MailstackSMTP(SMTP):
         # RFC 3207 §4.2: discard pipelined plaintext; the session starts over.
         self._reader._buffer.clear()  # type: ignore[attr-defined]
         self._set_rset_state()
+        self._stop_watcher()  # a new session: any earlier login is gone
 
     def connection_lost(self, error: Exception | None) -> None:
         if self._refused:
@@ -215,7 +224,36 @@ class MailstackSMTP(SMTP):
             self.fe.connections.release(self._counted_ip)
             self._counted_ip = None
         self.fe.sessions.discard(self)
+        self._stop_watcher()
         super().connection_lost(error)
+
+    # --- the login's credentials (docs/behaviour.md §2) -------------------------------
+    def _stop_watcher(self) -> None:
+        if self._watcher is not None and self._watcher is not asyncio.current_task():
+            self._watcher.cancel()
+        self._watcher = None
+        if self._watch_sub is not None:
+            self._watch_sub.close()
+            self._watch_sub = None
+
+    async def _watch_credentials(self, sub: Subscription, epoch: int) -> None:
+        """End the session when the login's password changes or the address goes."""
+        while True:
+            ev = await sub.queue.get()
+            if (isinstance(ev, CredentialsChanged) and ev.epoch > epoch) or isinstance(
+                    ev, AddressDeleted):
+                break
+        sub.close()
+        log.info("smtp %s: credentials of %s changed; closing the session",
+                 self.client_ip, self.sess.email)
+        if self._storing is not None:  # a message being stored gets its reply first
+            await asyncio.shield(self._storing)
+            await asyncio.sleep(0)
+        if self.transport is not None:
+            with contextlib.suppress(Exception):
+                self.transport.write(  # type: ignore[attr-defined]
+                    f"{replies.CREDENTIALS_CHANGED}\r\n".encode())
+                self.transport.close()
 
     def _timeout_cb(self) -> None:
         if self.transport is not None:
@@ -354,10 +392,18 @@ class MailstackSMTP(SMTP):
                 return
             await self.push(replies.AUTH_INVALID)
             return
-        addr = await self.fe.services.store.get_address_by_id(result.address_id)
-        if addr is None:
+        store = self.fe.services.store
+        sub = store.events.subscribe(result.address_id)
+        # read after subscribing: a password change in between is not missed
+        addr = await store.get_address_by_id(result.address_id)
+        if addr is None or addr.credential_epoch != result.credential_epoch:
+            sub.close()
             await self.push(replies.AUTH_INVALID)
             return
+        self._stop_watcher()
+        self._watch_sub = sub
+        self._watcher = asyncio.create_task(
+            self._watch_credentials(sub, addr.credential_epoch))
         self.sess.address_id = addr.id
         self.sess.email = addr.email
         self.sess.plan = addr.plan
@@ -628,11 +674,13 @@ class MailstackSMTP(SMTP):
             mail_params=env.mail.params, rcpt_params=list(env.rcpt_params))
         done: asyncio.Future[None] = self.loop.create_future()
         self.fe.in_flight.add(done)
+        self._storing = done
         try:
             return await accept(self.fe.services, tx)
         finally:
             done.set_result(None)
             self.fe.in_flight.discard(done)
+            self._storing = None
 
 
 BDAT_ARG = re.compile(r"([0-9]{1,18})(?: +(LAST))?", re.IGNORECASE)
