@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from ..outbound.dkim import DkimSigner, SigningError
 from ..policy.envelope import EnvelopeAddress, MailParams, RcptParams
 from ..policy.headers import (
     TlsInfo,
@@ -90,8 +91,13 @@ def dsn_request(tx: Transaction, remote: Sequence[str]) -> DsnRequest:
     return DsnRequest(ret, envid, rcpt)
 
 
-async def accept(services: Services, tx: Transaction) -> str:
-    """Store the message for every destination; returns the reply to send."""
+async def accept(services: Services, tx: Transaction,
+                 signer: DkimSigner | None = None) -> str:
+    """Store the message for every destination; returns the reply to send.
+
+    With a ``signer``, a message from an authenticated sender that has remote
+    recipients is DKIM-signed (docs/behaviour.md §6); the signature lines go into the
+    remote copies' prefix only (local copies need none, and the blob stays shared)."""
     store = services.store
     dest = merge_destinations(tx.verdicts)
     now = services.clock()
@@ -108,12 +114,19 @@ async def accept(services: Services, tx: Transaction) -> str:
     if not dest.mailboxes and not dest.remote:
         return replies.TEMP_FAILURE
     try:
+        remote_prefix = b""
+        if signer is not None and tx.auth_address_id is not None and dest.remote:
+            try:
+                remote_prefix = await signer.sign(blob)
+            except SigningError as exc:  # a broken key must not stop the mail
+                log.error("smtp %s: DKIM signing failed, sent unsigned: %s", tx.queue_id, exc)
         blob_id = await store.put_blob(blob)
         # The INBOX of each final mailbox is found inside the write transaction (one
         # query per group commit); a mailbox removed since RCPT is skipped there.
         copies = await store.accept_message(
             blob_id, len(blob), sender=str(tx.sender) if tx.sender else "",
-            remote=list(dest.remote), sender_address_id=tx.auth_address_id,
+            remote=list(dest.remote), remote_prefix=remote_prefix,
+            sender_address_id=tx.auth_address_id,
             dsn=dsn_request(tx, dest.remote),
             counted_recipients=len(tx.recipients), at=now, inboxes=dest.mailboxes,
             inbox_prefix=lambda email: return_path + delivered_to_header(email))

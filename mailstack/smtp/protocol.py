@@ -676,7 +676,7 @@ class MailstackSMTP(SMTP):
         self.fe.in_flight.add(done)
         self._storing = done
         try:
-            return await accept(self.fe.services, tx)
+            return await accept(self.fe.services, tx, self.fe.signer)
         finally:
             done.set_result(None)
             self.fe.in_flight.discard(done)

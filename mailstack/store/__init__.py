@@ -28,6 +28,7 @@ from .base import (
     StoreError,
     Unavailable,
 )
+from .dkim import DkimKey, DkimMixin, NewDkimKey
 from .events import (
     AddressDeleted,
     CredentialsChanged,
@@ -45,7 +46,8 @@ from .queue import NO_DSN, DsnRequest, QueuedMessage, QueueMixin
 from .smtp import SmtpMixin
 
 
-class Store(SmtpMixin, AccountsMixin, ImapMixin, MailboxMixin, QueueMixin, GcMixin):
+class Store(SmtpMixin, AccountsMixin, ImapMixin, MailboxMixin, QueueMixin, GcMixin,
+            DkimMixin):
     @classmethod
     async def open_from_settings(cls, settings: Settings,
                                  clock: Callable[[], float] = time.time) -> Store:
@@ -67,6 +69,7 @@ __all__ = [
     "Conflict",
     "CredentialsChanged",
     "DeliveryTarget",
+    "DkimKey",
     "Domain",
     "DsnRequest",
     "Event",
@@ -79,6 +82,7 @@ __all__ = [
     "MessagesAdded",
     "MessagesExpunged",
     "MsgRow",
+    "NewDkimKey",
     "NotFound",
     "QueuedMessage",
     "Store",

@@ -42,9 +42,14 @@ def _m2_queue_dsn(conn: Connection) -> None:
         "dsn_notify VARCHAR(64) NOT NULL DEFAULT ''", "dsn_orcpt TEXT NOT NULL DEFAULT ''"])
 
 
+def _m_dkim_keys(conn: Connection) -> None:
+    schema.dkim_keys.create(conn, checkfirst=True)
+
+
 MIGRATIONS: list[Migration] = [
     lambda conn: None,  # 1: initial schema (created by create_all on a fresh database)
     _m2_queue_dsn,  # 2: DSN parameters on queue rows (RFC 3461)
+    _m_dkim_keys,  # 3: submission: dkim_keys table (DKIM signing keys per domain)
 ]
 LATEST = len(MIGRATIONS)
 
