@@ -29,6 +29,7 @@ from .base import (
     Unavailable,
 )
 from .certs import CertsMixin, StoredCertificate
+from .dkim import DkimKey, DkimMixin, NewDkimKey
 from .events import (
     AddressDeleted,
     CredentialsChanged,
@@ -49,7 +50,7 @@ from .transport import CachedStsPolicy, TlsResultKey, TransportMixin
 
 
 class Store(SmtpMixin, AccountsMixin, ImapMixin, ImportMixin, MailboxMixin, QueueMixin,
-            GcMixin, TransportMixin, CertsMixin):
+            GcMixin, TransportMixin, CertsMixin, DkimMixin):
     @classmethod
     async def open_from_settings(cls, settings: Settings,
                                  clock: Callable[[], float] = time.time, *,
@@ -75,6 +76,7 @@ __all__ = [
     "Conflict",
     "CredentialsChanged",
     "DeliveryTarget",
+    "DkimKey",
     "Domain",
     "DsnRequest",
     "Event",
@@ -90,6 +92,7 @@ __all__ = [
     "MessagesAdded",
     "MessagesExpunged",
     "MsgRow",
+    "NewDkimKey",
     "NewImportJob",
     "NotFound",
     "QueuedMessage",

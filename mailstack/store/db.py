@@ -49,9 +49,15 @@ def _m3_import_jobs(conn: Connection) -> None:
 
 def _m4_change_log(conn: Connection) -> None:
     schema.change_log.create(conn, checkfirst=True)
+
+
 def _m_dane_tables(conn: Connection) -> None:
     schema.mta_sts_policies.create(conn, checkfirst=True)
     schema.tls_report_counts.create(conn, checkfirst=True)
+
+
+def _m_dkim_keys(conn: Connection) -> None:
+    schema.dkim_keys.create(conn, checkfirst=True)
 
 
 MIGRATIONS: list[Migration] = [
@@ -61,6 +67,7 @@ MIGRATIONS: list[Migration] = [
     _m4_change_log,  # 4: change events between processes on one box (SQLite)
     _m_dane_tables,  # 5: dane: MTA-STS policy cache and TLS-RPT counts (RFC 8461, 8460)
     lambda conn: schema.tls_certificates.create(conn, checkfirst=True),  # 6: web: ACME cert + lock
+    _m_dkim_keys,  # 7: submission: dkim_keys table (DKIM signing keys per domain)
 ]
 LATEST = len(MIGRATIONS)
 

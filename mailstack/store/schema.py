@@ -204,6 +204,22 @@ outbound_queue = Table(
     sqlite_autoincrement=True,
 )
 
+# DKIM keys (RFC 6376, RFC 8463), in the database so every node signs with them.
+# status: pending (generated, not yet published) | active (signing) | retired.
+dkim_keys = Table(
+    "dkim_keys", metadata,
+    Column("id", PK, primary_key=True, autoincrement=True),
+    Column("domain_id", PK, ForeignKey("domains.id", ondelete="CASCADE"), nullable=False),
+    Column("selector", String(63), nullable=False),
+    Column("algorithm", String(32), nullable=False),  # rsa-sha256 | ed25519-sha256
+    Column("private_key", Text, nullable=False),  # PEM (RSA) / base64 seed (Ed25519)
+    Column("public_key", Text, nullable=False),  # base64: the DNS record's p= value
+    Column("status", String(16), nullable=False),
+    Column("created_at", Float, nullable=False),
+    UniqueConstraint("domain_id", "selector", name="uq_dkim_keys_selector"),
+    sqlite_autoincrement=True,
+)
+
 pop3_locks = Table(
     "pop3_locks", metadata,
     Column("address_id", PK, ForeignKey("addresses.id", ondelete="CASCADE"),
