@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from .autoreplies import Autoresponder
 from .config import Settings
 from .notices import Notifier
 from .policy.auth import Authenticator, LoginGuard
@@ -26,6 +27,7 @@ class Services:
     auth: Authenticator
     server_ssl: ssl.SSLContext | None
     notifier: Notifier
+    autoreplies: Autoresponder
     clock: Callable[[], float] = field(default=time.time)
 
     @property
@@ -40,4 +42,7 @@ class Services:
         guard = LoginGuard(a, clock)
         notifier = Notifier(store, settings.server.hostname, a, clock)
         auth = Authenticator(store, passwords, guard, a, notifier)
-        return cls(settings, store, passwords, guard, auth, server_ssl, notifier, clock)
+        autoreplies = Autoresponder(store, settings.autoresponder, settings.server.hostname,
+                                    clock)
+        return cls(settings, store, passwords, guard, auth, server_ssl, notifier,
+                   autoreplies, clock)

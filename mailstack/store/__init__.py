@@ -12,6 +12,7 @@ from pathlib import Path
 
 from ..config import Settings
 from .accounts import SPECIAL_FOLDERS, AccountsMixin, split_address
+from .autoresponder import AutoResponder, AutoresponderMixin
 from .base import (
     SYSTEM_FLAGS,
     ActivityEntry,
@@ -45,7 +46,8 @@ from .queue import NO_DSN, DsnRequest, QueuedMessage, QueueMixin
 from .smtp import SmtpMixin
 
 
-class Store(SmtpMixin, AccountsMixin, ImapMixin, MailboxMixin, QueueMixin, GcMixin):
+class Store(SmtpMixin, AccountsMixin, ImapMixin, MailboxMixin, QueueMixin, GcMixin,
+            AutoresponderMixin):
     @classmethod
     async def open_from_settings(cls, settings: Settings,
                                  clock: Callable[[], float] = time.time) -> Store:
@@ -64,6 +66,7 @@ __all__ = [
     "AddressDeleted",
     "Alias",
     "AlreadyExists",
+    "AutoResponder",
     "Conflict",
     "CredentialsChanged",
     "DeliveryTarget",
