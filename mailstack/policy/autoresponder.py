@@ -25,8 +25,9 @@ Never reply (each rule has its reason string, ``REASONS``):
   subdomains too only with ``ThrottleRules.exclude_subdomains``);
 - outside the schedule: before ``starts_at``, at or after ``ends_at`` (epoch seconds),
   or on a weekday not chosen, the weekday taken in the responder's time zone;
-- the throttle: this sender got a reply less than ``window`` seconds ago (and after the
-  responder's ``reset_at``);
+- the throttle: this sender got a reply less than ``window`` seconds ago
+  (``last_reply_at``: the store gives only replies since the responder's last reset or
+  activation);
 - the address already sent ``hourly_cap`` replies in the last hour.
 """
 
@@ -90,8 +91,6 @@ class ResponderRules(Protocol):
     def timezone(self) -> str: ...
     @property
     def exclusions(self) -> tuple[str, ...]: ...
-    @property
-    def reset_at(self) -> float: ...
 
 
 @dataclass(frozen=True)
@@ -227,6 +226,20 @@ def in_schedule(r: ResponderRules, now: float) -> bool:
     return True
 
 
+def _keyword(value: str) -> str:
+    """The first token of a structured field value, comments (RFC 5322 §3.2.2) removed:
+    ``No (a comment); x=y`` -> ``no``."""
+    while True:
+        stripped = _COMMENT.sub(" ", value)
+        if stripped == value:
+            break
+        value = stripped
+    return value.split(";")[0].strip().lower()
+
+
+_COMMENT = re.compile(r"\([^()]*\)")
+
+
 def decide(facts: MessageFacts, r: ResponderRules, *, now: float,
            last_reply_at: float | None = None, replies_last_hour: int = 0,
            rules: ThrottleRules = ThrottleRules()) -> AutoreplyVerdict:
@@ -236,7 +249,7 @@ def decide(facts: MessageFacts, r: ResponderRules, *, now: float,
         return _no("inactive")
     if facts.via_catchall:
         return _no("catchall")
-    if facts.auto_submitted and facts.auto_submitted.split(";")[0].strip().lower() != "no":
+    if facts.auto_submitted and _keyword(facts.auto_submitted) != "no":
         return _no("auto-submitted")
     if facts.precedence.lower() in ("bulk", "list", "junk", "auto_reply"):
         return _no("precedence")
@@ -260,8 +273,7 @@ def decide(facts: MessageFacts, r: ResponderRules, *, now: float,
         return _no("excluded")
     if not in_schedule(r, now):
         return _no("schedule")
-    if (last_reply_at is not None and last_reply_at > r.reset_at
-            and now - last_reply_at < rules.window):
+    if last_reply_at is not None and now - last_reply_at < rules.window:
         return _no("throttled")
     if replies_last_hour >= rules.hourly_cap:
         return _no("hourly-cap")
@@ -316,8 +328,8 @@ def parse_exclusions(items: Sequence[str]) -> tuple[str, ...]:
         if entry.startswith("@"):
             out["@" + _check_domain(entry[1:], entry)] = None
             continue
-        key = address_key(entry)
-        if key is None or "@" not in entry or entry.count("@") != 1:
+        key = None if any(c in entry for c in '<> \t"') else address_key(entry)
+        if key is None or entry.count("@") != 1:
             raise ResponderRuleError(f"exclusion {entry!r} is neither an address "
                                      "(name@domain) nor a domain (@domain)")
         local, _, domain = key.rpartition("@")

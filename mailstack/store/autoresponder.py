@@ -10,9 +10,10 @@ Implementation notes (invariants):
   says reply, records the reply: all inside one write transaction holding the
   responder's row lock, so two deliveries from one sender arriving together produce
   one reply, on one node or several.
-- A reset (and a new activation) sets ``reset_at``: throttle rows older than it no
-  longer count, but stay for the hourly cap. Rows older than the window are pruned by
-  ``prune_autoreply_throttle``.
+- A reset (and a new activation) bumps the responder's ``generation``: throttle rows
+  of an older generation no longer count as a reply (no comparison of times, so a
+  reset in the same second as a reply still resets), but stay for the hourly cap.
+  Rows older than the window are pruned by ``prune_autoreply_throttle``.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ class AutoResponder:
     from_address: str | None
     exclusions: tuple[str, ...]
     active: bool
-    reset_at: float
+    generation: int
     created_at: float
     updated_at: float
 
@@ -67,7 +68,7 @@ def _to_responder(row: Any) -> AutoResponder:
         weekdays=frozenset(d for d in range(7) if row.weekdays & (1 << d)),
         timezone=row.timezone, from_address=row.from_address,
         exclusions=tuple(json.loads(row.exclusions)), active=bool(row.active),
-        reset_at=float(row.reset_at), created_at=row.created_at, updated_at=row.updated_at)
+        generation=int(row.generation), created_at=row.created_at, updated_at=row.updated_at)
 
 
 def _values(fields: dict[str, Any]) -> dict[str, Any]:
@@ -100,7 +101,7 @@ class AutoresponderMixin(StoreBase):
         async with self._write() as (conn, _):
             try:
                 res = await conn.execute(insert(t.autoresponders).values(
-                    address_id=address_id, name=name, active=False, reset_at=0.0,
+                    address_id=address_id, name=name, active=False, generation=0,
                     created_at=now, updated_at=now, **values).returning(*t.autoresponders.c))
             except IntegrityError as exc:
                 raise AlreadyExists(f"a responder named {name!r} already exists for this "
@@ -166,7 +167,7 @@ class AutoresponderMixin(StoreBase):
                 active=False, updated_at=now))
             values: dict[str, Any] = {"active": True, "updated_at": now}
             if not found.active:
-                values["reset_at"] = now
+                values["generation"] = a.generation + 1
             res = await conn.execute(update(t.autoresponders).where(a.id == found.id)
                                      .values(**values).returning(*t.autoresponders.c))
             return _to_responder(res.one())
@@ -193,7 +194,8 @@ class AutoresponderMixin(StoreBase):
         async with self._write() as (conn, _):
             await self._lock_address(conn, address_id)
             res = await conn.execute(update(t.autoresponders).where(
-                a.address_id == address_id).values(reset_at=self.clock()))
+                a.address_id == address_id).values(generation=a.generation + 1,
+                                                   updated_at=self.clock()))
             return int(res.rowcount)
 
     async def active_autoresponders(self, keys: Sequence[str]
@@ -220,10 +222,12 @@ class AutoresponderMixin(StoreBase):
         """Decide and record one reply atomically (see the module notes).
 
         ``decide(responder, last_reply_at, replies_last_hour)`` gets the responder as it
-        is now (None is returned, nothing decided, when it was removed); when its
-        verdict says reply, the sender's throttle row is written in the same
-        transaction. ``replies_last_hour`` counts the address's replies (distinct
-        senders) in the hour before the store's clock."""
+        is now (None is returned, nothing decided, when it was removed), the time of
+        the sender's last reply in the responder's current generation (None: none
+        since the last reset or activation); when its verdict says reply, the
+        sender's throttle row is written in the same transaction.
+        ``replies_last_hour`` counts the address's replies (distinct senders) in the
+        hour before the store's clock."""
         a, th = t.autoresponders.c, t.autoreply_throttle.c
         now = self.clock()
         async with self._write() as (conn, _):
@@ -234,8 +238,11 @@ class AutoresponderMixin(StoreBase):
             if row is None:
                 return None
             responder = _to_responder(row)
-            last = (await conn.execute(select(th.last_reply_at).where(and_(
-                th.responder_id == responder_id, th.sender == sender)))).scalar_one_or_none()
+            found = (await conn.execute(select(th.last_reply_at, th.generation).where(and_(
+                th.responder_id == responder_id, th.sender == sender)))).first()
+            last = (float(found.last_reply_at)
+                    if found is not None and found.generation == responder.generation
+                    else None)
             recent = (await conn.execute(
                 select(func.count()).select_from(
                     t.autoreply_throttle.join(t.autoresponders))
@@ -244,10 +251,12 @@ class AutoresponderMixin(StoreBase):
             verdict = decide(responder, last, int(recent))
             if verdict.reply:
                 ins = (sqlite_insert if self.is_sqlite else pg_insert)(t.autoreply_throttle)
+                gen = responder.generation
                 await conn.execute(ins.values(
-                    responder_id=responder_id, sender=sender, last_reply_at=now)
+                    responder_id=responder_id, sender=sender, last_reply_at=now,
+                    generation=gen)
                     .on_conflict_do_update(index_elements=["responder_id", "sender"],
-                                           set_={"last_reply_at": now}))
+                                           set_={"last_reply_at": now, "generation": gen}))
             return responder, verdict
 
     async def autoreply_throttle(self, responder_id: int) -> dict[str, float]:

@@ -238,8 +238,9 @@ autoresponders = Table(
     Column("from_address", String(320)),  # alternate From; NULL: the address itself
     Column("exclusions", Text, nullable=False, default="[]"),  # JSON: a@b or @domain
     Column("active", Boolean, nullable=False, default=False),
-    # Throttle rows older than this do not count (reset, or a new activation).
-    Column("reset_at", Float, nullable=False, default=0.0),
+    # Bumped by a reset and by a new activation: throttle rows of an older generation
+    # no longer count (every sender may get one reply again).
+    Column("generation", Integer, nullable=False, default=0),
     Column("created_at", Float, nullable=False),
     Column("updated_at", Float, nullable=False),
     UniqueConstraint("address_id", "name", name="uq_autoresponder_name"),
@@ -255,5 +256,6 @@ autoreply_throttle = Table(
            primary_key=True),
     Column("sender", String(320), primary_key=True),  # the return path's key
     Column("last_reply_at", Float, nullable=False),
+    Column("generation", Integer, nullable=False),  # the responder's, at that reply
     Index("ix_autoreply_throttle_at", "last_reply_at"),
 )
