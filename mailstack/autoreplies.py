@@ -265,5 +265,11 @@ def _parse(headers: bytes) -> Message:
 
 
 def _get(headers: Message, name: str) -> str | None:
-    value = headers.get(name)
-    return None if value is None else str(value)
+    """A header value as text; raw 8-bit bytes (RFC 6532 UTF-8 headers) are decoded as
+    UTF-8 (the compat32 parser keeps them as surrogate escapes)."""
+    want = name.lower()
+    for key, value in headers.raw_items():
+        if key.lower() == want:
+            raw = value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+            return " ".join(raw.split())  # unfolded
+    return None
