@@ -341,3 +341,30 @@ async def test_disabled_by_the_operator(app_factory: Callable[..., Any],
     await env.send(["anna@example.com"])
     assert await env.queued() == []
     assert len(await env.inbox("anna@example.com")) == 1
+
+
+async def test_submission_and_kept_forwarded_copies_are_answered(
+        env: Env, client_ssl: Any) -> None:
+    """Every final local delivery runs the responder: a message submitted on 587 to a
+    hosted address, and the copy an address keeps while forwarding."""
+    await env.responder("anna@example.com")
+    port = env.app.ports["submission"]
+
+    def submit() -> None:
+        with smtplib.SMTP("127.0.0.1", port, timeout=30) as s:
+            s.starttls(context=client_ssl)
+            s.login("carl@example.com", "secret")
+            s.sendmail("carl@example.com", ["anna@example.com"],
+                       b"From: carl@example.com\r\nTo: anna@example.com\r\n"
+                       b"Subject: submitted\r\n\r\nhi\r\n")
+    await asyncio.to_thread(submit)
+    await env.drain()
+    [reply] = await env.inbox("carl@example.com")
+    assert reply["Subject"] == "Out of office" and reply["Return-Path"] == "<>"
+
+    anna = await env.store.get_address("anna@example.com")
+    await env.store.set_forwarding(anna.id, ["anna@elsewhere.example"], True)
+    await env.send(["anna@example.com"], sender="dora@remote.example")
+    rows = {(q.sender, q.recipient) for q in await env.store.list_queue()}
+    assert rows == {("dora@remote.example", "anna@elsewhere.example"),  # the forward
+                    ("", "dora@remote.example")}  # the reply to the kept copy
