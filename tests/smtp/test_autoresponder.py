@@ -368,3 +368,35 @@ async def test_submission_and_kept_forwarded_copies_are_answered(
     rows = {(q.sender, q.recipient) for q in await env.store.list_queue()}
     assert rows == {("dora@remote.example", "anna@elsewhere.example"),  # the forward
                     ("", "dora@remote.example")}  # the reply to the kept copy
+
+
+async def test_reply_never_delays_or_fails_the_delivery(
+        env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The 250 is sent while the reply work is still blocked, and a reply that fails
+    leaves the delivery as it was."""
+    await env.responder("anna@example.com")
+    store = env.store
+    real_claim = store.claim_autoreply
+    release = asyncio.Event()
+
+    async def blocked_claim(*args: Any, **kw: Any) -> Any:
+        await release.wait()
+        return await real_claim(*args, **kw)
+
+    monkeypatch.setattr(store, "claim_autoreply", blocked_claim)
+    await env.send(["anna@example.com"], sender="one@remote.example", wait=False)
+    assert len(await env.inbox("anna@example.com")) == 1  # delivered, 250 received
+    assert await env.queued() == []  # the reply is still waiting
+    release.set()
+    await env.drain()
+    assert [r for _, r, _ in await env.queued()] == ["one@remote.example"]
+
+    async def broken_claim(*args: Any, **kw: Any) -> Any:
+        raise RuntimeError("database on fire")
+
+    monkeypatch.setattr(store, "claim_autoreply", broken_claim)
+    await env.send(["anna@example.com"], sender="two@remote.example")
+    assert len(await env.inbox("anna@example.com")) == 2
+    assert [r for _, r, _ in await env.queued()] == ["one@remote.example"]
+    assert any("autoreply for anna@example.com failed" in r.getMessage()
+               for r in env.caplog.records)
