@@ -34,7 +34,7 @@ import email.header
 import logging
 import time
 import uuid
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from email.message import Message
 from email.parser import BytesHeaderParser
 from email.policy import compat32
@@ -115,8 +115,10 @@ class Autoresponder:
     def __init__(self, store: Store, settings: AutoresponderSettings, hostname: str,
                  clock: Callable[[], float] = time.time, *,
                  make_id: Callable[[], str] = lambda: uuid.uuid4().hex,
-                 signer: Callable[[bytes], bytes] | None = None) -> None:
-        """``signer(message) -> header bytes`` prepended to each reply (DKIM)."""
+                 signer: Callable[[bytes], Awaitable[bytes]] | None = None) -> None:
+        """``await signer(message)`` gives the header lines (DKIM-Signature) put in
+        front of replies that leave for the internet (the queued copies' prefix), e.g.
+        ``DkimSigner(store).sign``; None: replies go out unsigned."""
         self.store = store
         self.settings = settings
         self.hostname = hostname
@@ -210,7 +212,7 @@ class Autoresponder:
         verdict = claimed[1]
         self._note(key, facts, verdict)
         if verdict.reply:
-            await self._deliver(facts.sender_raw, blob_id, len(data))
+            await self._deliver(facts.sender_raw, blob_id, data)
 
     def _note(self, key: str, facts: MessageFacts, verdict: AutoreplyVerdict) -> None:
         if verdict.reply:
@@ -236,11 +238,9 @@ class Autoresponder:
             original_message_id=_get(headers, "Message-ID"),
             original_references=_get(headers, "References"),
             date=self.clock(), message_id=f"<{self.make_id()}@{self.hostname}>"))
-        if self.signer is not None:
-            data = self.signer(data) + data
         return data
 
-    async def _deliver(self, to: str, blob_id: str, size: int) -> None:
+    async def _deliver(self, to: str, blob_id: str, data: bytes) -> None:
         try:
             rcpt = parse_mailbox(to, smtputf8=False)
         except AddressError:
@@ -251,9 +251,16 @@ class Autoresponder:
             log.info("autoreply to <%s> not delivered: %s", to, verdict.text)
             return
         prefix = return_path_header(None)
+        remote_prefix = b""
+        if verdict.remote and self.signer is not None:
+            try:
+                remote_prefix = await self.signer(data)
+            except Exception:  # an unsigned reply beats none (DMARC may still pass SPF)
+                log.exception("autoreply to <%s>: DKIM signing failed; sent unsigned", to)
         try:
             await self.store.accept_message(
-                blob_id, size, sender="", remote=list(verdict.remote), at=self.clock(),
+                blob_id, len(data), sender="", remote=list(verdict.remote),
+                remote_prefix=remote_prefix, at=self.clock(),
                 inboxes=verdict.mailboxes,
                 inbox_prefix=lambda email_addr: prefix + delivered_to_header(email_addr))
         except NotFound:

@@ -400,3 +400,27 @@ async def test_reply_never_delays_or_fails_the_delivery(
     assert [r for _, r, _ in await env.queued()] == ["one@remote.example"]
     assert any("autoreply for anna@example.com failed" in r.getMessage()
                for r in env.caplog.records)
+
+
+async def test_replies_to_the_internet_carry_the_signers_lines(env: Env) -> None:
+    """The DKIM hook: ``signer(reply)`` lines go into the queued copy's prefix; a
+    signer failure sends the reply unsigned rather than not at all."""
+    signed: list[bytes] = []
+    lines = b"DKIM-Signature: v=1; d=example.com; b=test\r\n"
+
+    async def signer(message: bytes) -> bytes:
+        signed.append(message)
+        if b"two@" in message:
+            raise RuntimeError("no key")
+        return lines
+
+    assert env.app.services is not None
+    env.app.services.autoreplies.signer = signer
+    await env.responder("anna@example.com")
+    await env.send(["anna@example.com"], sender="one@remote.example")
+    await env.send(["anna@example.com"], sender="two@remote.example")
+    await env.send(["anna@example.com"], sender="carl@example.com")  # hosted: not signed
+    one, two = await env.store.list_queue()
+    assert [len(m) for m in signed] == [one.size - len(lines), two.size]
+    assert signed[0] == await env.store.blobs.get(one.blob_id)
+    assert len(await env.inbox("carl@example.com")) == 1
