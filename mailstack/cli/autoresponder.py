@@ -220,8 +220,13 @@ async def deactivate(ctx: Ctx, store: Store, args: argparse.Namespace) -> int:
     if args.name is not None:
         await _responder(store, addr, args.name)
     n = await store.deactivate_autoresponder(addr.id, args.name)
-    ctx.print(f"{addr.email}: no responder active" if n else
-              f"{addr.email}: nothing was active")
+    if n:
+        ctx.print(f"{addr.email}: no responder active")
+    elif args.name is not None:
+        ctx.print(f"{addr.email}: {args.name!r} was not the active responder; nothing "
+                  "changed")
+    else:
+        ctx.print(f"{addr.email}: nothing was active")
     return 0
 
 
@@ -258,7 +263,9 @@ def _options(sp: argparse.ArgumentParser, *, adding: bool) -> None:
     sp.add_argument("--days", metavar="mon,tue,...", help="answer only on these weekdays "
                     "(in --tz)" + ("; '' means every day" if not adding else ""))
     sp.add_argument("--tz", metavar="ZONE", help="IANA time zone of the schedule "
-                    "(default UTC), e.g. Europe/Zurich")
+                    "(default UTC), e.g. Europe/Zurich"
+                    + ("; saved start/end times stay the same instants" if not adding
+                       else ""))
     sp.add_argument("--from", dest="from_address", metavar="ADDR",
                     help="alternate From: an address this one may send as"
                     + ("; '' : the address itself" if not adding else ""))
