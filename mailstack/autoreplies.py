@@ -96,9 +96,13 @@ class _Directory:
         return await self.store.catchall_for(domain)
 
 
+MAX_HEADER_BLOCK = 1024 * 1024  # far above smtp.max_header_bytes; a bound, not a limit
+
+
 def header_block(content: bytes) -> bytes:
-    end = content.find(b"\r\n\r\n")
-    return content if end < 0 else content[:end + 2]
+    """The header section (up to the empty line), at most ``MAX_HEADER_BLOCK`` octets."""
+    end = content.find(b"\r\n\r\n", 0, MAX_HEADER_BLOCK)
+    return content[:MAX_HEADER_BLOCK] if end < 0 else content[:end + 2]
 
 
 def decoded(value: str | None) -> str | None:
