@@ -42,6 +42,11 @@ def _m2_queue_dsn(conn: Connection) -> None:
         "dsn_notify VARCHAR(64) NOT NULL DEFAULT ''", "dsn_orcpt TEXT NOT NULL DEFAULT ''"])
 
 
+def _m3_import_jobs(conn: Connection) -> None:
+    schema.import_jobs.create(conn, checkfirst=True)
+    schema.import_folders.create(conn, checkfirst=True)
+
+
 def _m_autoresponder(conn: Connection) -> None:
     for table in (schema.autoresponders, schema.autoreply_throttle):
         table.create(conn, checkfirst=True)
@@ -50,7 +55,8 @@ def _m_autoresponder(conn: Connection) -> None:
 MIGRATIONS: list[Migration] = [
     lambda conn: None,  # 1: initial schema (created by create_all on a fresh database)
     _m2_queue_dsn,  # 2: DSN parameters on queue rows (RFC 3461)
-    _m_autoresponder,  # 3: autoresponder: responders and their throttle (RFC 3834)
+    _m3_import_jobs,  # 3: IMAP import jobs
+    _m_autoresponder,  # 4: autoresponder: responders and their throttle (RFC 3834)
 ]
 LATEST = len(MIGRATIONS)
 
