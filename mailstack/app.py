@@ -160,6 +160,9 @@ class App:
         if self.services is not None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.services.notifier.drain(), 5)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.services.autoreplies.drain(), 5)
+            await self.services.autoreplies.close()
         if self.store is not None:
             await self.store.close()
             self.store = None

@@ -316,6 +316,24 @@ class WebSettings:
 
 
 @dataclass(frozen=True)
+class AutoresponderSettings:
+    enabled: bool = _f(True, "Answer mail with the active out-of-office responder of the "
+                       "receiving address (docs/behaviour.md §7). False: no reply is ever "
+                       "sent (responders stay saved).")
+    throttle_days: float = _f(7.0, "A sender who got a reply gets the next one only for a "
+                              "message arriving this many days (or more) after it "
+                              "(RFC 3834 §2). Throttle records older than this are pruned.",
+                              min=0.01)
+    max_replies_per_hour: int = _f(30, "At most this many replies per address per hour "
+                                   "(distinct senders), so a responder cannot be used to "
+                                   "flood forged senders. Replies do not count against the "
+                                   "plan's daily sending limit.", min=1)
+    exclude_subdomains: bool = _f(False, "An exclusion written @domain.xyz also matches "
+                                  "senders at subdomains (a@mail.domain.xyz). Default: only "
+                                  "the domain itself.")
+
+
+@dataclass(frozen=True)
 class Settings:
     server: ServerSettings = _f(ServerSettings(), "The server as a whole.")
     tls: TlsSettings = _f(TlsSettings(), "Certificate and key.")
@@ -333,6 +351,8 @@ class Settings:
                                            "reporting.")
     web: WebSettings = _f(WebSettings(), "The HTTP side: auto-configuration, MTA-STS, "
                           "metrics.")
+    autoresponder: AutoresponderSettings = _f(AutoresponderSettings(),
+                                              "Out-of-office replies.")
 
     # Derived paths -------------------------------------------------------
     @property

@@ -11,8 +11,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from . import metrics
+from .autoreplies import Autoresponder
 from .config import Settings
 from .notices import Notifier
+from .outbound.dkim import DkimSigner
 from .policy.auth import Authenticator, AuthResult, LoginGuard
 from .policy.passwords import Passwords
 from .store import Store
@@ -27,6 +29,7 @@ class Services:
     auth: Authenticator
     server_ssl: ssl.SSLContext | None
     notifier: Notifier
+    autoreplies: Autoresponder
     clock: Callable[[], float] = field(default=time.time)
     # listener name -> port it bound (filled by the App as listeners start)
     bound_ports: dict[str, int] = field(default_factory=dict)
@@ -47,7 +50,11 @@ class Services:
         guard = LoginGuard(a, clock)
         notifier = Notifier(store, settings.server.hostname, a, clock)
         auth = CountingAuthenticator(store, passwords, guard, a, notifier)
-        return cls(settings, store, passwords, guard, auth, server_ssl, notifier, clock)
+        # replies that leave for the internet are DKIM-signed like all outbound mail
+        autoreplies = Autoresponder(store, settings.autoresponder, settings.server.hostname,
+                                    clock, signer=DkimSigner(store).sign)
+        return cls(settings, store, passwords, guard, auth, server_ssl, notifier,
+                   autoreplies, clock)
 
 
 class CountingAuthenticator(Authenticator):

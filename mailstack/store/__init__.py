@@ -12,6 +12,7 @@ from pathlib import Path
 
 from ..config import Settings
 from .accounts import SPECIAL_FOLDERS, AccountsMixin, split_address
+from .autoresponder import AutoResponder, AutoresponderMixin
 from .base import (
     SYSTEM_FLAGS,
     ActivityEntry,
@@ -50,7 +51,7 @@ from .transport import CachedStsPolicy, TlsResultKey, TransportMixin
 
 
 class Store(SmtpMixin, AccountsMixin, ImapMixin, ImportMixin, MailboxMixin, QueueMixin,
-            GcMixin, TransportMixin, CertsMixin, DkimMixin):
+            GcMixin, TransportMixin, CertsMixin, DkimMixin, AutoresponderMixin):
     @classmethod
     async def open_from_settings(cls, settings: Settings,
                                  clock: Callable[[], float] = time.time, *,
@@ -72,6 +73,7 @@ __all__ = [
     "AddressDeleted",
     "Alias",
     "AlreadyExists",
+    "AutoResponder",
     "CachedStsPolicy",
     "Conflict",
     "CredentialsChanged",

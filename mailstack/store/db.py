@@ -60,6 +60,11 @@ def _m_dkim_keys(conn: Connection) -> None:
     schema.dkim_keys.create(conn, checkfirst=True)
 
 
+def _m_autoresponder(conn: Connection) -> None:
+    for table in (schema.autoresponders, schema.autoreply_throttle):
+        table.create(conn, checkfirst=True)
+
+
 MIGRATIONS: list[Migration] = [
     lambda conn: None,  # 1: initial schema (created by create_all on a fresh database)
     _m2_queue_dsn,  # 2: DSN parameters on queue rows (RFC 3461)
@@ -68,6 +73,7 @@ MIGRATIONS: list[Migration] = [
     _m_dane_tables,  # 5: dane: MTA-STS policy cache and TLS-RPT counts (RFC 8461, 8460)
     lambda conn: schema.tls_certificates.create(conn, checkfirst=True),  # 6: web: ACME cert + lock
     _m_dkim_keys,  # 7: submission: dkim_keys table (DKIM signing keys per domain)
+    _m_autoresponder,  # 8: autoresponder: responders and their throttle (RFC 3834)
 ]
 LATEST = len(MIGRATIONS)
 
