@@ -74,6 +74,9 @@ class ServerSettings:
     tls_handshake_timeout_seconds: float = _f(30.0, "A client that has not finished its "
                                               "TLS handshake (implicit TLS or after "
                                               "STARTTLS/STLS) by then is dropped.", min=1)
+    node_name: str = _f("", "This node's name, unique among the nodes sharing one "
+                        "database. Empty: the host name. Maildrop locks carry it, so a "
+                        "restarted node drops the locks its previous run held.")
     shutdown_grace_seconds: float = _f(5.0, "On SIGTERM/SIGINT, how long open sessions get "
                                        "to finish after being told the server is going "
                                        "down.", min=0)

@@ -25,15 +25,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import secrets
-import socket
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from ..netio import Conn, LineTooLong
 from ..policy.auth import may_send_password
-from ..store import AddressDeleted, CredentialsChanged, Subscription, Unavailable
+from ..store import AddressDeleted, CredentialsChanged, Resync, Subscription, Unavailable
 from .commands import (
     Command,
     Pop3Error,
@@ -55,7 +53,6 @@ AUTHORIZATION, TRANSACTION, UPDATE = "AUTHORIZATION", "TRANSACTION", "UPDATE"
 MAX_LINE = 2048  # RFC 2449 §4 allows 255 octets; AUTH responses with long passwords need more
 MAX_BAD_COMMANDS = 10
 WRITE_CHUNK = 256 * 1024
-_HOLDER_BASE = f"{socket.gethostname()}:{os.getpid()}"
 
 
 class _EndSession(Exception):
@@ -74,7 +71,8 @@ class Session:
         self.address_id = 0
         self.email = ""
         self.epoch = 0
-        self.holder = f"{_HOLDER_BASE}:{secrets.token_hex(8)}"
+        # node / instance / session: a restarted node drops its previous instance's locks
+        self.holder = f"{server.holder_prefix}{secrets.token_hex(8)}"
         self.locked = False
         self.lock_lost = False
         self.drop: Maildrop | None = None
@@ -134,9 +132,10 @@ class Session:
             self.locked = False
             try:
                 await self.store.release_pop3_lock(self.address_id, self.holder)
-            except Exception:  # it goes stale and is taken over later
-                log.warning("pop3: could not release the lock of %s", self.email,
-                            exc_info=True)
+            except Unavailable as exc:  # released as soon as the database is back
+                log.warning("pop3: could not release the lock of %s (%s); retrying later",
+                            self.email, exc)
+                self.server.release_later(self.address_id, self.holder)
 
     async def read_line(self) -> bytes:
         """The next command (or AUTH continuation) line. Ends the session at EOF, on
@@ -285,8 +284,9 @@ class Session:
             if isinstance(event, AddressDeleted):
                 self.stop("this address was deleted", "SYS/PERM")
                 return
-            if event is not None:
+            if event is not None and not isinstance(event, Resync):
                 continue
+            # the periodic check, and at once after a Resync (events may have been missed)
             try:
                 still_ours = await self.store.refresh_pop3_lock(self.address_id, self.holder)
                 addr = await self.store.get_address_by_id(self.address_id)

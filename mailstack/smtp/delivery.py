@@ -87,7 +87,7 @@ async def accept(services: Services, tx: Transaction) -> str:
         return replies.TEMP_FAILURE
     except Unavailable as exc:
         log.error("smtp %s: store unavailable, message not accepted: %s", tx.queue_id, exc)
-        return replies.TEMP_FAILURE
+        return replies.store_failure(exc)
     log.info("smtp %s: accepted %d octets for %d local, %d remote", tx.queue_id, len(blob),
              len(copies), len(dest.remote))
     return f"250 2.0.0 OK: queued as {tx.queue_id}"

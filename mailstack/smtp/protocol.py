@@ -232,10 +232,11 @@ class MailstackSMTP(SMTP):
             await super().push(replies.sanitize(line))
 
     async def handle_exception(self, error: Exception) -> str:
-        if isinstance(error, Unavailable):
+        if isinstance(error, Unavailable):  # one line per failure, no traceback
             log.error("smtp %s: store unavailable: %s", self.client_ip, error)
-        else:
-            log.exception("smtp %s: server error", self.client_ip)
+            self._set_rset_state()
+            return replies.store_failure(error)
+        log.exception("smtp %s: server error", self.client_ip)
         self._set_rset_state()
         return replies.TEMP_FAILURE
 

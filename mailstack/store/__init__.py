@@ -22,6 +22,7 @@ from .base import (
     Domain,
     Folder,
     FolderStatus,
+    InsufficientStorage,
     LimitReached,
     Message,
     NotFound,
@@ -36,6 +37,7 @@ from .events import (
     FolderChanged,
     MessagesAdded,
     MessagesExpunged,
+    Resync,
     Subscription,
 )
 from .gc import GcMixin
@@ -74,6 +76,7 @@ __all__ = [
     "Folder",
     "FolderChanged",
     "FolderStatus",
+    "InsufficientStorage",
     "LimitReached",
     "Message",
     "MessagesAdded",
@@ -81,6 +84,7 @@ __all__ = [
     "MsgRow",
     "NotFound",
     "QueuedMessage",
+    "Resync",
     "Store",
     "StoreError",
     "Subscription",
