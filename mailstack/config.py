@@ -167,13 +167,23 @@ class AuthSettings:
     argon2_parallelism: int = _f(4, "Argon2id lanes.", min=1)
     slow_after_failures: int = _f(3, "Failures (per client network or per address) after "
                                   "which each further attempt is delayed.", min=1)
-    lock_after_failures: int = _f(10, "Failures after which attempts are refused for "
+    lock_after_failures: int = _f(10, "Failures of one address from one client network "
+                                  "after which that pair (only) is refused for "
                                   "lockout_seconds.", min=1)
     failure_window_seconds: float = _f(900.0, "How long a failure counts.", min=1)
     lockout_seconds: float = _f(900.0, "How long refusing lasts once locked.", min=1)
     max_delay_seconds: float = _f(5.0, "Upper bound of the delay added per attempt.", min=0)
     ipv4_prefix: int = _f(24, "Client network size for IPv4 throttling.", min=8, max=32)
     ipv6_prefix: int = _f(64, "Client network size for IPv6 throttling.", min=16, max=128)
+    network_lock_after_failures: int = _f(100, "Failures from one client network (all "
+                                          "addresses together, in the window) after "
+                                          "which the whole network is refused, if they "
+                                          "span network_lock_min_addresses addresses "
+                                          "(a password spray). Below that a network is "
+                                          "only slowed.", min=1)
+    network_lock_min_addresses: int = _f(10, "Distinct addresses the failures of a network "
+                                         "must span before the whole network is "
+                                         "refused.", min=1)
     notify_new_network: bool = _f(True, "Mail the address a security notice when it logs "
                                   "in from a network never seen for it before.")
     notify_failed_logins: bool = _f(True, "Mail the address a security notice about failed "

@@ -37,7 +37,7 @@ class Services:
               clock: Callable[[], float] = time.time) -> Services:
         a = settings.auth
         passwords = Passwords(a.argon2_time_cost, a.argon2_memory_kib, a.argon2_parallelism)
-        guard = LoginGuard(a, clock)
+        guard = LoginGuard(a, store, clock)
         notifier = Notifier(store, settings.server.hostname, a, clock)
         auth = Authenticator(store, passwords, guard, a, notifier)
         return cls(settings, store, passwords, guard, auth, server_ssl, notifier, clock)

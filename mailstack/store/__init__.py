@@ -45,9 +45,11 @@ from .imap import ImapMixin, MsgRow
 from .mailbox import DeliveryTarget, MailboxMixin, normalize_folder_name
 from .queue import NO_DSN, DsnRequest, QueuedMessage, QueueMixin
 from .smtp import SmtpMixin
+from .throttle import NETWORK_WIDE, ThrottleFacts, ThrottleMixin
 
 
-class Store(SmtpMixin, AccountsMixin, ImapMixin, MailboxMixin, QueueMixin, GcMixin):
+class Store(SmtpMixin, AccountsMixin, ImapMixin, MailboxMixin, QueueMixin, GcMixin,
+            ThrottleMixin):
     @classmethod
     async def open_from_settings(cls, settings: Settings,
                                  clock: Callable[[], float] = time.time) -> Store:
@@ -58,6 +60,7 @@ class Store(SmtpMixin, AccountsMixin, ImapMixin, MailboxMixin, QueueMixin, GcMix
 
 
 __all__ = [
+    "NETWORK_WIDE",
     "NO_DSN",
     "SPECIAL_FOLDERS",
     "SYSTEM_FLAGS",
@@ -88,6 +91,7 @@ __all__ = [
     "Store",
     "StoreError",
     "Subscription",
+    "ThrottleFacts",
     "Unavailable",
     "normalize_folder_name",
     "split_address",

@@ -220,6 +220,7 @@ class ActivityEntry:
     protocol: str | None
     event: str
     detail: str
+    count: int = 1  # attempts an aggregated row stands for
 
 
 # --- the core ------------------------------------------------------------------------

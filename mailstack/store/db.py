@@ -42,9 +42,16 @@ def _m2_queue_dsn(conn: Connection) -> None:
         "dsn_notify VARCHAR(64) NOT NULL DEFAULT ''", "dsn_orcpt TEXT NOT NULL DEFAULT ''"])
 
 
+def _m_reliability_throttle(conn: Connection) -> None:
+    schema.login_throttle.create(conn, checkfirst=True)
+    _add_columns(conn, "activity", ["network VARCHAR(64)",
+                                    "count INTEGER NOT NULL DEFAULT 1"])
+
+
 MIGRATIONS: list[Migration] = [
     lambda conn: None,  # 1: initial schema (created by create_all on a fresh database)
     _m2_queue_dsn,  # 2: DSN parameters on queue rows (RFC 3461)
+    _m_reliability_throttle,  # 3: reliability: login_throttle table; activity network, count
 ]
 LATEST = len(MIGRATIONS)
 
