@@ -157,6 +157,11 @@ class SmtpSettings:
     data_timeout: float = _f(600.0, "Seconds a whole DATA transfer may take.", min=1)
     max_connections_per_ip: int = _f(20, "Concurrent SMTP connections from one client IP.",
                                      min=1)
+    min_free_bytes: int = _f(64 * 1024 * 1024, "Refuse new mail at MAIL with 452 4.3.1 "
+                             "while the free space under the data directory is below "
+                             "this plus the announced SIZE (like Postfix's "
+                             "queue_minfree); 0 turns the check off. Reading mail goes on.",
+                             min=0)
     default_plan: str = _f("standard", "Plan used for a domain whose plan is unknown.")
 
 

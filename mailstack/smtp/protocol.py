@@ -426,6 +426,23 @@ class MailstackSMTP(SMTP):
                        self.fe.services.settings.plan(self.sess.plan).max_message_size)
         return self.fe.max_size
 
+    def _room_for(self, size: int) -> bool:
+        """Enough free disk for a new message (docs/behaviour.md §12: like Postfix's
+        queue_minfree, the check happens at MAIL, before any data is sent)."""
+        minimum = self.fe.services.settings.smtp.min_free_bytes
+        if minimum <= 0:
+            return True
+        try:
+            free = self.fe.services.store.free_bytes()
+        except OSError as exc:
+            log.warning("smtp: cannot check free space: %s", exc)
+            return True
+        if free < minimum + size:
+            log.warning("smtp %s: refusing mail, %d bytes free (minimum %d + size %d)",
+                        self.client_ip, free, minimum, size)
+            return False
+        return True
+
     async def smtp_MAIL(self, arg: str | None) -> None:
         if not await self._gate("MAIL"):
             return
@@ -446,6 +463,9 @@ class MailstackSMTP(SMTP):
             if not verdict.allowed:
                 await self.push(verdict.reply)
                 return
+        if not self._room_for(mail.params.size or 0):
+            await self.push(replies.NO_STORAGE)  # RFC 3463 §3.4 X.3.1, early
+            return
         self.env.mail = mail
         self.env.mail_from = str(mail.sender) if mail.sender else "<>"
         self.env.smtp_utf8 = mail.params.smtputf8

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import errno
 import logging
+import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -367,6 +368,12 @@ class StoreBase:
             self.events.publish(ev)
 
     # --- blobs ---------------------------------------------------------------------
+    def free_bytes(self) -> int:
+        """Free space (for unprivileged writers) on the file system of the blob store;
+        a ``statvfs`` call, cheap enough for the event loop."""
+        st = os.statvfs(self.blobs.root)
+        return st.f_bavail * st.f_frsize
+
     async def put_blob(self, data: bytes) -> str:
         try:
             return await self.blobs.put(data)

@@ -151,7 +151,7 @@ async def test_events_after_outage_and_gap(pg_app_factory: Callable[..., Any],
         assert (await idle.imap("s", "SELECT INBOX"))[-1].startswith(b"s OK")
         await idle.send("i IDLE")
         assert (await idle.line()).startswith(b"+ ")
-        app.store.listen_backoff = (1.5, 1.5)
+        app.store.listen_backoff = (4.0, 4.0)
         reconnects = app.store.listen_reconnects
         gone: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         app.store._listener.add_termination_listener(lambda _c: gone.set_result(True))
