@@ -18,6 +18,7 @@ from dataclasses import fields
 from typing import Protocol
 
 from .config import ListenerSettings, Settings
+from .memory import pin_mmap_threshold
 from .services import Services
 from .store import Store
 from .tls import ensure_self_signed, server_context
@@ -66,6 +67,7 @@ class App:
         ctx = None
         if s.cert_path.exists() and s.key_path.exists():
             ctx = server_context(s.cert_path, s.key_path, s.tls.min_version)
+        pin_mmap_threshold()  # big TLS buffers go back to the system (memory.py)
         self.store = await Store.open_from_settings(s, self.clock)
         self.services = Services.build(s, self.store, ctx, self.clock)
         try:

@@ -77,6 +77,11 @@ class ServerSettings:
     node_name: str = _f("", "This node's name, unique among the nodes sharing one "
                         "database. Empty: the host name. Maildrop locks carry it, so a "
                         "restarted node drops the locks its previous run held.")
+    max_pending_tls_handshakes: int = _f(256, "TLS handshakes in progress, all listeners "
+                                         "together; a connection past it is closed at "
+                                         "once (with per-IP caps counted at accept time, "
+                                         "before any TLS, this bounds memory under a "
+                                         "flood of half-open connections).", min=1)
     shutdown_grace_seconds: float = _f(5.0, "On SIGTERM/SIGINT, how long open sessions get "
                                        "to finish after being told the server is going "
                                        "down.", min=0)

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .config import Settings
+from .memory import HandshakeLimiter
 from .notices import Notifier
 from .policy.auth import Authenticator, LoginGuard
 from .policy.passwords import Passwords
@@ -27,6 +28,7 @@ class Services:
     server_ssl: ssl.SSLContext | None
     notifier: Notifier
     clock: Callable[[], float] = field(default=time.time)
+    handshakes: HandshakeLimiter = field(default_factory=lambda: HandshakeLimiter(256))
 
     @property
     def hostname(self) -> str:
@@ -40,4 +42,6 @@ class Services:
         guard = LoginGuard(a, store, clock)
         notifier = Notifier(store, settings.server.hostname, a, clock)
         auth = Authenticator(store, passwords, guard, a, notifier)
-        return cls(settings, store, passwords, guard, auth, server_ssl, notifier, clock)
+        handshakes = HandshakeLimiter(settings.server.max_pending_tls_handshakes)
+        return cls(settings, store, passwords, guard, auth, server_ssl, notifier, clock,
+                   handshakes)

@@ -46,7 +46,8 @@ class Pop3Server:
         self.listener = TcpListener(
             name, listener_settings, self._handle, ssl_ctx=services.server_ssl,
             max_per_ip=services.settings.pop3.max_connections_per_ip,
-            handshake_timeout=services.settings.server.tls_handshake_timeout_seconds)
+            handshake_timeout=services.settings.server.tls_handshake_timeout_seconds,
+            handshakes=services.handshakes)
 
     async def start(self) -> None:
         try:

@@ -115,7 +115,9 @@ class _NoHooks:
 
 
 class MailstackSMTP(SMTP):
-    def __init__(self, fe: SmtpFrontEnd) -> None:
+    def __init__(self, fe: SmtpFrontEnd, counted_ip: str | None = None) -> None:
+        """``counted_ip``: the TLS gate of an implicit-TLS listener already counted
+        this connection (at accept time); it is released when the connection ends."""
         self.fe = fe
         s = fe.services.settings.smtp
         # Read by SMTP.__init__ for its StreamReader limit: the longest line (CRLF
@@ -134,7 +136,7 @@ class MailstackSMTP(SMTP):
         self.command_size_limits = defaultdict(lambda: s.max_line_length - 2)
         self.session: MSession | None = None
         self.envelope: MEnvelope | None = None
-        self._counted_ip: str | None = None
+        self._counted_ip: str | None = counted_ip
         self._refused = False
 
     # --- plumbing ---------------------------------------------------------------------
@@ -185,7 +187,9 @@ class MailstackSMTP(SMTP):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         first = self.transport is None and self._original_transport is None
-        if first:
+        if first and self._counted_ip is not None:
+            self.fe.sessions.add(self)
+        elif first:
             peer = transport.get_extra_info("peername")
             ip = str(peer[0]) if peer else "?"
             verdict = self.fe.connections.acquire(ip)
@@ -211,6 +215,7 @@ class MailstackSMTP(SMTP):
         if self._counted_ip is not None:
             self.fe.connections.release(self._counted_ip)
             self._counted_ip = None
+            self.fe.services.handshakes.trimmer.note_closed()
         self.fe.sessions.discard(self)
         super().connection_lost(error)
 
