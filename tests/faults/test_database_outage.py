@@ -156,8 +156,8 @@ async def test_events_after_outage_and_gap(pg_app_factory: Callable[..., Any],
         gone: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         app.store._listener.add_termination_listener(lambda _c: gone.set_result(True))
         admin = await asyncpg.connect(cluster.dsn)
-        await admin.execute(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                            f"WHERE query = 'LISTEN \"{app.store.channel}\"'")
+        assert await admin.fetchval("SELECT pg_terminate_backend($1)",
+                                    app.store._listener.get_server_pid())
         await admin.close()
         await asyncio.wait_for(gone, 10)
         inbox = await other.get_folder(bert.id, "INBOX")
