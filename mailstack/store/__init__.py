@@ -42,14 +42,15 @@ from .events import (
 )
 from .gc import GcMixin
 from .imap import ImapMixin, MsgRow
+from .importer import FolderProgress, ImportedMessage, ImportJob, ImportMixin, NewImportJob
 from .mailbox import DeliveryTarget, MailboxMixin, normalize_folder_name
 from .queue import NO_DSN, DsnRequest, QueuedMessage, QueueMixin
 from .smtp import SmtpMixin
 from .throttle import NETWORK_WIDE, ThrottleFacts, ThrottleMixin
 
 
-class Store(SmtpMixin, AccountsMixin, ImapMixin, MailboxMixin, QueueMixin, GcMixin,
-            ThrottleMixin):
+class Store(SmtpMixin, AccountsMixin, ImapMixin, ImportMixin, MailboxMixin, QueueMixin,
+            GcMixin, ThrottleMixin):
     @classmethod
     async def open_from_settings(cls, settings: Settings,
                                  clock: Callable[[], float] = time.time) -> Store:
@@ -78,13 +79,17 @@ __all__ = [
     "FlagsChanged",
     "Folder",
     "FolderChanged",
+    "FolderProgress",
     "FolderStatus",
+    "ImportJob",
+    "ImportedMessage",
     "InsufficientStorage",
     "LimitReached",
     "Message",
     "MessagesAdded",
     "MessagesExpunged",
     "MsgRow",
+    "NewImportJob",
     "NotFound",
     "QueuedMessage",
     "Resync",

@@ -42,6 +42,11 @@ def _m2_queue_dsn(conn: Connection) -> None:
         "dsn_notify VARCHAR(64) NOT NULL DEFAULT ''", "dsn_orcpt TEXT NOT NULL DEFAULT ''"])
 
 
+def _m3_import_jobs(conn: Connection) -> None:
+    schema.import_jobs.create(conn, checkfirst=True)
+    schema.import_folders.create(conn, checkfirst=True)
+
+
 def _m_reliability_throttle(conn: Connection) -> None:
     schema.login_throttle.create(conn, checkfirst=True)
     _add_columns(conn, "activity", ["network VARCHAR(64)",
@@ -51,7 +56,8 @@ def _m_reliability_throttle(conn: Connection) -> None:
 MIGRATIONS: list[Migration] = [
     lambda conn: None,  # 1: initial schema (created by create_all on a fresh database)
     _m2_queue_dsn,  # 2: DSN parameters on queue rows (RFC 3461)
-    _m_reliability_throttle,  # 3: reliability: login_throttle table; activity network, count
+    _m3_import_jobs,  # 3: IMAP import jobs
+    _m_reliability_throttle,  # 4: reliability: login_throttle table; activity network, count
 ]
 LATEST = len(MIGRATIONS)
 
