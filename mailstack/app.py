@@ -113,6 +113,8 @@ class App:
                 if removed:
                     log.info("blob collector: %d unreferenced message files removed",
                              removed)
+                await self.store.prune_login_throttle(
+                    self.clock() - self.settings.auth.failure_window_seconds, self.clock())
             except Exception:
                 log.exception("blob collector failed; trying again later")
 

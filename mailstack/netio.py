@@ -92,8 +92,16 @@ class Conn:
         buf: Any = getattr(self.reader, "_buffer", None)
         if buf is not None:
             buf.clear()
-        await self.writer.start_tls(ctx,
-                                    ssl_handshake_timeout=self.listener.handshake_timeout)
+        limiter = self.listener.handshakes
+        if not limiter.try_acquire():  # the server-wide cap on pending handshakes
+            log.info("%s: too many pending TLS handshakes; closing %s", self.listener.name,
+                     self.client_ip)
+            raise ConnectionAbortedError("too many pending TLS handshakes")
+        try:
+            await self.writer.start_tls(
+                ctx, ssl_handshake_timeout=self.listener.handshake_timeout)
+        finally:
+            limiter.release()
         self.tls = True
 
     async def close(self) -> None:

@@ -106,6 +106,15 @@ class ThrottleMixin(StoreBase):
             res = await conn.execute(delete(t.login_throttle).where(cond))
             return int(res.rowcount or 0)
 
+    async def prune_login_throttle(self, older_than: float, now: float) -> int:
+        """Forget rows whose failures are older than ``older_than`` and whose lock is
+        over (the table stays as small as the attacks of the last window)."""
+        th = t.login_throttle.c
+        async with self._write() as (conn, _):
+            res = await conn.execute(delete(t.login_throttle).where(and_(
+                th.last_at < older_than, th.locked_until < now)))
+            return int(res.rowcount or 0)
+
     async def list_login_throttle(self) -> list[tuple[str, str, int, float]]:
         """(network, address, failures, locked_until) of every row, locked first."""
         th = t.login_throttle.c

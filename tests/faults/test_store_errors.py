@@ -50,3 +50,12 @@ def test_cli_auth_unlock_refuses_garbage(tmp_path: Path,
     assert cli_main(["--config", str(config), "auth", "unlock", "198.51.100.7"]) == 0
     assert "198.51.100.0/24: nothing was locked" in capsys.readouterr().out
     assert cli_main(["--config", str(config), "auth", "list"]) == 0
+
+
+async def test_prune_login_throttle(store: Store) -> None:
+    await store.record_login_failure("198.51.100.0/24", "a@example.com", 100.0, 900)
+    await store.record_login_failure("203.0.113.0/24", "b@example.com", 2000.0, 900)
+    await store.lock_logins("192.0.2.0/24", "c@example.com", 5000.0, 100.0)
+    assert await store.prune_login_throttle(older_than=1100.0, now=2100.0) == 1
+    left = {(n, a) for n, a, *_ in await store.list_login_throttle()}
+    assert left == {("203.0.113.0/24", "b@example.com"), ("192.0.2.0/24", "c@example.com")}
