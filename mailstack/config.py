@@ -162,6 +162,10 @@ class SmtpSettings:
     data_timeout: float = _f(600.0, "Seconds a whole DATA transfer may take.", min=1)
     max_connections_per_ip: int = _f(20, "Concurrent SMTP connections from one client IP.",
                                      min=1)
+    max_inflight_message_bytes: int = _f(512 * 1024 * 1024, "Message octets all SMTP "
+                                         "connections together may hold in memory while "
+                                         "receiving and storing; past it DATA/BDAT get "
+                                         "452 4.3.1 (try again later).", min=1024 * 1024)
     min_free_bytes: int = _f(64 * 1024 * 1024, "Refuse new mail at MAIL with 452 4.3.1 "
                              "while the free space under the data directory is below "
                              "this plus the announced SIZE (like Postfix's "

@@ -102,6 +102,26 @@ class Trimmer:
             log.warning("malloc_trim failed: %r", task.exception())
 
 
+class MessageBudget:
+    """Octets of message content held in memory by SMTP sessions, all connections
+    together (DATA being read, BDAT chunks, messages being checked and stored)."""
+
+    def __init__(self, maximum: int) -> None:
+        self.maximum = maximum
+        self.used = 0
+        self.refused = 0
+
+    def try_reserve(self, n: int) -> bool:
+        if self.used + n > self.maximum:
+            self.refused += 1
+            return False
+        self.used += n
+        return True
+
+    def release(self, n: int) -> None:
+        self.used = max(0, self.used - n)
+
+
 class HandshakeLimiter:
     """Pending TLS handshakes, all listeners together (docs/behaviour.md §1, §12)."""
 

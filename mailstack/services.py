@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .config import Settings
-from .memory import HandshakeLimiter
+from .memory import HandshakeLimiter, MessageBudget
 from .notices import Notifier
 from .policy.auth import Authenticator, LoginGuard
 from .policy.passwords import Passwords
@@ -29,6 +29,7 @@ class Services:
     notifier: Notifier
     clock: Callable[[], float] = field(default=time.time)
     handshakes: HandshakeLimiter = field(default_factory=lambda: HandshakeLimiter(256))
+    message_budget: MessageBudget = field(default_factory=lambda: MessageBudget(512 << 20))
 
     @property
     def hostname(self) -> str:
@@ -43,5 +44,6 @@ class Services:
         notifier = Notifier(store, settings.server.hostname, a, clock)
         auth = Authenticator(store, passwords, guard, a, notifier)
         handshakes = HandshakeLimiter(settings.server.max_pending_tls_handshakes)
+        budget = MessageBudget(settings.smtp.max_inflight_message_bytes)
         return cls(settings, store, passwords, guard, auth, server_ssl, notifier, clock,
-                   handshakes)
+                   handshakes, budget)

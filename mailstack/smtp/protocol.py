@@ -108,6 +108,7 @@ class MEnvelope(Envelope):
         self.chunks: list[bytes] = []  # BDAT chunks received so far (RFC 3030 §2)
         self.chunked_size = 0
         self.chunking = False  # a BDAT was seen: DATA is refused in this transaction
+        self.reserved = 0  # octets of the server-wide message budget held by ``chunks``
 
 
 class _NoHooks:
@@ -204,6 +205,15 @@ class MailstackSMTP(SMTP):
         if not first:
             self._after_tls()
 
+    def _set_post_data_state(self) -> None:
+        """A transaction ends (RSET, EHLO, DATA done, STARTTLS, connection lost): the
+        BDAT chunks it held go, and so does their share of the message budget."""
+        env = self.envelope
+        if isinstance(env, MEnvelope) and env.reserved:
+            self.fe.services.message_budget.release(env.reserved)
+            env.reserved = 0
+        super()._set_post_data_state()
+
     def _after_tls(self) -> None:
         # RFC 3207 §4.2: discard pipelined plaintext; the session starts over.
         self._reader._buffer.clear()  # type: ignore[attr-defined]
@@ -217,6 +227,10 @@ class MailstackSMTP(SMTP):
             self._counted_ip = None
             self.fe.services.handshakes.trimmer.note_closed()
         self.fe.sessions.discard(self)
+        env = self.envelope
+        if isinstance(env, MEnvelope) and env.reserved:
+            self.fe.services.message_budget.release(env.reserved)
+            env.reserved = 0
         super().connection_lost(error)
 
     def _timeout_cb(self) -> None:
@@ -554,9 +568,13 @@ class MailstackSMTP(SMTP):
         s = self.fe.services.settings.smtp
         await self.push(replies.DATA_START)
         self._reset_timeout(s.data_timeout)
-        result = await read_data(self._reader, self.fe.max_size, s.max_line_length)
+        budget = self.fe.services.message_budget
+        result = await read_data(self._reader, self.fe.max_size, s.max_line_length, budget)
         self._reset_timeout()
-        reply = await self._finish_data(result.state, result.content, result.size)
+        try:
+            reply = await self._finish_data(result.state, result.content, result.size)
+        finally:
+            budget.release(result.reserved)
         self._set_rset_state()
         await self.push(reply)
 
@@ -586,6 +604,8 @@ class MailstackSMTP(SMTP):
         elif env.chunked_size + size > min(env.size_limit, self.fe.max_size):
             refusal = (f"552 5.3.4 Message exceeds the maximum size of {env.size_limit} "
                        "octets")
+        elif not self.fe.services.message_budget.try_reserve(size):
+            refusal = replies.NO_STORAGE  # every connection's messages together: full
         self._reset_timeout(s.data_timeout)
         if refusal is not None:
             await _discard(self._reader, size)
@@ -595,6 +615,7 @@ class MailstackSMTP(SMTP):
             self._set_rset_state()
             await self.push(refusal)
             return
+        env.reserved += size  # released with the transaction (_set_post_data_state)
         chunk = await self._reader.readexactly(size)
         self._reset_timeout()
         env.chunking = True
@@ -614,6 +635,8 @@ class MailstackSMTP(SMTP):
         s = self.fe.services.settings.smtp
         if state is DataState.TOO_BIG or size > env.size_limit:
             return f"552 5.3.4 Message exceeds the maximum size of {env.size_limit} octets"
+        if state is DataState.NO_MEMORY:
+            return replies.NO_STORAGE
         if state is DataState.LINE_TOO_LONG:
             return f"554 5.6.0 Line longer than {s.max_line_length} octets (RFC 5321 §4.5.3.1.6)"
         check = check_message(content, MessageLimits(
