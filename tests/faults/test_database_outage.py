@@ -123,17 +123,18 @@ async def test_events_after_outage_and_gap(pg_app_factory: Callable[..., Any],
     A's LISTEN connection comes back (a password change on B cuts A's session); after
     a gap in which notifications were lost, A's sessions re-check and resync."""
     app: App = await pg_app_factory()
-    assert app.store is not None
-    app.store.listen_check_seconds = 0.5
+    store = app.store
+    assert store is not None
+    store.listen_check_seconds = 0.5
     addr = await add_mailbox(app, ADDR, PW)
     other = Store(pg_url, tmp_path / "data" / "blobs")
     await other.open(listen=False)
     try:
         imap = await _imap_login(app)
         await asyncio.to_thread(cluster.stop)
-        await eventually(lambda: not app.store.listening.is_set(), timeout=20)  # type: ignore[union-attr]
+        await eventually(lambda: not store.listening.is_set(), timeout=20)
         await asyncio.to_thread(cluster.start)
-        await eventually(lambda: app.store.listen_reconnects >= 1, timeout=40)  # type: ignore[union-attr]
+        await eventually(lambda: store.listen_reconnects >= 1, timeout=40)
         await imap.imap("n", "NOOP")  # the session survived the outage
 
         # a password change on node B reaches node A's session
@@ -151,20 +152,20 @@ async def test_events_after_outage_and_gap(pg_app_factory: Callable[..., Any],
         assert (await idle.imap("s", "SELECT INBOX"))[-1].startswith(b"s OK")
         await idle.send("i IDLE")
         assert (await idle.line()).startswith(b"+ ")
-        app.store.listen_backoff = (4.0, 4.0)
-        reconnects = app.store.listen_reconnects
+        store.listen_backoff = (4.0, 4.0)
+        reconnects = store.listen_reconnects
         gone: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        app.store._listener.add_termination_listener(lambda _c: gone.set_result(True))
+        store._listener.add_termination_listener(lambda _c: gone.set_result(True))
         admin = await asyncpg.connect(cluster.dsn)
         assert await admin.fetchval("SELECT pg_terminate_backend($1)",
-                                    app.store._listener.get_server_pid())
+                                    store._listener.get_server_pid())
         await admin.close()
         await asyncio.wait_for(gone, 10)
         inbox = await other.get_folder(bert.id, "INBOX")
         assert inbox is not None
         await other.append(inbox.id, MESSAGE)  # not notified to A: it is not listening
         await other.set_password(addr.id, await app.services.passwords.hash("new-2"))
-        assert app.store.listen_reconnects == reconnects  # still in the gap
+        assert store.listen_reconnects == reconnects  # still in the gap
         assert (await imap.line()).startswith(b"* BYE")  # after the reconnect and Resync
         assert await idle.line() == b"* 1 EXISTS\r\n"
         await imap.close()
