@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from . import metrics
 from .config import ListenerSettings, Settings
 from .importer.runner import ImportRunner
+from .memory import pin_mmap_threshold
 from .services import Services
 from .store import Store
 from .tls import ensure_self_signed, load_first_cert, server_context
@@ -86,6 +87,7 @@ class App:
             with contextlib.suppress(OSError, ValueError, IndexError):
                 metrics.CERT_EXPIRY.set(
                     load_first_cert(s.cert_path).not_valid_after_utc.timestamp())
+        pin_mmap_threshold()  # big TLS buffers go back to the system (memory.py)
         self.store = await Store.open_from_settings(s, self.clock)
         self.services = Services.build(s, self.store, ctx, self.clock)
         try:
@@ -138,6 +140,8 @@ class App:
                 if removed:
                     log.info("blob collector: %d unreferenced message files removed",
                              removed)
+                await self.store.prune_login_throttle(
+                    self.clock() - self.settings.auth.failure_window_seconds, self.clock())
             except Exception:
                 log.exception("blob collector failed; trying again later")
 

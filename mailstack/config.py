@@ -74,6 +74,14 @@ class ServerSettings:
     tls_handshake_timeout_seconds: float = _f(30.0, "A client that has not finished its "
                                               "TLS handshake (implicit TLS or after "
                                               "STARTTLS/STLS) by then is dropped.", min=1)
+    node_name: str = _f("", "This node's name, unique among the nodes sharing one "
+                        "database. Empty: the host name. Maildrop locks carry it, so a "
+                        "restarted node drops the locks its previous run held.")
+    max_pending_tls_handshakes: int = _f(256, "TLS handshakes in progress, all listeners "
+                                         "together; a connection past it is closed at "
+                                         "once (with per-IP caps counted at accept time, "
+                                         "before any TLS, this bounds memory under a "
+                                         "flood of half-open connections).", min=1)
     shutdown_grace_seconds: float = _f(5.0, "On SIGTERM/SIGINT, how long open sessions get "
                                        "to finish after being told the server is going "
                                        "down.", min=0)
@@ -187,6 +195,15 @@ class SmtpSettings:
     data_timeout: float = _f(600.0, "Seconds a whole DATA transfer may take.", min=1)
     max_connections_per_ip: int = _f(20, "Concurrent SMTP connections from one client IP.",
                                      min=1)
+    max_inflight_message_bytes: int = _f(512 * 1024 * 1024, "Message octets all SMTP "
+                                         "connections together may hold in memory while "
+                                         "receiving and storing; past it DATA/BDAT get "
+                                         "452 4.3.1 (try again later).", min=1024 * 1024)
+    min_free_bytes: int = _f(64 * 1024 * 1024, "Refuse new mail at MAIL with 452 4.3.1 "
+                             "while the free space under the data directory is below "
+                             "this plus the announced SIZE (like Postfix's "
+                             "queue_minfree); 0 turns the check off. Reading mail goes on.",
+                             min=0)
     default_plan: str = _f("standard", "Plan used for a domain whose plan is unknown.")
 
 
@@ -197,13 +214,23 @@ class AuthSettings:
     argon2_parallelism: int = _f(4, "Argon2id lanes.", min=1)
     slow_after_failures: int = _f(3, "Failures (per client network or per address) after "
                                   "which each further attempt is delayed.", min=1)
-    lock_after_failures: int = _f(10, "Failures after which attempts are refused for "
+    lock_after_failures: int = _f(10, "Failures of one address from one client network "
+                                  "after which that pair (only) is refused for "
                                   "lockout_seconds.", min=1)
     failure_window_seconds: float = _f(900.0, "How long a failure counts.", min=1)
     lockout_seconds: float = _f(900.0, "How long refusing lasts once locked.", min=1)
     max_delay_seconds: float = _f(5.0, "Upper bound of the delay added per attempt.", min=0)
     ipv4_prefix: int = _f(24, "Client network size for IPv4 throttling.", min=8, max=32)
     ipv6_prefix: int = _f(64, "Client network size for IPv6 throttling.", min=16, max=128)
+    network_lock_after_failures: int = _f(100, "Failures from one client network (all "
+                                          "addresses together, in the window) after "
+                                          "which the whole network is refused, if they "
+                                          "span network_lock_min_addresses addresses "
+                                          "(a password spray). Below that a network is "
+                                          "only slowed.", min=1)
+    network_lock_min_addresses: int = _f(10, "Distinct addresses the failures of a network "
+                                         "must span before the whole network is "
+                                         "refused.", min=1)
     notify_new_network: bool = _f(True, "Mail the address a security notice when it logs "
                                   "in from a network never seen for it before.")
     notify_failed_logins: bool = _f(True, "Mail the address a security notice about failed "

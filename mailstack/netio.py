@@ -21,6 +21,7 @@ from typing import Any
 
 from . import metrics
 from .config import ListenerSettings
+from .memory import HandshakeLimiter
 from .tls import tls_summary
 
 log = logging.getLogger("mailstack.net")
@@ -92,8 +93,16 @@ class Conn:
         buf: Any = getattr(self.reader, "_buffer", None)
         if buf is not None:
             buf.clear()
-        await self.writer.start_tls(ctx,
-                                    ssl_handshake_timeout=self.listener.handshake_timeout)
+        limiter = self.listener.handshakes
+        if not limiter.try_acquire():  # the server-wide cap on pending handshakes
+            log.info("%s: too many pending TLS handshakes; closing %s", self.listener.name,
+                     self.client_ip)
+            raise ConnectionAbortedError("too many pending TLS handshakes")
+        try:
+            await self.writer.start_tls(
+                ctx, ssl_handshake_timeout=self.listener.handshake_timeout)
+        finally:
+            limiter.release()
         self.tls = True
 
     async def close(self) -> None:
@@ -113,7 +122,8 @@ class TcpListener:
 
     def __init__(self, name: str, settings: ListenerSettings, handler: Handler, *,
                  ssl_ctx: ssl.SSLContext | None, max_per_ip: int = 50,
-                 handshake_timeout: float = 30.0) -> None:
+                 handshake_timeout: float = 30.0,
+                 handshakes: HandshakeLimiter | None = None) -> None:
         self.name = name
         self.handshake_timeout = handshake_timeout
         self.settings = settings
@@ -124,22 +134,31 @@ class TcpListener:
         self.conns: set[Conn] = set()
         self.tasks: set[asyncio.Task[None]] = set()
         self.per_ip: Counter[str] = Counter()
+        self.handshakes = handshakes or HandshakeLimiter(256)
         self.port = 0
 
     async def start(self) -> None:
-        implicit = self.settings.tls == "implicit"
+        # Implicit TLS is started by ``_accept`` itself, after the per-IP count and the
+        # pending-handshake cap (asyncio's ssl= would hold every handshake first).
         self.server = await asyncio.start_server(
-            self._accept, self.settings.address, self.settings.port,
-            ssl=self.ssl_ctx if implicit else None,
-            ssl_handshake_timeout=self.handshake_timeout if implicit else None,
-            limit=256 * 1024)
+            self._accept, self.settings.address, self.settings.port, limit=256 * 1024)
         self.port = self.server.sockets[0].getsockname()[1]
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # No await before the count and the TLS start: the cap holds at accept time, and
+        # the client's first TLS record is still unread when the handshake begins.
         conn = Conn(reader, writer, self)
         if self.per_ip[conn.client_ip] >= self.max_per_ip:
             log.info("%s: too many connections from %s", self.name, conn.client_ip)
             await conn.close()
+            self.handshakes.trimmer.note_closed()
+            return
+        implicit = self.settings.tls == "implicit" and self.ssl_ctx is not None
+        if implicit and not self.handshakes.try_acquire():
+            log.info("%s: too many pending TLS handshakes; closing %s", self.name,
+                     conn.client_ip)
+            await conn.close()
+            self.handshakes.trimmer.note_closed()
             return
         self.per_ip[conn.client_ip] += 1
         self.conns.add(conn)
@@ -149,6 +168,14 @@ class TcpListener:
             self.tasks.add(task)
         log.info("%s: connect %s:%s", self.name, conn.client_ip, conn.client_port)
         try:
+            if implicit:
+                assert self.ssl_ctx is not None
+                try:
+                    await writer.start_tls(self.ssl_ctx,
+                                           ssl_handshake_timeout=self.handshake_timeout)
+                finally:
+                    self.handshakes.release()
+                conn.tls = True
             await self.handler(conn)
         except asyncio.CancelledError:
             pass  # our own shutdown (close() cancels sessions past the grace period)
@@ -165,6 +192,7 @@ class TcpListener:
                 del self.per_ip[conn.client_ip]
             if task is not None:
                 self.tasks.discard(task)
+            self.handshakes.trimmer.note_closed()
             log.info("%s: disconnect %s:%s", self.name, conn.client_ip, conn.client_port)
 
     async def close(self, grace: float = 0.0) -> None:

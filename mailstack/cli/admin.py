@@ -281,8 +281,9 @@ async def activity(ctx: Ctx, store: Store, args: argparse.Namespace) -> int:
     if args.limit < 1:
         raise CliError("--limit must be at least 1")
     for e in await store.list_activity(args.address, limit=args.limit):
+        times = f" (x{e.count} this minute)" if e.count > 1 else ""
         ctx.print("\t".join([when(e.at), e.address or "-", e.client_ip or "-",
-                             e.protocol or "-", e.event, e.detail]))
+                             e.protocol or "-", e.event, e.detail + times]))
     return 0
 
 

@@ -136,7 +136,7 @@ async def accept(services: Services, tx: Transaction,
         return replies.TEMP_FAILURE
     except Unavailable as exc:
         log.error("smtp %s: store unavailable, message not accepted: %s", tx.queue_id, exc)
-        return replies.TEMP_FAILURE
+        return replies.store_failure(exc)
     metrics.message_accepted(len(blob))
     log.info("smtp %s: accepted %d octets for %d local, %d remote", tx.queue_id, len(blob),
              len(copies), len(dest.remote))

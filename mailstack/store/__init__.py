@@ -23,6 +23,7 @@ from .base import (
     Domain,
     Folder,
     FolderStatus,
+    InsufficientStorage,
     LimitReached,
     Message,
     NotFound,
@@ -39,6 +40,7 @@ from .events import (
     FolderChanged,
     MessagesAdded,
     MessagesExpunged,
+    Resync,
     Subscription,
 )
 from .gc import GcMixin
@@ -47,11 +49,12 @@ from .importer import FolderProgress, ImportedMessage, ImportJob, ImportMixin, N
 from .mailbox import DeliveryTarget, MailboxMixin, normalize_folder_name
 from .queue import NO_DSN, DsnRequest, QueuedMessage, QueueMixin
 from .smtp import SmtpMixin
+from .throttle import NETWORK_WIDE, ThrottleFacts, ThrottleMixin
 from .transport import CachedStsPolicy, TlsResultKey, TransportMixin
 
 
 class Store(SmtpMixin, AccountsMixin, ImapMixin, ImportMixin, MailboxMixin, QueueMixin,
-            GcMixin, TransportMixin, CertsMixin, DkimMixin, AutoresponderMixin):
+            GcMixin, TransportMixin, CertsMixin, DkimMixin, AutoresponderMixin, ThrottleMixin):
     @classmethod
     async def open_from_settings(cls, settings: Settings,
                                  clock: Callable[[], float] = time.time, *,
@@ -65,6 +68,7 @@ class Store(SmtpMixin, AccountsMixin, ImapMixin, ImportMixin, MailboxMixin, Queu
 
 
 __all__ = [
+    "NETWORK_WIDE",
     "NO_DSN",
     "SPECIAL_FOLDERS",
     "SYSTEM_FLAGS",
@@ -89,6 +93,7 @@ __all__ = [
     "FolderStatus",
     "ImportJob",
     "ImportedMessage",
+    "InsufficientStorage",
     "LimitReached",
     "Message",
     "MessagesAdded",
@@ -98,10 +103,12 @@ __all__ = [
     "NewImportJob",
     "NotFound",
     "QueuedMessage",
+    "Resync",
     "Store",
     "StoreError",
     "StoredCertificate",
     "Subscription",
+    "ThrottleFacts",
     "TlsResultKey",
     "Unavailable",
     "normalize_folder_name",

@@ -377,8 +377,8 @@ class AccountsMixin(StoreBase):
             q = q.where(t.activity.c.address == address.lower())
         async with self._read() as conn:
             rows = (await conn.execute(q.limit(limit))).all()
-        return [ActivityEntry(r.at, r.address, r.client_ip, r.protocol, r.event, r.detail)
-                for r in rows]
+        return [ActivityEntry(r.at, r.address, r.client_ip, r.protocol, r.event, r.detail,
+                              int(r._mapping["count"])) for r in rows]
 
     async def note_network(self, address_id: int, network: str) -> bool:
         """Remember that ``address_id`` logged in from ``network``. True when this is a

@@ -65,6 +65,12 @@ def _m_autoresponder(conn: Connection) -> None:
         table.create(conn, checkfirst=True)
 
 
+def _m_reliability_throttle(conn: Connection) -> None:
+    schema.login_throttle.create(conn, checkfirst=True)
+    _add_columns(conn, "activity", ["network VARCHAR(64)",
+                                    "count INTEGER NOT NULL DEFAULT 1"])
+
+
 MIGRATIONS: list[Migration] = [
     lambda conn: None,  # 1: initial schema (created by create_all on a fresh database)
     _m2_queue_dsn,  # 2: DSN parameters on queue rows (RFC 3461)
@@ -74,6 +80,7 @@ MIGRATIONS: list[Migration] = [
     lambda conn: schema.tls_certificates.create(conn, checkfirst=True),  # 6: web: ACME cert + lock
     _m_dkim_keys,  # 7: submission: dkim_keys table (DKIM signing keys per domain)
     _m_autoresponder,  # 8: autoresponder: responders and their throttle (RFC 3834)
+    _m_reliability_throttle,  # 9: reliability: login_throttle table; activity network, count
 ]
 LATEST = len(MIGRATIONS)
 

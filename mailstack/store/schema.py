@@ -167,6 +167,10 @@ activity = Table(
     Column("protocol", String(16)),
     Column("event", String(32), nullable=False),  # login_ok, login_fail, passwd_change...
     Column("detail", Text, nullable=False, default=""),
+    # Aggregated rows (refused logins): the client network and how many attempts
+    # the row stands for (one row per event, network, address and minute).
+    Column("network", String(64)),
+    Column("count", Integer, nullable=False, default=1),
     Index("ix_activity_address_at", "address", "at"),
     sqlite_autoincrement=True,
 )
@@ -360,4 +364,17 @@ autoreply_throttle = Table(
     Column("last_reply_at", Float, nullable=False),
     Column("generation", Integer, nullable=False),  # the responder's, at that reply
     Index("ix_autoreply_throttle_at", "last_reply_at"),
+)
+
+# Login failures and locks per (client network, address); address "*" locks a whole
+# network (docs/behaviour.md §2). Shared by every worker and node; survives restarts.
+login_throttle = Table(
+    "login_throttle", metadata,
+    Column("network", String(64), primary_key=True),
+    Column("address", String(320), primary_key=True),
+    Column("failures", Integer, nullable=False, default=0),
+    Column("window_start", Float, nullable=False),
+    Column("last_at", Float, nullable=False),
+    Column("locked_until", Float, nullable=False, default=0.0),
+    Index("ix_login_throttle_address", "address"),
 )
