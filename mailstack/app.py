@@ -79,12 +79,7 @@ class App:
                                        "a self-signed certificate)")
                 module_name, role = FRONTENDS[f.name]
                 module = importlib.import_module(module_name)
-                build = getattr(module, "build", None)
-                if build is None:
-                    log.warning("listener %s: %s has no server yet; skipped", f.name,
-                                module_name)
-                    continue
-                fe: FrontEnd = build(self.services, f.name, role, ls)
+                fe: FrontEnd = module.build(self.services, f.name, role, ls)
                 await fe.start()
                 self.frontends[f.name] = fe
                 log.info("listening: %s on %s:%d (%s)", f.name, ls.address, fe.port, ls.tls)

@@ -59,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = load_settings(config_path)
     except ConfigError as exc:
-        print(f"mailstack: {config_path}: {exc}", file=sys.stderr)
+        for e in exc.errors:  # every bad key, one line each
+            print(f"mailstack: {config_path}: {e.line}", file=sys.stderr)
         return 1
     setup_logging(verbose=handler is cmd_serve)
     ctx = Ctx(settings, config_path)
