@@ -15,11 +15,12 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import fields
-from typing import Protocol
+from typing import IO, Protocol
 
 from .config import ListenerSettings, Settings
 from .services import Services
 from .store import Store
+from .store.backup import hold_data_dir
 from .tls import ensure_self_signed, server_context
 
 log = logging.getLogger("mailstack")
@@ -54,6 +55,7 @@ class App:
         self.services: Services | None = None
         self.frontends: dict[str, FrontEnd] = {}
         self._gc_task: asyncio.Task[None] | None = None
+        self._dir_lock: IO[bytes] | None = None  # tells `mailstack restore` we run
 
     @property
     def ports(self) -> dict[str, int]:
@@ -68,6 +70,7 @@ class App:
             ctx = server_context(s.cert_path, s.key_path, s.tls.min_version)
         self.store = await Store.open_from_settings(s, self.clock)
         self.services = Services.build(s, self.store, ctx, self.clock)
+        self._dir_lock = hold_data_dir(s.data_dir)
         try:
             for f in fields(s.listeners):
                 ls: ListenerSettings = getattr(s.listeners, f.name)
@@ -119,6 +122,9 @@ class App:
         if self.store is not None:
             await self.store.close()
             self.store = None
+        if self._dir_lock is not None:
+            self._dir_lock.close()
+            self._dir_lock = None
 
     async def run_until_signal(self, on_started: Callable[[App], None] | None = None
                                ) -> None:
