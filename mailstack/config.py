@@ -215,6 +215,14 @@ class Pop3Settings:
 
 
 @dataclass(frozen=True)
+class LoggingSettings:
+    format: Literal["text", "json"] = _f(
+        "text", "Server log on standard error: text (one line per event) or json (one "
+        "JSON object per line, for log shippers). `serve --debug` adds library detail.",
+        choices=("text", "json"))
+
+
+@dataclass(frozen=True)
 class Settings:
     server: ServerSettings = _f(ServerSettings(), "The server as a whole.")
     tls: TlsSettings = _f(TlsSettings(), "Certificate and key.")
@@ -225,6 +233,7 @@ class Settings:
     auth: AuthSettings = _f(AuthSettings(), "Password hashing and brute-force protection.")
     imap: ImapSettings = _f(ImapSettings(), "IMAP server.")
     pop3: Pop3Settings = _f(Pop3Settings(), "POP3 server.")
+    logging: LoggingSettings = _f(LoggingSettings(), "The server's log.")
 
     # Derived paths -------------------------------------------------------
     @property

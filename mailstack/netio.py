@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from .config import ListenerSettings
+from .logs import conn_event, new_session_id
 from .tls import tls_summary
 
 log = logging.getLogger("mailstack.net")
@@ -43,6 +44,19 @@ class Conn:
         self.tls = writer.get_extra_info("ssl_object") is not None
         self.on_shutdown: Callable[[], Awaitable[None]] | None = None
         self.closed = False
+        # for the connection's log lines (mailstack.logs.conn_event): sessions set
+        # ``login`` once authenticated
+        self.session_id = new_session_id()
+        self.login = ""
+
+    @property
+    def tls_version(self) -> str:
+        """'TLSv1.3' while TLS is up, else '' (also once the transport is torn down)."""
+        try:
+            obj = self.writer.get_extra_info("ssl_object")
+            return str(obj.version() or "") if obj is not None else ""
+        except Exception:
+            return ""
 
     @property
     def tls_info(self) -> str:
@@ -136,33 +150,41 @@ class TcpListener:
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         conn = Conn(reader, writer, self)
-        if self.per_ip[conn.client_ip] >= self.max_per_ip:
-            log.info("%s: too many connections from %s", self.name, conn.client_ip)
+        client = conn.client_ip
+        if self.per_ip[client] >= self.max_per_ip:
+            conn_event(self.name, conn.session_id, client, "refused", tls=conn.tls_version,
+                       result="too many connections")
             await conn.close()
             return
-        self.per_ip[conn.client_ip] += 1
+        self.per_ip[client] += 1
         self.conns.add(conn)
         task = asyncio.current_task()
         if task is not None:
             self.tasks.add(task)
-        log.info("%s: connect %s:%s", self.name, conn.client_ip, conn.client_port)
+        conn_event(self.name, conn.session_id, client, "connect", tls=conn.tls_version)
+        result = "closed"
         try:
             await self.handler(conn)
         except asyncio.CancelledError:
-            pass  # our own shutdown (close() cancels sessions past the grace period)
-        except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError, TimeoutError):
-            pass
+            result = "shutdown"  # our own (close() cancels sessions past the grace period)
+        except TimeoutError:
+            result = "timeout"
+        except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError):
+            result = "lost"
         except Exception:
-            log.exception("%s: session with %s failed", self.name, conn.client_ip)
+            result = "error"
+            log.exception("%s: session %s with %s failed", self.name, conn.session_id, client)
         finally:
+            tls = conn.tls_version or ("TLS" if conn.tls else "")
             await conn.close()
             self.conns.discard(conn)
-            self.per_ip[conn.client_ip] -= 1
-            if self.per_ip[conn.client_ip] <= 0:
-                del self.per_ip[conn.client_ip]
+            self.per_ip[client] -= 1
+            if self.per_ip[client] <= 0:
+                del self.per_ip[client]
             if task is not None:
                 self.tasks.discard(task)
-            log.info("%s: disconnect %s:%s", self.name, conn.client_ip, conn.client_port)
+            conn_event(self.name, conn.session_id, client, "close", tls=tls,
+                       login=conn.login, result=result)
 
     async def close(self, grace: float = 0.0) -> None:
         if self.server is not None:

@@ -8,11 +8,11 @@ This package builds the argument parser from one module per command group (each 
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
 from .. import __version__
 from ..config import ConfigError, find_config_file, load_settings, render_example
+from ..logs import setup_logging
 from ..policy.addresses import AddressRuleError
 from ..store import StoreError
 from . import admin, backup, serve
@@ -39,12 +39,6 @@ def build_parser() -> argparse.ArgumentParser:
 # --- main --------------------------------------------------------------------------
 
 
-def setup_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING, stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -62,7 +56,8 @@ def main(argv: list[str] | None = None) -> int:
         for e in exc.errors:  # every bad key, one line each
             print(f"mailstack: {config_path}: {e.line}", file=sys.stderr)
         return 1
-    setup_logging(verbose=handler is cmd_serve)
+    setup_logging(verbose=handler is cmd_serve, debug=getattr(args, "debug", False),
+                  fmt=settings.logging.format)
     ctx = Ctx(settings, config_path)
     try:
         return handler(ctx, args)

@@ -146,6 +146,9 @@ def register(p: Parsers) -> None:
     sp.add_argument("--dev", action="store_true",
                     help="dev mode: 127.0.0.1 only, standard ports + 10000, self-signed "
                          "certificate, a demo address on first run")
+    sp.add_argument("--debug", action="store_true",
+                    help="log everything, including the SMTP library's own per-connection "
+                         "detail (hidden otherwise)")
     sp = p.cmd(p.sub, "check-config", cmd_check_config,
              "Validate a config file: print OK, or the bad key and exit 1.")
     sp.add_argument("file", nargs="?", metavar="FILE",

@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
+from ..logs import conn_event, new_session_id
 from ..mime import exceeds_depth
 from ..policy.auth import may_send_password
 from ..policy.envelope import (
@@ -136,6 +137,11 @@ class MailstackSMTP(SMTP):
         self.envelope: MEnvelope | None = None
         self._counted_ip: str | None = None
         self._refused = False
+        # the connection's log lines (mailstack.logs.conn_event)
+        self.session_id = new_session_id()
+        self.end_reason = "lost"  # QUIT, timeout or shutdown say otherwise
+        self.login = ""
+        self.tls_version = ""  # set when TLS is up (implicit, or after STARTTLS)
 
     # --- plumbing ---------------------------------------------------------------------
     def _create_session(self) -> MSession:
@@ -191,13 +197,18 @@ class MailstackSMTP(SMTP):
             verdict = self.fe.connections.acquire(ip)
             if not verdict.allowed:  # RFC 5321 §3.8: 421 and close
                 self._refused = True
+                conn_event(self.fe.name, self.session_id, ip, "refused",
+                           result="too many connections")
                 transport.write(f"{verdict.reply}\r\n".encode())  # type: ignore[attr-defined]
                 transport.close()
                 return
             self._counted_ip = ip
             self.fe.sessions.add(self)
+            self.tls_version = _tls_version(transport)
+            conn_event(self.fe.name, self.session_id, ip, "connect", tls=self.tls_version)
         super().connection_made(transport)
         if not first:
+            self.tls_version = _tls_version(transport)
             self._after_tls()
 
     def _after_tls(self) -> None:
@@ -210,11 +221,14 @@ class MailstackSMTP(SMTP):
             return
         if self._counted_ip is not None:
             self.fe.connections.release(self._counted_ip)
+            conn_event(self.fe.name, self.session_id, self._counted_ip, "close",
+                       tls=self.tls_version, login=self.login, result=self.end_reason)
             self._counted_ip = None
         self.fe.sessions.discard(self)
         super().connection_lost(error)
 
     def _timeout_cb(self) -> None:
+        self.end_reason = "timeout"
         if self.transport is not None:
             self.transport.write(f"{replies.TIMEOUT}\r\n".encode())  # type: ignore[attr-defined]
         super()._timeout_cb()
@@ -295,6 +309,7 @@ class MailstackSMTP(SMTP):
         await self.push(replies.OK)
 
     async def smtp_QUIT(self, arg: str | None) -> None:
+        self.end_reason = "quit"
         await super().smtp_QUIT(None)  # RFC 5321 §4.1.1.10: arguments are ignored
 
     async def smtp_VRFY(self, arg: str | None) -> None:
@@ -356,7 +371,7 @@ class MailstackSMTP(SMTP):
             await self.push(replies.AUTH_INVALID)
             return
         self.sess.address_id = addr.id
-        self.sess.email = addr.email
+        self.sess.email = self.login = addr.email
         self.sess.plan = addr.plan
         self.sess.allowed = await allowed_senders(self.fe.services.store, addr.email)
         self.sess.authenticated = True
@@ -640,6 +655,15 @@ AUTH_MECHANISMS = {
     "PLAIN": MailstackSMTP._auth_plain,
     "LOGIN": MailstackSMTP._auth_login,
 }
+
+
+def _tls_version(transport: Any) -> str:
+    """'TLSv1.3' while the transport is open with TLS, else ''."""
+    try:
+        obj = transport.get_extra_info("ssl_object") if transport is not None else None
+        return str(obj.version() or "") if obj is not None else ""
+    except Exception:  # a transport already torn down
+        return ""
 
 
 def new_queue_id() -> str:
