@@ -18,6 +18,7 @@ from dataclasses import fields
 from typing import IO, Protocol
 
 from .config import ListenerSettings, Settings
+from .importer.runner import ImportRunner
 from .services import Services
 from .store import Store
 from .store.backup import hold_data_dir
@@ -56,6 +57,7 @@ class App:
         self.frontends: dict[str, FrontEnd] = {}
         self._gc_task: asyncio.Task[None] | None = None
         self._dir_lock: IO[bytes] | None = None  # tells `mailstack restore` we run
+        self.importer: ImportRunner | None = None
 
     @property
     def ports(self) -> dict[str, int]:
@@ -91,6 +93,10 @@ class App:
             raise
         if s.server.blob_gc_interval_seconds > 0:
             self._gc_task = asyncio.create_task(self._collect_garbage_forever())
+        if s.importer.enabled:
+            self.importer = ImportRunner(self.store, s, clock=self.clock,
+                                         cafile=s.importer.ca_file or None)
+            await self.importer.start()
 
     async def _collect_garbage_forever(self) -> None:
         s = self.settings.server
@@ -108,6 +114,9 @@ class App:
 
     async def stop(self, grace: float | None = None) -> None:
         grace = self.settings.server.shutdown_grace_seconds if grace is None else grace
+        if self.importer is not None:
+            await self.importer.stop()
+            self.importer = None
         if self._gc_task is not None:
             self._gc_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

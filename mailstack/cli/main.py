@@ -15,12 +15,12 @@ from ..config import ConfigError, find_config_file, load_settings, render_exampl
 from ..logs import setup_logging
 from ..policy.addresses import AddressRuleError
 from ..store import StoreError
-from . import admin, backup, serve
+from . import admin, backup, importer, serve
 from .common import CliError, Ctx, Handler, Parsers
 from .serve import check_config, cmd_check_config, cmd_config_example, cmd_serve
 
 # One module per command group, registered in this order (the order of --help).
-COMMAND_MODULES = (serve, admin, backup)
+COMMAND_MODULES = (serve, admin, importer, backup)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -39,6 +39,9 @@ from .base import StoreError
 from .blobs import _HEX
 
 MANIFEST = "MANIFEST.json"
+# Small files of the data directory that belong with the database: the key that
+# decrypts import jobs' source passwords, the (generated or copied) certificate and key.
+EXTRA_FILES = ("importer.key", "tls/cert.pem", "tls/key.pem")
 DB_NAME = "mailstack.db"
 FORMAT = 1
 
@@ -177,6 +180,24 @@ def _copy_blobs(ids: list[str], src_root: Path, dst_root: Path) -> int:
     return total
 
 
+def _copy_extras(src_dir: Path, dst_dir: Path, *, overwrite: bool) -> list[str]:
+    """Copy the ``EXTRA_FILES`` present in ``src_dir`` (mode kept: keys stay 0600);
+    returns the names copied."""
+    done: list[str] = []
+    for name in EXTRA_FILES:
+        src, dst = src_dir / name, dst_dir / name
+        if not src.is_file() or (dst.exists() and not overwrite):
+            continue
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dst.with_name(dst.name + ".tmp")
+        shutil.copy2(src, tmp)
+        _fsync_file(tmp)
+        os.replace(tmp, dst)
+        _fsync_dir(dst.parent)
+        done.append(name)
+    return done
+
+
 def backup(db_url: str, data_dir: Path, target: Path) -> BackupSummary:
     """Copy the database (online backup API) and its blobs into ``target``, which must
     be empty or absent."""
@@ -190,10 +211,11 @@ def backup(db_url: str, data_dir: Path, target: Path) -> BackupSummary:
     ids, messages, queued, version = _referenced(target / DB_NAME)
     (target / "blobs").mkdir(exist_ok=True)
     size = _copy_blobs(ids, data_dir / "blobs", target / "blobs")
+    extras = _copy_extras(data_dir, target, overwrite=False)
     summary = BackupSummary(messages, queued, len(ids), size, version)
     manifest = {"format": FORMAT, "created_at": time.time(), "database": DB_NAME,
-                "schema_version": version, "messages": messages, "queued": queued,
-                "blobs": len(ids), "blob_bytes": size}
+                "extra_files": extras, "schema_version": version, "messages": messages,
+                "queued": queued, "blobs": len(ids), "blob_bytes": size}
     tmp = target / (MANIFEST + ".tmp")
     tmp.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     _fsync_file(tmp)
@@ -257,6 +279,7 @@ def restore(source: Path, db_url: str, data_dir: Path, *, force: bool = False
     ids, messages, queued, version = _referenced(source / DB_NAME)
     blob_root.mkdir(parents=True, exist_ok=True)
     size = _copy_blobs(ids, source / "blobs", blob_root)
+    _copy_extras(source, data_dir, overwrite=force)
     dst_db.parent.mkdir(parents=True, exist_ok=True)
     for suffix in ("-wal", "-shm", "-journal"):  # the old database's side files
         with contextlib.suppress(FileNotFoundError):

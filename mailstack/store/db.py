@@ -42,9 +42,15 @@ def _m2_queue_dsn(conn: Connection) -> None:
         "dsn_notify VARCHAR(64) NOT NULL DEFAULT ''", "dsn_orcpt TEXT NOT NULL DEFAULT ''"])
 
 
+def _m3_import_jobs(conn: Connection) -> None:
+    schema.import_jobs.create(conn, checkfirst=True)
+    schema.import_folders.create(conn, checkfirst=True)
+
+
 MIGRATIONS: list[Migration] = [
     lambda conn: None,  # 1: initial schema (created by create_all on a fresh database)
     _m2_queue_dsn,  # 2: DSN parameters on queue rows (RFC 3461)
+    _m3_import_jobs,  # 3: IMAP import jobs
 ]
 LATEST = len(MIGRATIONS)
 

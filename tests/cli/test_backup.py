@@ -15,6 +15,7 @@ from email.message import EmailMessage
 from pathlib import Path
 
 from mailstack.app import App
+from mailstack.importer.secret import load_key
 from tests.conftest import make_settings
 
 from .conftest import Cli, make_cli, write_config
@@ -103,6 +104,8 @@ async def test_backup_running_server_restore_and_read_back(
         before = {a: await asyncio.to_thread(read_all, app.ports["imaps"], client_ssl, a)
                   for a in ADDRESSES}
 
+        load_key(source_dir, create=True)  # as `mailstack import start` makes it
+
         # back up while mail keeps arriving
         source_cli = cli_for(tmp_path, "source", source_dir)
         stop = asyncio.Event()
@@ -120,6 +123,7 @@ async def test_backup_running_server_restore_and_read_back(
         assert "message files" in r.out
         manifest = json.loads((backup_dir / "MANIFEST.json").read_text())
         assert manifest["messages"] >= 8 and manifest["format"] == 1
+        assert "importer.key" in manifest["extra_files"]  # decrypts import passwords
 
         # refusals, each leaving things as they were
         r = await asyncio.to_thread(source_cli, "backup", str(backup_dir))
@@ -137,6 +141,9 @@ async def test_backup_running_server_restore_and_read_back(
         assert f"{manifest['messages']} messages" in r.out
         r = await asyncio.to_thread(target_cli, "restore", str(backup_dir))
         assert r.code == 1 and "already holds" in r.err
+        key = restored_dir / "importer.key"
+        assert key.read_bytes() == (source_dir / "importer.key").read_bytes()
+        assert key.stat().st_mode & 0o077 == 0
         restored = await start_app(tmp_path, restored_dir, tls_files)
         total = 0
         for address in ADDRESSES:
