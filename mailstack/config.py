@@ -22,12 +22,25 @@ TlsMode = Literal["implicit", "starttls", "none"]
 
 
 class ConfigError(Exception):
-    """A setting is wrong. ``key`` is the dotted TOML path."""
+    """A setting is wrong. ``key`` is the dotted TOML path.
+
+    One run reports every bad key: ``errors`` holds each problem found (this one first),
+    and ``str()`` has one line per problem."""
 
     def __init__(self, key: str, value: object, problem: str) -> None:
         self.key, self.value, self.problem = key, value, problem
         shown = "(missing)" if value is _MISSING else repr(value)
-        super().__init__(f"config key {key!r} = {shown}: {problem}")
+        self.line = f"config key {key!r} = {shown}: {problem}"
+        self.errors: list[ConfigError] = [self]
+        super().__init__(self.line)
+
+    @classmethod
+    def several(cls, errors: list[ConfigError]) -> ConfigError:
+        first = errors[0]
+        exc = cls(first.key, first.value, first.problem)
+        exc.errors = list(errors)
+        exc.args = ("\n".join(e.line for e in errors),)
+        return exc
 
 
 _MISSING = object()
@@ -361,6 +374,14 @@ class AutoresponderSettings:
 
 
 @dataclass(frozen=True)
+class LoggingSettings:
+    format: Literal["text", "json"] = _f(
+        "text", "Server log on standard error: text (one line per event) or json (one "
+        "JSON object per line, for log shippers). `serve --debug` adds library detail.",
+        choices=("text", "json"))
+
+
+@dataclass(frozen=True)
 class Settings:
     server: ServerSettings = _f(ServerSettings(), "The server as a whole.")
     tls: TlsSettings = _f(TlsSettings(), "Certificate and key.")
@@ -380,6 +401,7 @@ class Settings:
                           "metrics.")
     autoresponder: AutoresponderSettings = _f(AutoresponderSettings(),
                                               "Out-of-office replies.")
+    logging: LoggingSettings = _f(LoggingSettings(), "The server's log.")
 
     # Derived paths -------------------------------------------------------
     @property
@@ -457,48 +479,59 @@ def _check_scalar(key: str, value: Any, tp: Any, meta: dict[str, Any]) -> Any:
     return value
 
 
-def _build(cls: type, data: Any, prefix: str, base: Any = None) -> Any:
-    """Build dataclass ``cls`` from a TOML table, starting from ``base`` (or defaults)."""
-    if not isinstance(data, dict):
-        raise ConfigError(prefix or "(top)", data, "must be a table")
+def _build(cls: type, data: Any, prefix: str, errors: list[ConfigError],
+           base: Any = None) -> Any:
+    """Build dataclass ``cls`` from a TOML table, starting from ``base`` (or defaults).
+    Every problem is appended to ``errors`` (the bad value keeps its default), so one
+    run reports them all."""
     base = base if base is not None else cls()
+    if not isinstance(data, dict):
+        errors.append(ConfigError(prefix or "(top)", data, "must be a table"))
+        return base
     hints = _hints(cls)
     names = {f.name: f for f in dataclasses.fields(cls)}
     for k in data:
         if k not in names:
             key = f"{prefix}.{k}" if prefix else k
-            raise ConfigError(key, data[k], f"unknown setting (known: {', '.join(names)})")
+            errors.append(ConfigError(key, data[k],
+                                      f"unknown setting (known: {', '.join(names)})"))
     values: dict[str, Any] = {}
     for name, f in names.items():
         key = f"{prefix}.{name}" if prefix else name
         current = getattr(base, name)
+        values[name] = current
         if name not in data:
-            values[name] = current
             continue
         tp = hints[name]
         raw = data[name]
         if dataclasses.is_dataclass(tp):
-            values[name] = _build(tp, raw, key, current)  # type: ignore[arg-type]
+            values[name] = _build(tp, raw, key, errors, current)  # type: ignore[arg-type]
         elif typing.get_origin(tp) is dict:
-            values[name] = _build_plans(raw, key, current)
+            values[name] = _build_plans(raw, key, current, errors)
         else:
-            values[name] = _check_scalar(key, raw, tp, dict(f.metadata))
+            try:
+                values[name] = _check_scalar(key, raw, tp, dict(f.metadata))
+            except ConfigError as exc:
+                errors.append(exc)
     return cls(**values)
 
 
-def _build_plans(raw: Any, key: str, current: dict[str, PlanSettings]) -> dict[str, PlanSettings]:
+def _build_plans(raw: Any, key: str, current: dict[str, PlanSettings],
+                 errors: list[ConfigError]) -> dict[str, PlanSettings]:
     if not isinstance(raw, dict):
-        raise ConfigError(key, raw, "must be a table of plans")
+        errors.append(ConfigError(key, raw, "must be a table of plans"))
+        return current
     plans = dict(current)
     for name, table in raw.items():
-        plans[name] = _build(PlanSettings, table, f"{key}.{name}", current.get(name))
+        plans[name] = _build(PlanSettings, table, f"{key}.{name}", errors, current.get(name))
     return plans
 
 
-def _cross_checks(s: Settings) -> None:
+def _cross_checks(s: Settings) -> list[ConfigError]:
+    errors: list[ConfigError] = []
     if s.smtp.default_plan not in s.plans:
-        raise ConfigError("smtp.default_plan", s.smtp.default_plan,
-                          f"no such plan (plans: {', '.join(s.plans)})")
+        errors.append(ConfigError("smtp.default_plan", s.smtp.default_plan,
+                                  f"no such plan (plans: {', '.join(s.plans)})"))
     if not s.server.hostname or any(c in s.server.hostname for c in " \t\r\n/@"):
         raise ConfigError("server.hostname", s.server.hostname, "must be a DNS host name")
     if s.tls.acme and not s.listeners.http.enabled:
@@ -511,15 +544,22 @@ def _cross_checks(s: Settings) -> None:
     if s.listeners.https.tls != "implicit":
         raise ConfigError("listeners.https.tls", s.listeners.https.tls,
                           "must be \"implicit\" (HTTPS is TLS from the first byte)")
+        errors.append(ConfigError("server.hostname", s.server.hostname,
+                                  "must be a DNS host name"))
     url = s.server.database_url
     if url and not url.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
-        raise ConfigError("server.database_url", url,
-                          "must start with sqlite+aiosqlite:// or postgresql+asyncpg://")
+        errors.append(ConfigError("server.database_url", url,
+                                  "must start with sqlite+aiosqlite:// or "
+                                  "postgresql+asyncpg://"))
+    return errors
 
 
 def settings_from_dict(data: dict[str, Any]) -> Settings:
-    settings: Settings = _build(Settings, data, "")
-    _cross_checks(settings)
+    errors: list[ConfigError] = []
+    settings: Settings = _build(Settings, data, "", errors)
+    errors += _cross_checks(settings)
+    if errors:
+        raise ConfigError.several(errors)
     return settings
 
 

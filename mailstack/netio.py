@@ -21,6 +21,7 @@ from typing import Any
 
 from . import metrics
 from .config import ListenerSettings
+from .logs import conn_event, new_session_id
 from .memory import HandshakeLimiter
 from .tls import tls_summary
 
@@ -45,6 +46,19 @@ class Conn:
         self.tls = writer.get_extra_info("ssl_object") is not None
         self.on_shutdown: Callable[[], Awaitable[None]] | None = None
         self.closed = False
+        # for the connection's log lines (mailstack.logs.conn_event): sessions set
+        # ``login`` once authenticated
+        self.session_id = new_session_id()
+        self.login = ""
+
+    @property
+    def tls_version(self) -> str:
+        """'TLSv1.3' while TLS is up, else '' (also once the transport is torn down)."""
+        try:
+            obj = self.writer.get_extra_info("ssl_object")
+            return str(obj.version() or "") if obj is not None else ""
+        except Exception:
+            return ""
 
     @property
     def tls_info(self) -> str:
@@ -148,8 +162,10 @@ class TcpListener:
         # No await before the count and the TLS start: the cap holds at accept time, and
         # the client's first TLS record is still unread when the handshake begins.
         conn = Conn(reader, writer, self)
-        if self.per_ip[conn.client_ip] >= self.max_per_ip:
-            log.info("%s: too many connections from %s", self.name, conn.client_ip)
+        client = conn.client_ip
+        if self.per_ip[client] >= self.max_per_ip:
+            conn_event(self.name, conn.session_id, client, "refused", tls=conn.tls_version,
+                       result="too many connections")
             await conn.close()
             self.handshakes.trimmer.note_closed()
             return
@@ -160,13 +176,14 @@ class TcpListener:
             await conn.close()
             self.handshakes.trimmer.note_closed()
             return
-        self.per_ip[conn.client_ip] += 1
+        self.per_ip[client] += 1
         self.conns.add(conn)
         metrics.connection_opened(self.name)
         task = asyncio.current_task()
         if task is not None:
             self.tasks.add(task)
-        log.info("%s: connect %s:%s", self.name, conn.client_ip, conn.client_port)
+        conn_event(self.name, conn.session_id, client, "connect", tls=conn.tls_version)
+        result = "closed"
         try:
             if implicit:
                 assert self.ssl_ctx is not None
@@ -178,22 +195,27 @@ class TcpListener:
                 conn.tls = True
             await self.handler(conn)
         except asyncio.CancelledError:
-            pass  # our own shutdown (close() cancels sessions past the grace period)
-        except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError, TimeoutError):
-            pass
+            result = "shutdown"  # our own (close() cancels sessions past the grace period)
+        except TimeoutError:
+            result = "timeout"
+        except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError):
+            result = "lost"
         except Exception:
-            log.exception("%s: session with %s failed", self.name, conn.client_ip)
+            result = "error"
+            log.exception("%s: session %s with %s failed", self.name, conn.session_id, client)
         finally:
+            tls = conn.tls_version or ("TLS" if conn.tls else "")
             await conn.close()
             metrics.connection_closed(self.name)
             self.conns.discard(conn)
-            self.per_ip[conn.client_ip] -= 1
-            if self.per_ip[conn.client_ip] <= 0:
-                del self.per_ip[conn.client_ip]
+            self.per_ip[client] -= 1
+            if self.per_ip[client] <= 0:
+                del self.per_ip[client]
             if task is not None:
                 self.tasks.discard(task)
             self.handshakes.trimmer.note_closed()
-            log.info("%s: disconnect %s:%s", self.name, conn.client_ip, conn.client_port)
+            conn_event(self.name, conn.session_id, client, "close", tls=tls,
+                       login=conn.login, result=result)
 
     async def close(self, grace: float = 0.0) -> None:
         if self.server is not None:

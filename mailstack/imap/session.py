@@ -178,6 +178,7 @@ class Session:
     # --- login / logout ------------------------------------------------------------
     async def logged_in(self, address_id: int, email: str, epoch: int) -> None:
         self.address_id, self.email, self.epoch = address_id, email, epoch
+        self.conn.login = email  # for the connection's close line (mailstack.logs)
         self.sub = self.store.events.subscribe(address_id)
         self._watch_sub = self.store.events.subscribe(address_id)
         addr = await self.store.get_address_by_id(address_id)

@@ -267,6 +267,7 @@ class Session:
             log.info("pop3: %s in use, refused %s", result.email, self.conn.client_ip)
             raise Pop3Error("maildrop already in use by another session", "IN-USE")
         self.locked, self.address_id, self.email = True, result.address_id, result.email
+        self.conn.login = result.email  # for the connection's close line (mailstack.logs)
         try:
             inbox = await self.store.get_folder(result.address_id, "INBOX")
             if inbox is None:

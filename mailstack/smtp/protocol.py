@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, Any
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from .. import metrics
+from ..logs import conn_event, new_session_id
 from ..mime import exceeds_depth
 from ..policy.auth import may_send_password
 from ..policy.envelope import (
@@ -151,6 +152,11 @@ class MailstackSMTP(SMTP):
         self._watcher: asyncio.Task[None] | None = None
         self._watch_sub: Subscription | None = None
         self._storing: asyncio.Future[None] | None = None
+        # the connection's log lines (mailstack.logs.conn_event)
+        self.session_id = new_session_id()
+        self.end_reason = "lost"  # QUIT, timeout or shutdown say otherwise
+        self.login = ""
+        self.tls_version = ""  # set when TLS is up (implicit, or after STARTTLS)
 
     # --- plumbing ---------------------------------------------------------------------
     def _create_session(self) -> MSession:
@@ -208,14 +214,19 @@ class MailstackSMTP(SMTP):
             verdict = self.fe.connections.acquire(ip)
             if not verdict.allowed:  # RFC 5321 §3.8: 421 and close
                 self._refused = True
+                conn_event(self.fe.name, self.session_id, ip, "refused",
+                           result="too many connections")
                 transport.write(f"{verdict.reply}\r\n".encode())  # type: ignore[attr-defined]
                 transport.close()
                 return
             self._counted_ip = ip
             self.fe.sessions.add(self)
             metrics.connection_opened(self.fe.name)
+            self.tls_version = _tls_version(transport)
+            conn_event(self.fe.name, self.session_id, ip, "connect", tls=self.tls_version)
         super().connection_made(transport)
         if not first:
+            self.tls_version = _tls_version(transport)
             self._after_tls()
 
     def _set_post_data_state(self) -> None:
@@ -238,6 +249,8 @@ class MailstackSMTP(SMTP):
             return
         if self._counted_ip is not None:
             self.fe.connections.release(self._counted_ip)
+            conn_event(self.fe.name, self.session_id, self._counted_ip, "close",
+                       tls=self.tls_version, login=self.login, result=self.end_reason)
             self._counted_ip = None
             metrics.connection_closed(self.fe.name)
             self.fe.services.handshakes.trimmer.note_closed()
@@ -278,6 +291,7 @@ class MailstackSMTP(SMTP):
                 self.transport.close()
 
     def _timeout_cb(self) -> None:
+        self.end_reason = "timeout"
         if self.transport is not None:
             self.transport.write(f"{replies.TIMEOUT}\r\n".encode())  # type: ignore[attr-defined]
         super()._timeout_cb()
@@ -360,6 +374,7 @@ class MailstackSMTP(SMTP):
         await self.push(replies.OK)
 
     async def smtp_QUIT(self, arg: str | None) -> None:
+        self.end_reason = "quit"
         await super().smtp_QUIT(None)  # RFC 5321 §4.1.1.10: arguments are ignored
 
     async def smtp_VRFY(self, arg: str | None) -> None:
@@ -429,7 +444,7 @@ class MailstackSMTP(SMTP):
         self._watcher = asyncio.create_task(
             self._watch_credentials(sub, addr.credential_epoch))
         self.sess.address_id = addr.id
-        self.sess.email = addr.email
+        self.sess.email = self.login = addr.email
         self.sess.plan = addr.plan
         self.sess.allowed = await allowed_senders(self.fe.services.store, addr.email)
         self.sess.authenticated = True
@@ -753,6 +768,15 @@ AUTH_MECHANISMS = {
     "PLAIN": MailstackSMTP._auth_plain,
     "LOGIN": MailstackSMTP._auth_login,
 }
+
+
+def _tls_version(transport: Any) -> str:
+    """'TLSv1.3' while the transport is open with TLS, else ''."""
+    try:
+        obj = transport.get_extra_info("ssl_object") if transport is not None else None
+        return str(obj.version() or "") if obj is not None else ""
+    except Exception:  # a transport already torn down
+        return ""
 
 
 def new_queue_id() -> str:

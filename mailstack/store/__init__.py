@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..config import Settings
-from .accounts import SPECIAL_FOLDERS, AccountsMixin, split_address
+from .accounts import SPECIAL_FOLDERS, AccountsMixin, NewAddressRecord, split_address
 from .autoresponder import AutoResponder, AutoresponderMixin
 from .base import (
     SYSTEM_FLAGS,
@@ -99,6 +99,7 @@ __all__ = [
     "MessagesAdded",
     "MessagesExpunged",
     "MsgRow",
+    "NewAddressRecord",
     "NewDkimKey",
     "NewImportJob",
     "NotFound",
