@@ -25,13 +25,12 @@ import asyncio
 import csv
 import io
 import os
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from ..policy.addresses import AddressRuleError, address_key, parse_new_address
 from ..store import Address, NewAddressRecord, Store, StoreError
-from .common import CliError, Ctx, check_password, with_store
+from .common import CliError, Ctx, check_password, read_csv_file, with_store
 
 _HASH_WORKERS = max(1, min(4, os.cpu_count() or 1))
 
@@ -145,21 +144,9 @@ async def create(ctx: Ctx, store: Store, rows: list[Row], hashes: list[str]) -> 
                                      activity_detail="import-csv")
 
 
-def _read_file(path: str) -> str:
-    if path == "-":
-        return sys.stdin.read()
-    try:
-        with open(path, encoding="utf-8-sig", newline="") as f:
-            return f.read()
-    except UnicodeDecodeError as exc:
-        raise CliError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
-    except OSError as exc:
-        raise CliError(f"{path}: cannot read: {exc.strerror}") from exc
-
-
 @with_store
 async def import_csv(ctx: Ctx, store: Store, args: argparse.Namespace) -> int:
-    text = await asyncio.to_thread(_read_file, args.file)
+    text = await asyncio.to_thread(read_csv_file, args.file)
     rows = read_rows(text)
     if not rows:
         raise CliError(f"{args.file}: no rows (expected address,password[,name] per line)")
