@@ -104,7 +104,9 @@ async def store(s: Session, c: t.Store) -> str | None:
                 continue
             uid = f"UID {r.uid} " if c.uid or view.condstore else ""
             mod = f" MODSEQ ({r.modseq})" if view.condstore else ""
-            fl = respond.flag_list(r.flags)
+            for line in view.announce(r.flags):  # RFC 3501 §7.2.6: new keywords first
+                s.send(line)
+            fl = view.flags_text(r.uid, r.flags)
             s.send(respond.untagged(f"{seq} FETCH ({uid}FLAGS {fl}{mod})"))
     if refused:
         numbers = refused if c.uid else [view.seq_of(u) or 0 for u in refused]

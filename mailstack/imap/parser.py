@@ -446,8 +446,9 @@ def _list(lx: Lexer, tag: str) -> t.Command:
         for opt in selection:
             if opt not in LIST_SELECT:
                 raise lx.error(f"unknown LIST selection option {opt}")
-        if "RECURSIVEMATCH" in selection and len(selection) == 1:
-            # RFC 5258 §3: RECURSIVEMATCH alone is a syntax error.
+        if "RECURSIVEMATCH" in selection and not set(selection) - {"RECURSIVEMATCH",
+                                                                  "REMOTE"}:
+            # RFC 5258 §3.1: RECURSIVEMATCH alone or with only REMOTE is a syntax error.
             raise lx.error("RECURSIVEMATCH needs another selection option")
         lx.sp()
     reference = lx.mailbox()

@@ -142,9 +142,13 @@ class Session:
     def enable_condstore(self) -> None:
         """RFC 7162 §3.1: a CONDSTORE-enabling command was seen; from now on every
         FETCH response caused by a flag change carries UID and MODSEQ."""
+        first = "CONDSTORE" not in self.enabled
         self.enabled.add("CONDSTORE")
         if self.view is not None:
             self.view.condstore = True
+            if first:  # RFC 7162 §3.1: tell the mailbox's HIGHESTMODSEQ at once
+                self.send(respond.untagged(
+                    f"OK [HIGHESTMODSEQ {self.view.reported_modseq}] Highest"))
 
     def send(self, data: bytes) -> None:
         self.conn.write(data)

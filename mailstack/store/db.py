@@ -42,9 +42,18 @@ def _m2_queue_dsn(conn: Connection) -> None:
         "dsn_notify VARCHAR(64) NOT NULL DEFAULT ''", "dsn_orcpt TEXT NOT NULL DEFAULT ''"])
 
 
+def _m_imap(conn: Connection) -> None:
+    """folders.first_recent_uid (RFC 3501 §2.3.2 \\Recent; existing mail is not recent)
+    and the table of subscriptions whose mailbox does not exist (RFC 3501 §6.3.6)."""
+    _add_columns(conn, "folders", ["first_recent_uid BIGINT NOT NULL DEFAULT 1"])
+    conn.exec_driver_sql("UPDATE folders SET first_recent_uid = uidnext")
+    schema.subscriptions.create(conn, checkfirst=True)
+
+
 MIGRATIONS: list[Migration] = [
     lambda conn: None,  # 1: initial schema (created by create_all on a fresh database)
     _m2_queue_dsn,  # 2: DSN parameters on queue rows (RFC 3461)
+    _m_imap,  # N: imap: \Recent bookkeeping and subscriptions of deleted mailboxes
 ]
 LATEST = len(MIGRATIONS)
 

@@ -113,8 +113,15 @@ class MailboxMixin(StoreBase):
             except IntegrityError as exc:
                 raise AlreadyExists(f"folder {name!r} already exists") from exc
             folder_id = int(res.scalar_one())
+            # RFC 3501 §6.3.6: a subscription that outlived a DELETE applies again
+            gone = await conn.execute(delete(t.subscriptions).where(and_(
+                t.subscriptions.c.address_id == address_id, t.subscriptions.c.name == name)))
+            subscribed = bool(gone.rowcount)
+            if subscribed:
+                await conn.execute(update(t.folders).where(t.folders.c.id == folder_id)
+                                   .values(subscribed=True))
             events.append(FolderChanged(address_id, folder_id, "created"))
-        return Folder(folder_id, address_id, name, special_use, False, uidvalidity, 1, 1)
+        return Folder(folder_id, address_id, name, special_use, subscribed, uidvalidity, 1, 1)
 
     async def delete_folder(self, address_id: int, name: str) -> None:
         """Delete one folder with its messages; children stay (RFC 9051 §6.3.5)."""
@@ -122,11 +129,14 @@ class MailboxMixin(StoreBase):
         if name == "INBOX":
             raise Conflict("INBOX cannot be deleted")
         async with self._write() as (conn, events):
-            row = (await conn.execute(select(t.folders.c.id).where(and_(
-                t.folders.c.address_id == address_id, t.folders.c.name == name)))).first()
+            row = (await conn.execute(select(t.folders.c.id, t.folders.c.subscribed).where(
+                and_(t.folders.c.address_id == address_id, t.folders.c.name == name)))).first()
             if row is None:
                 raise NotFound(f"no folder {name!r}")
             await conn.execute(delete(t.folders).where(t.folders.c.id == row.id))
+            if row.subscribed:  # RFC 3501 §6.3.6: DELETE does not unsubscribe
+                await conn.execute(insert(t.subscriptions).values(address_id=address_id,
+                                                                  name=name))
             events.append(FolderChanged(address_id, row.id, "deleted"))
 
     async def rename_folder(self, address_id: int, old: str, new: str) -> None:
@@ -165,12 +175,63 @@ class MailboxMixin(StoreBase):
             await self.move_messages(inbox.id, uids, target.id)
 
     async def set_subscribed(self, address_id: int, name: str, subscribed: bool) -> None:
+        """Subscribe an existing folder, or unsubscribe a folder or a name whose folder
+        was deleted while subscribed (RFC 3501 §6.3.7)."""
+        name = normalize_folder_name(name)
         async with self._write() as (conn, _):
             res = await conn.execute(update(t.folders).where(and_(
                 t.folders.c.address_id == address_id,
-                t.folders.c.name == normalize_folder_name(name))).values(subscribed=subscribed))
+                t.folders.c.name == name)).values(subscribed=subscribed))
+            if res.rowcount == 0 and not subscribed:
+                res = await conn.execute(delete(t.subscriptions).where(and_(
+                    t.subscriptions.c.address_id == address_id,
+                    t.subscriptions.c.name == name)))
             if res.rowcount == 0:
                 raise NotFound(f"no folder {name!r}")
+
+    async def orphan_subscriptions(self, address_id: int) -> list[str]:
+        """Subscribed names with no folder (deleted while subscribed), sorted."""
+        async with self._read() as conn:
+            rows = (await conn.execute(select(t.subscriptions.c.name).where(
+                t.subscriptions.c.address_id == address_id)
+                .order_by(t.subscriptions.c.name))).all()
+        return [r[0] for r in rows]
+
+    async def claim_recent(self, folder_id: int, upto_uid: int) -> int:
+        """RFC 3501 §2.3.2: this session is the first to see the UIDs below ``upto_uid``.
+        Returns the folder's previous first-recent UID (the UIDs from it up to
+        ``upto_uid`` are recent for the caller, and for no other session)."""
+        f = t.folders.c
+        async with self._write() as (conn, _):
+            row = (await conn.execute(select(f.first_recent_uid).where(f.id == folder_id)
+                                      .with_for_update())).first()
+            if row is None:
+                raise NotFound("no such folder")
+            old = int(row[0])
+            if upto_uid > old:
+                await conn.execute(update(t.folders).where(f.id == folder_id)
+                                   .values(first_recent_uid=upto_uid))
+        return old
+
+    async def recent_count(self, folder_id: int) -> int:
+        """Messages no session has seen as recent yet (STATUS RECENT, RFC 3501 §6.3.10)."""
+        m, f = t.messages.c, t.folders.c
+        async with self._read() as conn:
+            first = (await conn.execute(select(f.first_recent_uid).where(f.id == folder_id))
+                     ).scalar()
+            if first is None:
+                return 0
+            return int((await conn.execute(select(func.count()).where(and_(
+                m.folder_id == folder_id, m.uid >= first)))).scalar_one())
+
+    async def folder_keywords(self, folder_id: int, uid_min: int = 1) -> set[str]:
+        """The keywords set on messages of a folder (from ``uid_min`` on): what
+        SELECT's FLAGS lists (RFC 3501 §7.2.6)."""
+        m = t.messages.c
+        async with self._read() as conn:
+            rows = (await conn.execute(select(m.keywords).distinct().where(and_(
+                m.folder_id == folder_id, m.uid >= uid_min, m.keywords != "")))).all()
+        return {k for r in rows for k in r[0].split(" ") if k}
 
     async def folder_status(self, folder_id: int) -> FolderStatus:
         m = t.messages.c

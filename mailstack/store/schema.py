@@ -122,6 +122,8 @@ folders = Table(
     Column("uidnext", BigInteger, nullable=False, default=1),
     Column("highestmodseq", BigInteger, nullable=False, default=1),
     Column("created_at", Float, nullable=False),
+    # RFC 3501 §2.3.2 \Recent: UIDs from here on have not been shown to any session yet
+    Column("first_recent_uid", BigInteger, nullable=False, default=1),
     UniqueConstraint("address_id", "name", name="uq_folder_name"),
     sqlite_autoincrement=True,
 )
@@ -155,6 +157,15 @@ expunged = Table(
     Column("uid", BigInteger, primary_key=True),
     Column("modseq", BigInteger, nullable=False),
     Index("ix_expunged_modseq", "folder_id", "modseq"),
+)
+
+# Subscriptions whose mailbox does not exist (any more): RFC 3501 §6.3.6, a DELETE does
+# not unsubscribe. Subscriptions of existing mailboxes are ``folders.subscribed``.
+subscriptions = Table(
+    "subscriptions", metadata,
+    Column("address_id", PK, ForeignKey("addresses.id", ondelete="CASCADE"),
+           primary_key=True),
+    Column("name", Text, primary_key=True),
 )
 
 activity = Table(

@@ -24,7 +24,7 @@ from mailstack.app import App
 from mailstack.imap import fetch as fetch_mod
 from mailstack.imap import respond, search_exec
 from mailstack.store import DeliveryTarget
-from tests.imapserver.conftest import Raw, inbox_id
+from tests.imapserver.conftest import Raw, inbox_id, seen_as_recent
 
 N = 30
 DAY = 86400.0
@@ -75,6 +75,7 @@ async def _fill(app: App) -> int:
         await app.store.deliver(blob, len(data), [DeliveryTarget(fid, prefix,
                                                                  frozenset(_flags(i)))],
                                 internal_date=BASE + i * DAY)
+    await seen_as_recent(app)
     return fid
 
 
