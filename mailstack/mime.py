@@ -34,6 +34,7 @@ __all__ = [
     "decode_transfer_encoding",
     "exceeds_depth",
     "find_part",
+    "first_fields",
     "from_json",
     "header_fields",
     "parse_message",
@@ -160,6 +161,15 @@ def _text(raw: bytes) -> str:
 
 def _bytes(text: str) -> bytes:
     return text.encode("utf-8", "surrogateescape")
+
+
+def first_fields(msg: bytes, max_lines: int = MAX_HEADER_LINES) -> dict[str, str]:
+    """The first value of each header field of a message (or of its header block),
+    by lower-case name, unfolded and raw (encoded words untouched)."""
+    out: dict[str, str] = {}
+    for name, value in _fields(msg, 0, _split_header(msg, 0, len(msg)), max_lines):
+        out.setdefault(name, value)
+    return out
 
 
 def header_fields(msg: bytes, names: tuple[str, ...] | list[str], negate: bool = False) -> bytes:

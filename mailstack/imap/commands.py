@@ -13,6 +13,7 @@ from mailstack.imap import types as t
 from mailstack.imap.fetch import fetch
 from mailstack.imap.search_exec import search
 from mailstack.imap.session import AUTH, LOGOUT, NOT_AUTH, SELECTED, Handler
+from mailstack.imap.sort_exec import sort, thread
 
 ANY: dict[type[t.Command], Handler] = {
     t.Capability: a.capability,
@@ -52,6 +53,8 @@ SELECTED_STATE: dict[type[t.Command], Handler] = {
     t.Unselect: sel.unselect,
     t.Expunge: sel.expunge,
     t.Search: search,
+    t.Sort: sort,
+    t.Thread: thread,
     t.Fetch: fetch,
     t.Store: sel.store,
     t.Copy: sel.copy,

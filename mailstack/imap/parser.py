@@ -550,6 +550,65 @@ def _search(lx: Lexer, tag: str, uid: bool = False) -> t.Command:
     return t.Search(tag=tag, uid=uid, return_options=returns, charset=charset, key=key)
 
 
+ESORT_RETURN = frozenset({"MIN", "MAX", "ALL", "COUNT"})
+THREAD_ALGORITHMS = frozenset({"ORDEREDSUBJECT", "REFERENCES"})
+
+
+def _charset(lx: Lexer) -> str:
+    raw = lx.quoted() if lx.peek() == 0x22 else lx.atom().encode("ascii")
+    return lx.utf8_text(raw).upper()
+
+
+def _sort(lx: Lexer, tag: str, uid: bool = False) -> t.Command:
+    """RFC 5256 §5: SORT [RETURN (...)] (criteria) charset search-key (RFC 5267 §3)."""
+    from mailstack.imap.sorting import SORT_KEYS
+
+    lx.sp()
+    returns: frozenset[str] | None = None
+    if lx.maybe_word(b"RETURN"):
+        lx.sp()
+        opts = lx.paren_list()
+        for opt in opts:
+            if opt not in ESORT_RETURN:
+                raise lx.error(f"unknown SORT return option {opt}")
+        returns = frozenset(opts)
+        lx.sp()
+    lx.char(b"(")
+    criteria: list[tuple[str, bool]] = []
+    while True:
+        reverse = lx.maybe_word(b"REVERSE")
+        if reverse:
+            lx.sp()
+        name = lx.keyword()
+        if name not in SORT_KEYS:
+            raise lx.error(f"unknown sort key {name}")
+        criteria.append((name, reverse))
+        if len(criteria) > 16:
+            raise lx.error("too many sort criteria")
+        if lx.maybe_char(b")"):
+            break
+        lx.sp()
+    lx.sp()
+    charset = _charset(lx)
+    lx.sp()
+    key = SearchParser(lx, charset).program()
+    return t.Sort(tag=tag, uid=uid, criteria=tuple(criteria), charset=charset, key=key,
+                  return_options=returns)
+
+
+def _thread(lx: Lexer, tag: str, uid: bool = False) -> t.Command:
+    """RFC 5256 §5: THREAD algorithm charset search-key."""
+    lx.sp()
+    algorithm = lx.keyword()
+    if algorithm not in THREAD_ALGORITHMS:
+        raise lx.error(f"unsupported threading algorithm {algorithm}")
+    lx.sp()
+    charset = _charset(lx)
+    lx.sp()
+    key = SearchParser(lx, charset).program()
+    return t.Thread(tag=tag, uid=uid, algorithm=algorithm, charset=charset, key=key)
+
+
 def _fetch(lx: Lexer, tag: str, uid: bool = False) -> t.Command:
     lx.sp()
     seq = lx.sequence_set()
@@ -668,6 +727,8 @@ COMMANDS: dict[str, Handler] = {
     "STATUS": _status,
     "APPEND": _append,
     "SEARCH": _plain(_search),
+    "SORT": _plain(_sort),
+    "THREAD": _plain(_thread),
     "FETCH": _plain(_fetch),
     "STORE": _plain(_store),
     "COPY": _plain(COPY),
@@ -680,5 +741,7 @@ UID_COMMANDS: dict[str, UidHandler] = {
     "FETCH": _fetch,
     "STORE": _store,
     "SEARCH": _search,
+    "SORT": _sort,
+    "THREAD": _thread,
     "EXPUNGE": _uid_expunge,
 }

@@ -77,6 +77,11 @@ BASE_CAPS = (
     "CONDSTORE",
     "QRESYNC",
     "MULTIAPPEND",
+    "SORT",
+    "SORT=DISPLAY",
+    "ESORT",
+    "THREAD=ORDEREDSUBJECT",
+    "THREAD=REFERENCES",
 )
 
 

@@ -275,3 +275,27 @@ class Move(Command):
     uid: bool = False
     sequence: SequenceSet
     mailbox: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class Sort(Command):
+    """SORT / UID SORT (RFC 5256 §3); ``criteria`` are (key, reverse) pairs;
+    ``return_options`` is None without RETURN, else ESORT options (RFC 5267 §3)."""
+
+    NAME: ClassVar[str] = "SORT"
+    uid: bool = False
+    criteria: tuple[tuple[str, bool], ...]
+    charset: str
+    key: SearchKey
+    return_options: frozenset[str] | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Thread(Command):
+    """THREAD / UID THREAD (RFC 5256 §4): ``algorithm`` is ORDEREDSUBJECT or REFERENCES."""
+
+    NAME: ClassVar[str] = "THREAD"
+    uid: bool = False
+    algorithm: str
+    charset: str
+    key: SearchKey
