@@ -515,9 +515,21 @@ def _append(lx: Lexer, tag: str) -> t.Command:
         if lx.peek() == 0x22:
             date = lx.date_time()
             lx.sp()
-        if not lx.is_literal():
+        utf8 = lx.maybe_word(b"UTF8")
+        if utf8:
+            # RFC 6855 §4: append-data =/ "UTF8" SP "(" literal8 ")", only after
+            # ENABLE UTF8=ACCEPT
+            if not lx.utf8:
+                raise lx.error("UTF8 APPEND data needs ENABLE UTF8=ACCEPT")
+            lx.sp()
+            lx.char(b"(")
+            if lx.peek() != 0x7E:
+                raise lx.error("UTF8 APPEND data must be a literal8")
+        elif not lx.is_literal():
             raise lx.error("expected message literal")
         lit = lx.literal(allow8=True)
+        if utf8:
+            lx.char(b")")
         messages.append(
             t.AppendMessage(flags=flags, internal_date=date, data=lit.data, binary=lit.binary)
         )
