@@ -32,6 +32,7 @@ NOT_AUTHENTICATED: dict[type[t.Command], Handler] = {
 AUTHENTICATED: dict[type[t.Command], Handler] = {
     **ANY,
     t.Enable: a.enable,
+    t.Compress: a.compress,
     t.Namespace: a.namespace,
     t.Select: mb.select,
     t.Create: mb.create,

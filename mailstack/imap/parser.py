@@ -696,6 +696,11 @@ def _copy_move(cls: type[t.Copy] | type[t.Move]) -> UidHandler:
     return handler
 
 
+def _compress(lx: Lexer, tag: str) -> t.Command:
+    lx.sp()
+    return t.Compress(tag=tag, mechanism=lx.keyword())
+
+
 def _expunge(lx: Lexer, tag: str) -> t.Command:
     return t.Expunge(tag=tag)
 
@@ -723,6 +728,7 @@ COMMANDS: dict[str, Handler] = {
     "CLOSE": _simple(t.Close),
     "UNSELECT": _simple(t.Unselect),
     "EXPUNGE": _expunge,
+    "COMPRESS": _compress,
     "LOGIN": _login,
     "AUTHENTICATE": _authenticate,
     "ENABLE": _enable,

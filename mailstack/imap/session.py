@@ -83,6 +83,7 @@ BASE_CAPS = (
     "THREAD=ORDEREDSUBJECT",
     "THREAD=REFERENCES",
 )
+AUTH_CAPS = ("COMPRESS=DEFLATE",)  # only after login (RFC 4978 §3)
 
 
 class SessionEnd(Exception):
@@ -122,6 +123,7 @@ class Session:
         self.epoch = 0
         self.max_message_size = 0
         self.enabled: set[str] = set()
+        self.compressed = False  # COMPRESS=DEFLATE active (RFC 4978)
         self.view: MailboxView | None = None
         self.sub: Subscription | None = None
         self._watch_sub: Subscription | None = None
@@ -167,6 +169,8 @@ class Session:
                 caps.append("AUTH=PLAIN")
             else:
                 caps.append("LOGINDISABLED")  # RFC 9051 §6.2.3
+        else:
+            caps.extend(AUTH_CAPS)
         return " ".join(caps)
 
     def may_send_password(self) -> bool:

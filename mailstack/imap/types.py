@@ -299,3 +299,11 @@ class Thread(Command):
     algorithm: str
     charset: str
     key: SearchKey
+
+
+@dataclass(frozen=True, kw_only=True)
+class Compress(Command):
+    """COMPRESS mechanism (RFC 4978 §3); only DEFLATE exists."""
+
+    NAME: ClassVar[str] = "COMPRESS"
+    mechanism: str

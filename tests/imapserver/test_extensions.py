@@ -1,6 +1,10 @@
-"""IMAP extensions on the wire: UTF-8 APPEND (RFC 6855 §4)."""
+"""IMAP extensions on the wire: UTF-8 APPEND (RFC 6855 §4), COMPRESS=DEFLATE (RFC 4978)."""
 
 from __future__ import annotations
+
+import asyncio
+import contextlib
+import zlib
 
 from mailstack.app import App
 from tests.imapserver.conftest import Raw, inbox_id
@@ -34,4 +38,88 @@ async def test_utf8_append(imap_app: App) -> None:
     # a plain literal inside UTF8 (...) is refused
     out = await raw.cmd(b"c", b'APPEND INBOX UTF8 ({3+}\r\nabc)')
     assert out[-1].startswith(b"c BAD"), out
+    await raw.close()
+
+
+class Deflated:
+    """A raw IMAP connection after COMPRESS DEFLATE (RFC 4978), client side."""
+
+    def __init__(self, raw: Raw) -> None:
+        self.raw = raw
+        self.out = zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, -15)
+        self.inp = zlib.decompressobj(-15)
+        self.buf = b""
+
+    async def send(self, data: bytes) -> None:
+        await self.raw.send(self.out.compress(data) + self.out.flush(zlib.Z_SYNC_FLUSH))
+
+    async def line(self) -> bytes:
+        while b"\n" not in self.buf:
+            chunk = await asyncio.wait_for(self.raw.reader.read(65536), 30)
+            if not chunk:
+                raise ConnectionError(f"closed; buffered {self.buf!r}")
+            self.buf += self.inp.decompress(chunk)
+        line, _, self.buf = self.buf.partition(b"\n")
+        return line + b"\n"
+
+    async def cmd(self, tag: bytes, text: bytes) -> list[bytes]:
+        await self.send(tag + b" " + text + b"\r\n")
+        lines = []
+        while True:
+            lines.append(await self.line())
+            if lines[-1].startswith(tag + b" "):
+                return lines
+
+
+async def test_compress_deflate(imap_app: App) -> None:
+    assert imap_app.store is not None
+    await imap_app.store.append(await inbox_id(imap_app), UTF8_MSG)
+    raw = await Raw.connect(imap_app.ports["imap"])
+    out = await raw.cmd(b"a", b"COMPRESS DEFLATE")  # not before login
+    assert out[-1].startswith(b"a BAD"), out
+    await raw.login()
+    out = await raw.cmd(b"c", b"CAPABILITY")
+    assert b" COMPRESS=DEFLATE" in out[0]
+    out = await raw.cmd(b"b", b"COMPRESS LZMA")
+    assert out[-1].startswith(b"b BAD"), out
+    out = await raw.cmd(b"z", b"COMPRESS DEFLATE")
+    assert out[-1].startswith(b"z OK"), out
+    z = Deflated(raw)
+    out = await z.cmd(b"s", b"SELECT INBOX")
+    assert out[-1].startswith(b"s OK"), out
+    out = await z.cmd(b"f", b"FETCH 1 (BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+    assert out[0].startswith(b"* 1 FETCH (BODY[HEADER.FIELDS (SUBJECT)] {")
+    out = await z.cmd(b"z2", b"COMPRESS DEFLATE")
+    assert out[-1].startswith(b"z2 NO [COMPRESSIONACTIVE]"), out
+    out = await z.cmd(b"n", b"NOOP")
+    assert out[-1].startswith(b"n OK")
+    await raw.close()
+
+
+async def test_compression_bomb_is_cut(imap_app: App) -> None:
+    raw = await Raw.connect(imap_app.ports["imap"])
+    await raw.login()
+    assert (await raw.cmd(b"z", b"COMPRESS DEFLATE"))[-1].startswith(b"z OK")
+    z = Deflated(raw)
+    # 256 MiB of one line in ~256 KiB of deflate: inflated only up to the line limit
+    bomb = zlib.compressobj(9, zlib.DEFLATED, -15)
+    await raw.send(bomb.compress(b"a SEARCH SUBJECT "))
+    block = b"x" * (1 << 20)
+    sent = 0
+    with contextlib.suppress(ConnectionError):
+        for _ in range(256):
+            data = bomb.compress(block)
+            if data:
+                raw.writer.write(data)
+                await raw.writer.drain()
+                sent += len(data)
+        raw.writer.write(bomb.flush(zlib.Z_SYNC_FLUSH))
+        await raw.writer.drain()
+    assert sent < 2 << 20
+    line = await z.line()
+    assert line.startswith(b"* BYE"), line
+    other = await Raw.connect(imap_app.ports["imap"])  # the server is unhurt
+    await other.login()
+    assert (await other.cmd(b"n", b"NOOP"))[-1].startswith(b"n OK")
+    await other.close()
     await raw.close()
