@@ -25,6 +25,7 @@ import asyncio
 from mailstack.imap import respond
 from mailstack.imap import types as t
 from mailstack.imap.append_convert import convert_binary, needs_conversion
+from mailstack.imap.catenate import assemble
 from mailstack.imap.mailbox_view import MailboxView
 from mailstack.imap.pattern import MAX_PATTERNS, Pattern, PatternTooLong, compile_pattern
 from mailstack.imap.session import SELECTED, Session
@@ -326,7 +327,7 @@ async def append(s: Session, c: t.Append) -> str | None:
         raise respond.No(f"No such mailbox: {c.mailbox}", "TRYCREATE")  # RFC 9051 §6.3.12
     items: list[tuple[bytes, list[str], float | None]] = []
     for m in c.messages:
-        data = m.data
+        data = await assemble(s, m.catenate) if m.catenate else m.data  # RFC 4469
         if needs_conversion(data):  # binary parts are stored base64-encoded
             data = await asyncio.to_thread(convert_binary, data) \
                 if len(data) > 256 * 1024 else convert_binary(data)

@@ -501,6 +501,30 @@ def _lsub(lx: Lexer, tag: str) -> t.Command:
     return t.Lsub(tag=tag, reference=reference, pattern=lx.list_mailbox())
 
 
+def _cat_parts(lx: Lexer) -> tuple[tuple[str, bytes | str], ...]:
+    """RFC 4469 §5: SP "(" cat-part *(SP cat-part) ")"; cat-part = "TEXT" SP literal /
+    "URL" SP astring."""
+    lx.sp()
+    lx.char(b"(")
+    parts: list[tuple[str, bytes | str]] = []
+    while True:
+        if lx.maybe_word(b"TEXT"):
+            lx.sp()
+            if not lx.is_literal():
+                raise lx.error("CATENATE TEXT needs a literal")
+            parts.append(("TEXT", lx.literal(allow8=True).data))
+        elif lx.maybe_word(b"URL"):
+            lx.sp()
+            parts.append(("URL", lx.utf8_text(lx.astring())))
+        else:
+            raise lx.error("expected TEXT or URL")
+        if len(parts) > 64:
+            raise lx.error("too many CATENATE parts")
+        if lx.maybe_char(b")"):
+            return tuple(parts)
+        lx.sp()
+
+
 def _append(lx: Lexer, tag: str) -> t.Command:
     """RFC 9051 §6.3.12, RFC 3502 MULTIAPPEND, RFC 3516 literal8."""
     lx.sp()
@@ -515,6 +539,10 @@ def _append(lx: Lexer, tag: str) -> t.Command:
         if lx.peek() == 0x22:
             date = lx.date_time()
             lx.sp()
+        if lx.maybe_word(b"CATENATE"):
+            messages.append(t.AppendMessage(flags=flags, internal_date=date, data=b"",
+                                            catenate=_cat_parts(lx)))
+            continue
         utf8 = lx.maybe_word(b"UTF8")
         if utf8:
             # RFC 6855 §4: append-data =/ "UTF8" SP "(" literal8 ")", only after

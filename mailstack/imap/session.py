@@ -82,6 +82,7 @@ BASE_CAPS = (
     "ESORT",
     "THREAD=ORDEREDSUBJECT",
     "THREAD=REFERENCES",
+    "CATENATE",
 )
 AUTH_CAPS = ("COMPRESS=DEFLATE",)  # only after login (RFC 4978 §3)
 

@@ -217,6 +217,8 @@ class AppendMessage:
     internal_date: datetime.datetime | None
     data: bytes = field(repr=False)
     binary: bool = False  # sent as literal8 ~{n} (RFC 3516 §4.4)
+    # CATENATE (RFC 4469 §5): ("TEXT", bytes) and ("URL", str) parts, in order
+    catenate: tuple[tuple[str, bytes | str], ...] = ()
 
 
 @dataclass(frozen=True, kw_only=True)

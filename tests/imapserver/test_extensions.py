@@ -1,4 +1,5 @@
-"""IMAP extensions on the wire: UTF-8 APPEND (RFC 6855 §4), COMPRESS=DEFLATE (RFC 4978)."""
+"""IMAP extensions on the wire: UTF-8 APPEND (RFC 6855 §4), COMPRESS=DEFLATE (RFC 4978),
+CATENATE (RFC 4469)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import contextlib
 import zlib
 
 from mailstack.app import App
-from tests.imapserver.conftest import Raw, inbox_id
+from tests.imapserver.conftest import MESSAGE, Raw, folder_of, inbox_id
 
 UTF8_MSG = ("From: Jörg <jörg@exämple.org>\r\nTo: anna@example.com\r\n"
             "Subject: Grüße\r\n\r\nHallo\r\n").encode()
@@ -122,4 +123,42 @@ async def test_compression_bomb_is_cut(imap_app: App) -> None:
     await other.login()
     assert (await other.cmd(b"n", b"NOOP"))[-1].startswith(b"n OK")
     await other.close()
+    await raw.close()
+
+
+async def test_catenate(imap_app: App) -> None:
+    assert imap_app.store is not None
+    fid = await inbox_id(imap_app)
+    src = await imap_app.store.append(fid, MESSAGE)
+    uv = (await imap_app.store.get_folder_by_id(fid)).uidvalidity  # type: ignore[union-attr]
+    raw = await Raw.connect(imap_app.ports["imap"])
+    await raw.login()
+    assert b" CATENATE" in (await raw.cmd(b"c", b"CAPABILITY"))[0]
+    text = b"New text of the forwarded message.\r\n"
+    url = f"/INBOX;UIDVALIDITY={uv}/;UID={src.uid}/;SECTION=HEADER".encode()
+    out = await raw.cmd(b"a", b'APPEND Drafts (\\Draft) CATENATE (URL "' + url
+                        + b'" TEXT {%d+}\r\n' % len(text) + text + b")")
+    assert out[-1].startswith(b"a OK [APPENDUID "), out
+    drafts = await folder_of(imap_app, "Drafts")
+    (msg,) = await imap_app.store.list_messages(drafts)
+    data = (await imap_app.store.read_messages([(msg.blob_id, msg.prefix)]))[0]
+    header = MESSAGE[:MESSAGE.index(b"\r\n\r\n") + 4]
+    assert data == header + text and "\\Draft" in msg.flags
+    # MULTIAPPEND of two CATENATE messages, one with an absolute URL of this account
+    absolute = (f"imap://anna%40example.com@mail.example.net/INBOX/;UID={src.uid}"
+                f"/;SECTION=TEXT").encode()
+    out = await raw.cmd(b"b", b'APPEND Drafts CATENATE (TEXT {4+}\r\nab\r\n URL "' + absolute
+                        + b'") CATENATE (URL "' + url + b'")')
+    assert out[-1].startswith(b"b OK [APPENDUID "), out
+    assert len(await imap_app.store.list_messages(drafts)) == 3
+    # refusals: nothing stored
+    for tag, bad in ((b"x1", f"/INBOX;UIDVALIDITY={uv + 1}/;UID={src.uid}"),
+                     (b"x2", "/INBOX/;UID=999"), (b"x3", "/Nowhere/;UID=1"),
+                     (b"x4", f"imap://bob%40example.com@mail.example.net/INBOX/;UID={src.uid}"),
+                     (b"x5", f"imap://elsewhere.example/INBOX/;UID={src.uid}"),
+                     (b"x6", "http://example.com/x")):
+        out = await raw.cmd(tag, b'APPEND Drafts CATENATE (TEXT {2+}\r\nab URL "'
+                            + bad.encode() + b'")')
+        assert out[-1].startswith(tag + b" NO [BADURL "), (bad, out)
+    assert len(await imap_app.store.list_messages(drafts)) == 3
     await raw.close()
