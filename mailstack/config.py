@@ -188,6 +188,12 @@ class ImapSettings:
                                        "authentication.", min=256)
     max_connections_per_ip: int = _f(50, "Concurrent IMAP connections from one client IP "
                                      "(mail clients open several per account).", min=1)
+    metadata_max_value_size: int = _f(64 * 1024, "Largest METADATA entry value in octets "
+                                      "(RFC 5464 §4.3: larger ones get NO [METADATA "
+                                      "MAXSIZE n]).", min=1024)
+    metadata_max_entries: int = _f(512, "METADATA entries per address, server and mailbox "
+                                   "entries together (RFC 5464 §4.3: more get NO [METADATA "
+                                   "TOOMANY]).", min=16)
 
 
 @dataclass(frozen=True)

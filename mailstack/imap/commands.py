@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from mailstack.imap import commands_auth as a
 from mailstack.imap import commands_mailbox as mb
+from mailstack.imap import commands_metadata as md
 from mailstack.imap import commands_selected as sel
 from mailstack.imap import types as t
 from mailstack.imap.fetch import fetch
@@ -33,6 +34,8 @@ AUTHENTICATED: dict[type[t.Command], Handler] = {
     **ANY,
     t.Enable: a.enable,
     t.Compress: a.compress,
+    t.GetMetadata: md.getmetadata,
+    t.SetMetadata: md.setmetadata,
     t.Namespace: a.namespace,
     t.Select: mb.select,
     t.Create: mb.create,

@@ -724,6 +724,75 @@ def _copy_move(cls: type[t.Copy] | type[t.Move]) -> UidHandler:
     return handler
 
 
+_ENTRY = re.compile(r"/(private|shared)(/[\x21-\x2e\x30-\x7e]+)+", re.IGNORECASE)
+
+
+def _entry(lx: Lexer) -> str:
+    """RFC 5464 §3.2: "/private/..." or "/shared/...", no "*", "%", "//" or trailing "/"."""
+    name = lx.utf8_text(lx.astring())
+    if _ENTRY.fullmatch(name) is None or "*" in name or "%" in name:
+        raise lx.error(f"invalid metadata entry name {name!r}")
+    return name
+
+
+def _getmetadata(lx: Lexer, tag: str) -> t.Command:
+    """RFC 5464 §5: GETMETADATA [SP "(" options ")"] SP mailbox SP entries."""
+    lx.sp()
+    maxsize: int | None = None
+    depth = "0"
+    if lx.maybe_char(b"("):
+        while True:
+            if lx.maybe_word(b"MAXSIZE"):
+                lx.sp()
+                maxsize = lx.number()
+            elif lx.maybe_word(b"DEPTH"):
+                lx.sp()
+                depth = lx.keyword().lower()
+                if depth not in ("0", "1", "infinity"):
+                    raise lx.error("DEPTH is 0, 1 or infinity")
+            else:
+                raise lx.error("unknown GETMETADATA option")
+            if lx.maybe_char(b")"):
+                break
+            lx.sp()
+        lx.sp()
+    mailbox = lx.mailbox()
+    lx.sp()
+    entries: list[str] = []
+    if lx.maybe_char(b"("):
+        while True:
+            entries.append(_entry(lx))
+            if len(entries) > 256:
+                raise lx.error("too many entries")
+            if lx.maybe_char(b")"):
+                break
+            lx.sp()
+    else:
+        entries.append(_entry(lx))
+    return t.GetMetadata(tag=tag, mailbox=mailbox, entries=tuple(entries), maxsize=maxsize,
+                         depth=depth)
+
+
+def _setmetadata(lx: Lexer, tag: str) -> t.Command:
+    """RFC 5464 §5: SETMETADATA SP mailbox SP "(" entry SP value *(...) ")"."""
+    lx.sp()
+    mailbox = lx.mailbox()
+    lx.sp()
+    lx.char(b"(")
+    items: list[tuple[str, bytes | None]] = []
+    while True:
+        name = _entry(lx)
+        lx.sp()
+        value = lx.literal(allow8=True).data if lx.peek() == 0x7E else lx.nstring()
+        items.append((name, value))
+        if len(items) > 256:
+            raise lx.error("too many entries")
+        if lx.maybe_char(b")"):
+            break
+        lx.sp()
+    return t.SetMetadata(tag=tag, mailbox=mailbox, items=tuple(items))
+
+
 def _compress(lx: Lexer, tag: str) -> t.Command:
     lx.sp()
     return t.Compress(tag=tag, mechanism=lx.keyword())
@@ -757,6 +826,8 @@ COMMANDS: dict[str, Handler] = {
     "UNSELECT": _simple(t.Unselect),
     "EXPUNGE": _expunge,
     "COMPRESS": _compress,
+    "GETMETADATA": _getmetadata,
+    "SETMETADATA": _setmetadata,
     "LOGIN": _login,
     "AUTHENTICATE": _authenticate,
     "ENABLE": _enable,

@@ -83,6 +83,7 @@ BASE_CAPS = (
     "THREAD=ORDEREDSUBJECT",
     "THREAD=REFERENCES",
     "CATENATE",
+    "METADATA",
 )
 AUTH_CAPS = ("COMPRESS=DEFLATE",)  # only after login (RFC 4978 §3)
 

@@ -309,3 +309,23 @@ class Compress(Command):
 
     NAME: ClassVar[str] = "COMPRESS"
     mechanism: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class GetMetadata(Command):
+    """GETMETADATA (RFC 5464 §4.2); ``mailbox`` "" names the server."""
+
+    NAME: ClassVar[str] = "GETMETADATA"
+    mailbox: str
+    entries: tuple[str, ...]
+    maxsize: int | None = None
+    depth: str = "0"  # "0", "1" or "infinity"
+
+
+@dataclass(frozen=True, kw_only=True)
+class SetMetadata(Command):
+    """SETMETADATA (RFC 5464 §4.3); a None value removes the entry."""
+
+    NAME: ClassVar[str] = "SETMETADATA"
+    mailbox: str
+    items: tuple[tuple[str, bytes | None], ...] = field(repr=False)

@@ -43,17 +43,19 @@ def _m2_queue_dsn(conn: Connection) -> None:
 
 
 def _m_imap(conn: Connection) -> None:
-    """folders.first_recent_uid (RFC 3501 §2.3.2 \\Recent; existing mail is not recent)
-    and the table of subscriptions whose mailbox does not exist (RFC 3501 §6.3.6)."""
+    """folders.first_recent_uid (RFC 3501 §2.3.2 \\Recent; existing mail is not recent),
+    the table of subscriptions whose mailbox does not exist (RFC 3501 §6.3.6) and the
+    METADATA entries (RFC 5464)."""
     _add_columns(conn, "folders", ["first_recent_uid BIGINT NOT NULL DEFAULT 1"])
     conn.exec_driver_sql("UPDATE folders SET first_recent_uid = uidnext")
     schema.subscriptions.create(conn, checkfirst=True)
+    schema.metadata_entries.create(conn, checkfirst=True)
 
 
 MIGRATIONS: list[Migration] = [
     lambda conn: None,  # 1: initial schema (created by create_all on a fresh database)
     _m2_queue_dsn,  # 2: DSN parameters on queue rows (RFC 3461)
-    _m_imap,  # N: imap: \Recent bookkeeping and subscriptions of deleted mailboxes
+    _m_imap,  # N: imap: \Recent, subscriptions of deleted mailboxes, METADATA
 ]
 LATEST = len(MIGRATIONS)
 

@@ -24,7 +24,7 @@ import re
 from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 
-from sqlalchemy import and_, bindparam, func, select, update
+from sqlalchemy import and_, bindparam, delete, func, insert, select, update
 
 from . import schema as t
 from .base import SEEN_BIT, Folder, Message, Unavailable
@@ -34,6 +34,10 @@ from .mailbox import DeliveryTarget, MailboxMixin, _folder, normalize_folder_nam
 CHUNK = 500
 _BLANK = re.compile(rb"\n\r?\n")
 _HEADER_READ = 16 * 1024
+
+
+class _TooMany(Exception):
+    """Rolls back a METADATA change that would exceed the entry limit."""
 
 
 class MsgRow(NamedTuple):
@@ -221,3 +225,53 @@ class ImapMixin(MailboxMixin):
             return await asyncio.to_thread(work)
         except (OSError, BlobError) as exc:
             raise Unavailable(f"cannot read message: {exc}") from exc
+
+    # --- METADATA (RFC 5464) -----------------------------------------------------------
+    async def metadata_get(self, address_id: int, folder_id: int, names: Sequence[str],
+                           depth: str = "0") -> list[tuple[str, bytes]]:
+        """Entries (lower-case names) of a mailbox (``folder_id`` 0: the server):
+        each of ``names``, and with ``depth`` "1" / "infinity" their children /
+        descendants (RFC 5464 §4.2.2). Sorted by name."""
+        md = t.metadata_entries.c
+        async with self._read() as conn:
+            rows = (await conn.execute(select(md.name, md.value).where(and_(
+                md.address_id == address_id, md.folder_id == folder_id)))).all()
+        wanted = [n.lower() for n in names]
+        out = []
+        for name, value in rows:
+            for w in wanted:
+                if name == w or (depth != "0" and name.startswith(w + "/") and (
+                        depth == "infinity" or "/" not in name[len(w) + 1:])):
+                    out.append((name, bytes(value)))
+                    break
+        return sorted(out)
+
+    async def _metadata_set(self, address_id: int, folder_id: int,
+                            items: Sequence[tuple[str, bytes | None]],
+                            max_entries: int) -> bool:
+        """Set (or, for None, remove) entries in ONE transaction. False, with nothing
+        changed, when the address would hold more than ``max_entries`` entries."""
+        md = t.metadata_entries.c
+        async with self._write() as (conn, _):
+            for name, value in items:
+                await conn.execute(delete(t.metadata_entries).where(and_(
+                    md.address_id == address_id, md.folder_id == folder_id,
+                    md.name == name.lower())))
+                if value is not None:
+                    await conn.execute(insert(t.metadata_entries).values(
+                        address_id=address_id, folder_id=folder_id, name=name.lower(),
+                        value=value))
+            count = (await conn.execute(select(func.count()).where(
+                md.address_id == address_id))).scalar_one()
+            if count > max_entries:
+                raise _TooMany()
+        return True
+
+    async def metadata_set(self, address_id: int, folder_id: int,
+                           items: Sequence[tuple[str, bytes | None]],
+                           max_entries: int) -> bool:
+        """See ``_metadata_set``."""
+        try:
+            return await self._metadata_set(address_id, folder_id, items, max_entries)
+        except _TooMany:
+            return False

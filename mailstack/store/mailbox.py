@@ -134,6 +134,8 @@ class MailboxMixin(StoreBase):
             if row is None:
                 raise NotFound(f"no folder {name!r}")
             await conn.execute(delete(t.folders).where(t.folders.c.id == row.id))
+            await conn.execute(delete(t.metadata_entries).where(  # RFC 5464 §3.2
+                t.metadata_entries.c.folder_id == row.id))
             if row.subscribed:  # RFC 3501 §6.3.6: DELETE does not unsubscribe
                 await conn.execute(insert(t.subscriptions).values(address_id=address_id,
                                                                   name=name))

@@ -168,6 +168,17 @@ subscriptions = Table(
     Column("name", Text, primary_key=True),
 )
 
+# METADATA (RFC 5464): server entries (folder_id 0) and mailbox entries of an address;
+# names are stored lower-case ("/private/..." or "/shared/...").
+metadata_entries = Table(
+    "metadata_entries", metadata,
+    Column("address_id", PK, ForeignKey("addresses.id", ondelete="CASCADE"),
+           primary_key=True),
+    Column("folder_id", PK, primary_key=True),  # 0: the server
+    Column("name", Text, primary_key=True),
+    Column("value", LargeBinary, nullable=False),
+)
+
 activity = Table(
     "activity", metadata,
     Column("id", PK, primary_key=True, autoincrement=True),
