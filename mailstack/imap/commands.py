@@ -11,6 +11,7 @@ from mailstack.imap import commands_mailbox as mb
 from mailstack.imap import commands_metadata as md
 from mailstack.imap import commands_selected as sel
 from mailstack.imap import types as t
+from mailstack.imap.commands_notify import notify
 from mailstack.imap.fetch import fetch
 from mailstack.imap.search_exec import search
 from mailstack.imap.session import AUTH, LOGOUT, NOT_AUTH, SELECTED, Handler
@@ -35,6 +36,7 @@ AUTHENTICATED: dict[type[t.Command], Handler] = {
     t.Enable: a.enable,
     t.Compress: a.compress,
     t.GetMetadata: md.getmetadata,
+    t.Notify: notify,
     t.SetMetadata: md.setmetadata,
     t.Namespace: a.namespace,
     t.Select: mb.select,

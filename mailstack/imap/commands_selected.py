@@ -162,6 +162,7 @@ async def idle(s: Session, c: t.Idle) -> str | None:
     await s.conn.drain()
     read: asyncio.Future[bytes] = asyncio.ensure_future(s.read_line())
     line = b""
+    s.idling = True  # NOTIFY reports other mailboxes meanwhile (RFC 5465)
     try:
         while True:
             view = s.view
@@ -182,6 +183,7 @@ async def idle(s: Session, c: t.Idle) -> str | None:
                 line = read.result()
                 break
     finally:
+        s.idling = False
         if not read.done():
             read.cancel()
     if not is_idle_done(line):

@@ -30,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from mailstack.imap import types as t
-from mailstack.imap.fetch_items import parse_fetch_atts
+from mailstack.imap.fetch_items import FetchAtt, parse_fetch_atts
 from mailstack.imap.lexer import Lexer, LiteralData, ParseError, TooBig
 from mailstack.imap.search import SearchParser
 from mailstack.imap.sequence import SequenceSet
@@ -793,6 +793,74 @@ def _setmetadata(lx: Lexer, tag: str) -> t.Command:
     return t.SetMetadata(tag=tag, mailbox=mailbox, items=tuple(items))
 
 
+NOTIFY_EVENTS = {e.upper(): e for e in (
+    "MessageNew", "MessageExpunge", "FlagChange", "AnnotationChange", "MailboxName",
+    "SubscriptionChange", "MailboxMetadataChange", "ServerMetadataChange")}
+NOTIFY_FILTERS = frozenset({"SELECTED", "SELECTED-DELAYED", "INBOXES", "PERSONAL",
+                            "SUBSCRIBED", "SUBTREE", "MAILBOXES"})
+
+
+def _notify(lx: Lexer, tag: str) -> t.Command:
+    """RFC 5465 §8: NOTIFY NONE / NOTIFY SET [STATUS] event-group *(SP event-group)."""
+    lx.sp()
+    if lx.maybe_word(b"NONE"):
+        return t.Notify(tag=tag, groups=None)
+    if not lx.maybe_word(b"SET"):
+        raise lx.error("expected NOTIFY SET or NOTIFY NONE")
+    lx.sp()
+    status = lx.maybe_word(b"STATUS")
+    if status:
+        lx.sp()
+    groups: list[t.NotifyGroup] = []
+    while True:
+        groups.append(_notify_group(lx))
+        if len(groups) > 32:
+            raise lx.error("too many event groups")
+        if not lx.maybe_sp():
+            break
+    return t.Notify(tag=tag, groups=tuple(groups), status=status)
+
+
+def _notify_group(lx: Lexer) -> t.NotifyGroup:
+    lx.char(b"(")
+    filt = lx.keyword()
+    if filt not in NOTIFY_FILTERS:
+        raise lx.error(f"unknown NOTIFY filter {filt}")
+    mailboxes: list[str] = []
+    if filt in ("SUBTREE", "MAILBOXES"):
+        lx.sp()
+        if lx.maybe_char(b"("):
+            while True:
+                mailboxes.append(lx.mailbox())
+                if len(mailboxes) > 256:
+                    raise lx.error("too many mailboxes")
+                if lx.maybe_char(b")"):
+                    break
+                lx.sp()
+        else:
+            mailboxes.append(lx.mailbox())
+    lx.sp()
+    events: list[str] = []
+    fetch: tuple[FetchAtt, ...] = ()
+    if not lx.maybe_word(b"NONE"):
+        lx.char(b"(")
+        while True:
+            word = lx.keyword()
+            events.append(NOTIFY_EVENTS.get(word, word))
+            if word == "MESSAGENEW" and lx.peek() == 0x20 and lx.line[lx.pos + 1:lx.pos + 2] \
+                    == b"(":
+                lx.sp()
+                fetch = parse_fetch_atts(lx)
+            if len(events) > 16:
+                raise lx.error("too many events")
+            if lx.maybe_char(b")"):
+                break
+            lx.sp()
+    lx.char(b")")
+    return t.NotifyGroup(filter=filt.lower(), mailboxes=tuple(mailboxes),
+                         events=tuple(events), fetch=fetch)
+
+
 def _compress(lx: Lexer, tag: str) -> t.Command:
     lx.sp()
     return t.Compress(tag=tag, mechanism=lx.keyword())
@@ -827,6 +895,7 @@ COMMANDS: dict[str, Handler] = {
     "EXPUNGE": _expunge,
     "COMPRESS": _compress,
     "GETMETADATA": _getmetadata,
+    "NOTIFY": _notify,
     "SETMETADATA": _setmetadata,
     "LOGIN": _login,
     "AUTHENTICATE": _authenticate,

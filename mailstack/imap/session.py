@@ -25,7 +25,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mailstack.config import ListenerSettings
 from mailstack.imap import respond
@@ -44,6 +44,9 @@ from mailstack.store import (
     Subscription,
     Unavailable,
 )
+
+if TYPE_CHECKING:
+    from mailstack.imap.commands_notify import Notifier
 
 log = logging.getLogger("mailstack.imap")
 
@@ -84,6 +87,7 @@ BASE_CAPS = (
     "THREAD=REFERENCES",
     "CATENATE",
     "METADATA",
+    "NOTIFY",
 )
 AUTH_CAPS = ("COMPRESS=DEFLATE",)  # only after login (RFC 4978 §3)
 
@@ -126,6 +130,10 @@ class Session:
         self.max_message_size = 0
         self.enabled: set[str] = set()
         self.compressed = False  # COMPRESS=DEFLATE active (RFC 4978)
+        # held by every command; NOTIFY writes only while it holds it (RFC 5465)
+        self.busy = asyncio.Lock()
+        self.idling = False
+        self.notifier: Notifier | None = None
         self.view: MailboxView | None = None
         self.sub: Subscription | None = None
         self._watch_sub: Subscription | None = None
@@ -230,6 +238,9 @@ class Session:
                 return
 
     def close(self) -> None:
+        if self.notifier is not None:
+            self.notifier.close()
+            self.notifier = None
         if self._watcher is not None and self._watcher is not asyncio.current_task():
             self._watcher.cancel()
         for sub in (self.sub, self._watch_sub):
@@ -251,6 +262,11 @@ class Session:
         if handler is None:
             self.send(respond.tagged(cmd.tag, "BAD", f"{name} not allowed now"))
             return
+        async with self.busy:
+            await self._execute(cmd, handler, name)
+        await self.conn.drain()
+
+    async def _execute(self, cmd: t.Command, handler: Handler, name: str) -> None:
         try:
             text = await handler(self, cmd)
             if text != ANSWERED:
@@ -279,7 +295,6 @@ class Session:
                 "imap: %s failed for %s from %s", name, self.email or "-", self.conn.client_ip
             )
             self.send(respond.tagged(cmd.tag, "NO", "Internal server error", "SERVERBUG"))
-        await self.conn.drain()
 
     @staticmethod
     def expunge_allowed(cmd: t.Command) -> bool:

@@ -329,3 +329,23 @@ class SetMetadata(Command):
     NAME: ClassVar[str] = "SETMETADATA"
     mailbox: str
     items: tuple[tuple[str, bytes | None], ...] = field(repr=False)
+
+
+@dataclass(frozen=True, kw_only=True)
+class NotifyGroup:
+    """One event group of NOTIFY SET (RFC 5465 §6): a mailbox filter and its events."""
+
+    filter: str  # selected, selected-delayed, inboxes, personal, subscribed, subtree,
+    # mailboxes (lower-case)
+    mailboxes: tuple[str, ...] = ()
+    events: tuple[str, ...] = ()  # canonical spelling, e.g. "MessageNew"; () = NONE
+    fetch: tuple[FetchAtt, ...] = ()  # MessageNew (fetch-att ...)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Notify(Command):
+    """NOTIFY NONE (``groups`` None) or NOTIFY SET [STATUS] groups (RFC 5465 §3)."""
+
+    NAME: ClassVar[str] = "NOTIFY"
+    groups: tuple[NotifyGroup, ...] | None
+    status: bool = False

@@ -180,15 +180,22 @@ class MailboxMixin(StoreBase):
         """Subscribe an existing folder, or unsubscribe a folder or a name whose folder
         was deleted while subscribed (RFC 3501 §6.3.7)."""
         name = normalize_folder_name(name)
-        async with self._write() as (conn, _):
+        async with self._write() as (conn, events):
             res = await conn.execute(update(t.folders).where(and_(
                 t.folders.c.address_id == address_id,
-                t.folders.c.name == name)).values(subscribed=subscribed))
-            if res.rowcount == 0 and not subscribed:
-                res = await conn.execute(delete(t.subscriptions).where(and_(
-                    t.subscriptions.c.address_id == address_id,
-                    t.subscriptions.c.name == name)))
-            if res.rowcount == 0:
+                t.folders.c.name == name)).values(subscribed=subscribed)
+                .returning(t.folders.c.id))
+            changed = res.all()
+            for row in changed:  # RFC 5465 SubscriptionChange
+                events.append(FolderChanged(address_id, row.id, "subscribed"))
+            if changed:
+                return
+            if subscribed:
+                raise NotFound(f"no folder {name!r}")
+            gone = await conn.execute(delete(t.subscriptions).where(and_(
+                t.subscriptions.c.address_id == address_id,
+                t.subscriptions.c.name == name)))
+            if gone.rowcount == 0:
                 raise NotFound(f"no folder {name!r}")
 
     async def orphan_subscriptions(self, address_id: int) -> list[str]:
