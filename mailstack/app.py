@@ -18,6 +18,7 @@ from dataclasses import fields
 from typing import Protocol
 
 from .config import ListenerSettings, Settings
+from .importer.runner import ImportRunner
 from .services import Services
 from .store import Store
 from .tls import ensure_self_signed, server_context
@@ -54,6 +55,7 @@ class App:
         self.services: Services | None = None
         self.frontends: dict[str, FrontEnd] = {}
         self._gc_task: asyncio.Task[None] | None = None
+        self.importer: ImportRunner | None = None
 
     @property
     def ports(self) -> dict[str, int]:
@@ -93,6 +95,10 @@ class App:
             raise
         if s.server.blob_gc_interval_seconds > 0:
             self._gc_task = asyncio.create_task(self._collect_garbage_forever())
+        if s.importer.enabled:
+            self.importer = ImportRunner(self.store, s, clock=self.clock,
+                                         cafile=s.importer.ca_file or None)
+            await self.importer.start()
 
     async def _collect_garbage_forever(self) -> None:
         s = self.settings.server
@@ -110,6 +116,9 @@ class App:
 
     async def stop(self, grace: float | None = None) -> None:
         grace = self.settings.server.shutdown_grace_seconds if grace is None else grace
+        if self.importer is not None:
+            await self.importer.stop()
+            self.importer = None
         if self._gc_task is not None:
             self._gc_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

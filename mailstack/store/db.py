@@ -42,6 +42,11 @@ def _m2_queue_dsn(conn: Connection) -> None:
         "dsn_notify VARCHAR(64) NOT NULL DEFAULT ''", "dsn_orcpt TEXT NOT NULL DEFAULT ''"])
 
 
+def _m3_import_jobs(conn: Connection) -> None:
+    schema.import_jobs.create(conn, checkfirst=True)
+    schema.import_folders.create(conn, checkfirst=True)
+
+
 def _m_imap(conn: Connection) -> None:
     """folders.first_recent_uid (RFC 3501 §2.3.2 \\Recent; existing mail is not recent),
     the table of subscriptions whose mailbox does not exist (RFC 3501 §6.3.6) and the
@@ -55,7 +60,8 @@ def _m_imap(conn: Connection) -> None:
 MIGRATIONS: list[Migration] = [
     lambda conn: None,  # 1: initial schema (created by create_all on a fresh database)
     _m2_queue_dsn,  # 2: DSN parameters on queue rows (RFC 3461)
-    _m_imap,  # N: imap: \Recent, subscriptions of deleted mailboxes, METADATA
+    _m3_import_jobs,  # 3: IMAP import jobs
+    _m_imap,  # 4: imap: \Recent, subscriptions of deleted mailboxes, METADATA
 ]
 LATEST = len(MIGRATIONS)
 
