@@ -129,16 +129,25 @@ class PlanSettings:
                             "may hold.", min=1)
     max_message_size: int = _f(50 * 1024 * 1024, "Largest message in octets (SMTP SIZE).",
                                min=1024)
+    storage_quota: int = _f(0, "Octets of mail each address may keep (IMAP QUOTA STORAGE, "
+                            "RFC 9208); 0: no limit. Over it, IMAP APPEND/COPY get NO "
+                            "[OVERQUOTA] and SMTP RCPT 452 4.2.2; reading keeps working.",
+                            min=0)
+    message_quota: int = _f(0, "Messages each address may keep (IMAP QUOTA MESSAGE); "
+                            "0: no limit.", min=0)
 
 
 def _default_plans() -> dict[str, PlanSettings]:
     return {
         "free": PlanSettings(max_recipients_per_message=10, daily_recipients=100,
-                             max_addresses=5, max_message_size=25 * 1024 * 1024),
+                             max_addresses=5, max_message_size=25 * 1024 * 1024,
+                             storage_quota=1 << 30),
         "starter": PlanSettings(max_recipients_per_message=100, daily_recipients=500,
-                                max_addresses=50, max_message_size=35 * 1024 * 1024),
+                                max_addresses=50, max_message_size=35 * 1024 * 1024,
+                                storage_quota=10 << 30),
         "standard": PlanSettings(max_recipients_per_message=100, daily_recipients=2000,
-                                 max_addresses=1000, max_message_size=50 * 1024 * 1024),
+                                 max_addresses=1000, max_message_size=50 * 1024 * 1024,
+                                 storage_quota=50 << 30),
     }
 
 
@@ -197,6 +206,13 @@ class ImapSettings:
 
 
 @dataclass(frozen=True)
+class QuotaSettings:
+    over_quota_permanent: bool = _f(False, "SMTP RCPT to an address over its storage quota "
+                                    "gets 552 5.2.2 (permanent) instead of 452 4.2.2 "
+                                    "(temporary: the sender retries; RFC 3463).")
+
+
+@dataclass(frozen=True)
 class Pop3Settings:
     idle_timeout_seconds: float = _f(600.0, "Auto-logout after this much inactivity "
                                      "(RFC 1939 §3: at least 10 minutes).", min=1)
@@ -242,6 +258,7 @@ class Settings:
     auth: AuthSettings = _f(AuthSettings(), "Password hashing and brute-force protection.")
     imap: ImapSettings = _f(ImapSettings(), "IMAP server.")
     pop3: Pop3Settings = _f(Pop3Settings(), "POP3 server.")
+    quota: QuotaSettings = _f(QuotaSettings(), "Storage quotas (the limits are per plan).")
     importer: ImporterSettings = _f(ImporterSettings(), "Import of mailboxes from other "
                                     "providers over IMAP (`mailstack import`).")
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from mailstack.imap import commands_auth as a
 from mailstack.imap import commands_mailbox as mb
 from mailstack.imap import commands_metadata as md
+from mailstack.imap import commands_quota as quota
 from mailstack.imap import commands_selected as sel
 from mailstack.imap import types as t
 from mailstack.imap.commands_notify import notify
@@ -37,6 +38,9 @@ AUTHENTICATED: dict[type[t.Command], Handler] = {
     t.Compress: a.compress,
     t.GetMetadata: md.getmetadata,
     t.Notify: notify,
+    t.GetQuota: quota.getquota,
+    t.GetQuotaRoot: quota.getquotaroot,
+    t.SetQuota: quota.setquota,
     t.SetMetadata: md.setmetadata,
     t.Namespace: a.namespace,
     t.Select: mb.select,

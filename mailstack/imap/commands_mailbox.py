@@ -26,6 +26,7 @@ from mailstack.imap import respond
 from mailstack.imap import types as t
 from mailstack.imap.append_convert import convert_binary, needs_conversion
 from mailstack.imap.catenate import assemble
+from mailstack.imap.commands_quota import check as check_quota
 from mailstack.imap.mailbox_view import MailboxView
 from mailstack.imap.pattern import MAX_PATTERNS, Pattern, PatternTooLong, compile_pattern
 from mailstack.imap.session import SELECTED, Session
@@ -201,8 +202,9 @@ def _ancestors(name: str) -> list[str]:
 
 
 def _status_items(status: FolderStatus, items: tuple[str, ...], max_size: int,
-                  recent: int = 0) -> str:
+                  recent: int = 0, deleted_storage: int = 0) -> str:
     values = {"MESSAGES": status.messages, "UIDNEXT": status.uidnext,
+              "DELETED-STORAGE": deleted_storage,
               "UIDVALIDITY": status.uidvalidity, "UNSEEN": status.unseen,
               "DELETED": status.deleted, "SIZE": status.size, "RECENT": recent,
               "HIGHESTMODSEQ": status.highestmodseq, "APPENDLIMIT": max_size}
@@ -219,8 +221,12 @@ async def _status_line(s: Session, folder: Folder, items: tuple[str, ...]) -> by
         recent = await s.store.recent_count(folder.id)
         if view is not None and view.folder_id == folder.id:
             recent += len(view.recent)
+    deleted_storage = 0
+    if "DELETED-STORAGE" in items:  # RFC 9208 §4.4: octets of \Deleted messages
+        deleted_storage = await s.store.deleted_storage(folder.id)
     return (b"* STATUS " + respond.mailbox(folder.name, s.utf8) + b" ("
-            + _status_items(st, items, s.max_message_size, recent).encode() + b")\r\n")
+            + _status_items(st, items, s.max_message_size, recent,
+                            deleted_storage).encode() + b")\r\n")
 
 
 async def status(s: Session, c: t.Status) -> str | None:
@@ -340,6 +346,7 @@ async def append(s: Session, c: t.Append) -> str | None:
             raise respond.Bad("Unknown system flag")
         when = m.internal_date.timestamp() if m.internal_date is not None else None
         items.append((data, flags, when))
+    await check_quota(s, sum(len(d) for d, _, _ in items), len(items))  # RFC 9208 §4.6
     if len(items) == 1:
         data, flags, when = items[0]
         msgs = [await s.store.append(folder.id, data, flags=flags, internal_date=when)]

@@ -20,6 +20,7 @@ import asyncio
 
 from mailstack.imap import respond
 from mailstack.imap import types as t
+from mailstack.imap.commands_quota import check as check_quota
 from mailstack.imap.mailbox_view import MailboxView
 from mailstack.imap.parser import is_idle_done
 from mailstack.imap.session import Session
@@ -136,6 +137,8 @@ async def copy(s: Session, c: t.Copy) -> str | None:
     dst = await _target(s, c.mailbox)
     if not uids:
         return None
+    rows = await s.store.message_rows(view.folder_id, uids)
+    await check_quota(s, sum(r.size for r in rows), len(rows))  # RFC 9208 §4.6
     pairs = await s.store.copy_messages(view.folder_id, uids, dst.id)
     if not pairs:
         return None

@@ -410,6 +410,7 @@ STATUS_ITEMS = frozenset(
         "HIGHESTMODSEQ",
         "APPENDLIMIT",
         "MAILBOXID",
+        "DELETED-STORAGE",
     }
 )
 
@@ -861,6 +862,30 @@ def _notify_group(lx: Lexer) -> t.NotifyGroup:
                          events=tuple(events), fetch=fetch)
 
 
+def _getquota(lx: Lexer, tag: str) -> t.Command:
+    lx.sp()
+    return t.GetQuota(tag=tag, root=lx.utf8_text(lx.astring()))
+
+
+def _getquotaroot(lx: Lexer, tag: str) -> t.Command:
+    lx.sp()
+    return t.GetQuotaRoot(tag=tag, mailbox=lx.mailbox())
+
+
+def _setquota(lx: Lexer, tag: str) -> t.Command:
+    """RFC 9208 §4.1: SETQUOTA root (resource limit ...); checked for syntax only."""
+    lx.sp()
+    root = lx.utf8_text(lx.astring())
+    lx.sp()
+    lx.char(b"(")
+    while not lx.maybe_char(b")"):
+        lx.atom()
+        lx.sp()
+        lx.number64()
+        lx.maybe_sp()
+    return t.SetQuota(tag=tag, root=root)
+
+
 def _compress(lx: Lexer, tag: str) -> t.Command:
     lx.sp()
     return t.Compress(tag=tag, mechanism=lx.keyword())
@@ -896,6 +921,9 @@ COMMANDS: dict[str, Handler] = {
     "COMPRESS": _compress,
     "GETMETADATA": _getmetadata,
     "NOTIFY": _notify,
+    "GETQUOTA": _getquota,
+    "GETQUOTAROOT": _getquotaroot,
+    "SETQUOTA": _setquota,
     "SETMETADATA": _setmetadata,
     "LOGIN": _login,
     "AUTHENTICATE": _authenticate,

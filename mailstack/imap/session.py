@@ -88,6 +88,9 @@ BASE_CAPS = (
     "CATENATE",
     "METADATA",
     "NOTIFY",
+    "QUOTA",
+    "QUOTA=RES-STORAGE",
+    "QUOTA=RES-MESSAGE",
 )
 AUTH_CAPS = ("COMPRESS=DEFLATE",)  # only after login (RFC 4978 §3)
 
@@ -128,6 +131,7 @@ class Session:
         self.email = ""
         self.epoch = 0
         self.max_message_size = 0
+        self.plan = self.settings.plan(self.settings.smtp.default_plan)
         self.enabled: set[str] = set()
         self.compressed = False  # COMPRESS=DEFLATE active (RFC 4978)
         # held by every command; NOTIFY writes only while it holds it (RFC 5465)
@@ -209,6 +213,7 @@ class Session:
             self.settings.smtp.default_plan
         )
         self.max_message_size = plan.max_message_size
+        self.plan = plan
         s = self.settings.imap
         self.reader.limits = Limits(
             max_line=s.max_line_length,

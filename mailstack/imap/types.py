@@ -349,3 +349,27 @@ class Notify(Command):
     NAME: ClassVar[str] = "NOTIFY"
     groups: tuple[NotifyGroup, ...] | None
     status: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class GetQuota(Command):
+    """GETQUOTA quota-root (RFC 9208 §4.2)."""
+
+    NAME: ClassVar[str] = "GETQUOTA"
+    root: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class GetQuotaRoot(Command):
+    """GETQUOTAROOT mailbox (RFC 9208 §4.3)."""
+
+    NAME: ClassVar[str] = "GETQUOTAROOT"
+    mailbox: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class SetQuota(Command):
+    """SETQUOTA (RFC 9208 §4.1): parsed to be refused; limits come from the plan."""
+
+    NAME: ClassVar[str] = "SETQUOTA"
+    root: str

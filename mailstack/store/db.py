@@ -49,19 +49,24 @@ def _m3_import_jobs(conn: Connection) -> None:
 
 def _m_imap(conn: Connection) -> None:
     """folders.first_recent_uid (RFC 3501 §2.3.2 \\Recent; existing mail is not recent),
-    the table of subscriptions whose mailbox does not exist (RFC 3501 §6.3.6) and the
-    METADATA entries (RFC 5464)."""
+    the table of subscriptions whose mailbox does not exist (RFC 3501 §6.3.6), the
+    METADATA entries (RFC 5464) and the storage used per address (RFC 9208 QUOTA)."""
     _add_columns(conn, "folders", ["first_recent_uid BIGINT NOT NULL DEFAULT 1"])
     conn.exec_driver_sql("UPDATE folders SET first_recent_uid = uidnext")
     schema.subscriptions.create(conn, checkfirst=True)
     schema.metadata_entries.create(conn, checkfirst=True)
+    schema.quota_usage.create(conn, checkfirst=True)
+    conn.exec_driver_sql(
+        "INSERT INTO quota_usage (address_id, bytes, messages) "
+        "SELECT f.address_id, SUM(m.size), COUNT(*) FROM messages m "
+        "JOIN folders f ON f.id = m.folder_id GROUP BY f.address_id")
 
 
 MIGRATIONS: list[Migration] = [
     lambda conn: None,  # 1: initial schema (created by create_all on a fresh database)
     _m2_queue_dsn,  # 2: DSN parameters on queue rows (RFC 3461)
     _m3_import_jobs,  # 3: IMAP import jobs
-    _m_imap,  # 4: imap: \Recent, subscriptions of deleted mailboxes, METADATA
+    _m_imap,  # 4: imap: \Recent, subscriptions of deleted mailboxes, METADATA, QUOTA
 ]
 LATEST = len(MIGRATIONS)
 

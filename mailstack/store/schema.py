@@ -168,6 +168,16 @@ subscriptions = Table(
     Column("name", Text, primary_key=True),
 )
 
+# Storage used per address (RFC 9208 QUOTA): kept up to date in the same transaction
+# as every message insert and delete, never summed per command.
+quota_usage = Table(
+    "quota_usage", metadata,
+    Column("address_id", PK, ForeignKey("addresses.id", ondelete="CASCADE"),
+           primary_key=True),
+    Column("bytes", BigInteger, nullable=False, default=0),
+    Column("messages", BigInteger, nullable=False, default=0),
+)
+
 # METADATA (RFC 5464): server entries (folder_id 0) and mailbox entries of an address;
 # names are stored lower-case ("/private/..." or "/shared/...").
 metadata_entries = Table(
