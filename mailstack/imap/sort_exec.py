@@ -3,10 +3,10 @@ UID THREAD (RFC 5256 §4) over the session's view.
 
 Implementation notes (invariants):
 - The messages are chosen by the SEARCH evaluator (same keys, same charset rules).
-- Sort keys are computed from each matching message's header block (only the header
-  is read, in batches of ``BATCH``, one thread hop each); the keys of a batch are
-  extracted off the event loop, and so are sorting and threading, so a big mailbox
-  never blocks other clients. (Keys are not stored at delivery yet.)
+- Sort keys are computed once per message from its header block (only the header is
+  read, in batches of ``BATCH``, one thread hop each) and cached in the store (one write
+  per command); later commands decode the cache. Extraction, decoding, sorting and
+  threading run off the event loop, so a big mailbox never blocks other clients.
 - With a MODSEQ search key the reply carries (MODSEQ n) like SEARCH (RFC 7162 §3.1.5).
 - ESORT (RFC 5267 §3.2): MIN/MAX are the first/last message in sort order, ALL lists
   them in sort order (ranges only for ascending runs), COUNT their number.
@@ -29,18 +29,38 @@ def _extract(items: list[tuple[int, int, float, int, bytes]]) -> list[sorting.So
     return [sorting.keys_from_header(*x) for x in items]
 
 
+def _decode(items: list[tuple[int, int, float, int, str]]) -> list[sorting.SortKeys | None]:
+    return [sorting.keys_from_json(*x) for x in items]
+
+
+def _encode(keys: list[tuple[int, sorting.SortKeys]]) -> list[tuple[int, str]]:
+    return [(i, sorting.keys_json(k)) for i, k in keys]
+
+
 async def _keys(s: Session, found: list[tuple[int, int]]) -> list[sorting.SortKeys]:
+    """Keys of the matching messages: cached ones decoded, the others computed from the
+    header blocks and cached in ONE write (off the event loop throughout)."""
     view = s.require_view()
     rows = await s.store.message_rows(view.folder_id, [u for u, _ in found], with_blob=True)
-    out: list[sorting.SortKeys] = []
-    for i in range(0, len(rows), BATCH):
-        batch = rows[i:i + BATCH]
+    cached = await s.store.cached_sort_keys([r.id for r in rows])
+    have = [r for r in rows if r.id in cached]
+    decoded = await asyncio.to_thread(_decode, [
+        (r.uid, view.seq_of(r.uid) or 0, r.internal_date, r.size, cached[r.id]) for r in have])
+    out = [k for k in decoded if k is not None]
+    done = {k.uid for k in out}
+    missing = [r for r in rows if r.uid not in done]
+    computed: list[tuple[int, sorting.SortKeys]] = []
+    for i in range(0, len(missing), BATCH):
+        batch = missing[i:i + BATCH]
         heads = await s.store.read_messages([(r.blob_id, r.prefix) for r in batch],
                                             header_only=True)
         items = [(r.uid, view.seq_of(r.uid) or 0, r.internal_date, r.size, h)
                  for r, h in zip(batch, heads, strict=True)]
-        out += await asyncio.to_thread(_extract, items)
-    return out
+        keys = await asyncio.to_thread(_extract, items)
+        computed += [(r.id, k) for r, k in zip(batch, keys, strict=True)]
+    if computed:
+        await s.store.set_sort_keys(await asyncio.to_thread(_encode, computed))
+    return out + [k for _, k in computed]
 
 
 def _modseq_suffix(c: t.Sort | t.Thread, found: list[tuple[int, int]]) -> str:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import datetime
 import email.header
 import email.utils
+import json
 import re
 from dataclasses import dataclass, field
 from functools import partial
@@ -151,6 +152,31 @@ def keys_from_header(uid: int, seq: int, arrival: float, size: int, header: byte
                     is_reply=reply, from_=frm, to=to, cc=cc, display_from=dfrm,
                     display_to=dto, message_id=mid.group() if mid else "",
                     references=refs)
+
+
+KEYS_VERSION = "sk1"
+
+
+def keys_json(k: SortKeys) -> str:
+    """The header-derived keys, as cached in the store (RFC 5256 keys of one message)."""
+    return json.dumps([KEYS_VERSION, k.date, k.subject, k.is_reply, k.from_, k.to, k.cc,
+                       k.display_from, k.display_to, k.message_id, list(k.references)])
+
+
+def keys_from_json(uid: int, seq: int, arrival: float, size: int, text: str
+                   ) -> SortKeys | None:
+    """Cached keys back; None when stale (another version) or damaged."""
+    try:
+        v = json.loads(text)
+        if v[0] != KEYS_VERSION:
+            return None
+        return SortKeys(uid=uid, seq=seq, arrival=arrival, size=size, date=float(v[1]),
+                        subject=str(v[2]), is_reply=bool(v[3]), from_=str(v[4]),
+                        to=str(v[5]), cc=str(v[6]), display_from=str(v[7]),
+                        display_to=str(v[8]), message_id=str(v[9]),
+                        references=tuple(str(x) for x in v[10]))
+    except (ValueError, TypeError, IndexError, KeyError):
+        return None
 
 
 def _key(name: str, k: SortKeys) -> float | str:

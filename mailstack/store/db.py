@@ -50,8 +50,10 @@ def _m3_import_jobs(conn: Connection) -> None:
 def _m_imap(conn: Connection) -> None:
     """folders.first_recent_uid (RFC 3501 §2.3.2 \\Recent; existing mail is not recent),
     the table of subscriptions whose mailbox does not exist (RFC 3501 §6.3.6), the
-    METADATA entries (RFC 5464) and the storage used per address (RFC 9208 QUOTA)."""
+    METADATA entries (RFC 5464), the storage used per address (RFC 9208 QUOTA) and the
+    cached SORT/THREAD keys of a message (RFC 5256)."""
     _add_columns(conn, "folders", ["first_recent_uid BIGINT NOT NULL DEFAULT 1"])
+    _add_columns(conn, "messages", ["sort_keys TEXT"])
     conn.exec_driver_sql("UPDATE folders SET first_recent_uid = uidnext")
     schema.subscriptions.create(conn, checkfirst=True)
     schema.metadata_entries.create(conn, checkfirst=True)
@@ -66,7 +68,7 @@ MIGRATIONS: list[Migration] = [
     lambda conn: None,  # 1: initial schema (created by create_all on a fresh database)
     _m2_queue_dsn,  # 2: DSN parameters on queue rows (RFC 3461)
     _m3_import_jobs,  # 3: IMAP import jobs
-    _m_imap,  # 4: imap: \Recent, subscriptions of deleted mailboxes, METADATA, QUOTA
+    _m_imap,  # 4: imap: \Recent, deleted-mailbox subscriptions, METADATA, QUOTA, sort keys
 ]
 LATEST = len(MIGRATIONS)
 

@@ -275,3 +275,27 @@ class ImapMixin(MailboxMixin):
             return await self._metadata_set(address_id, folder_id, items, max_entries)
         except _TooMany:
             return False
+
+    # --- cached SORT / THREAD keys (RFC 5256) ------------------------------------------
+    async def cached_sort_keys(self, ids: Sequence[int]) -> dict[int, str]:
+        """The cached sort keys (JSON) of messages by id; missing ones are left out."""
+        m = t.messages.c
+        out: dict[int, str] = {}
+        id_list = sorted(set(ids))
+        async with self._read() as conn:
+            for i in range(0, len(id_list), CHUNK):
+                rows = (await conn.execute(select(m.id, m.sort_keys).where(and_(
+                    m.id.in_(id_list[i:i + CHUNK]), m.sort_keys.is_not(None))))).all()
+                out.update((int(r[0]), r[1]) for r in rows)
+        return out
+
+    async def set_sort_keys(self, entries: Sequence[tuple[int, str]]) -> None:
+        """Write back many (id, JSON) sort keys in ONE transaction."""
+        if not entries:
+            return
+        m = t.messages
+        stmt = update(m).where(m.c.id == bindparam("_id")).values(sort_keys=bindparam("_k"))
+        async with self._write() as (conn, _):
+            for i in range(0, len(entries), CHUNK):
+                await conn.execute(stmt, [{"_id": i_, "_k": k}
+                                          for i_, k in entries[i:i + CHUNK]])

@@ -144,6 +144,7 @@ messages = Table(
     Column("prefix", LargeBinary, nullable=False, default=b""),
     Column("envelope", Text),  # cached IMAP structure (JSON), filled lazily
     Column("bodystructure", Text),
+    Column("sort_keys", Text),  # cached SORT/THREAD keys (JSON), filled on first use
     Column("created_at", Float, nullable=False),
     UniqueConstraint("folder_id", "uid", name="uq_message_uid"),
     Index("ix_messages_folder_modseq", "folder_id", "modseq"),

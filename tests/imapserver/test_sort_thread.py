@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import pytest
 from imapclient import IMAPClient
 
 from mailstack.app import App
@@ -114,3 +117,36 @@ def test_capabilities_are_listed_once() -> None:
     from mailstack.imap.session import BASE_CAPS
 
     assert len(set(BASE_CAPS)) == len(BASE_CAPS)
+
+
+async def test_sort_keys_cached_after_first_use(imap_app: App,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """RFC 5256 keys are parsed once per message and stored; later SORT/THREAD commands
+    read no message bytes. Damaged cache entries are recomputed."""
+    await _fill(imap_app)
+    assert imap_app.store is not None
+    reads: list[int] = []
+    real = imap_app.store.read_messages
+
+    async def read_messages(items: Any, **kw: Any) -> Any:
+        reads.append(len(items))
+        return await real(items, **kw)
+
+    monkeypatch.setattr(imap_app.store, "read_messages", read_messages)
+    raw = await Raw.connect(imap_app.ports["imap"])
+    await raw.login()
+    await raw.cmd(b"s", b"SELECT INBOX")
+    first = await raw.cmd(b"a", b"SORT (DATE) UTF-8 ALL")
+    assert reads == [4]
+    reads.clear()
+    assert await raw.cmd(b"b", b"SORT (DATE) UTF-8 ALL") == [first[0], first[1].replace(
+        b"a OK", b"b OK")]
+    assert (await raw.cmd(b"c", b"THREAD REFERENCES UTF-8 ALL"))[0] == \
+        b"* THREAD (4)(2 3 1)\r\n"
+    assert reads == []
+    fid = await inbox_id(imap_app)
+    (m1,) = await imap_app.store.get_messages(fid, [1])
+    await imap_app.store.set_sort_keys([(m1.id, "damaged")])
+    assert (await raw.cmd(b"d", b"SORT (DATE) UTF-8 ALL"))[0] == first[0]
+    assert reads == [1]
+    await raw.close()
