@@ -9,6 +9,9 @@ Implementation notes (invariants):
 - The base subject follows RFC 5256 §2.1 step by step; it works on at most
   ``MAX_SUBJECT`` characters and every step is linear (no backtracking patterns).
 - A Date that cannot be parsed counts as the internal date (RFC 5256 §2.2, §3).
+- REFERENCES threads nest at most ``MAX_DEPTH`` deep and use the last
+  ``MAX_REFERENCES`` ids of a References field: hostile chains cannot make threading
+  quadratic in the mailbox size or exhaust the recursion limit.
 - Threads are rendered per the RFC 5256 §4 grammar: a single child continues the chain
   ("1 2 3"), several children are nested lists ("1 (2)(3)").
 """
@@ -26,6 +29,8 @@ from functools import partial
 from mailstack import mime
 
 MAX_SUBJECT = 2000
+MAX_DEPTH = 256  # thread nesting (REFERENCES)
+MAX_REFERENCES = 128  # the last ones of a References field are kept
 SORT_KEYS = frozenset({"ARRIVAL", "CC", "DATE", "FROM", "SIZE", "SUBJECT", "TO",
                        "DISPLAYFROM", "DISPLAYTO"})
 _WS = re.compile(r"[ \t\r\n]+")
@@ -143,7 +148,7 @@ def keys_from_header(uid: int, seq: int, arrival: float, size: int, header: byte
     to, dto = _first_mailbox(f.get("to"))
     cc, _ = _first_mailbox(f.get("cc"))
     mid = _MSGID.search(f.get("message-id", ""))
-    refs = tuple(_MSGID.findall(f.get("references", "")))
+    refs = tuple(_MSGID.findall(f.get("references", ""))[-MAX_REFERENCES:])
     if not refs:
         irt = _MSGID.search(f.get("in-reply-to", ""))
         refs = (irt.group(),) if irt else ()
@@ -237,13 +242,18 @@ def ordered_subject(msgs: list[SortKeys]) -> list[Node]:
 
 
 def _is_ancestor(a: Node, b: Node) -> bool:
-    """True if ``a`` is ``b`` or one of its ancestors (bounded by the tree's depth)."""
+    """True if ``a`` is ``b`` or one of its ancestors. Also True when ``b`` is deeper than
+    ``MAX_DEPTH``: linking under it is refused, so threads never nest deeper than that
+    (a hostile chain of replies costs O(n * MAX_DEPTH), and the recursive steps stay
+    far from Python's recursion limit)."""
     n: Node | None = b
-    while n is not None:
+    for _ in range(MAX_DEPTH):
+        if n is None:
+            return False
         if n is a:
             return True
         n = n.parent
-    return False
+    return n is not None
 
 
 def _link(parent: Node, child: Node) -> None:
@@ -331,12 +341,14 @@ def _group_by_subject(roots: list[Node]) -> list[Node]:
                 old.msg is not None and r.msg is not None):
             table[k.subject] = r
     out: list[Node] = []
+    at: dict[int, int] = {}  # id(node) -> its index in ``out`` (no list scans)
     for r in roots:
         if r.parent is not None:
             continue  # already merged into a new dummy
         k = r.subject_msg()
         target = table.get(k.subject) if k is not None and k.subject else None
         if target is None or target is r:
+            at[id(r)] = len(out)
             out.append(r)
             continue
         if target.msg is None and r.msg is None:
@@ -349,7 +361,7 @@ def _group_by_subject(roots: list[Node]) -> list[Node]:
             _link(target, r)
         else:
             dummy = Node()
-            i = out.index(target) if target in out else -1
+            i = at.pop(id(target), -1)
             _link(dummy, target)
             _link(dummy, r)
             assert k is not None
@@ -357,7 +369,9 @@ def _group_by_subject(roots: list[Node]) -> list[Node]:
             if i >= 0:
                 out[i] = dummy
             else:
+                i = len(out)
                 out.append(dummy)
+            at[id(dummy)] = i
     for r in out:
         r.parent = None
     return out

@@ -78,3 +78,26 @@ def test_sort_criteria_and_ties() -> None:
     assert [m.uid for m in sorting.sort(msgs, (("DATE", False), ("SUBJECT", True)))] == \
         [3, 1, 2]
     assert [m.uid for m in sorting.sort(msgs, (("SIZE", True),))] == [1, 2, 3]
+
+
+def test_references_deep_chain_is_bounded() -> None:
+    n = 3000  # a linear chain of replies, each referencing all before it (capped)
+    msgs = [_k(i, "Chain", i, f"<{i}>", tuple(f"<{j}>" for j in range(max(1, i - 200), i)))
+            for i in range(1, n + 1)]
+    roots = sorting.references(msgs)
+    out = sorting.render(roots, {m.uid: m.uid for m in msgs})
+    assert sorted(int(x) for x in out.replace("(", " ").replace(")", " ").split()) == \
+        list(range(1, n + 1))
+    depth = 0
+    node = roots[0]
+    while node.children:
+        node = node.children[0]
+        depth += 1
+    assert depth <= sorting.MAX_DEPTH + 1
+
+
+def test_references_many_equal_subject_pairs_is_fast() -> None:
+    msgs = [_k(i, f"Invoice {i // 2}", i, f"<{i}>") for i in range(1, 20001)]
+    roots = sorting.references(msgs)
+    assert len(roots) == 10001  # 10,000 pairs under dummies, and message 20000 alone
+    assert sorting.render(roots[:1], {m.uid: m.uid for m in msgs}) == "(1)"
