@@ -265,6 +265,13 @@ class MailboxMixin(StoreBase):
         Returns the folder's previous first-recent UID (the UIDs from it up to
         ``upto_uid`` are recent for the caller, and for no other session)."""
         f = t.folders.c
+        async with self._read() as conn:  # the usual case: nothing new, no write
+            seen = (await conn.execute(select(f.first_recent_uid).where(f.id == folder_id))
+                    ).scalar()
+        if seen is None:
+            raise NotFound("no such folder")
+        if int(seen) >= upto_uid:
+            return int(seen)
         async with self._write() as (conn, _):
             row = (await conn.execute(select(f.first_recent_uid).where(f.id == folder_id)
                                       .with_for_update())).first()
