@@ -11,6 +11,8 @@ Invariants:
 - APPEND acknowledges only after the store committed (blob fsynced first), RFC 9051
   §6.3.12; the reply carries APPENDUID (RFC 4315 §3). MULTIAPPEND (RFC 3502) is all
   or nothing: every message is checked first, then all are stored in ONE transaction.
+- SELECT/EXAMINE list the mailbox's keywords in FLAGS / PERMANENTFLAGS (RFC 3501
+  §7.2.6); an IMAP4rev1 SELECT claims the not yet seen messages as \\Recent (§2.3.2).
 - SELECT/EXAMINE always report HIGHESTMODSEQ (RFC 7162 §3.1.2.1: every folder keeps
   MODSEQs, so NOMODSEQ never happens). With QRESYNC (RFC 7162 §3.2.5) the changes since
   the client's MODSEQ follow: VANISHED (EARLIER) for UIDs expunged before the view was

@@ -14,6 +14,8 @@ Implementation notes (invariants):
 - ``enabled`` holds the extensions the client switched on (ENABLE, RFC 5161). CONDSTORE
   is also switched on by any CONDSTORE-enabling command (RFC 7162 §3.1) and stays on
   for the connection; QRESYNC implies CONDSTORE (RFC 7162 §3.2.3).
+- Every command runs holding ``busy``; NOTIFY (RFC 5465) writes its unsolicited
+  updates only while holding it too, so they never land inside a command's responses.
 - A password change (CredentialsChanged with a newer epoch) or the deletion of the
   address ends the session at once with ``* BYE`` (docs/behaviour.md §2), via a watcher task on
   its own event subscription, so an idle connection is cut too.
