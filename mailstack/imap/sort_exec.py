@@ -15,6 +15,7 @@ Implementation notes (invariants):
 from __future__ import annotations
 
 import asyncio
+import json
 
 from mailstack.imap import respond, sorting
 from mailstack.imap import search as k
@@ -30,7 +31,11 @@ def _extract(items: list[tuple[int, int, float, int, bytes]]) -> list[sorting.So
 
 
 def _decode(items: list[tuple[int, int, float, int, str]]) -> list[sorting.SortKeys | None]:
-    return [sorting.keys_from_json(*x) for x in items]
+    try:  # one parse for all (fast); a damaged entry sends us the slow way
+        values = json.loads("[" + ",".join(x[4] for x in items) + "]")
+    except ValueError:
+        return [sorting.keys_from_json(*x) for x in items]
+    return [sorting.keys_from_value(*x[:4], v) for x, v in zip(items, values, strict=True)]
 
 
 def _encode(keys: list[tuple[int, sorting.SortKeys]]) -> list[tuple[int, str]]:
@@ -41,11 +46,11 @@ async def _keys(s: Session, found: list[tuple[int, int]]) -> list[sorting.SortKe
     """Keys of the matching messages: cached ones decoded, the others computed from the
     header blocks and cached in ONE write (off the event loop throughout)."""
     view = s.require_view()
-    rows = await s.store.message_rows(view.folder_id, [u for u, _ in found], with_blob=True)
-    cached = await s.store.cached_sort_keys([r.id for r in rows])
-    have = [r for r in rows if r.id in cached]
-    decoded = await asyncio.to_thread(_decode, [
-        (r.uid, view.seq_of(r.uid) or 0, r.internal_date, r.size, cached[r.id]) for r in have])
+    pairs = await s.store.sort_rows(view.folder_id, [u for u, _ in found])
+    rows = [r for r, _ in pairs]
+    have = [(r.uid, view.seq_of(r.uid) or 0, r.internal_date, r.size, k)
+            for r, k in pairs if k is not None]
+    decoded = await asyncio.to_thread(_decode, have)
     out = [k for k in decoded if k is not None]
     done = {k.uid for k in out}
     missing = [r for r in rows if r.uid not in done]

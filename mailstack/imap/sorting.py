@@ -25,6 +25,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from functools import partial
+from typing import Any
 
 from mailstack import mime
 
@@ -172,7 +173,16 @@ def keys_from_json(uid: int, seq: int, arrival: float, size: int, text: str
                    ) -> SortKeys | None:
     """Cached keys back; None when stale (another version) or damaged."""
     try:
-        v = json.loads(text)
+        value = json.loads(text)
+    except ValueError:
+        return None
+    return keys_from_value(uid, seq, arrival, size, value)
+
+
+def keys_from_value(uid: int, seq: int, arrival: float, size: int, v: Any
+                    ) -> SortKeys | None:
+    """``keys_from_json`` of an already decoded value."""
+    try:
         if v[0] != KEYS_VERSION:
             return None
         return SortKeys(uid=uid, seq=seq, arrival=arrival, size=size, date=float(v[1]),
