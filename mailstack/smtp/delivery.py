@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from .. import metrics
 from ..policy.envelope import EnvelopeAddress
 from ..policy.headers import (
     TlsInfo,
@@ -88,6 +89,7 @@ async def accept(services: Services, tx: Transaction) -> str:
     except Unavailable as exc:
         log.error("smtp %s: store unavailable, message not accepted: %s", tx.queue_id, exc)
         return replies.TEMP_FAILURE
+    metrics.message_accepted(len(blob))
     log.info("smtp %s: accepted %d octets for %d local, %d remote", tx.queue_id, len(blob),
              len(copies), len(dest.remote))
     return f"250 2.0.0 OK: queued as {tx.queue_id}"

@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
+from .. import metrics
 from ..mime import exceeds_depth
 from ..policy.auth import may_send_password
 from ..policy.envelope import (
@@ -197,6 +198,7 @@ class MailstackSMTP(SMTP):
                 return
             self._counted_ip = ip
             self.fe.sessions.add(self)
+            metrics.connection_opened(self.fe.name)
         super().connection_made(transport)
         if not first:
             self._after_tls()
@@ -212,6 +214,7 @@ class MailstackSMTP(SMTP):
         if self._counted_ip is not None:
             self.fe.connections.release(self._counted_ip)
             self._counted_ip = None
+            metrics.connection_closed(self.fe.name)
         self.fe.sessions.discard(self)
         super().connection_lost(error)
 
@@ -225,6 +228,7 @@ class MailstackSMTP(SMTP):
             status = replies.sanitize(status)
             if not status.startswith(f"220 {self.hostname} "):  # the greeting stays bare
                 status = replies.with_enhanced(status)
+        metrics.smtp_reply(status)
         await super().push(status)
 
     async def _push_raw(self, lines: list[str]) -> None:

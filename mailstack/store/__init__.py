@@ -28,6 +28,7 @@ from .base import (
     StoreError,
     Unavailable,
 )
+from .certs import CertsMixin, StoredCertificate
 from .events import (
     AddressDeleted,
     CredentialsChanged,
@@ -44,16 +45,20 @@ from .importer import FolderProgress, ImportedMessage, ImportJob, ImportMixin, N
 from .mailbox import DeliveryTarget, MailboxMixin, normalize_folder_name
 from .queue import NO_DSN, DsnRequest, QueuedMessage, QueueMixin
 from .smtp import SmtpMixin
+from .transport import CachedStsPolicy, TlsResultKey, TransportMixin
 
 
 class Store(SmtpMixin, AccountsMixin, ImapMixin, ImportMixin, MailboxMixin, QueueMixin,
-            GcMixin):
+            GcMixin, TransportMixin, CertsMixin):
     @classmethod
     async def open_from_settings(cls, settings: Settings,
-                                 clock: Callable[[], float] = time.time) -> Store:
+                                 clock: Callable[[], float] = time.time, *,
+                                 listen: bool = True) -> Store:
+        """``listen``: follow other processes' and nodes' changes (servers do; a CLI
+        command, which only writes, does not need to)."""
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         store = cls(settings.database_url, Path(settings.data_dir) / "blobs", clock=clock)
-        await store.open()
+        await store.open(listen=listen)
         return store
 
 
@@ -66,6 +71,7 @@ __all__ = [
     "AddressDeleted",
     "Alias",
     "AlreadyExists",
+    "CachedStsPolicy",
     "Conflict",
     "CredentialsChanged",
     "DeliveryTarget",
@@ -89,7 +95,9 @@ __all__ = [
     "QueuedMessage",
     "Store",
     "StoreError",
+    "StoredCertificate",
     "Subscription",
+    "TlsResultKey",
     "Unavailable",
     "normalize_folder_name",
     "split_address",

@@ -47,6 +47,13 @@ def _m3_import_jobs(conn: Connection) -> None:
     schema.import_folders.create(conn, checkfirst=True)
 
 
+def _m4_change_log(conn: Connection) -> None:
+    schema.change_log.create(conn, checkfirst=True)
+def _m_dane_tables(conn: Connection) -> None:
+    schema.mta_sts_policies.create(conn, checkfirst=True)
+    schema.tls_report_counts.create(conn, checkfirst=True)
+
+
 def _m_imap(conn: Connection) -> None:
     """folders.first_recent_uid (RFC 3501 §2.3.2 \\Recent; existing mail is not recent),
     the table of subscriptions whose mailbox does not exist (RFC 3501 §6.3.6), the
@@ -68,7 +75,10 @@ MIGRATIONS: list[Migration] = [
     lambda conn: None,  # 1: initial schema (created by create_all on a fresh database)
     _m2_queue_dsn,  # 2: DSN parameters on queue rows (RFC 3461)
     _m3_import_jobs,  # 3: IMAP import jobs
-    _m_imap,  # 4: imap: \Recent, deleted-mailbox subscriptions, METADATA, QUOTA, sort keys
+    _m4_change_log,  # 4: change events between processes on one box (SQLite)
+    _m_dane_tables,  # 5: dane: MTA-STS policy cache and TLS-RPT counts (RFC 8461, 8460)
+    lambda conn: schema.tls_certificates.create(conn, checkfirst=True),  # 6: web: ACME cert + lock
+    _m_imap,  # 7: imap: \Recent, deleted-mailbox subscriptions, METADATA, QUOTA, sort keys
 ]
 LATEST = len(MIGRATIONS)
 
