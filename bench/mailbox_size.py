@@ -2,7 +2,8 @@
 
 For each size (default 1,000 and 10,000 messages; 100,000 with --sizes ...,100000) a
 server is started with ONE user whose INBOX holds that many messages (half \\Seen), then
-one client logs in and times SELECT INBOX, FETCH 1:* (UID FLAGS) and UID SEARCH UNSEEN:
+one client logs in and times SELECT INBOX, FETCH 1:* (UID FLAGS), UID SEARCH UNSEEN,
+UID SORT (DATE) and UID THREAD REFERENCES (RFC 5256):
 once cold (the first time after start: Dovecot builds its index here, mailstack reads
 SQLite/PostgreSQL pages for the first time) and ``--repeat`` times warm (median).
 Mailboxes are populated directly: mailstack through the Store API, Dovecot as a Maildir
@@ -32,7 +33,9 @@ from .servers import probe_unavailable, serve
 BENCH = "mailbox_size"
 ALL_SERVERS = ["dovecot", "mailstack-sqlite", "mailstack-pg"]
 STEPS = [("SELECT", b"SELECT INBOX"), ("FETCH 1:* (UID FLAGS)", b"FETCH 1:* (UID FLAGS)"),
-         ("UID SEARCH UNSEEN", b"UID SEARCH UNSEEN")]
+         ("UID SEARCH UNSEEN", b"UID SEARCH UNSEEN"),
+         ("UID SORT (DATE)", b"UID SORT (DATE) UTF-8 ALL"),
+         ("UID THREAD REFERENCES", b"UID THREAD REFERENCES UTF-8 ALL")]
 
 
 async def measure(port: int, user: str, repeat: int) -> dict[str, list[float]]:

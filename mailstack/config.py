@@ -183,16 +183,25 @@ class PlanSettings:
                             "may hold.", min=1)
     max_message_size: int = _f(50 * 1024 * 1024, "Largest message in octets (SMTP SIZE).",
                                min=1024)
+    storage_quota: int = _f(0, "Octets of mail each address may keep (IMAP QUOTA STORAGE, "
+                            "RFC 9208); 0: no limit. Over it, IMAP APPEND/COPY get NO "
+                            "[OVERQUOTA] and SMTP RCPT 452 4.2.2; reading keeps working.",
+                            min=0)
+    message_quota: int = _f(0, "Messages each address may keep (IMAP QUOTA MESSAGE); "
+                            "0: no limit.", min=0)
 
 
 def _default_plans() -> dict[str, PlanSettings]:
     return {
         "free": PlanSettings(max_recipients_per_message=10, daily_recipients=100,
-                             max_addresses=5, max_message_size=25 * 1024 * 1024),
+                             max_addresses=5, max_message_size=25 * 1024 * 1024,
+                             storage_quota=1 << 30),
         "starter": PlanSettings(max_recipients_per_message=100, daily_recipients=500,
-                                max_addresses=50, max_message_size=35 * 1024 * 1024),
+                                max_addresses=50, max_message_size=35 * 1024 * 1024,
+                                storage_quota=10 << 30),
         "standard": PlanSettings(max_recipients_per_message=100, daily_recipients=2000,
-                                 max_addresses=1000, max_message_size=50 * 1024 * 1024),
+                                 max_addresses=1000, max_message_size=50 * 1024 * 1024,
+                                 storage_quota=50 << 30),
     }
 
 
@@ -269,6 +278,19 @@ class ImapSettings:
                                        "authentication.", min=256)
     max_connections_per_ip: int = _f(50, "Concurrent IMAP connections from one client IP "
                                      "(mail clients open several per account).", min=1)
+    metadata_max_value_size: int = _f(64 * 1024, "Largest METADATA entry value in octets "
+                                      "(RFC 5464 §4.3: larger ones get NO [METADATA "
+                                      "MAXSIZE n]).", min=1024)
+    metadata_max_entries: int = _f(512, "METADATA entries per address, server and mailbox "
+                                   "entries together (RFC 5464 §4.3: more get NO [METADATA "
+                                   "TOOMANY]).", min=16)
+
+
+@dataclass(frozen=True)
+class QuotaSettings:
+    over_quota_permanent: bool = _f(False, "SMTP RCPT to an address over its storage quota "
+                                    "gets 552 5.2.2 (permanent) instead of 452 4.2.2 "
+                                    "(temporary: the sender retries; RFC 3463).")
 
 
 @dataclass(frozen=True)
@@ -392,6 +414,7 @@ class Settings:
     auth: AuthSettings = _f(AuthSettings(), "Password hashing and brute-force protection.")
     imap: ImapSettings = _f(ImapSettings(), "IMAP server.")
     pop3: Pop3Settings = _f(Pop3Settings(), "POP3 server.")
+    quota: QuotaSettings = _f(QuotaSettings(), "Storage quotas (the limits are per plan).")
     importer: ImporterSettings = _f(ImporterSettings(), "Import of mailboxes from other "
                                     "providers over IMAP (`mailstack import`).")
     outbound_tls: OutboundTlsSettings = _f(OutboundTlsSettings(), "Transport security of "

@@ -30,9 +30,11 @@ __all__ = [
     "Envelope",
     "Message",
     "binary_section",
+    "decode_qp",
     "decode_transfer_encoding",
     "exceeds_depth",
     "find_part",
+    "first_fields",
     "from_json",
     "header_fields",
     "parse_message",
@@ -159,6 +161,15 @@ def _text(raw: bytes) -> str:
 
 def _bytes(text: str) -> bytes:
     return text.encode("utf-8", "surrogateescape")
+
+
+def first_fields(msg: bytes, max_lines: int = MAX_HEADER_LINES) -> dict[str, str]:
+    """The first value of each header field of a message (or of its header block),
+    by lower-case name, unfolded and raw (encoded words untouched)."""
+    out: dict[str, str] = {}
+    for name, value in _fields(msg, 0, _split_header(msg, 0, len(msg)), max_lines):
+        out.setdefault(name, value)
+    return out
 
 
 def header_fields(msg: bytes, names: tuple[str, ...] | list[str], negate: bool = False) -> bytes:
@@ -680,8 +691,30 @@ def decode_transfer_encoding(body: bytes, encoding: str | None) -> bytes | None:
             clean = clean[: len(clean) - len(clean) % 4]
             return binascii.a2b_base64(clean) if clean else b""
     if enc == "QUOTED-PRINTABLE":
-        return binascii.a2b_qp(body.replace(b"\r\n", b"\n")).replace(b"\n", b"\r\n")
+        return decode_qp(body)
     return None
+
+
+_QP_ESCAPE = re.compile(rb"=([0-9A-Fa-f]{2})")
+
+
+def decode_qp(body: bytes) -> bytes:
+    """Quoted-printable per RFC 2045 §6.7 (``binascii.a2b_qp`` gets rules 3 and 5 wrong):
+    trailing white space on a line is removed, "=" followed by optional white space
+    and the line end is a soft line break; other line ends become CRLF; "=" not
+    followed by two hex digits stays as it is. Linear in the input."""
+    lines = body.split(b"\n")
+    out: list[bytes] = []
+    last = len(lines) - 1
+    for i, line in enumerate(lines):
+        line = line.rstrip(b" \t\r")
+        soft = line.endswith(b"=")
+        if soft:
+            line = line[:-1]
+        out.append(_QP_ESCAPE.sub(lambda m: bytes((int(m.group(1), 16),)), line))
+        if not soft and i != last:
+            out.append(b"\r\n")
+    return b"".join(out)
 
 
 def binary_section(data: bytes, msg: Message, path: tuple[int, ...] = ()) -> bytes | None:

@@ -8,11 +8,15 @@ from __future__ import annotations
 
 from mailstack.imap import commands_auth as a
 from mailstack.imap import commands_mailbox as mb
+from mailstack.imap import commands_metadata as md
+from mailstack.imap import commands_quota as quota
 from mailstack.imap import commands_selected as sel
 from mailstack.imap import types as t
+from mailstack.imap.commands_notify import notify
 from mailstack.imap.fetch import fetch
 from mailstack.imap.search_exec import search
 from mailstack.imap.session import AUTH, LOGOUT, NOT_AUTH, SELECTED, Handler
+from mailstack.imap.sort_exec import sort, thread
 
 ANY: dict[type[t.Command], Handler] = {
     t.Capability: a.capability,
@@ -31,6 +35,13 @@ NOT_AUTHENTICATED: dict[type[t.Command], Handler] = {
 AUTHENTICATED: dict[type[t.Command], Handler] = {
     **ANY,
     t.Enable: a.enable,
+    t.Compress: a.compress,
+    t.GetMetadata: md.getmetadata,
+    t.Notify: notify,
+    t.GetQuota: quota.getquota,
+    t.GetQuotaRoot: quota.getquotaroot,
+    t.SetQuota: quota.setquota,
+    t.SetMetadata: md.setmetadata,
     t.Namespace: a.namespace,
     t.Select: mb.select,
     t.Create: mb.create,
@@ -52,6 +63,8 @@ SELECTED_STATE: dict[type[t.Command], Handler] = {
     t.Unselect: sel.unselect,
     t.Expunge: sel.expunge,
     t.Search: search,
+    t.Sort: sort,
+    t.Thread: thread,
     t.Fetch: fetch,
     t.Store: sel.store,
     t.Copy: sel.copy,

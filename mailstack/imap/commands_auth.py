@@ -114,6 +114,22 @@ async def enable(s: Session, c: t.Enable) -> str | None:
     return None
 
 
+async def compress(s: Session, c: t.Compress) -> str | None:
+    """RFC 4978 §3: DEFLATE after authentication; once only (NO [COMPRESSIONACTIVE]).
+    The tagged OK goes out uncompressed, everything after it compressed."""
+    from mailstack.imap import compress as deflate
+
+    if c.mechanism != "DEFLATE":
+        raise respond.Bad(f"Unknown compression mechanism {c.mechanism}")
+    if s.compressed:
+        raise respond.No("Compression is already active", "COMPRESSIONACTIVE")
+    s.send(respond.tagged(c.tag, "OK", "DEFLATE active"))
+    await s.conn.drain()
+    deflate.start(s.conn, max(deflate.CHUNK, s.settings.imap.max_line_length + 2))
+    s.compressed = True
+    return ANSWERED
+
+
 async def namespace(s: Session, c: t.Namespace) -> str | None:
     s.send(respond.untagged('NAMESPACE (("" "/")) NIL NIL'))  # RFC 2342, one personal ns
     return None

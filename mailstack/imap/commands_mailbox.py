@@ -5,11 +5,14 @@ Invariants:
 - Mailbox names are data, never paths: they reach the store as parameters. Names with
   empty, "." or ".." components, control characters or over 255 characters are
   refused with ``NO [CANNOT]`` (docs/behaviour.md §12 "names as paths or SQL").
-- LIST patterns are matched here in Python (``*`` any, ``%`` any but "/"), so "%" and
-  "_" in names never reach SQL LIKE.
+- LIST patterns are matched here in Python by a linear matcher (``mailstack.imap.pattern``:
+  ``*`` any, ``%`` any but "/"), so "%" and "_" in names never reach SQL LIKE and no
+  pattern can stall the event loop; over-long patterns get NO [LIMIT].
 - APPEND acknowledges only after the store committed (blob fsynced first), RFC 9051
   §6.3.12; the reply carries APPENDUID (RFC 4315 §3). MULTIAPPEND (RFC 3502) is all
   or nothing: every message is checked first, then all are stored in ONE transaction.
+- SELECT/EXAMINE list the mailbox's keywords in FLAGS / PERMANENTFLAGS (RFC 3501
+  §7.2.6); an IMAP4rev1 SELECT claims the not yet seen messages as \\Recent (§2.3.2).
 - SELECT/EXAMINE always report HIGHESTMODSEQ (RFC 7162 §3.1.2.1: every folder keeps
   MODSEQs, so NOMODSEQ never happens). With QRESYNC (RFC 7162 §3.2.5) the changes since
   the client's MODSEQ follow: VANISHED (EARLIER) for UIDs expunged before the view was
@@ -19,15 +22,18 @@ Invariants:
 
 from __future__ import annotations
 
-import re
+import asyncio
 
 from mailstack.imap import respond
 from mailstack.imap import types as t
+from mailstack.imap.append_convert import convert_binary, needs_conversion
+from mailstack.imap.catenate import assemble
+from mailstack.imap.commands_quota import check as check_quota
 from mailstack.imap.mailbox_view import MailboxView
+from mailstack.imap.pattern import MAX_PATTERNS, Pattern, PatternTooLong, compile_pattern
 from mailstack.imap.session import SELECTED, Session
-from mailstack.store import Folder, FolderStatus
+from mailstack.store import Folder, FolderStatus, NotFound
 
-SYSTEM_FLAGS = "(\\Seen \\Answered \\Flagged \\Deleted \\Draft)"
 SPECIAL_USES = frozenset({"\\All", "\\Archive", "\\Drafts", "\\Flagged", "\\Junk", "\\Sent",
                           "\\Trash"})
 
@@ -73,15 +79,17 @@ async def select(s: Session, c: t.Select) -> str | None:
     if c.condstore or c.qresync is not None:
         s.enable_condstore()  # RFC 7162 §3.1.8
     view.condstore, view.qresync = s.condstore, s.qresync
+    view.rev1 = not s.rev2
+    await view.claim_recent(uids)  # RFC 3501 §2.3.2: only rev1 sessions see \\Recent
+    view.note_keywords(await s.store.folder_keywords(folder.id))  # RFC 3501 §7.2.6
     s.send(respond.untagged(f"{view.exists} EXISTS"))
     if not s.rev2:
-        s.send(respond.untagged("0 RECENT"))  # RFC 3501 §6.3.1; gone in rev2
+        s.send(respond.untagged(f"{len(view.recent)} RECENT"))  # RFC 3501 §6.3.1
         unseen = view.seq_of(first) if first is not None else None
         if unseen is not None:
             s.send(respond.untagged(f"OK [UNSEEN {unseen}] First unseen"))
-    s.send(respond.untagged(f"FLAGS {SYSTEM_FLAGS}"))
-    perm = "()" if c.readonly else "(\\Seen \\Answered \\Flagged \\Deleted \\Draft \\*)"
-    s.send(respond.untagged(f"OK [PERMANENTFLAGS {perm}] Flags permitted"))
+    for line in view.flags_response():
+        s.send(line)
     s.send(respond.untagged(f"OK [UIDVALIDITY {folder.uidvalidity}] UIDs valid"))
     s.send(respond.untagged(f"OK [UIDNEXT {folder.uidnext}] Predicted next UID"))
     s.send(respond.untagged(f"OK [HIGHESTMODSEQ {folder.highestmodseq}] Highest"))
@@ -114,8 +122,10 @@ async def _qresync(s: Session, view: MailboxView, q: t.QResync) -> None:
         seq = view.seq_of(m.uid)
         if seq is None or not is_known(m.uid):
             continue
+        out += view.announce(m.flags)
         out.append(respond.untagged(
-            f"{seq} FETCH (UID {m.uid} FLAGS {respond.flag_list(m.flags)} MODSEQ ({m.modseq}))"))
+            f"{seq} FETCH (UID {m.uid} FLAGS {view.flags_text(m.uid, m.flags)} "
+            f"MODSEQ ({m.modseq}))"))
         if len(out) >= 1024:
             s.send(b"".join(out))
             out = []
@@ -169,28 +179,36 @@ async def subscribe(s: Session, c: t.Subscribe) -> str | None:
 
 
 async def unsubscribe(s: Session, c: t.Unsubscribe) -> str | None:
-    await folder_or_no(s, c.mailbox)
-    await s.store.set_subscribed(s.address_id, c.mailbox, False)
+    # also a name whose mailbox was deleted while subscribed (RFC 3501 §6.3.6)
+    try:
+        await s.store.set_subscribed(s.address_id, c.mailbox, False)
+    except NotFound:
+        raise respond.No(f"Not subscribed: {c.mailbox}", "NONEXISTENT") from None
     return None
 
 
 # --- LIST / LSUB / STATUS -------------------------------------------------------------
-def pattern_regex(reference: str, pattern: str) -> re.Pattern[str]:
-    """RFC 9051 §6.3.9: "*" matches anything, "%" anything but the delimiter."""
-    full = reference + pattern if not pattern.startswith("/") or not reference else pattern
-    out = []
-    for ch in full:
-        out.append(".*" if ch == "*" else "[^/]*" if ch == "%" else re.escape(ch))
-    rx = "".join(out)
-    if full[:5].upper() == "INBOX" and (len(full) == 5 or full[5] == "/"):
-        rx = "(?i:INBOX)" + "".join(out[5:])
-    return re.compile(rx + r"\Z", re.DOTALL)
+def patterns_of(reference: str, patterns: tuple[str, ...]) -> list[Pattern]:
+    """Compiled LIST/LSUB patterns; too long or too many: NO [LIMIT] (RFC 5530 §3)."""
+    if len(patterns) > MAX_PATTERNS:
+        raise respond.No(f"At most {MAX_PATTERNS} patterns per command", "LIMIT")
+    try:
+        return [compile_pattern(reference, p) for p in patterns if p != ""]
+    except PatternTooLong as exc:
+        raise respond.No(f"Mailbox pattern too long: {exc}", "LIMIT") from None
 
 
-def _status_items(status: FolderStatus, items: tuple[str, ...], max_size: int) -> str:
+def _ancestors(name: str) -> list[str]:
+    parts = name.split("/")
+    return ["/".join(parts[:i]) for i in range(1, len(parts))]
+
+
+def _status_items(status: FolderStatus, items: tuple[str, ...], max_size: int,
+                  recent: int = 0, deleted_storage: int = 0) -> str:
     values = {"MESSAGES": status.messages, "UIDNEXT": status.uidnext,
+              "DELETED-STORAGE": deleted_storage,
               "UIDVALIDITY": status.uidvalidity, "UNSEEN": status.unseen,
-              "DELETED": status.deleted, "SIZE": status.size, "RECENT": 0,
+              "DELETED": status.deleted, "SIZE": status.size, "RECENT": recent,
               "HIGHESTMODSEQ": status.highestmodseq, "APPENDLIMIT": max_size}
     return " ".join(f"{i} {values[i]}" for i in items if i in values)
 
@@ -199,8 +217,18 @@ async def _status_line(s: Session, folder: Folder, items: tuple[str, ...]) -> by
     if "HIGHESTMODSEQ" in items:
         s.enable_condstore()  # RFC 7162 §3.1: a CONDSTORE-enabling command
     st = await s.store.folder_status(folder.id)
+    recent = 0
+    if "RECENT" in items:  # RFC 3501 §6.3.10: not yet seen as recent by any session
+        view = s.view
+        recent = await s.store.recent_count(folder.id)
+        if view is not None and view.folder_id == folder.id:
+            recent += len(view.recent)
+    deleted_storage = 0
+    if "DELETED-STORAGE" in items:  # RFC 9208 §4.4: octets of \Deleted messages
+        deleted_storage = await s.store.deleted_storage(folder.id)
     return (b"* STATUS " + respond.mailbox(folder.name, s.utf8) + b" ("
-            + _status_items(st, items, s.max_message_size).encode() + b")\r\n")
+            + _status_items(st, items, s.max_message_size, recent,
+                            deleted_storage).encode() + b")\r\n")
 
 
 async def status(s: Session, c: t.Status) -> str | None:
@@ -210,55 +238,88 @@ async def status(s: Session, c: t.Status) -> str | None:
 
 
 async def list_(s: Session, c: t.List) -> str | None:
+    """RFC 9051 §6.3.9 with LIST-EXTENDED (RFC 5258): SUBSCRIBED selection also lists
+    subscribed names whose mailbox was deleted (``\\NonExistent``, RFC 5258 §3.1);
+    RECURSIVEMATCH lists matching parents of mailboxes that meet the selection with
+    CHILDINFO (RFC 5258 §3.5)."""
     if c.patterns == ("",) and not c.extended:
         # RFC 9051 §6.3.9: the delimiter and root
         s.send(b'* LIST (\\Noselect) "/" ""\r\n')
         return None
-    folders = await s.store.list_folders(s.address_id)
-    by_name = {f.name: f for f in folders}
-    names = set(by_name)
-    implied = {"/".join(n.split("/")[:i]) for n in names for i in range(1, n.count("/") + 1)}
+    pats = patterns_of(c.reference, c.patterns)
     subscribed_only = "SUBSCRIBED" in c.selection
     special_only = "SPECIAL-USE" in c.selection
+    recursive = "RECURSIVEMATCH" in c.selection
     want_sub = subscribed_only or "SUBSCRIBED" in c.return_options
     want_special = not c.extended or "SPECIAL-USE" in c.return_options or special_only \
         or not c.return_options
-    regexes = [pattern_regex(c.reference, p) for p in c.patterns if p != ""]
-    for name in sorted(names | (implied - names), key=lambda n: (n != "INBOX", n)):
-        if not any(rx.match(name) for rx in regexes):
+    folders = await s.store.list_folders(s.address_id)
+    by_name = {f.name: f for f in folders}
+    orphans = set(await s.store.orphan_subscriptions(s.address_id)) if want_sub else set()
+    parents = {a for n in by_name for a in _ancestors(n)}
+
+    def selected(name: str) -> bool:
+        f = by_name.get(name)
+        if subscribed_only and not (name in orphans or (f is not None and f.subscribed)):
+            return False
+        return not special_only or (f is not None and f.special_use is not None)
+
+    candidates = set(by_name) | (orphans if subscribed_only else set())
+    childinfo: set[str] = set()  # names with a descendant meeting the selection
+    if recursive:
+        childinfo = {a for n in candidates if selected(n) for a in _ancestors(n)}
+    names = candidates | parents | childinfo
+    percent = any("%" in p for p in c.patterns)
+    info_opts = " ".join(f'"{o}"' for o in sorted(c.selection - {"RECURSIVEMATCH", "REMOTE"}))
+    for name in sorted(names, key=lambda n: (n != "INBOX", n)):
+        if not any(p.match(name) for p in pats):
             continue
         folder = by_name.get(name)
-        if folder is None and not any("%" in p for p in c.patterns):
-            continue
-        if folder is None:
+        attrs: list[str] = []
+        extra = b""
+        if name in candidates and selected(name):
+            if folder is None:
+                attrs.append("\\NonExistent")  # a subscription that outlived DELETE
+            else:
+                attrs.append("\\HasChildren" if name in parents else "\\HasNoChildren")
+                if want_special and folder.special_use:
+                    attrs.append(folder.special_use)
+            if want_sub and (name in orphans or (folder is not None and folder.subscribed)):
+                attrs.append("\\Subscribed")
+        elif name in childinfo:
+            if folder is None:
+                attrs.append("\\NonExistent")
+            elif want_sub and folder.subscribed:
+                attrs.append("\\Subscribed")
+        elif folder is None and name in parents and percent and not c.selection:
             # An implied parent: only reported where "%" stops at it (RFC 9051 §6.3.9)
-            if subscribed_only or special_only:
-                continue
             attrs = ["\\NonExistent" if c.extended else "\\Noselect", "\\HasChildren"]
         else:
-            if subscribed_only and not folder.subscribed:
-                continue
-            if special_only and not folder.special_use:
-                continue
-            attrs = []
-            has_kids = any(n.startswith(name + "/") for n in names)
-            attrs.append("\\HasChildren" if has_kids else "\\HasNoChildren")
-            if want_special and folder.special_use:
-                attrs.append(folder.special_use)
-            if want_sub and folder.subscribed:
-                attrs.append("\\Subscribed")
+            continue
+        if name in childinfo and info_opts:
+            extra = f' ("CHILDINFO" ({info_opts}))'.encode()
         s.send(b"* LIST (" + " ".join(attrs).encode() + b') "/" '
-               + respond.mailbox(name, s.utf8) + b"\r\n")
+               + respond.mailbox(name, s.utf8) + extra + b"\r\n")
         if c.status_items and folder is not None:  # RFC 5819 §2
             s.send(await _status_line(s, folder, c.status_items))
     return None
 
 
 async def lsub(s: Session, c: t.Lsub) -> str | None:
-    rx = pattern_regex(c.reference, c.pattern)
-    for f in await s.store.list_folders(s.address_id):
-        if f.subscribed and rx.match(f.name):
-            s.send(b'* LSUB () "/" ' + respond.mailbox(f.name, s.utf8) + b"\r\n")
+    """RFC 3501 §6.3.9: subscribed names (also of deleted mailboxes, §6.3.6); with "%",
+    an unsubscribed parent of a subscribed name is listed as \\Noselect."""
+    pats = patterns_of(c.reference, (c.pattern,))
+    folders = await s.store.list_folders(s.address_id)
+    existing = {f.name for f in folders}
+    orphans = set(await s.store.orphan_subscriptions(s.address_id))
+    subscribed = {f.name for f in folders if f.subscribed} | orphans
+    parents = {a for n in subscribed for a in _ancestors(n)} if "%" in c.pattern else set()
+    for name in sorted(subscribed | parents, key=lambda n: (n != "INBOX", n)):
+        if not any(p.match(name) for p in pats):
+            continue
+        noselect = name not in subscribed or name not in existing
+        s.send(b"* LSUB (" + (b"\\Noselect" if noselect else b"") + b') "/" '
+               + respond.mailbox(name, s.utf8) + b"\r\n")
     return None
 
 
@@ -274,15 +335,20 @@ async def append(s: Session, c: t.Append) -> str | None:
         raise respond.No(f"No such mailbox: {c.mailbox}", "TRYCREATE")  # RFC 9051 §6.3.12
     items: list[tuple[bytes, list[str], float | None]] = []
     for m in c.messages:
-        if len(m.data) > s.max_message_size:
+        data = await assemble(s, m.catenate) if m.catenate else m.data  # RFC 4469
+        if needs_conversion(data):  # binary parts are stored base64-encoded
+            data = await asyncio.to_thread(convert_binary, data) \
+                if len(data) > 256 * 1024 else convert_binary(data)
+        if len(data) > s.max_message_size:
             raise respond.No("Message too big", "TOOBIG")
-        if not m.data:
+        if not data:
             raise respond.No("Empty message", "CANNOT")
         flags = [f for f in m.flags if f != "\\Recent"]
         if any(f.startswith("\\") and f not in _SYSTEM for f in flags):
             raise respond.Bad("Unknown system flag")
         when = m.internal_date.timestamp() if m.internal_date is not None else None
-        items.append((m.data, flags, when))
+        items.append((data, flags, when))
+    await check_quota(s, sum(len(d) for d, _, _ in items), len(items))  # RFC 9208 §4.6
     if len(items) == 1:
         data, flags, when = items[0]
         msgs = [await s.store.append(folder.id, data, flags=flags, internal_date=when)]

@@ -20,6 +20,7 @@ import asyncio
 
 from mailstack.imap import respond
 from mailstack.imap import types as t
+from mailstack.imap.commands_quota import check as check_quota
 from mailstack.imap.mailbox_view import MailboxView
 from mailstack.imap.parser import is_idle_done
 from mailstack.imap.session import Session
@@ -104,7 +105,9 @@ async def store(s: Session, c: t.Store) -> str | None:
                 continue
             uid = f"UID {r.uid} " if c.uid or view.condstore else ""
             mod = f" MODSEQ ({r.modseq})" if view.condstore else ""
-            fl = respond.flag_list(r.flags)
+            for line in view.announce(r.flags):  # RFC 3501 §7.2.6: new keywords first
+                s.send(line)
+            fl = view.flags_text(r.uid, r.flags)
             s.send(respond.untagged(f"{seq} FETCH ({uid}FLAGS {fl}{mod})"))
     if refused:
         numbers = refused if c.uid else [view.seq_of(u) or 0 for u in refused]
@@ -134,6 +137,8 @@ async def copy(s: Session, c: t.Copy) -> str | None:
     dst = await _target(s, c.mailbox)
     if not uids:
         return None
+    rows = await s.store.message_rows(view.folder_id, uids)
+    await check_quota(s, sum(r.size for r in rows), len(rows))  # RFC 9208 §4.6
     pairs = await s.store.copy_messages(view.folder_id, uids, dst.id)
     if not pairs:
         return None
@@ -160,6 +165,7 @@ async def idle(s: Session, c: t.Idle) -> str | None:
     await s.conn.drain()
     read: asyncio.Future[bytes] = asyncio.ensure_future(s.read_line())
     line = b""
+    s.idling = True  # NOTIFY reports other mailboxes meanwhile (RFC 5465)
     try:
         while True:
             view = s.view
@@ -180,6 +186,7 @@ async def idle(s: Session, c: t.Idle) -> str | None:
                 line = read.result()
                 break
     finally:
+        s.idling = False
         if not read.done():
             read.cancel()
     if not is_idle_done(line):

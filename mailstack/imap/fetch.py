@@ -118,11 +118,11 @@ async def fetch(s: Session, c: t.Fetch) -> str | None:
         items.insert(0, Simple("UID"))  # RFC 9051 §6.4.9: UID FETCH always returns UID
     if c.changedsince is not None and "MODSEQ" not in names:
         items.append(Simple("MODSEQ"))  # RFC 7162 §3.1.4.1
+    if c.vanished and not s.qresync:
+        raise respond.Bad("ENABLE QRESYNC first")  # RFC 7162 §3.2.6
     if c.changedsince is not None or "MODSEQ" in names:
         s.enable_condstore()  # RFC 7162 §3.1: CONDSTORE-enabling
     if c.vanished:
-        if not s.qresync:
-            raise respond.Bad("ENABLE QRESYNC first")  # RFC 7162 §3.2.6
         assert c.changedsince is not None  # the parser insists
         await _vanished(s, c.sequence, c.changedsince)
     if not uids:
@@ -162,6 +162,7 @@ async def fetch(s: Session, c: t.Fetch) -> str | None:
             out: list[bytes] = []
             try:
                 for m, data, st in zip(batch, datas, sts, strict=True):
+                    out += view.announce(m.flags)  # RFC 3501 §7.2.6
                     parts = [render_item(s, a, m, data, st) for a in items]
                     if m.uid in seen_set:
                         parts += _seen_extra(s, m, have)
@@ -179,7 +180,8 @@ async def fetch(s: Session, c: t.Fetch) -> str | None:
 def _seen_extra(s: Session, m: Message, have: set[str]) -> list[bytes]:
     """What a FETCH that set \\Seen adds: the new FLAGS, and with CONDSTORE on also UID
     and MODSEQ (RFC 7162 §3.1)."""
-    out = [] if "FLAGS" in have else [b"FLAGS " + respond.flag_list(m.flags).encode()]
+    view = s.require_view()
+    out = [] if "FLAGS" in have else [b"FLAGS " + view.flags_text(m.uid, m.flags).encode()]
     if s.condstore:
         if "UID" not in have:
             out.append(b"UID %d" % m.uid)
@@ -259,8 +261,12 @@ async def fetch_rows(s: Session, c: t.Fetch, uids: list[int], names: list[str]) 
                 key = (r.flags, r.keywords)
                 text = flag_text.get(key)
                 if text is None:
-                    text = flag_text[key] = b"FLAGS " + respond.flag_list(
-                        flags_from_db(r.flags, r.keywords)).encode()
+                    current = flags_from_db(r.flags, r.keywords)
+                    out += view.announce(current)  # RFC 3501 §7.2.6
+                    text = flag_text[key] = b"FLAGS " + respond.flag_list(current).encode()
+                if r.uid in view.recent:  # RFC 3501 §2.3.2, IMAP4rev1 sessions
+                    text = b"FLAGS " + view.flags_text(
+                        r.uid, flags_from_db(r.flags, r.keywords)).encode()
                 parts.append(text)
             else:
                 parts.append(_row_item(n, r))
@@ -295,7 +301,7 @@ def render_item(s: Session, a: FetchAtt, m: Message, data: bytes | None,
     if isinstance(a, Simple):
         n = a.name
         if n == "FLAGS":
-            return b"FLAGS " + respond.flag_list(m.flags).encode()
+            return b"FLAGS " + s.require_view().flags_text(m.uid, m.flags).encode()
         if n in META_ITEMS:
             return _row_item(n, m)
         assert st is not None or n == "RFC822"
@@ -332,5 +338,6 @@ def render_item(s: Session, a: FetchAtt, m: Message, data: bytes | None,
             raise respond.No("Unknown Content-Transfer-Encoding", "UNKNOWN-CTE")  # RFC 3516
         if a.size_only:
             return a.response_name().encode() + b" %d" % len(decoded)
-        return a.response_name().encode() + b" " + respond.literal(_partial(decoded, a.partial))
+        return a.response_name().encode() + b" " + respond.literal(_partial(decoded, a.partial),
+                                                                   binary=True)
     raise respond.Bad("unsupported fetch attribute")

@@ -297,7 +297,10 @@ class Lexer:
             try:
                 name = mutf7.decode(raw)
             except mutf7.MUTF7Error as exc:
-                raise self.error(f"bad mailbox name: {exc}") from None
+                # RFC 3501 §7.1.3: BAD is for protocol errors; a well-formed name
+                # that is not valid modified UTF-7 (§5.1.3) gets NO.
+                raise ParseError(f"Mailbox name is not valid modified UTF-7: {exc}",
+                                 no=True, code="CANNOT") from None
         # RFC 9051 §5.1: INBOX is case-insensitive.
         return "INBOX" if name.upper() == "INBOX" else name
 

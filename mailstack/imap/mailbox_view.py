@@ -72,6 +72,52 @@ class MailboxView:
         self.reported_modseq = folder.highestmodseq
         self._seen_modseq = folder.highestmodseq  # highest MODSEQ of any event noted
         self.resync = False  # events may have been missed: re-read the folder at flush
+        # RFC 3501 §2.3.2: an IMAP4rev1 session sees \Recent; one that may change the
+        # mailbox claims new messages as recent (exactly one session gets each one)
+        self.rev1 = False
+        self.recent: set[int] = set()
+        self.keywords: dict[str, str] = {}  # lower-case -> spelling, as announced
+
+    # --- \Recent and keywords (RFC 3501 §2.3.2, §7.2.6) ---------------------------
+    @property
+    def claims_recent(self) -> bool:
+        return self.rev1 and not self.readonly
+
+    def flags_text(self, uid: int, flags: Iterable[str]) -> str:
+        """A FETCH FLAGS list; with \\Recent for a message recent in this session."""
+        if uid in self.recent:
+            return respond.flag_list([*flags, "\\Recent"])
+        return respond.flag_list(flags)
+
+    def flags_response(self) -> list[bytes]:
+        """``* FLAGS`` and ``* OK [PERMANENTFLAGS]`` with the mailbox's keywords."""
+        kws = sorted(self.keywords.values(), key=str.lower)
+        system = "\\Seen \\Answered \\Flagged \\Deleted \\Draft"
+        flags = " ".join([system, *kws])
+        perm = "()" if self.readonly else f"({flags} \\*)"
+        return [respond.untagged(f"FLAGS ({flags})"),
+                respond.untagged(f"OK [PERMANENTFLAGS {perm}] Flags permitted")]
+
+    def note_keywords(self, flags: Iterable[str]) -> bool:
+        """Record keywords; True if one was not announced before."""
+        new = False
+        for f in flags:
+            if not f.startswith("\\") and f.lower() not in self.keywords:
+                self.keywords[f.lower()] = f
+                new = True
+        return new
+
+    def announce(self, flags: Iterable[str]) -> list[bytes]:
+        """RFC 3501 §7.2.6: a keyword the client has not been told about yet is
+        announced (FLAGS, PERMANENTFLAGS) before a FETCH shows it."""
+        return self.flags_response() if self.note_keywords(flags) else []
+
+    async def claim_recent(self, uids: list[int]) -> None:
+        """Claim the not yet claimed messages among ``uids`` (ascending) as recent."""
+        if not self.claims_recent or not uids:
+            return
+        first = await self.store.claim_recent(self.folder_id, uids[-1] + 1)
+        self.recent.update(u for u in uids if u >= first)
 
     # --- numbering -----------------------------------------------------------------
     @property
@@ -115,6 +161,7 @@ class MailboxView:
             del self.uids[seq - 1]
             self.pending_expunge.discard(uid)
             self.pending_flags.discard(uid)
+            self.recent.discard(uid)
             gone.append(uid)
             out.append(respond.untagged(f"{seq} EXPUNGE"))
         if self.qresync:
@@ -179,6 +226,11 @@ class MailboxView:
             if fresh:
                 self.uids.extend(fresh)
                 out.append(respond.untagged(f"{len(self.uids)} EXISTS"))
+                await self.claim_recent(fresh)
+                if self.rev1:  # RFC 3501 §7.3.2
+                    out.append(respond.untagged(f"{len(self.recent)} RECENT"))
+                out += self.announce(await self.store.folder_keywords(self.folder_id,
+                                                                      fresh[0]))
         if self.pending_flags:
             wanted = [u for u in sorted(self.pending_flags) if u not in self.pending_expunge]
             self.pending_flags.clear()
@@ -189,7 +241,9 @@ class MailboxView:
                     continue
                 uid_part = f"UID {r.uid} " if with_uid or self.condstore else ""
                 mod = f" MODSEQ ({r.modseq})" if self.condstore else ""
-                flags = respond.flag_list(flags_from_db(r.flags, r.keywords))
+                current = flags_from_db(r.flags, r.keywords)
+                out += self.announce(current)
+                flags = self.flags_text(r.uid, current)
                 out.append(respond.untagged(f"{seq} FETCH ({uid_part}FLAGS {flags}{mod})"))
         if not self.pending_expunge:  # everything noted so far has been told
             self.reported_modseq = max(self.reported_modseq, self._seen_modseq)

@@ -32,6 +32,18 @@ from dataclasses import dataclass
 from mailstack.imap import types as t
 from mailstack.imap.fetch_items import parse_fetch_atts
 from mailstack.imap.lexer import Lexer, LiteralData, ParseError, TooBig
+from mailstack.imap.parser_ext import (
+    parse_cat_parts,
+    parse_compress,
+    parse_getmetadata,
+    parse_getquota,
+    parse_getquotaroot,
+    parse_notify,
+    parse_setmetadata,
+    parse_setquota,
+    parse_sort,
+    parse_thread,
+)
 from mailstack.imap.search import SearchParser
 from mailstack.imap.sequence import SequenceSet
 
@@ -410,6 +422,7 @@ STATUS_ITEMS = frozenset(
         "HIGHESTMODSEQ",
         "APPENDLIMIT",
         "MAILBOXID",
+        "DELETED-STORAGE",
     }
 )
 
@@ -446,8 +459,9 @@ def _list(lx: Lexer, tag: str) -> t.Command:
         for opt in selection:
             if opt not in LIST_SELECT:
                 raise lx.error(f"unknown LIST selection option {opt}")
-        if "RECURSIVEMATCH" in selection and len(selection) == 1:
-            # RFC 5258 §3: RECURSIVEMATCH alone is a syntax error.
+        if "RECURSIVEMATCH" in selection and not set(selection) - {"RECURSIVEMATCH",
+                                                                  "REMOTE"}:
+            # RFC 5258 §3.1: RECURSIVEMATCH alone or with only REMOTE is a syntax error.
             raise lx.error("RECURSIVEMATCH needs another selection option")
         lx.sp()
     reference = lx.mailbox()
@@ -514,9 +528,25 @@ def _append(lx: Lexer, tag: str) -> t.Command:
         if lx.peek() == 0x22:
             date = lx.date_time()
             lx.sp()
-        if not lx.is_literal():
+        if lx.maybe_word(b"CATENATE"):
+            messages.append(t.AppendMessage(flags=flags, internal_date=date, data=b"",
+                                            catenate=parse_cat_parts(lx)))
+            continue
+        utf8 = lx.maybe_word(b"UTF8")
+        if utf8:
+            # RFC 6855 §4: append-data =/ "UTF8" SP "(" literal8 ")", only after
+            # ENABLE UTF8=ACCEPT
+            if not lx.utf8:
+                raise lx.error("UTF8 APPEND data needs ENABLE UTF8=ACCEPT")
+            lx.sp()
+            lx.char(b"(")
+            if lx.peek() != 0x7E:
+                raise lx.error("UTF8 APPEND data must be a literal8")
+        elif not lx.is_literal():
             raise lx.error("expected message literal")
         lit = lx.literal(allow8=True)
+        if utf8:
+            lx.char(b")")
         messages.append(
             t.AppendMessage(flags=flags, internal_date=date, data=lit.data, binary=lit.binary)
         )
@@ -651,6 +681,13 @@ COMMANDS: dict[str, Handler] = {
     "CLOSE": _simple(t.Close),
     "UNSELECT": _simple(t.Unselect),
     "EXPUNGE": _expunge,
+    "COMPRESS": parse_compress,
+    "GETMETADATA": parse_getmetadata,
+    "NOTIFY": parse_notify,
+    "GETQUOTA": parse_getquota,
+    "GETQUOTAROOT": parse_getquotaroot,
+    "SETQUOTA": parse_setquota,
+    "SETMETADATA": parse_setmetadata,
     "LOGIN": _login,
     "AUTHENTICATE": _authenticate,
     "ENABLE": _enable,
@@ -667,6 +704,8 @@ COMMANDS: dict[str, Handler] = {
     "STATUS": _status,
     "APPEND": _append,
     "SEARCH": _plain(_search),
+    "SORT": _plain(parse_sort),
+    "THREAD": _plain(parse_thread),
     "FETCH": _plain(_fetch),
     "STORE": _plain(_store),
     "COPY": _plain(COPY),
@@ -679,5 +718,7 @@ UID_COMMANDS: dict[str, UidHandler] = {
     "FETCH": _fetch,
     "STORE": _store,
     "SEARCH": _search,
+    "SORT": parse_sort,
+    "THREAD": parse_thread,
     "EXPUNGE": _uid_expunge,
 }

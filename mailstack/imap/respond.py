@@ -54,10 +54,15 @@ def nstring(value: str | bytes | None, utf8: bool = False) -> bytes:
     return structure.imap_nstring(value, utf8)
 
 
-def literal(data: bytes) -> bytes:
-    """A literal; literal8 (RFC 3516 §4.2) when the data holds NUL."""
+def literal(data: bytes, binary: bool = False) -> bytes:
+    """A literal. Only BINARY[...] data (``binary``) may go out as literal8 when it holds
+    NUL (RFC 3516 §4.2); anywhere else NUL never goes out (RFC 3501 §9 CHAR8): APPEND
+    stores binary parts base64-encoded, and a NUL in older stored data is sent as
+    0x80, as Dovecot does."""
     if b"\x00" in data:
-        return b"~{%d}\r\n" % len(data) + data
+        if binary:
+            return b"~{%d}\r\n" % len(data) + data
+        data = data.replace(b"\x00", b"\x80")
     return b"{%d}\r\n" % len(data) + data
 
 

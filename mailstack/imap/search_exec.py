@@ -51,6 +51,7 @@ class _Ctx:
     exists: int
     saved: frozenset[int]
     now: float
+    recent: set[int]
     spans: dict[int, list[tuple[int, int]]] = field(default_factory=dict)
 
 
@@ -74,7 +75,7 @@ def flag_masks(key: k.SearchKey) -> tuple[int, int] | None:
     """(must-have bits, must-lack bits) when ``key`` is a conjunction of system-flag
     tests, else None."""
     match key:
-        case k.All() | k.Flag(flag="\\Recent", present=False):
+        case k.All():
             return 0, 0
         case k.Flag(flag=flag, present=present) if flag.lower() in _BITS:
             bit = _BITS[flag.lower()]
@@ -116,6 +117,22 @@ def _header_values(ctx: _Ctx, field: str) -> list[str]:
     for line in text.split("\r\n"):
         if ":" in line:
             out.append(_decode_header(line.split(":", 1)[1].strip()))
+    return out
+
+
+_ADDRESS_FIELDS = frozenset({"from", "to", "cc", "bcc", "sender", "reply-to"})
+
+
+def _address_forms(values: list[str]) -> list[str]:
+    """RFC 3501 §6.4.4 FROM/TO/CC/BCC: the addresses as parsed (comments and white
+    space gone, as in the ENVELOPE), "name <mailbox@host>" each."""
+    out = []
+    for v in values:
+        for a in mime.parse_addresses(v):
+            if a.mailbox is None or a.host is None:
+                continue  # group markers
+            name = _decode_header(a.name) + " " if a.name else ""
+            out.append(f"{name}<{a.mailbox}@{a.host}>")
     return out
 
 
@@ -166,8 +183,8 @@ def matches(key: k.SearchKey, ctx: _Ctx) -> bool | None:
         case k.All():
             return True
         case k.Flag(flag=flag, present=present):
-            if flag == "\\Recent":
-                return not present  # we never report \Recent (gone in IMAP4rev2)
+            if flag == "\\Recent":  # RFC 3501 §2.3.2: recent in this session
+                return (m.uid in ctx.recent) == present
             return has_flag(m, flag) == present
         case k.Size(op=op, size=size):
             return m.size > size if op == "larger" else m.size < size
@@ -199,6 +216,8 @@ def matches(key: k.SearchKey, ctx: _Ctx) -> bool | None:
             if ctx.data is None:
                 return None
             values = _header_values(ctx, field)
+            if field.lower() in _ADDRESS_FIELDS:
+                values += _address_forms(values)
             needle = value.casefold()
             return any(needle in v.casefold() for v in values)
         case k.Body(value=value):
@@ -255,7 +274,7 @@ async def evaluate(s: Session, key: k.SearchKey) -> list[tuple[int, int]]:
     undecided: list[_Ctx] = []
     for r in rows:
         ctx = _Ctx(r, view.seq_of(r.uid) or 0, None, None, largest, view.exists, saved, now,
-                   spans)
+                   view.recent, spans)
         got = matches(key, ctx)
         if got:
             found.append(r)
@@ -298,11 +317,15 @@ async def search(s: Session, c: t.Search) -> str | None:
     if modseq:
         s.enable_condstore()  # RFC 7162 §3.1: SEARCH MODSEQ is CONDSTORE-enabling
     top = max((ms for _, ms in found), default=0)
+    chosen = found
+    if opts is not None and opts & {"MIN", "MAX"}:
+        chosen = ([found[0]] if "MIN" in opts and found else []) + \
+            ([found[-1]] if "MAX" in opts and found else [])
+        if not opts & {"ALL", "COUNT"}:
+            # RFC 4731 §3.2 with RFC 7162 §3.1.5: the MODSEQ of what is returned
+            top = max((ms for _, ms in chosen), default=0)
     if opts is not None and "SAVE" in opts:
-        chosen = found
-        if opts & {"MIN", "MAX"}:  # RFC 5182 §2.4: only MIN/MAX are saved then
-            chosen = ([found[0]] if "MIN" in opts and found else []) + \
-                ([found[-1]] if "MAX" in opts and found else [])
+        # RFC 5182 §2.4: only MIN/MAX are saved when given
         view.saved = sorted({uid for uid, _ in chosen})
         if opts == {"SAVE"}:
             return None

@@ -21,6 +21,7 @@ import logging
 from mailstack.config import ListenerSettings
 from mailstack.imap import respond
 from mailstack.imap import types as t
+from mailstack.imap.compress import BombError
 from mailstack.imap.parser import NeedLiteral, ParseError, TooBig
 from mailstack.imap.session import LOGOUT, Session, SessionEnd
 from mailstack.netio import Conn, LineTooLong, TcpListener
@@ -71,6 +72,8 @@ class Connection:
                                             self.imap.idle_timeout_seconds)
         except TimeoutError:
             raise SessionEnd("Autologout; idle for too long") from None
+        except BombError:
+            raise SessionEnd("Line too long in the compressed stream") from None
         if not line:
             raise ConnectionResetError("client closed the connection")
         return line

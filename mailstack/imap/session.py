@@ -14,6 +14,8 @@ Implementation notes (invariants):
 - ``enabled`` holds the extensions the client switched on (ENABLE, RFC 5161). CONDSTORE
   is also switched on by any CONDSTORE-enabling command (RFC 7162 §3.1) and stays on
   for the connection; QRESYNC implies CONDSTORE (RFC 7162 §3.2.3).
+- Every command runs holding ``busy``; NOTIFY (RFC 5465) writes its unsolicited
+  updates only while holding it too, so they never land inside a command's responses.
 - A password change (CredentialsChanged with a newer epoch) or the deletion of the
   address ends the session at once with ``* BYE`` (docs/behaviour.md §2), via a watcher task on
   its own event subscription, so an idle connection is cut too.
@@ -25,7 +27,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mailstack.config import ListenerSettings
 from mailstack.imap import respond
@@ -45,6 +47,9 @@ from mailstack.store import (
     Subscription,
     Unavailable,
 )
+
+if TYPE_CHECKING:
+    from mailstack.imap.commands_notify import Notifier
 
 log = logging.getLogger("mailstack.imap")
 
@@ -78,7 +83,19 @@ BASE_CAPS = (
     "CONDSTORE",
     "QRESYNC",
     "MULTIAPPEND",
+    "SORT",
+    "SORT=DISPLAY",
+    "ESORT",
+    "THREAD=ORDEREDSUBJECT",
+    "THREAD=REFERENCES",
+    "CATENATE",
+    "METADATA",
+    "NOTIFY",
+    "QUOTA",
+    "QUOTA=RES-STORAGE",
+    "QUOTA=RES-MESSAGE",
 )
+AUTH_CAPS = ("COMPRESS=DEFLATE",)  # only after login (RFC 4978 §3)
 
 
 class SessionEnd(Exception):
@@ -117,7 +134,13 @@ class Session:
         self.email = ""
         self.epoch = 0
         self.max_message_size = 0
+        self.plan = self.settings.plan(self.settings.smtp.default_plan)
         self.enabled: set[str] = set()
+        self.compressed = False  # COMPRESS=DEFLATE active (RFC 4978)
+        # held by every command; NOTIFY writes only while it holds it (RFC 5465)
+        self.busy = asyncio.Lock()
+        self.idling = False
+        self.notifier: Notifier | None = None
         self.view: MailboxView | None = None
         self.sub: Subscription | None = None
         self._watch_sub: Subscription | None = None
@@ -143,9 +166,13 @@ class Session:
     def enable_condstore(self) -> None:
         """RFC 7162 §3.1: a CONDSTORE-enabling command was seen; from now on every
         FETCH response caused by a flag change carries UID and MODSEQ."""
+        first = "CONDSTORE" not in self.enabled
         self.enabled.add("CONDSTORE")
         if self.view is not None:
             self.view.condstore = True
+            if first:  # RFC 7162 §3.1: tell the mailbox's HIGHESTMODSEQ at once
+                self.send(respond.untagged(
+                    f"OK [HIGHESTMODSEQ {self.view.reported_modseq}] Highest"))
 
     def send(self, data: bytes) -> None:
         self.conn.write(data)
@@ -159,6 +186,8 @@ class Session:
                 caps.append("AUTH=PLAIN")
             else:
                 caps.append("LOGINDISABLED")  # RFC 9051 §6.2.3
+        else:
+            caps.extend(AUTH_CAPS)
         return " ".join(caps)
 
     def may_send_password(self) -> bool:
@@ -188,6 +217,7 @@ class Session:
             self.settings.smtp.default_plan
         )
         self.max_message_size = plan.max_message_size
+        self.plan = plan
         s = self.settings.imap
         self.reader.limits = Limits(
             max_line=s.max_line_length,
@@ -227,6 +257,9 @@ class Session:
                 return
 
     def close(self) -> None:
+        if self.notifier is not None:
+            self.notifier.close()
+            self.notifier = None
         if self._watcher is not None and self._watcher is not asyncio.current_task():
             self._watcher.cancel()
         for sub in (self.sub, self._watch_sub):
@@ -248,6 +281,11 @@ class Session:
         if handler is None:
             self.send(respond.tagged(cmd.tag, "BAD", f"{name} not allowed now"))
             return
+        async with self.busy:
+            await self._execute(cmd, handler, name)
+        await self.conn.drain()
+
+    async def _execute(self, cmd: t.Command, handler: Handler, name: str) -> None:
         try:
             text = await handler(self, cmd)
             if text != ANSWERED:
@@ -276,7 +314,6 @@ class Session:
                 "imap: %s failed for %s from %s", name, self.email or "-", self.conn.client_ip
             )
             self.send(respond.tagged(cmd.tag, "NO", "Internal server error", "SERVERBUG"))
-        await self.conn.drain()
 
     @staticmethod
     def expunge_allowed(cmd: t.Command) -> bool:

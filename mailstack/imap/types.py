@@ -217,6 +217,8 @@ class AppendMessage:
     internal_date: datetime.datetime | None
     data: bytes = field(repr=False)
     binary: bool = False  # sent as literal8 ~{n} (RFC 3516 §4.4)
+    # CATENATE (RFC 4469 §5): ("TEXT", bytes) and ("URL", str) parts, in order
+    catenate: tuple[tuple[str, bytes | str], ...] = ()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -275,3 +277,99 @@ class Move(Command):
     uid: bool = False
     sequence: SequenceSet
     mailbox: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class Sort(Command):
+    """SORT / UID SORT (RFC 5256 §3); ``criteria`` are (key, reverse) pairs;
+    ``return_options`` is None without RETURN, else ESORT options (RFC 5267 §3)."""
+
+    NAME: ClassVar[str] = "SORT"
+    uid: bool = False
+    criteria: tuple[tuple[str, bool], ...]
+    charset: str
+    key: SearchKey
+    return_options: frozenset[str] | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Thread(Command):
+    """THREAD / UID THREAD (RFC 5256 §4): ``algorithm`` is ORDEREDSUBJECT or REFERENCES."""
+
+    NAME: ClassVar[str] = "THREAD"
+    uid: bool = False
+    algorithm: str
+    charset: str
+    key: SearchKey
+
+
+@dataclass(frozen=True, kw_only=True)
+class Compress(Command):
+    """COMPRESS mechanism (RFC 4978 §3); only DEFLATE exists."""
+
+    NAME: ClassVar[str] = "COMPRESS"
+    mechanism: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class GetMetadata(Command):
+    """GETMETADATA (RFC 5464 §4.2); ``mailbox`` "" names the server."""
+
+    NAME: ClassVar[str] = "GETMETADATA"
+    mailbox: str
+    entries: tuple[str, ...]
+    maxsize: int | None = None
+    depth: str = "0"  # "0", "1" or "infinity"
+
+
+@dataclass(frozen=True, kw_only=True)
+class SetMetadata(Command):
+    """SETMETADATA (RFC 5464 §4.3); a None value removes the entry."""
+
+    NAME: ClassVar[str] = "SETMETADATA"
+    mailbox: str
+    items: tuple[tuple[str, bytes | None], ...] = field(repr=False)
+
+
+@dataclass(frozen=True, kw_only=True)
+class NotifyGroup:
+    """One event group of NOTIFY SET (RFC 5465 §6): a mailbox filter and its events."""
+
+    filter: str  # selected, selected-delayed, inboxes, personal, subscribed, subtree,
+    # mailboxes (lower-case)
+    mailboxes: tuple[str, ...] = ()
+    events: tuple[str, ...] = ()  # canonical spelling, e.g. "MessageNew"; () = NONE
+    fetch: tuple[FetchAtt, ...] = ()  # MessageNew (fetch-att ...)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Notify(Command):
+    """NOTIFY NONE (``groups`` None) or NOTIFY SET [STATUS] groups (RFC 5465 §3)."""
+
+    NAME: ClassVar[str] = "NOTIFY"
+    groups: tuple[NotifyGroup, ...] | None
+    status: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class GetQuota(Command):
+    """GETQUOTA quota-root (RFC 9208 §4.2)."""
+
+    NAME: ClassVar[str] = "GETQUOTA"
+    root: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class GetQuotaRoot(Command):
+    """GETQUOTAROOT mailbox (RFC 9208 §4.3)."""
+
+    NAME: ClassVar[str] = "GETQUOTAROOT"
+    mailbox: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class SetQuota(Command):
+    """SETQUOTA (RFC 9208 §4.1): parsed to be refused; limits come from the plan."""
+
+    NAME: ClassVar[str] = "SETQUOTA"
+    root: str

@@ -67,6 +67,7 @@ from ..policy.headers import (
     extract_from_addresses,
 )
 from ..policy.limits import check_daily_limit, check_recipient_cap
+from ..policy.quota import rcpt_reply
 from ..policy.relay import (
     RcptVerdict,
     check_envelope_sender,
@@ -74,7 +75,7 @@ from ..policy.relay import (
     route_recipient,
 )
 from ..policy.submission import msa_additions
-from ..store import AddressDeleted, CredentialsChanged, Subscription, Unavailable
+from ..store import Address, AddressDeleted, CredentialsChanged, Subscription, Unavailable
 from . import replies
 from .data import DataState, read_data
 from .delivery import Transaction, accept
@@ -604,6 +605,10 @@ class MailstackSMTP(SMTP):
         if not verdict.accepted:
             await self.push(verdict.reply)
             return
+        full = await self._mailbox_full(verdict.mailboxes, directory)  # RFC 9208 quotas
+        if full is not None:
+            await self.push(full)
+            return
         if not authed:
             # Mail from the internet: the recipient domain's plan bounds the size.
             domain = await directory.domain(rcpt.domain)
@@ -619,6 +624,25 @@ class MailstackSMTP(SMTP):
         self.env.rcpt_params.append(parsed.params)
         self.env.rcpt_tos.append(str(rcpt))
         await self.push("250 2.1.5 Recipient OK")
+
+    async def _mailbox_full(self, keys: tuple[str, ...], directory: StoreDirectory
+                            ) -> str | None:
+        """452 4.2.2 (or 552 5.2.2) when a hosted mailbox of this recipient is at or
+        over its plan's storage quota (RFC 3463 §3.3)."""
+        settings = self.fe.services.settings
+        for key in keys:
+            addr = await directory.get_address(key)
+            if not isinstance(addr, Address):
+                continue
+            plan = settings.plan(addr.plan)
+            if not plan.storage_quota and not plan.message_quota:
+                continue
+            used_bytes, used_msgs = await self.fe.services.store.quota_usage(addr.id)
+            reply = rcpt_reply(key, used_bytes, used_msgs, plan.storage_quota,
+                               plan.message_quota, settings.quota.over_quota_permanent)
+            if reply is not None:
+                return reply
+        return None
 
     async def smtp_DATA(self, arg: str | None) -> None:
         if not await self._gate("DATA"):

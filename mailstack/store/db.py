@@ -71,6 +71,23 @@ def _m_reliability_throttle(conn: Connection) -> None:
                                     "count INTEGER NOT NULL DEFAULT 1"])
 
 
+def _m_imap(conn: Connection) -> None:
+    """folders.first_recent_uid (RFC 3501 §2.3.2 \\Recent; existing mail is not recent),
+    the table of subscriptions whose mailbox does not exist (RFC 3501 §6.3.6), the
+    METADATA entries (RFC 5464), the storage used per address (RFC 9208 QUOTA) and the
+    cached SORT/THREAD keys of a message (RFC 5256)."""
+    _add_columns(conn, "folders", ["first_recent_uid BIGINT NOT NULL DEFAULT 1"])
+    _add_columns(conn, "messages", ["sort_keys TEXT"])
+    conn.exec_driver_sql("UPDATE folders SET first_recent_uid = uidnext")
+    schema.subscriptions.create(conn, checkfirst=True)
+    schema.metadata_entries.create(conn, checkfirst=True)
+    schema.quota_usage.create(conn, checkfirst=True)
+    conn.exec_driver_sql(
+        "INSERT INTO quota_usage (address_id, bytes, messages) "
+        "SELECT f.address_id, SUM(m.size), COUNT(*) FROM messages m "
+        "JOIN folders f ON f.id = m.folder_id GROUP BY f.address_id")
+
+
 MIGRATIONS: list[Migration] = [
     lambda conn: None,  # 1: initial schema (created by create_all on a fresh database)
     _m2_queue_dsn,  # 2: DSN parameters on queue rows (RFC 3461)
@@ -81,6 +98,7 @@ MIGRATIONS: list[Migration] = [
     _m_dkim_keys,  # 7: submission: dkim_keys table (DKIM signing keys per domain)
     _m_autoresponder,  # 8: autoresponder: responders and their throttle (RFC 3834)
     _m_reliability_throttle,  # 9: reliability: login_throttle table; activity network, count
+    _m_imap,  # 10: imap: \Recent, deleted-mailbox subscriptions, METADATA, QUOTA, sort keys
 ]
 LATEST = len(MIGRATIONS)
 

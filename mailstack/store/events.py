@@ -45,7 +45,7 @@ class FolderChanged(Event):
     """A folder was created, renamed or deleted."""
 
     folder_id: int
-    kind: str  # created | renamed | deleted
+    kind: str  # created | renamed | deleted | subscribed (subscription changed)
 
 
 @dataclass(frozen=True)

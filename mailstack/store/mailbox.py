@@ -20,7 +20,20 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Integer, and_, bindparam, delete, func, insert, or_, select, update
+from sqlalchemy import (
+    Integer,
+    and_,
+    bindparam,
+    delete,
+    func,
+    insert,
+    or_,
+    select,
+    true,
+    update,
+)
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 
 from . import schema as t
@@ -78,6 +91,46 @@ class DeliveryTarget:
 
 
 class MailboxMixin(StoreBase):
+    # --- storage used (RFC 9208 QUOTA) ---------------------------------------------
+    async def _add_usage(self, conn: Any, address_id: int, dbytes: int, dmsgs: int) -> None:
+        """Change an address's usage counter inside the caller's transaction (an upsert:
+        concurrent first writers of one address cannot collide)."""
+        if not dbytes and not dmsgs:
+            return
+        q = t.quota_usage
+        ins = sqlite_insert if self.is_sqlite else pg_insert
+        stmt = ins(q).values(address_id=address_id, bytes=dbytes, messages=dmsgs)
+        await conn.execute(stmt.on_conflict_do_update(
+            index_elements=[q.c.address_id],
+            set_={"bytes": q.c.bytes + dbytes, "messages": q.c.messages + dmsgs}))
+
+    async def deleted_storage(self, folder_id: int) -> int:
+        """Octets of the messages flagged \\Deleted (STATUS DELETED-STORAGE, RFC 9208)."""
+        m = t.messages.c
+        async with self._read() as conn:
+            return int((await conn.execute(select(func.coalesce(func.sum(m.size), 0)).where(
+                and_(m.folder_id == folder_id, m.flags.op("&")(DELETED_BIT) != 0))))
+                .scalar_one())
+
+    async def quota_usage(self, address_id: int) -> tuple[int, int]:
+        """(octets, messages) an address keeps, from the counter."""
+        q = t.quota_usage.c
+        async with self._read() as conn:
+            row = (await conn.execute(select(q.bytes, q.messages).where(
+                q.address_id == address_id))).first()
+        return (int(row[0]), int(row[1])) if row is not None else (0, 0)
+
+    async def _subtract_rows(self, conn: Any, folder_id: int, cond: Any) -> None:
+        """Take the messages of ``folder_id`` matching ``cond`` off the usage counter
+        (before they are deleted, in the same transaction)."""
+        m = t.messages.c
+        row = (await conn.execute(select(func.coalesce(func.sum(m.size), 0), func.count())
+                                  .where(and_(m.folder_id == folder_id, cond)))).one()
+        if row[1]:
+            addr = (await conn.execute(select(t.folders.c.address_id).where(
+                t.folders.c.id == folder_id))).scalar_one()
+            await self._add_usage(conn, int(addr), -int(row[0]), -int(row[1]))
+
     # --- folders -------------------------------------------------------------------
     async def list_folders(self, address_id: int) -> list[Folder]:
         async with self._read() as conn:
@@ -113,8 +166,15 @@ class MailboxMixin(StoreBase):
             except IntegrityError as exc:
                 raise AlreadyExists(f"folder {name!r} already exists") from exc
             folder_id = int(res.scalar_one())
+            # RFC 3501 §6.3.6: a subscription that outlived a DELETE applies again
+            gone = await conn.execute(delete(t.subscriptions).where(and_(
+                t.subscriptions.c.address_id == address_id, t.subscriptions.c.name == name)))
+            subscribed = bool(gone.rowcount)
+            if subscribed:
+                await conn.execute(update(t.folders).where(t.folders.c.id == folder_id)
+                                   .values(subscribed=True))
             events.append(FolderChanged(address_id, folder_id, "created"))
-        return Folder(folder_id, address_id, name, special_use, False, uidvalidity, 1, 1)
+        return Folder(folder_id, address_id, name, special_use, subscribed, uidvalidity, 1, 1)
 
     async def delete_folder(self, address_id: int, name: str) -> None:
         """Delete one folder with its messages; children stay (RFC 9051 §6.3.5)."""
@@ -122,11 +182,17 @@ class MailboxMixin(StoreBase):
         if name == "INBOX":
             raise Conflict("INBOX cannot be deleted")
         async with self._write() as (conn, events):
-            row = (await conn.execute(select(t.folders.c.id).where(and_(
-                t.folders.c.address_id == address_id, t.folders.c.name == name)))).first()
+            row = (await conn.execute(select(t.folders.c.id, t.folders.c.subscribed).where(
+                and_(t.folders.c.address_id == address_id, t.folders.c.name == name)))).first()
             if row is None:
                 raise NotFound(f"no folder {name!r}")
+            await self._subtract_rows(conn, row.id, true())
             await conn.execute(delete(t.folders).where(t.folders.c.id == row.id))
+            await conn.execute(delete(t.metadata_entries).where(  # RFC 5464 §3.2
+                t.metadata_entries.c.folder_id == row.id))
+            if row.subscribed:  # RFC 3501 §6.3.6: DELETE does not unsubscribe
+                await conn.execute(insert(t.subscriptions).values(address_id=address_id,
+                                                                  name=name))
             events.append(FolderChanged(address_id, row.id, "deleted"))
 
     async def rename_folder(self, address_id: int, old: str, new: str) -> None:
@@ -165,12 +231,77 @@ class MailboxMixin(StoreBase):
             await self.move_messages(inbox.id, uids, target.id)
 
     async def set_subscribed(self, address_id: int, name: str, subscribed: bool) -> None:
-        async with self._write() as (conn, _):
+        """Subscribe an existing folder, or unsubscribe a folder or a name whose folder
+        was deleted while subscribed (RFC 3501 §6.3.7)."""
+        name = normalize_folder_name(name)
+        async with self._write() as (conn, events):
             res = await conn.execute(update(t.folders).where(and_(
                 t.folders.c.address_id == address_id,
-                t.folders.c.name == normalize_folder_name(name))).values(subscribed=subscribed))
-            if res.rowcount == 0:
+                t.folders.c.name == name)).values(subscribed=subscribed)
+                .returning(t.folders.c.id))
+            changed = res.all()
+            for row in changed:  # RFC 5465 SubscriptionChange
+                events.append(FolderChanged(address_id, row.id, "subscribed"))
+            if changed:
+                return
+            if subscribed:
                 raise NotFound(f"no folder {name!r}")
+            gone = await conn.execute(delete(t.subscriptions).where(and_(
+                t.subscriptions.c.address_id == address_id,
+                t.subscriptions.c.name == name)))
+            if gone.rowcount == 0:
+                raise NotFound(f"no folder {name!r}")
+
+    async def orphan_subscriptions(self, address_id: int) -> list[str]:
+        """Subscribed names with no folder (deleted while subscribed), sorted."""
+        async with self._read() as conn:
+            rows = (await conn.execute(select(t.subscriptions.c.name).where(
+                t.subscriptions.c.address_id == address_id)
+                .order_by(t.subscriptions.c.name))).all()
+        return [r[0] for r in rows]
+
+    async def claim_recent(self, folder_id: int, upto_uid: int) -> int:
+        """RFC 3501 §2.3.2: this session is the first to see the UIDs below ``upto_uid``.
+        Returns the folder's previous first-recent UID (the UIDs from it up to
+        ``upto_uid`` are recent for the caller, and for no other session)."""
+        f = t.folders.c
+        async with self._read() as conn:  # the usual case: nothing new, no write
+            seen = (await conn.execute(select(f.first_recent_uid).where(f.id == folder_id))
+                    ).scalar()
+        if seen is None:
+            raise NotFound("no such folder")
+        if int(seen) >= upto_uid:
+            return int(seen)
+        async with self._write() as (conn, _):
+            row = (await conn.execute(select(f.first_recent_uid).where(f.id == folder_id)
+                                      .with_for_update())).first()
+            if row is None:
+                raise NotFound("no such folder")
+            old = int(row[0])
+            if upto_uid > old:
+                await conn.execute(update(t.folders).where(f.id == folder_id)
+                                   .values(first_recent_uid=upto_uid))
+        return old
+
+    async def recent_count(self, folder_id: int) -> int:
+        """Messages no session has seen as recent yet (STATUS RECENT, RFC 3501 §6.3.10)."""
+        m, f = t.messages.c, t.folders.c
+        async with self._read() as conn:
+            first = (await conn.execute(select(f.first_recent_uid).where(f.id == folder_id))
+                     ).scalar()
+            if first is None:
+                return 0
+            return int((await conn.execute(select(func.count()).where(and_(
+                m.folder_id == folder_id, m.uid >= first)))).scalar_one())
+
+    async def folder_keywords(self, folder_id: int, uid_min: int = 1) -> set[str]:
+        """The keywords set on messages of a folder (from ``uid_min`` on): what
+        SELECT's FLAGS lists (RFC 3501 §7.2.6)."""
+        m = t.messages.c
+        async with self._read() as conn:
+            rows = (await conn.execute(select(m.keywords).distinct().where(and_(
+                m.folder_id == folder_id, m.uid >= uid_min, m.keywords != "")))).all()
+        return {k for r in rows for k in r[0].split(" ") if k}
 
     async def folder_status(self, folder_id: int) -> FolderStatus:
         m = t.messages.c
@@ -270,6 +401,7 @@ class MailboxMixin(StoreBase):
         """Insert one row per target inside the caller's transaction, locking folders
         in id order; returns the rows in the order of ``targets``."""
         out: dict[int, Message] = {}
+        usage: dict[int, tuple[int, int]] = {}
         for i in sorted(range(len(targets)), key=lambda i: targets[i].folder_id):
             tg = targets[i]
             uid, modseq, address_id = await self._allocate(conn, tg.folder_id, 1)
@@ -282,6 +414,10 @@ class MailboxMixin(StoreBase):
             out[i] = Message(int(res.scalar_one()), tg.folder_id, uid, modseq,
                              flags_from_db(bits, keywords), when, size, blob_id, tg.prefix)
             events.append(MessagesAdded(address_id, tg.folder_id, (uid,)))
+            used = usage.get(address_id, (0, 0))
+            usage[address_id] = (used[0] + size, used[1] + 1)
+        for address_id, (dbytes, dmsgs) in usage.items():
+            await self._add_usage(conn, address_id, dbytes, dmsgs)
         return [out[i] for i in range(len(targets))]
 
     async def store_flags(self, folder_id: int, uids: Iterable[int], flags: Iterable[str],
@@ -407,6 +543,7 @@ class MailboxMixin(StoreBase):
                 t.messages.c.folder_id == src,
                 t.messages.c.uid.in_([m.uid for m in rows]))))).all()}
             new_rows = []
+            copied_bytes = 0
             for n, m in enumerate(r for r in rows if r.uid in live):
                 new_uid = first_uid + n
                 bits, keywords = flags_to_db(m.flags)
@@ -415,8 +552,10 @@ class MailboxMixin(StoreBase):
                     "keywords": keywords, "internal_date": m.internal_date, "size": m.size,
                     "blob_id": m.blob_id, "prefix": m.prefix, "created_at": now})
                 pairs.append((m.uid, new_uid))
+                copied_bytes += m.size
             if new_rows:  # one executemany: one round trip for the whole copy
                 await conn.execute(insert(t.messages), new_rows)
+                await self._add_usage(conn, dst_addr, copied_bytes, len(new_rows))
             if pairs:
                 events.append(MessagesAdded(dst_addr, dst, tuple(p[1] for p in pairs)))
             if expunge_source and pairs:
@@ -429,6 +568,7 @@ class MailboxMixin(StoreBase):
                             modseq: int) -> None:
         for i in range(0, len(uids), 500):
             chunk = uids[i:i + 500]
+            await self._subtract_rows(conn, folder_id, t.messages.c.uid.in_(chunk))
             await conn.execute(delete(t.messages).where(and_(
                 t.messages.c.folder_id == folder_id, t.messages.c.uid.in_(chunk))))
             await conn.execute(insert(t.expunged), [

@@ -123,6 +123,8 @@ folders = Table(
     Column("uidnext", BigInteger, nullable=False, default=1),
     Column("highestmodseq", BigInteger, nullable=False, default=1),
     Column("created_at", Float, nullable=False),
+    # RFC 3501 §2.3.2 \Recent: UIDs from here on have not been shown to any session yet
+    Column("first_recent_uid", BigInteger, nullable=False, default=1),
     UniqueConstraint("address_id", "name", name="uq_folder_name"),
     sqlite_autoincrement=True,
 )
@@ -143,6 +145,7 @@ messages = Table(
     Column("prefix", LargeBinary, nullable=False, default=b""),
     Column("envelope", Text),  # cached IMAP structure (JSON), filled lazily
     Column("bodystructure", Text),
+    Column("sort_keys", Text),  # cached SORT/THREAD keys (JSON), filled on first use
     Column("created_at", Float, nullable=False),
     UniqueConstraint("folder_id", "uid", name="uq_message_uid"),
     Index("ix_messages_folder_modseq", "folder_id", "modseq"),
@@ -156,6 +159,36 @@ expunged = Table(
     Column("uid", BigInteger, primary_key=True),
     Column("modseq", BigInteger, nullable=False),
     Index("ix_expunged_modseq", "folder_id", "modseq"),
+)
+
+# Subscriptions whose mailbox does not exist (any more): RFC 3501 §6.3.6, a DELETE does
+# not unsubscribe. Subscriptions of existing mailboxes are ``folders.subscribed``.
+subscriptions = Table(
+    "subscriptions", metadata,
+    Column("address_id", PK, ForeignKey("addresses.id", ondelete="CASCADE"),
+           primary_key=True),
+    Column("name", Text, primary_key=True),
+)
+
+# Storage used per address (RFC 9208 QUOTA): kept up to date in the same transaction
+# as every message insert and delete, never summed per command.
+quota_usage = Table(
+    "quota_usage", metadata,
+    Column("address_id", PK, ForeignKey("addresses.id", ondelete="CASCADE"),
+           primary_key=True),
+    Column("bytes", BigInteger, nullable=False, default=0),
+    Column("messages", BigInteger, nullable=False, default=0),
+)
+
+# METADATA (RFC 5464): server entries (folder_id 0) and mailbox entries of an address;
+# names are stored lower-case ("/private/..." or "/shared/...").
+metadata_entries = Table(
+    "metadata_entries", metadata,
+    Column("address_id", PK, ForeignKey("addresses.id", ondelete="CASCADE"),
+           primary_key=True),
+    Column("folder_id", PK, primary_key=True),  # 0: the server
+    Column("name", Text, primary_key=True),
+    Column("value", LargeBinary, nullable=False),
 )
 
 activity = Table(

@@ -291,6 +291,13 @@ class SmtpMixin(MailboxMixin):
                 msg, id=ids[(msg.folder_id, msg.uid)], flags=flags_from_db(bits, keywords)))
             events.append(MessagesAdded(int(got[c.folder_id].address_id), c.folder_id,
                                         (msg.uid,)))
+        usage: dict[int, list[int]] = defaultdict(lambda: [0, 0])  # RFC 9208 QUOTA
+        for msg in planned:
+            used = usage[int(got[msg.folder_id].address_id)]
+            used[0] += msg.size
+            used[1] += 1
+        for address_id, (dbytes, dmsgs) in usage.items():
+            await self._add_usage(conn, address_id, dbytes, dmsgs)
         return placed
 
     async def route_facts(self, domain: str, key: str) -> tuple[Domain | None, Address | None]:

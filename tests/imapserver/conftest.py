@@ -126,3 +126,13 @@ class Raw:
         self.writer.close()
         with contextlib.suppress(Exception):
             await self.writer.wait_closed()
+
+
+async def seen_as_recent(app: App, address: str = ADDR) -> None:
+    """Let an earlier session have seen every message as recent (RFC 3501 §2.3.2), so
+    tests about other things see no \\Recent flag in IMAP4rev1 sessions."""
+    assert app.store is not None
+    addr = await app.store.get_address(address)
+    assert addr is not None
+    for f in await app.store.list_folders(addr.id):
+        await app.store.claim_recent(f.id, f.uidnext)

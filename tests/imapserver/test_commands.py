@@ -60,7 +60,8 @@ async def test_core_flow_imaplib(imap_app: App, client_ssl: ssl.SSLContext) -> N
         assert b"\\Seen" not in data[1]  # PEEK does not set \Seen
         typ, data = c.fetch("1", "(BODY[TEXT])")
         assert data[0][1] == b"Hello Anna,\r\nthis is the body.\r\n"
-        assert b"FLAGS (\\Seen)" in data[1]  # BODY[] set \Seen and says so
+        # BODY[] set \Seen and says so; imaplib speaks IMAP4rev1: \Recent (RFC 3501 §2.3.2)
+        assert b"FLAGS (\\Seen \\Recent)" in data[1]
         typ, data = c.fetch("1", "(BODY[]<0.4>)")
         assert data[0][0].endswith(b"BODY[]<0> {4}") and data[0][1] == b"From"
         typ, data = c.search(None, "BODY", "needle")

@@ -12,7 +12,7 @@ import ssl
 from imapclient import IMAPClient
 
 from mailstack.app import App
-from tests.imapserver.conftest import ADDR, PW, Raw, inbox_id, message, run
+from tests.imapserver.conftest import ADDR, PW, Raw, inbox_id, message, run, seen_as_recent
 
 
 async def _fill(app: App, n: int) -> int:
@@ -20,6 +20,7 @@ async def _fill(app: App, n: int) -> int:
     fid = await inbox_id(app)
     for i in range(n):
         await app.store.append(fid, message(f"m{i}"))
+    await seen_as_recent(app)
     return fid
 
 
@@ -86,7 +87,9 @@ async def test_condstore_enabled_by_fetch_modseq(imap_app: App) -> None:
     out = await a.cmd(b"1", b"STORE 1 +FLAGS (\\Answered)")
     assert out[0] == b"* 1 FETCH (FLAGS (\\Answered))\r\n"
     out = await a.cmd(b"2", b"FETCH 1 (MODSEQ)")
-    m1 = int(re.search(rb"MODSEQ \((\d+)\)", out[0]).group(1))  # type: ignore[union-attr]
+    # RFC 7162 §3.1: the first CONDSTORE-enabling command tells HIGHESTMODSEQ at once
+    assert re.fullmatch(rb"\* OK \[HIGHESTMODSEQ (\d+)\] .*\r\n", out[0]), out
+    m1 = int(re.search(rb"MODSEQ \((\d+)\)", out[1]).group(1))  # type: ignore[union-attr]
     assert m1 > high
     out = await a.cmd(b"3", b"STORE 1 -FLAGS (\\Answered)")
     assert re.fullmatch(rb"\* 1 FETCH \(UID 1 FLAGS \(\) MODSEQ \((\d+)\)\)\r\n", out[0])
@@ -187,7 +190,8 @@ async def test_search_modseq_and_changedsince(imap_app: App) -> None:
     high = _code(sel, b"HIGHESTMODSEQ")
     out = await a.cmd(b"1", b"STORE 2 +FLAGS (\\Flagged)")
     out = await a.cmd(b"2", f"SEARCH MODSEQ {high + 1}".encode())
-    m = re.fullmatch(rb"\* SEARCH 2 \(MODSEQ (\d+)\)\r\n", out[0])
+    assert out[0].startswith(b"* OK [HIGHESTMODSEQ ")  # CONDSTORE enabled just now
+    m = re.fullmatch(rb"\* SEARCH 2 \(MODSEQ (\d+)\)\r\n", out[1])
     assert m and int(m.group(1)) > high, out
     out = await a.cmd(b"3", f"UID SEARCH RETURN (COUNT) MODSEQ {high + 1}".encode())
     assert re.fullmatch(rb'\* ESEARCH \(TAG "3"\) UID COUNT 1 MODSEQ \d+\r\n', out[0]), out

@@ -24,7 +24,7 @@ from mailstack.app import App
 from mailstack.imap import fetch as fetch_mod
 from mailstack.imap import respond, search_exec
 from mailstack.store import DeliveryTarget
-from tests.imapserver.conftest import Raw, inbox_id
+from tests.imapserver.conftest import Raw, inbox_id, seen_as_recent
 
 N = 30
 DAY = 86400.0
@@ -75,6 +75,7 @@ async def _fill(app: App) -> int:
         await app.store.deliver(blob, len(data), [DeliveryTarget(fid, prefix,
                                                                  frozenset(_flags(i)))],
                                 internal_date=BASE + i * DAY)
+    await seen_as_recent(app)
     return fid
 
 
@@ -199,7 +200,9 @@ async def test_metadata_fetch_never_loads_message_records(
     raw = await Raw.connect(imap_app.ports["imap"])
     await raw.login()
     await raw.cmd(b"s", b"SELECT INBOX")
-    out = [x for x in await raw.cmd(b"a", command) if x.startswith(b"* ")]
+    # (MODSEQ enables CONDSTORE: "* OK [HIGHESTMODSEQ n]" first, RFC 7162 §3.1)
+    out = [x for x in await raw.cmd(b"a", command)
+           if x.startswith(b"* ") and not x.startswith(b"* OK [HIGHESTMODSEQ ")]
     assert out and all(b" FETCH (" in x and b"FLAGS (" in x for x in out)
     assert calls == []
     await raw.close()

@@ -8,7 +8,7 @@ from typing import Any
 
 from mailstack.app import App
 from tests.conftest import add_mailbox
-from tests.imapserver.conftest import ADDR, MESSAGE, PW, Raw, inbox_id
+from tests.imapserver.conftest import ADDR, MESSAGE, PW, Raw, inbox_id, seen_as_recent
 
 
 async def test_missing_blob_is_unavailable_and_session_survives(imap_app: App) -> None:
@@ -16,6 +16,7 @@ async def test_missing_blob_is_unavailable_and_session_survives(imap_app: App) -
     fid = await inbox_id(imap_app)
     msg = await imap_app.store.append(fid, MESSAGE)
     imap_app.store.blobs.path_of(msg.blob_id).unlink()  # the disk lost the file
+    await seen_as_recent(imap_app)
     raw = await Raw.connect(imap_app.ports["imap"])
     await raw.login()
     await raw.cmd(b"s", b"SELECT INBOX")

@@ -51,9 +51,10 @@ async def test_flags_expunge_new_mail_reach_other_session(imap_app: App) -> None
                                                                      b"anna@example.com\r\n")])
     out = await b.cmd(b"n3", b"NOOP")
     assert out[0] == b"* 3 EXISTS\r\n"
+    assert out[1] == b"* 1 RECENT\r\n"  # B (IMAP4rev1) is the first to see it
     # B's own STORE answers with FETCH once, not again as an unsolicited update
     out = await b.cmd(b"st", b"STORE 3 +FLAGS (\\Seen)")
-    assert out[0] == b"* 3 FETCH (FLAGS (\\Seen))\r\n"
+    assert out[0] == b"* 3 FETCH (FLAGS (\\Seen \\Recent))\r\n"
     out = await b.cmd(b"n4", b"NOOP")
     assert out == [out[-1]]
     # UID FETCH may carry an EXPUNGE (RFC 9051 §7.5.1 only forbids the non-UID forms)
@@ -74,6 +75,7 @@ async def test_idle_wakes_on_delivery_and_other_sessions(imap_app: App) -> None:
     assert (await b.line()).startswith(b"+ ")
     await imap_app.store.append(fid, MESSAGE)  # what SMTP delivery does
     assert await b.line() == b"* 2 EXISTS\r\n"
+    assert await b.line() == b"* 1 RECENT\r\n"  # RFC 3501 §7.3.2, IMAP4rev1 session
     await a.cmd(b"f", b"STORE 1 +FLAGS.SILENT (\\Deleted)")
     assert await b.line() == b"* 1 FETCH (UID 1 FLAGS (\\Deleted))\r\n"
     await a.cmd(b"x", b"EXPUNGE")

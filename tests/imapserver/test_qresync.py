@@ -9,7 +9,7 @@ import imaplib
 import re
 
 from mailstack.app import App
-from tests.imapserver.conftest import Raw, inbox_id, message, plain, run
+from tests.imapserver.conftest import Raw, inbox_id, message, plain, run, seen_as_recent
 
 
 async def _fill(app: App, n: int) -> int:
@@ -17,6 +17,7 @@ async def _fill(app: App, n: int) -> int:
     fid = await inbox_id(app)
     for i in range(n):
         await app.store.append(fid, message(f"m{i}"))
+    await seen_as_recent(app)
     return fid
 
 
@@ -67,7 +68,8 @@ async def test_select_qresync_reports_changes_since(imap_app: App) -> None:
     assert len(fetches) == 2
     assert re.fullmatch(rb"\* 2 FETCH \(UID 3 FLAGS \(\\Flagged\) MODSEQ \(\d+\)\)\r\n",
                         fetches[0]), fetches
-    assert fetches[1].startswith(b"* 4 FETCH (UID 6 FLAGS () MODSEQ (")
+    # new since the last session: recent for this IMAP4rev1 session (RFC 3501 §2.3.2)
+    assert fetches[1].startswith(b"* 4 FETCH (UID 6 FLAGS (\\Recent) MODSEQ (")
     assert out.index(vanished[0]) < out.index(fetches[0])  # VANISHED first
     new_high = _code(out, b"HIGHESTMODSEQ")
     assert new_high > high

@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 
 from mailstack.app import App
-from tests.imapserver.conftest import inbox_id, message, plain, run
+from tests.imapserver.conftest import inbox_id, message, plain, run, seen_as_recent
 
 
 def _flags(data: list[bytes]) -> dict[int, set[str]]:
@@ -25,6 +25,7 @@ async def test_store_reports_every_listed_message(imap_app: App) -> None:
     fid = await inbox_id(imap_app)
     for i, fl in enumerate([[], ["\\Seen"], ["\\Flagged"], ["\\Seen", "Work"]]):
         await imap_app.store.append(fid, message(f"m{i}"), flags=fl)
+    await seen_as_recent(imap_app)
     high = (await imap_app.store.folder_status(fid)).highestmodseq
 
     def go() -> tuple[list[bytes], list[bytes], list[bytes]]:

@@ -1,0 +1,407 @@
+"""SORT and THREAD (RFC 5256, RFC 5957 SORT=DISPLAY): sort keys of a message, base
+subject extraction, and the ORDEREDSUBJECT and REFERENCES threading algorithms. No I/O.
+
+Implementation notes (invariants):
+- Keys are taken from the message's header block (:func:`keys_from_header`); strings
+  compare with i;ascii-casemap (ASCII letters folded to upper case, RFC 5256 §2.2 /
+  RFC 4790 §9.2); the final tie-breaker is always the message sequence number
+  (RFC 5256 §3: "ties ... are broken by the order of the messages in the mailbox").
+- The base subject follows RFC 5256 §2.1 step by step; it works on at most
+  ``MAX_SUBJECT`` characters and every step is linear (no backtracking patterns).
+- A Date that cannot be parsed counts as the internal date (RFC 5256 §2.2, §3).
+- REFERENCES threads nest at most ``MAX_DEPTH`` deep and use the last
+  ``MAX_REFERENCES`` ids of a References field: hostile chains cannot make threading
+  quadratic in the mailbox size or exhaust the recursion limit.
+- Threads are rendered per the RFC 5256 §4 grammar: a single child continues the chain
+  ("1 2 3"), several children are nested lists ("1 (2)(3)").
+"""
+
+from __future__ import annotations
+
+import datetime
+import email.header
+import email.utils
+import json
+import re
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+from mailstack import mime
+
+MAX_SUBJECT = 2000
+MAX_DEPTH = 256  # thread nesting (REFERENCES)
+MAX_REFERENCES = 128  # the last ones of a References field are kept
+SORT_KEYS = frozenset({"ARRIVAL", "CC", "DATE", "FROM", "SIZE", "SUBJECT", "TO",
+                       "DISPLAYFROM", "DISPLAYTO"})
+_WS = re.compile(r"[ \t\r\n]+")
+_TRAILER = re.compile(r"(?:[ \t]|\(fwd\))+\Z", re.IGNORECASE)
+_BLOB = re.compile(r"\[[^\[\]]*\][ \t]*")
+_REFWD = re.compile(r"(?:re|fwd?)[ \t]*", re.IGNORECASE)
+_MSGID = re.compile(r"<[^<>\s]*>")
+
+
+@dataclass(frozen=True)
+class SortKeys:
+    """What SORT and THREAD need of one message (RFC 5256 §3)."""
+
+    uid: int
+    seq: int
+    arrival: float
+    size: int
+    date: float  # sent date (UTC seconds); the internal date when Date is unusable
+    subject: str  # base subject, case-folded (i;ascii-casemap)
+    is_reply: bool  # the subject had a reply/forward marker (RFC 5256 §2.1)
+    from_: str
+    to: str
+    cc: str
+    display_from: str
+    display_to: str
+    message_id: str = ""
+    references: tuple[str, ...] = ()
+
+
+def casemap(text: str) -> str:
+    """i;ascii-casemap: only ASCII a-z are folded (RFC 4790 §9.2)."""
+    return text.translate(_UPPER)
+
+
+_UPPER = {c: c - 32 for c in range(ord("a"), ord("z") + 1)}
+
+
+def decode_words(value: str) -> str:
+    """RFC 2047 encoded words to text; undecodable input stays as it is."""
+    try:
+        return str(email.header.make_header(email.header.decode_header(value)))
+    except Exception:  # malformed encoded words
+        return value
+
+
+def base_subject(subject: str) -> tuple[str, bool]:
+    """RFC 5256 §2.1: (base subject, whether it was a reply or forward)."""
+    s = _WS.sub(" ", decode_words(subject[:MAX_SUBJECT]))  # step 1
+    reply = False
+    while True:
+        s = _TRAILER.sub("", s)  # step 2: trailing "(fwd)" and white space
+        while True:
+            before = s
+            s = s.lstrip(" \t")  # step 3: subj-leader (white space, blobs + re/fwd)
+            pos = 0
+            while (m := _BLOB.match(s, pos)) is not None:
+                pos = m.end()
+            m = _REFWD.match(s, pos)
+            if m is not None:
+                end = m.end()
+                b = _BLOB.match(s, end)
+                if b is not None:
+                    end = b.end()
+                if s[end:end + 1] == ":":
+                    s = s[end + 1:]
+                    reply = True
+            b = _BLOB.match(s)  # step 4: a leading blob, if something remains
+            if b is not None and s[b.end():].strip(" \t"):
+                s = s[b.end():]
+            if s == before:
+                break
+        # step 5: "[fwd:" ... "]"
+        if s[:5].lower() == "[fwd:" and s.endswith("]"):
+            s = s[5:-1]
+            reply = True
+            continue
+        return casemap(s.strip(" \t")), reply
+
+
+def _first_mailbox(value: str | None) -> tuple[str, str]:
+    """(addr-mailbox, display form) of the first address (RFC 5256 §3, RFC 5957 §3)."""
+    if not value:
+        return "", ""
+    for a in mime.parse_addresses(value):
+        if a.mailbox is None or a.host is None:
+            continue
+        name = decode_words(a.name) if a.name else ""
+        spec = f"{a.mailbox}@{a.host}"
+        return casemap(a.mailbox), casemap(name or spec)
+    return "", ""
+
+
+def _sent_date(value: str | None, fallback: float) -> float:
+    if not value:
+        return fallback
+    try:
+        dt = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return fallback
+    if dt is None:
+        return fallback
+    if dt.tzinfo is None:  # "-0000": no zone information, taken as UTC
+        dt = dt.replace(tzinfo=datetime.UTC)
+    try:
+        return dt.timestamp()
+    except (OverflowError, ValueError, OSError):
+        return fallback
+
+
+def keys_from_header(uid: int, seq: int, arrival: float, size: int, header: bytes
+                     ) -> SortKeys:
+    f = mime.first_fields(header)
+    subject, reply = base_subject(f.get("subject", ""))
+    frm, dfrm = _first_mailbox(f.get("from"))
+    to, dto = _first_mailbox(f.get("to"))
+    cc, _ = _first_mailbox(f.get("cc"))
+    mid = _MSGID.search(f.get("message-id", ""))
+    refs = tuple(_MSGID.findall(f.get("references", ""))[-MAX_REFERENCES:])
+    if not refs:
+        irt = _MSGID.search(f.get("in-reply-to", ""))
+        refs = (irt.group(),) if irt else ()
+    return SortKeys(uid=uid, seq=seq, arrival=arrival, size=size,
+                    date=_sent_date(f.get("date"), arrival), subject=subject,
+                    is_reply=reply, from_=frm, to=to, cc=cc, display_from=dfrm,
+                    display_to=dto, message_id=mid.group() if mid else "",
+                    references=refs)
+
+
+KEYS_VERSION = "sk1"
+
+
+def keys_json(k: SortKeys) -> str:
+    """The header-derived keys, as cached in the store (RFC 5256 keys of one message)."""
+    return json.dumps([KEYS_VERSION, k.date, k.subject, k.is_reply, k.from_, k.to, k.cc,
+                       k.display_from, k.display_to, k.message_id, list(k.references)])
+
+
+def keys_from_json(uid: int, seq: int, arrival: float, size: int, text: str
+                   ) -> SortKeys | None:
+    """Cached keys back; None when stale (another version) or damaged."""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    return keys_from_value(uid, seq, arrival, size, value)
+
+
+def keys_from_value(uid: int, seq: int, arrival: float, size: int, v: Any
+                    ) -> SortKeys | None:
+    """``keys_from_json`` of an already decoded value."""
+    try:
+        if v[0] != KEYS_VERSION:
+            return None
+        return SortKeys(uid=uid, seq=seq, arrival=arrival, size=size, date=float(v[1]),
+                        subject=str(v[2]), is_reply=bool(v[3]), from_=str(v[4]),
+                        to=str(v[5]), cc=str(v[6]), display_from=str(v[7]),
+                        display_to=str(v[8]), message_id=str(v[9]),
+                        references=tuple(str(x) for x in v[10]))
+    except (ValueError, TypeError, IndexError, KeyError):
+        return None
+
+
+def _key(name: str, k: SortKeys) -> float | str:
+    if name == "ARRIVAL":
+        return k.arrival
+    if name == "DATE":
+        return k.date
+    if name == "SIZE":
+        return float(k.size)
+    attr = {"CC": "cc", "FROM": "from_", "SUBJECT": "subject", "TO": "to",
+            "DISPLAYFROM": "display_from", "DISPLAYTO": "display_to"}[name]
+    value: str = getattr(k, attr)
+    return value
+
+
+def sort(msgs: list[SortKeys], criteria: tuple[tuple[str, bool], ...]) -> list[SortKeys]:
+    """RFC 5256 §3: by each (key, reverse) in turn, then by sequence number."""
+    out = sorted(msgs, key=lambda k: k.seq)
+    for name, reverse in reversed(criteria):  # stable sorts, least significant first
+        out.sort(key=partial(_key, name), reverse=reverse)
+    return out
+
+
+# --------------------------------------------------------------------------- threads
+
+
+@dataclass(eq=False)
+class Node:
+    msg: SortKeys | None = None
+    parent: Node | None = None
+    children: list[Node] = field(default_factory=list)
+
+    def date(self) -> tuple[float, int]:
+        if self.msg is not None:
+            return self.msg.date, self.msg.seq
+        return self.children[0].date() if self.children else (0.0, 0)
+
+    def subject_msg(self) -> SortKeys | None:
+        return self.msg if self.msg is not None else (
+            self.children[0].msg if self.children else None)
+
+
+def ordered_subject(msgs: list[SortKeys]) -> list[Node]:
+    """THREAD=ORDEREDSUBJECT (RFC 5256 §4): by base subject, then sent date; the first
+    message of a subject is the parent of all others; threads ordered by the sent date
+    of their first message."""
+    roots: list[Node] = []
+    by_subject: dict[str, Node] = {}
+    for k in sorted(msgs, key=lambda k: (k.subject, k.date, k.seq)):
+        root = by_subject.get(k.subject)
+        if root is None:
+            by_subject[k.subject] = root = Node(k)
+            roots.append(root)
+        else:
+            root.children.append(Node(k, root))
+    roots.sort(key=Node.date)
+    return roots
+
+
+def _is_ancestor(a: Node, b: Node) -> bool:
+    """True if ``a`` is ``b`` or one of its ancestors. Also True when ``b`` is deeper than
+    ``MAX_DEPTH``: linking under it is refused, so threads never nest deeper than that
+    (a hostile chain of replies costs O(n * MAX_DEPTH), and the recursive steps stay
+    far from Python's recursion limit)."""
+    n: Node | None = b
+    for _ in range(MAX_DEPTH):
+        if n is None:
+            return False
+        if n is a:
+            return True
+        n = n.parent
+    return n is not None
+
+
+def _link(parent: Node, child: Node) -> None:
+    if child.parent is not None:
+        child.parent.children.remove(child)
+    child.parent = parent
+    parent.children.append(child)
+
+
+def references(msgs: list[SortKeys]) -> list[Node]:
+    """THREAD=REFERENCES (RFC 5256 §4, the algorithm of Jamie Zawinski)."""
+    table: dict[str, Node] = {}
+    for k in sorted(msgs, key=lambda k: k.seq):
+        mid = k.message_id
+        node = table.get(mid) if mid else None
+        if node is not None and node.msg is None:
+            node.msg = k
+        else:  # step 1.B: a missing or duplicate Message-ID counts as unique
+            node = Node(k)
+            table[mid if mid and mid not in table else f"\x00{k.uid}"] = node
+        prev: Node | None = None
+        for ref in k.references:  # step 1.A
+            ref_node = table.get(ref)
+            if ref_node is None:
+                ref_node = table[ref] = Node()
+            if prev is not None and ref_node.parent is None and \
+                    not _is_ancestor(ref_node, prev):
+                _link(prev, ref_node)
+            prev = ref_node
+        # step 1.C: the message's parent is its last reference
+        if prev is not None and not _is_ancestor(node, prev):
+            _link(prev, node)
+        elif prev is None and node.parent is not None:
+            node.parent.children.remove(node)
+            node.parent = None
+    roots = [n for n in table.values() if n.parent is None]  # step 2
+    roots = _prune(roots, top=True)  # step 3
+    for r in roots:
+        r.parent = None
+    _sort_tree(roots)  # step 4
+    roots = _group_by_subject(roots)  # step 5
+    _sort_tree(roots)  # step 6
+    return roots
+
+
+def _prune(nodes: list[Node], top: bool) -> list[Node]:
+    out: list[Node] = []
+    for n in nodes:
+        n.children = _prune(n.children, top=False)
+        for c in n.children:
+            c.parent = n
+        if n.msg is None:
+            if not n.children:
+                continue  # an empty dummy
+            if not top or len(n.children) == 1:
+                out.extend(n.children)  # promote (a root dummy with several stays)
+                continue
+        out.append(n)
+    return out
+
+
+def _sort_tree(nodes: list[Node]) -> None:
+    """Sort every sibling list by sent date, deepest first (a dummy's date is that of
+    its first child, RFC 5256 §4 REFERENCES step 4)."""
+    levels = [nodes]
+    i = 0
+    while i < len(levels):
+        levels.extend(n.children for n in levels[i] if n.children)
+        i += 1
+    for level in reversed(levels):
+        level.sort(key=Node.date)
+
+
+def _group_by_subject(roots: list[Node]) -> list[Node]:
+    """RFC 5256 §4 REFERENCES step 5: merge threads whose base subjects match."""
+    table: dict[str, Node] = {}
+    for r in roots:
+        k = r.subject_msg()
+        if k is None or not k.subject:
+            continue
+        old = table.get(k.subject)
+        old_k = old.subject_msg() if old is not None else None
+        if old is None or (r.msg is None and old.msg is not None) or (
+                old_k is not None and old_k.is_reply and not k.is_reply and
+                old.msg is not None and r.msg is not None):
+            table[k.subject] = r
+    out: list[Node] = []
+    at: dict[int, int] = {}  # id(node) -> its index in ``out`` (no list scans)
+    for r in roots:
+        if r.parent is not None:
+            continue  # already merged into a new dummy
+        k = r.subject_msg()
+        target = table.get(k.subject) if k is not None and k.subject else None
+        if target is None or target is r:
+            at[id(r)] = len(out)
+            out.append(r)
+            continue
+        if target.msg is None and r.msg is None:
+            for c in list(r.children):
+                _link(target, c)
+        elif target.msg is None:
+            _link(target, r)
+        elif r.msg is not None and r.msg.is_reply and target.msg is not None and \
+                not target.msg.is_reply:
+            _link(target, r)
+        else:
+            dummy = Node()
+            i = at.pop(id(target), -1)
+            _link(dummy, target)
+            _link(dummy, r)
+            assert k is not None
+            table[k.subject] = dummy
+            if i >= 0:
+                out[i] = dummy
+            else:
+                i = len(out)
+                out.append(dummy)
+            at[id(dummy)] = i
+    for r in out:
+        r.parent = None
+    return out
+
+
+def render(roots: list[Node], number: dict[int, int]) -> str:
+    """RFC 5256 §4 thread-list: ``number`` maps a UID to what the client sees."""
+    return "".join("(" + _render(r, number) + ")" for r in roots)
+
+
+def _render(node: Node, number: dict[int, int]) -> str:
+    parts: list[str] = []
+    cur = node
+    while True:
+        if cur.msg is not None:
+            parts.append(str(number[cur.msg.uid]))
+        if len(cur.children) == 1:
+            cur = cur.children[0]
+            continue
+        if cur.children:
+            parts.append("".join("(" + _render(c, number) + ")" for c in cur.children))
+        break
+    return " ".join(parts)

@@ -1,0 +1,152 @@
+"""SORT (RFC 5256 §3), SORT=DISPLAY (RFC 5957), ESORT (RFC 5267 §3) and THREAD
+(RFC 5256 §4) on the wire, through imapclient and raw commands."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from imapclient import IMAPClient
+
+from mailstack.app import App
+from tests.imapserver.conftest import ADDR, PW, Raw, inbox_id, run
+
+
+def _msg(subject: str, frm: str, to: str, date: str | None, mid: str, refs: str = "",
+         body: str = "x", cc: str = "") -> bytes:
+    head = f"From: {frm}\r\nTo: {to}\r\nSubject: {subject}\r\nMessage-ID: {mid}\r\n"
+    if date:
+        head += f"Date: {date}\r\n"
+    if refs:
+        head += f"References: {refs}\r\n"
+    if cc:
+        head += f"Cc: {cc}\r\n"
+    return (head + "\r\n" + body + "\r\n").encode()
+
+
+MSGS = [
+    # 1: arrival 1000; a reply to 2's subject, sent last
+    (_msg("Re: Hello", "Zed Last <zed@x.org>", "bob@y.org", "Wed, 3 Jan 2024 10:00:00 +0000",
+          "<c@x>", "<a@x> <b@x>", "x" * 300, cc="carl@z.org"), 1000.0),
+    # 2: the thread start
+    (_msg("hello", "adam@x.org", "Yvonne <yv@y.org>", "Mon, 1 Jan 2024 10:00:00 +0000",
+          "<a@x>", body="y" * 10), 2000.0),
+    # 3: a reply to 2 by references, different subject wording
+    (_msg("[list] Fwd: hello (fwd)", "=?utf-8?q?B=C3=B6b?= <bob@x.org>", "amy@y.org",
+          "Tue, 2 Jan 2024 10:00:00 +0100", "<b@x>", "<a@x>", "z" * 100), 3000.0),
+    # 4: unrelated, no Date: sorted by its arrival (RFC 5256 §2.2)
+    (_msg("Apple", "carl@x.org", "ann@y.org", None, "<d@x>", cc="abe@z.org"), 500.0),
+]
+
+
+async def _fill(app: App) -> None:
+    assert app.store is not None
+    fid = await inbox_id(app)
+    for data, when in MSGS:
+        await app.store.append(fid, data, internal_date=when)
+
+
+async def test_sort_with_imapclient(imap_app: App) -> None:
+    await _fill(imap_app)
+
+    def go() -> None:
+        with IMAPClient("127.0.0.1", port=imap_app.ports["imap"], ssl=False) as c:
+            c.login(ADDR, PW)
+            caps = c.capabilities()
+            for cap in (b"SORT", b"SORT=DISPLAY", b"ESORT", b"THREAD=REFERENCES",
+                        b"THREAD=ORDEREDSUBJECT"):
+                assert cap in caps
+            c.select_folder("INBOX")
+            assert c.sort("ARRIVAL") == [4, 1, 2, 3]
+            assert c.sort("DATE") == [4, 2, 3, 1]
+            assert c.sort(["REVERSE DATE"]) == [1, 3, 2, 4]
+            assert c.sort("SUBJECT") == [4, 1, 2, 3]  # APPLE, then HELLO x3 by uid
+            assert c.sort(["SUBJECT", "REVERSE DATE"]) == [4, 1, 3, 2]
+            assert c.sort("FROM") == [2, 3, 4, 1]  # adam, bob, carl, zed
+            assert c.sort("TO") == [3, 4, 1, 2]  # amy, ann, bob, yv
+            assert c.sort("SIZE") == [4, 2, 3, 1]
+            assert c.sort("CC") == [2, 3, 4, 1]  # no Cc sorts first (""), abe, carl
+            assert c.sort("DISPLAYFROM") == [2, 3, 4, 1]  # adam@, Böb, carl@, Zed Last
+            assert c.sort("ARRIVAL", ["NOT", "FROM", "zed"]) == [4, 2, 3]
+
+    await run(go)
+
+
+async def test_sort_uid_esort_and_errors(imap_app: App) -> None:
+    await _fill(imap_app)
+    raw = await Raw.connect(imap_app.ports["imap"])
+    await raw.login()
+    await raw.cmd(b"s", b"SELECT INBOX")
+    out = await raw.cmd(b"a", b"UID SORT (REVERSE SIZE) UTF-8 ALL")
+    assert out[0] == b"* SORT 1 3 2 4\r\n"
+    out = await raw.cmd(b"b", b"SORT RETURN (MIN MAX COUNT ALL) (DATE) UTF-8 ALL")
+    assert out[0] == b'* ESEARCH (TAG "b") MIN 4 MAX 1 ALL 4,2:3,1 COUNT 4\r\n', out
+    out = await raw.cmd(b"c", b"UID SORT RETURN () (ARRIVAL) UTF-8 UNDELETED")
+    assert out[0] == b'* ESEARCH (TAG "c") UID ALL 4,1:3\r\n', out
+    out = await raw.cmd(b"d", b"SORT (NOSUCHKEY) UTF-8 ALL")
+    assert out[-1].startswith(b"d BAD"), out
+    out = await raw.cmd(b"e", b"SORT (DATE) KOI8-NOPE ALL")
+    assert out[-1].startswith(b"e NO [BADCHARSET"), out
+    out = await raw.cmd(b"f", b"THREAD NOSUCH UTF-8 ALL")
+    assert out[-1].startswith(b"f BAD"), out
+    await raw.cmd(b"u", b"UNSELECT")
+    out = await raw.cmd(b"g", b"SORT (DATE) UTF-8 ALL")  # not selected
+    assert out[-1].startswith(b"g BAD"), out
+    await raw.close()
+
+
+async def test_thread_algorithms(imap_app: App) -> None:
+    await _fill(imap_app)
+    raw = await Raw.connect(imap_app.ports["imap"])
+    await raw.login()
+    await raw.cmd(b"s", b"SELECT INBOX")
+    out = await raw.cmd(b"a", b"THREAD REFERENCES UTF-8 ALL")
+    # 2 starts the thread (sent 1 Jan), 3 replies to it, 1 replies to 3; 4 alone
+    # (no Date: its arrival, 1970, sorts first)
+    assert out[0] == b"* THREAD (4)(2 3 1)\r\n", out
+    out = await raw.cmd(b"b", b"THREAD ORDEREDSUBJECT UTF-8 ALL")
+    assert out[0] == b"* THREAD (4)(2 (3)(1))\r\n", out
+    out = await raw.cmd(b"c", b"UID THREAD REFERENCES UTF-8 NOT SUBJECT apple")
+    assert out[0] == b"* THREAD (2 3 1)\r\n", out
+    out = await raw.cmd(b"d", b"THREAD REFERENCES UTF-8 SUBJECT nothing-matches")
+    assert out[0] == b"* THREAD\r\n", out
+    await raw.close()
+
+
+def test_capabilities_are_listed_once() -> None:
+    from mailstack.imap.session import BASE_CAPS
+
+    assert len(set(BASE_CAPS)) == len(BASE_CAPS)
+
+
+async def test_sort_keys_cached_after_first_use(imap_app: App,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """RFC 5256 keys are parsed once per message and stored; later SORT/THREAD commands
+    read no message bytes. Damaged cache entries are recomputed."""
+    await _fill(imap_app)
+    assert imap_app.store is not None
+    reads: list[int] = []
+    real = imap_app.store.read_messages
+
+    async def read_messages(items: Any, **kw: Any) -> Any:
+        reads.append(len(items))
+        return await real(items, **kw)
+
+    monkeypatch.setattr(imap_app.store, "read_messages", read_messages)
+    raw = await Raw.connect(imap_app.ports["imap"])
+    await raw.login()
+    await raw.cmd(b"s", b"SELECT INBOX")
+    first = await raw.cmd(b"a", b"SORT (DATE) UTF-8 ALL")
+    assert reads == [4]
+    reads.clear()
+    assert await raw.cmd(b"b", b"SORT (DATE) UTF-8 ALL") == [first[0], first[1].replace(
+        b"a OK", b"b OK")]
+    assert (await raw.cmd(b"c", b"THREAD REFERENCES UTF-8 ALL"))[0] == \
+        b"* THREAD (4)(2 3 1)\r\n"
+    assert reads == []
+    fid = await inbox_id(imap_app)
+    (m1,) = await imap_app.store.get_messages(fid, [1])
+    await imap_app.store.set_sort_keys([(m1.id, "damaged")])
+    assert (await raw.cmd(b"d", b"SORT (DATE) UTF-8 ALL"))[0] == first[0]
+    assert reads == [1]
+    await raw.close()
