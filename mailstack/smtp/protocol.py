@@ -207,24 +207,24 @@ class MailstackSMTP(SMTP):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         first = self.transport is None and self._original_transport is None
-        if first and self._counted_ip is not None:
-            self.fe.sessions.add(self)
-        elif first:
-            peer = transport.get_extra_info("peername")
-            ip = str(peer[0]) if peer else "?"
-            verdict = self.fe.connections.acquire(ip)
-            if not verdict.allowed:  # RFC 5321 §3.8: 421 and close
-                self._refused = True
-                conn_event(self.fe.name, self.session_id, ip, "refused",
-                           result="too many connections")
-                transport.write(f"{verdict.reply}\r\n".encode())  # type: ignore[attr-defined]
-                transport.close()
-                return
-            self._counted_ip = ip
+        if first:
+            if self._counted_ip is None:  # implicit TLS (465) was counted before TLS
+                peer = transport.get_extra_info("peername")
+                ip = str(peer[0]) if peer else "?"
+                verdict = self.fe.connections.acquire(ip)
+                if not verdict.allowed:  # RFC 5321 §3.8: 421 and close
+                    self._refused = True
+                    conn_event(self.fe.name, self.session_id, ip, "refused",
+                               result="too many connections")
+                    transport.write(f"{verdict.reply}\r\n".encode())  # type: ignore[attr-defined]
+                    transport.close()
+                    return
+                self._counted_ip = ip
             self.fe.sessions.add(self)
             metrics.connection_opened(self.fe.name)
             self.tls_version = _tls_version(transport)
-            conn_event(self.fe.name, self.session_id, ip, "connect", tls=self.tls_version)
+            conn_event(self.fe.name, self.session_id, self._counted_ip, "connect",
+                       tls=self.tls_version)
         super().connection_made(transport)
         if not first:
             self.tls_version = _tls_version(transport)

@@ -118,7 +118,8 @@ def test_activity_header_json_and_unknown_address(cli: Cli) -> None:
 
     entries = json.loads(cli.ok("activity", "--json").out)
     assert {e["address"] for e in entries} == {"anna@example.com", "bob@example.com"}
-    assert all(set(e) == {"at", "when", "address", "client", "protocol", "event", "detail"}
+    assert all(set(e) == {"at", "when", "address", "client", "protocol", "event", "detail",
+                          "count"}
                for e in entries)
     assert json.loads(cli.ok("activity", "Anna@Example.com", "--json").out)[0]["event"] \
         == "address_created"

@@ -14,6 +14,7 @@ import smtplib
 import ssl
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -30,7 +31,9 @@ def run_server(tmp_path: Path, tls_files: tuple[Path, Path], ctx: ssl.SSLContext
              f"key_file = {toml_str(str(tls_files[1]))}\n"
              f"[logging]\nformat = \"{fmt}\"\n"
              + "".join(f"[listeners.{n}]\naddress = \"127.0.0.1\"\nport = 0\n"
-                       for n in LISTENERS))
+                       for n in LISTENERS)
+             + "".join(f"[listeners.{n}]\nenabled = false\n"
+                       for n in ("https", "http", "metrics")))
     cli = make_cli(tmp_path, extra=extra)
     cli.ok("domain", "add", "example.com")
     cli.ok("address", "add", "anna@example.com", "--password-stdin", input=PASSWORD + "\n")
@@ -49,6 +52,12 @@ def run_server(tmp_path: Path, tls_files: tuple[Path, Path], ctx: ssl.SSLContext
             m = re.search(r"listening: (\w+) on 127\.0\.0\.1:(\d+)", line)
             if m:
                 ports[m.group(1)] = int(m.group(2))
+        # keep reading: with --debug the server writes a lot, and a full pipe would
+        # block it mid-session
+        rest_lines: list[str] = []
+        reader = threading.Thread(target=lambda: rest_lines.extend(proc.stderr or ()),
+                                  daemon=True)
+        reader.start()
 
         with smtplib.SMTP("127.0.0.1", ports["smtp"], timeout=30) as mx:
             mx.starttls(context=ctx)
@@ -62,7 +71,9 @@ def run_server(tmp_path: Path, tls_files: tuple[Path, Path], ctx: ssl.SSLContext
             imap.login("anna@example.com", PASSWORD)
             imap.logout()
         proc.send_signal(signal.SIGTERM)
-        _, rest = proc.communicate(timeout=60)
+        proc.wait(timeout=60)
+        reader.join(timeout=30)
+        rest = "".join(rest_lines)
         assert proc.returncode == 0
     finally:
         if proc.poll() is None:
