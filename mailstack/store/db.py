@@ -42,9 +42,20 @@ def _m2_queue_dsn(conn: Connection) -> None:
         "dsn_notify VARCHAR(64) NOT NULL DEFAULT ''", "dsn_orcpt TEXT NOT NULL DEFAULT ''"])
 
 
+def _m3_queue_delivery(conn: Connection) -> None:
+    _add_columns(conn, "outbound_queue", [
+        "state VARCHAR(16) NOT NULL DEFAULT 'queued'",
+        "claimed_by VARCHAR(64) NOT NULL DEFAULT ''",
+        "lease_until FLOAT NOT NULL DEFAULT 0", "finished_at FLOAT NOT NULL DEFAULT 0",
+        "history TEXT NOT NULL DEFAULT '[]'", "status VARCHAR(16) NOT NULL DEFAULT ''",
+        "remote_mta VARCHAR(255) NOT NULL DEFAULT ''",
+        "report_action VARCHAR(16) NOT NULL DEFAULT ''"])
+
+
 MIGRATIONS: list[Migration] = [
     lambda conn: None,  # 1: initial schema (created by create_all on a fresh database)
     _m2_queue_dsn,  # 2: DSN parameters on queue rows (RFC 3461)
+    _m3_queue_delivery,  # 3: outbound: delivery state, lease, attempt history, report owed
 ]
 LATEST = len(MIGRATIONS)
 
