@@ -219,6 +219,8 @@ class OutboundSettings:
     enabled: bool = _f(True, "Run the delivery queue runner in this node's `serve` "
                        "(several nodes on one PostgreSQL may all run it).")
     helo_name: str = _f("", "Name sent in EHLO/HELO. Empty: server.hostname.")
+    mx_port: int = _f(25, "TCP port of MX hosts (RFC 5321: 25). A transport map entry "
+                      "names its own port.", min=1, max=65535)
     poll_interval_seconds: float = _f(30.0, "How often the queue is read for rows queued "
                                       "by other processes or nodes (rows queued in this "
                                       "process wake the runner at once).", min=0.01)

@@ -152,18 +152,20 @@ def route_for_transport(entry: TransportRoute) -> Route:
                  require_tls=entry.require_tls or bool(entry.auth_user), via_transport=True)
 
 
-def route_from_mx(domain: str, answer: MxAnswer, rand: random.Random) -> Route | RouteFailure:
+def route_from_mx(domain: str, answer: MxAnswer, rand: random.Random, port: int = 25
+                  ) -> Route | RouteFailure:
     """The hops for ``domain`` from its MX answer (see the module notes)."""
     if any(host in ("", ".") for _, host in answer.records):
         return RouteFailure(True, "5.1.10", f"{domain} accepts no mail (null MX, RFC 7505)")
     if not answer.records:
-        return Route(domain, (Hop(domain, 25, answer.secure),), implicit=True)
+        return Route(domain, (Hop(domain, port, answer.secure),), implicit=True)
     hops: list[Hop] = []
     ordered = sorted(answer.records)
     for _, group in groupby(ordered, key=lambda r: r[0]):
         hosts = sorted({h for _, h in group})
         rand.shuffle(hosts)
-        hops += [Hop(h, 25, answer.secure) for h in hosts if h not in {x.host for x in hops}]
+        hops += [Hop(h, port, answer.secure) for h in hosts
+                 if h not in {x.host for x in hops}]
     return Route(domain, tuple(hops))
 
 
@@ -176,7 +178,8 @@ def is_ip_literal(host: str) -> bool:
 
 
 async def resolve_route(domain: str, transport: Mapping[str, TransportRoute],
-                        resolver: Resolver, rand: random.Random) -> Route | RouteFailure:
+                        resolver: Resolver, rand: random.Random, port: int = 25
+                        ) -> Route | RouteFailure:
     entry = transport_route(domain, transport)
     if entry is not None:
         return route_for_transport(entry[1])
@@ -186,7 +189,7 @@ async def resolve_route(domain: str, transport: Mapping[str, TransportRoute],
         return RouteFailure(True, "5.1.2", f"{domain}: no such domain (NXDOMAIN)")
     except DnsTemporary as exc:
         return RouteFailure(False, "4.4.3", f"DNS lookup failed, will retry: {exc}")
-    return route_from_mx(domain, answer, rand)
+    return route_from_mx(domain, answer, rand, port)
 
 
 async def addresses_of(hop: Hop, resolver: Resolver) -> list[str]:

@@ -186,7 +186,8 @@ class QueueRunner:
             by_domain.setdefault(r.domain, []).append(r)
         routes: dict[str, tuple[Route, list[QueueRow]]] = {}
         for domain, domain_rows in by_domain.items():
-            route = await resolve_route(domain, self.o.transport, self.resolver, self.rand)
+            route = await resolve_route(domain, self.o.transport, self.resolver, self.rand,
+                                        self.o.mx_port)
             if isinstance(route, RouteFailure):
                 result = AttemptResult(0, route.status, route.text,
                                        permanent=route.permanent)
