@@ -24,7 +24,7 @@ import base64
 import contextlib
 import logging
 import ssl
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -253,6 +253,10 @@ class Session:
                 await self.read_reply(min(self.timeouts.command, 10), "QUIT")
         await self.close()
 
+    def abort(self) -> None:
+        self.broken = True
+        self.writer.transport.abort()
+
     async def close(self) -> None:
         self.writer.close()
         with contextlib.suppress(Exception):
@@ -290,17 +294,16 @@ async def open_session(host: str, address: str, port: int, *, helo: str,
                             f"({tls.policy})", status="4.7.4")
         if auth is not None:
             await s.auth(*auth)
-    except BaseException as exc:
-        if isinstance(exc, TlsFailed) and tls.require_tls:
-            await s.close()
+    except TlsFailed as exc:
+        await s.close()
+        if tls.require_tls:
             raise SmtpError(str(exc), status="4.7.5") from exc
-        if not isinstance(exc, TlsFailed):
-            await s.quit() if not s.broken else await s.close()
-        else:
-            await s.close()
+        raise
+    except Exception:
+        await (s.close() if s.broken else s.quit())
+        raise
+    except BaseException:  # cancelled (shutdown): no goodbye, no waiting
+        s.abort()
         raise
     return s
 
-
-def rcpt_indexes(recipients: Sequence[str]) -> dict[str, int]:
-    return {r: i for i, r in enumerate(recipients)}

@@ -125,8 +125,9 @@ class QueueRunner:
                 await self.run_once()
             except Exception:
                 log.exception("outbound: queue pass failed; trying again later")
+            idle = await self._idle_time()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(wakeup.wait(), await self._idle_time())
+                await asyncio.wait_for(wakeup.wait(), idle)
 
     async def _idle_time(self) -> float:
         wait = self.o.poll_interval_seconds
@@ -230,6 +231,11 @@ class QueueRunner:
                             return
                     group = pending.popleft()
                     await self._send(session, group)
+            except BaseException:
+                if session is not None:
+                    session.abort()
+                    session = None
+                raise
             finally:
                 if session is not None:
                     await session.quit()
