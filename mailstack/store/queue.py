@@ -216,11 +216,14 @@ class QueueMixin(StoreBase):
                                       q.next_attempt_at <= self.clock()),
                                  node, lease, limit, q.next_attempt_at)
 
-    async def claim_reports(self, node: str, lease: float, limit: int) -> list[QueueRow]:
-        """Claim finished rows that still owe their sender a report."""
+    async def claim_reports(self, node: str, lease: float, limit: int,
+                            row_id: int | None = None) -> list[QueueRow]:
+        """Claim finished rows (or the one ``row_id``) that still owe a report."""
         q = t.outbound_queue.c
-        return await self._claim(and_(q.state != "queued", q.report_action != ""),
-                                 node, lease, limit, q.id)
+        cond = and_(q.state != "queued", q.report_action != "")
+        if row_id is not None:
+            cond = and_(cond, q.id == row_id)
+        return await self._claim(cond, node, lease, limit, q.id)
 
     async def next_due(self) -> float | None:
         """When the earliest waiting row is due (None: nothing waits); a leased row
