@@ -118,7 +118,7 @@ class Sink:
 
 
 async def start_sink(tls_ctx: ssl.SSLContext | None = None, *, smtputf8: bool = True,
-                     **kw: Any) -> Sink:
+                     host: str = "127.0.0.1", **kw: Any) -> Sink:
     sink = Sink(**kw)
 
     def factory() -> AioSMTP:
@@ -126,7 +126,7 @@ async def start_sink(tls_ctx: ssl.SSLContext | None = None, *, smtputf8: bool = 
         return AioSMTP(sink, hostname="mx.remote.example", tls_context=tls_ctx,
                        enable_SMTPUTF8=smtputf8, timeout=30)
 
-    sink.server = await asyncio.get_running_loop().create_server(factory, "127.0.0.1", 0)
+    sink.server = await asyncio.get_running_loop().create_server(factory, host, 0)
     sink.port = sink.server.sockets[0].getsockname()[1]
     return sink
 

@@ -60,6 +60,23 @@ async def test_mx_lookup_order_and_starttls(outbound_factory: Factory,
                                        ("A", "mx2.remote.example")]
 
 
+async def test_ipv6_mx_and_stray_line_ends_normalized(outbound_factory: Factory) -> None:
+    sink = await start_sink(host="::1")
+    ob = await outbound_factory(mx_port=sink.port)
+    ob.resolver.mx_answers["six.example"] = MxAnswer(((10, "mx.six.example"),))
+    ob.resolver.hosts["mx.six.example"] = ["::1"]
+    data = (b"From: anna@example.com\r\nSubject: stray\r\n\r\nbare lf\nbare cr\rmixed\n\r"
+            b".\nend")  # e.g. an autoreply or a forward built with odd line ends
+    blob = await ob.store.put_blob(data)
+    await ob.store.enqueue("anna@example.com", ["x@six.example"], blob, len(data))
+    await ob.run()
+    (got,) = sink.messages
+    body = got.content.split(b"\r\n\r\n", 1)[1]
+    assert body == b"bare lf\r\nbare cr\r\nmixed\r\n\r\n.\r\nend\r\n"
+    (row,) = await ob.rows()
+    assert row.state == "delivered"
+
+
 async def test_temporary_failure_then_success(outbound_factory: Factory) -> None:
     sink = await start_sink(rcpt_replies={"x@remote.example": [
         "451 4.3.0 try later", "250 OK"]})
