@@ -186,9 +186,10 @@ class QueueRunner:
         for r in rows:
             by_domain.setdefault(r.domain, []).append(r)
         routes: dict[str, tuple[Route, list[QueueRow]]] = {}
-        for domain, domain_rows in by_domain.items():
-            route = await resolve_route(domain, self.o.transport, self.resolver, self.rand,
-                                        self.o.mx_port)
+        found = await asyncio.gather(*(
+            resolve_route(domain, self.o.transport, self.resolver, self.rand, self.o.mx_port)
+            for domain in by_domain))  # DNS lookups of all domains side by side
+        for (domain, domain_rows), route in zip(by_domain.items(), found, strict=True):
             if isinstance(route, RouteFailure):
                 result = AttemptResult(0, route.status, route.text,
                                        permanent=route.permanent)
