@@ -6,9 +6,9 @@ attempt's result means for a queue row (docs/behaviour.md §6).
   §6.2.2); a DSN-capable next hop got the NOTIFY and reports itself.
 - A 5xx (or a permanent routing verdict): failed at once; a report is owed unless the
   return path is empty or NOTIFY excludes FAILURE.
-- A 4xx, a connection failure, a timeout, a DNS failure: wait per the schedule; when the
-  next attempt would fall after the row's lifetime it is given up ("expired", a report
-  owed as for a failure).
+- A 4xx, a connection failure, a timeout, a DNS failure: wait per the schedule; the
+  last attempt is made when the row's lifetime ends, and if that one fails too the row
+  is given up ("expired", a report owed as for a failure).
 """
 
 from __future__ import annotations
@@ -74,7 +74,9 @@ def decide(row: QueueRow, result: AttemptResult, *, now: float, schedule: Schedu
     if result.failed:
         return outcome("failed", result.text, report)
     nxt = schedule.next_attempt(row.attempts + 1, now, rand)
-    if nxt >= row.expires_at:
+    if nxt >= row.expires_at and now < row.expires_at - 60:
+        nxt = row.expires_at  # one last attempt when the lifetime ends
+    elif nxt >= row.expires_at:
         status = result.status if result.status.startswith("4.") else "4.4.7"
         return outcome("expired", f"gave up after the queue lifetime: {result.text}",
                        report, status)

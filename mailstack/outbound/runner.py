@@ -97,6 +97,8 @@ class QueueRunner:
         self._task: asyncio.Task[None] | None = None
         self._in_flight: set[int] = set()
         self._last_prune = 0.0
+        self._finish_queue: list[tuple[list[Outcome], asyncio.Future[None]]] = []
+        self._finisher: asyncio.Task[None] | None = None
 
     # --- lifecycle -------------------------------------------------------------------
     def start(self) -> None:
@@ -109,6 +111,9 @@ class QueueRunner:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        if self._finisher is not None:  # outcomes already decided still get written
+            with contextlib.suppress(Exception):
+                await self._finisher
         if self._in_flight:  # interrupted attempts: due again at once, here or elsewhere
             with contextlib.suppress(Exception):
                 await self.store.release(self.node, list(self._in_flight))
@@ -189,7 +194,7 @@ class QueueRunner:
         found = await asyncio.gather(*(
             resolve_route(domain, self.o.transport, self.resolver, self.rand, self.o.mx_port)
             for domain in by_domain))  # DNS lookups of all domains side by side
-        for (domain, domain_rows), route in zip(by_domain.items(), found, strict=True):
+        for domain_rows, route in zip(by_domain.values(), found, strict=True):
             if isinstance(route, RouteFailure):
                 result = AttemptResult(0, route.status, route.text,
                                        permanent=route.permanent)
@@ -337,6 +342,29 @@ class QueueRunner:
         await self._record([(r, self._from_reply(base, results.get(i)))
                             for i, r in enumerate(group)])
 
+    async def _finish(self, outcomes: list[Outcome]) -> None:
+        """Write outcomes; those of concurrent connections share one transaction (one
+        commit), each caller returning only after the commit holding its rows."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._finish_queue.append((outcomes, fut))
+        if self._finisher is None or self._finisher.done():
+            self._finisher = asyncio.create_task(self._flush_finishes())
+        await fut
+
+    async def _flush_finishes(self) -> None:
+        while self._finish_queue:
+            batch, self._finish_queue = self._finish_queue, []
+            try:
+                await self.store.finish(self.node, [o for outs, _ in batch for o in outs])
+            except Exception as exc:
+                for _, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(exc)
+            else:
+                for _, fut in batch:
+                    if not fut.done():
+                        fut.set_result(None)
+
     @staticmethod
     def _from_reply(base: AttemptResult, reply: Reply | None) -> AttemptResult:
         if reply is None:
@@ -347,7 +375,7 @@ class QueueRunner:
         now = self.clock()
         outcomes: list[Outcome] = [decide(row, result, now=now, schedule=self.schedule,
                                           rand=self.rand) for row, result in results]
-        await self.store.finish(self.node, outcomes)
+        await self._finish(outcomes)
         for (row, _), out in zip(results, outcomes, strict=True):
             self._in_flight.discard(row.id)
             self.counters["deferred" if out.state == "queued" else out.state] += 1

@@ -268,3 +268,29 @@ async def test_connection_reuse_and_caps(outbound_factory: Factory) -> None:
     await ob.run()
     assert len(sink.messages) == 5
     assert sink.connections == 3  # 2 + 2 + 1 messages, RSET between
+
+
+async def test_message_larger_than_the_next_hops_size_fails_5_3_4(
+        outbound_factory: Factory) -> None:
+    remote = await Remote([], ehlo=("SIZE 50", "8BITMIME")).start()
+    ob = await outbound_factory({"remote.example": f"127.0.0.1:{remote.port}"})
+    await one_message(ob)
+    await ob.run()
+    rows = [r for r in await ob.rows() if r.recipient == "x@remote.example"]
+    assert [(r.state, r.status) for r in rows] == [("failed", "5.3.4")]
+    assert not any(c.startswith("MAIL") for c in remote.commands)  # not even tried
+    (report,) = await ob.inbox("anna@example.com")
+    assert "exceeds the limit 50" in report.as_string()
+
+
+async def test_queue_stats_for_metrics(outbound_factory: Factory) -> None:
+    remote = await Remote(["garbage"]).start()
+    ob = await outbound_factory({"remote.example": f"127.0.0.1:{remote.port}"}, **FAST)
+    await one_message(ob)
+    await ob.run()
+    ob.clock.now += 120
+    stats = await ob.store.queue_stats()
+    assert stats.waiting == 1 and stats.oldest_age == 120
+    assert ob.app.runner is not None
+    assert ob.app.runner.counters["deferred"] == 1
+    assert ob.app.runner.counters["attempts"] == 1

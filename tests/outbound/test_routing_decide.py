@@ -121,7 +121,9 @@ def test_decisions() -> None:
     tmp = AttemptResult(451, "4.3.0", "451 later")
     waiting = decide(row(), tmp, now=1.0, schedule=SCHEDULE, rand=rand)
     assert waiting.state == "queued" and waiting.next_attempt_at == 301.0
-    expired = decide(row(expires_at=100.0), tmp, now=1.0, schedule=SCHEDULE, rand=rand)
+    last = decide(row(expires_at=200.0), tmp, now=1.0, schedule=SCHEDULE, rand=rand)
+    assert last.state == "queued" and last.next_attempt_at == 200.0  # at the deadline
+    expired = decide(row(expires_at=200.0), tmp, now=200.0, schedule=SCHEDULE, rand=rand)
     assert expired.state == "expired" and expired.report_action == "failed"
     dns = AttemptResult(0, "5.1.10", "null MX", permanent=True)
     assert decide(row(), dns, now=1.0, schedule=SCHEDULE, rand=rand).state == "failed"
