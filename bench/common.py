@@ -158,7 +158,7 @@ class Results:
         self.rows.extend(other.rows)
 
 
-PEERS = ("postfix", "dovecot")
+PEERS = ("postfix", "dovecot", "mbsync")
 
 
 def ratios(rows: Iterable[Row]) -> list[dict[str, Any]]:

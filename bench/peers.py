@@ -261,8 +261,9 @@ class Dovecot(_Peer):
     name = "dovecot"
 
     def __init__(self, dataset: DataSet, workdir: Path | None = None, *,
-                 max_conns: int = 1200) -> None:
+                 max_conns: int = 1200, auth_cache: bool = False) -> None:
         self.dataset = dataset
+        self.auth_cache = auth_cache
         self._own_tmp = workdir is None
         self.dir = Path(workdir or tempfile.mkdtemp(prefix="bench-dovecot-"))
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -304,7 +305,8 @@ listen = {HOST}
 ssl = no
 disable_plaintext_auth = no
 auth_mechanisms = plain login
-auth_cache_size = 0
+auth_cache_size = {"10M" if self.auth_cache else "0"}
+auth_cache_ttl = 1 hour
 first_valid_uid = 100
 mail_location = maildir:{d}/mail/%n/Maildir
 mail_fsync = always

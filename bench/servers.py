@@ -100,13 +100,17 @@ def probe_unavailable(names: list[str], protocol: str) -> dict[str, str | None]:
 @contextlib.asynccontextmanager
 async def serve(name: str, dataset: DataSet, *, protocols: set[str],
                 argon2: dict[str, int] | None = None, max_conns: int = 1200,
-                workdir: Path | None = None) -> AsyncIterator[Running]:
+                workdir: Path | None = None, auth_cache: bool = False
+                ) -> AsyncIterator[Running]:
+    """Start ``name`` with ``dataset``. ``auth_cache``: both kinds of server remember
+    verified credentials (Dovecot ``auth_cache_size``/``ttl``; mailstack
+    ``auth.credential_cache_seconds``) for an hour, or neither does."""
     base = Path(tempfile.mkdtemp(prefix=f"bench-{name}-", dir=workdir))
     os.chmod(base, 0o755)
     try:
         if name in MAILSTACK:
             async with _mailstack(name, dataset, protocols, argon2 or ARGON2_FULL,
-                                  max_conns, base) as r:
+                                  max_conns, base, auth_cache) as r:
                 yield r
         elif name == "postfix":
             pf = Postfix(dataset, base / "postfix")
@@ -116,7 +120,8 @@ async def serve(name: str, dataset: DataSet, *, protocols: set[str],
             finally:
                 await asyncio.to_thread(pf.stop)
         elif name == "dovecot":
-            dv = Dovecot(dataset, base / "dovecot", max_conns=max_conns)
+            dv = Dovecot(dataset, base / "dovecot", max_conns=max_conns,
+                         auth_cache=auth_cache)
             await asyncio.to_thread(dv.start)
             try:
                 yield Running(name, dv.ports, dv.pids, {"dovecot": dv})
@@ -169,8 +174,8 @@ def _start_runner(base: Path, spec: dict[str, Any], timeout: float = 120.0
 
 @contextlib.asynccontextmanager
 async def _mailstack(name: str, dataset: DataSet, protocols: set[str],
-                     argon2: dict[str, int], max_conns: int, base: Path
-                     ) -> AsyncIterator[Running]:
+                     argon2: dict[str, int], max_conns: int, base: Path,
+                     auth_cache: bool = False) -> AsyncIterator[Running]:
     schema = None
     if name == "mailstack-pg":
         import asyncpg
@@ -192,7 +197,9 @@ async def _mailstack(name: str, dataset: DataSet, protocols: set[str],
     spec: dict[str, Any] = {"data_dir": str(base / "data"), "db_url": db_url, "ports": ports,
                             "argon2": argon2, "dataset": dataset.to_json(),
                             "ready_file": str(base / "ready.json"),
-                            "nofile": max_conns * 2 + 1024}
+                            "nofile": max_conns * 2 + 1024,
+                            "overrides": {"auth": {"credential_cache_seconds":
+                                                   3600.0 if auth_cache else 0.0}}}
     try:
         # filling the store takes time: 120 s plus 2 s per 1,000 messages (100k: ~5 min)
         total = sum(dataset.messages.values())

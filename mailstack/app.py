@@ -18,6 +18,7 @@ from dataclasses import fields
 from typing import TYPE_CHECKING, Protocol
 
 from .config import ListenerSettings, Settings
+from .importer.runner import ImportRunner
 from .services import Services
 from .store import Store
 from .tls import ensure_self_signed, server_context
@@ -63,6 +64,7 @@ class App:
         self.services: Services | None = None
         self.frontends: dict[str, FrontEnd] = {}
         self._gc_task: asyncio.Task[None] | None = None
+        self.importer: ImportRunner | None = None
 
     @property
     def ports(self) -> dict[str, int]:
@@ -109,6 +111,10 @@ class App:
                                       clock=self.clock,
                                       tls_policy=self.tls_policy or opportunistic)
             self.runner.start()
+        if s.importer.enabled:
+            self.importer = ImportRunner(self.store, s, clock=self.clock,
+                                         cafile=s.importer.ca_file or None)
+            await self.importer.start()
 
     async def _collect_garbage_forever(self) -> None:
         s = self.settings.server
@@ -129,6 +135,9 @@ class App:
         if self.runner is not None:
             await self.runner.stop()
             self.runner = None
+        if self.importer is not None:
+            await self.importer.stop()
+            self.importer = None
         if self._gc_task is not None:
             self._gc_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

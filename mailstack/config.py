@@ -177,6 +177,14 @@ class AuthSettings:
                                     "password attempts.")
     failed_notice_interval_seconds: float = _f(3600.0, "At most one failed-attempt notice "
                                                "per address in this many seconds.", min=60)
+    credential_cache_seconds: float = _f(3600.0, "How long a successfully verified "
+                                         "password is remembered (as a keyed hash, in "
+                                         "memory) so a client that logs in often costs "
+                                         "one Argon2 computation per this period. A "
+                                         "changed password or revoked app password stops "
+                                         "matching at once. 0 turns the cache off.", min=0)
+    credential_cache_size: int = _f(10000, "Most remembered credentials (least recently "
+                                    "used go first).", min=1)
 
 
 @dataclass(frozen=True)
@@ -287,6 +295,30 @@ class OutboundSettings:
 
 
 @dataclass(frozen=True)
+class ImporterSettings:
+    enabled: bool = _f(True, "Run IMAP import jobs on this node (jobs are recorded by "
+                       "`mailstack import`; any node with this on picks them up).")
+    max_jobs: int = _f(4, "Import jobs running at once on this node.", min=1)
+    max_jobs_per_host: int = _f(2, "Import jobs running at once against one source host "
+                                "(providers limit connections per account and IP).", min=1)
+    batch_messages: int = _f(50, "Messages fetched per FETCH command.", min=1)
+    batch_bytes: int = _f(16 * 1024 * 1024, "Octets fetched per FETCH command (a bigger "
+                          "message is fetched alone).", min=64 * 1024)
+    timeout_seconds: float = _f(120.0, "Seconds to wait for the source server's answer.",
+                                min=1)
+    retries: int = _f(5, "Reconnections after a dropped connection before the job fails.",
+                      min=0)
+    retry_base_seconds: float = _f(10.0, "First wait before reconnecting; doubled each "
+                                   "time.", min=0)
+    poll_seconds: float = _f(5.0, "How often a node looks for new jobs.", min=0.1)
+    lease_seconds: float = _f(120.0, "A running job whose node stopped renewing its claim "
+                              "for this long (a crashed node) is resumed by another.",
+                              min=10)
+    ca_file: str = _f("", "Extra CA certificates (PEM file) trusted for source servers, "
+                      "besides the system's: for tests and private PKIs.")
+
+
+@dataclass(frozen=True)
 class Settings:
     server: ServerSettings = _f(ServerSettings(), "The server as a whole.")
     tls: TlsSettings = _f(TlsSettings(), "Certificate and key.")
@@ -299,6 +331,8 @@ class Settings:
     pop3: Pop3Settings = _f(Pop3Settings(), "POP3 server.")
     outbound: OutboundSettings = _f(OutboundSettings(), "Delivery to the internet: the "
                                     "queue runner, retries, reports, transport map.")
+    importer: ImporterSettings = _f(ImporterSettings(), "Import of mailboxes from other "
+                                    "providers over IMAP (`mailstack import`).")
 
     # Derived paths -------------------------------------------------------
     @property

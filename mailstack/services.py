@@ -36,7 +36,9 @@ class Services:
     def build(cls, settings: Settings, store: Store, server_ssl: ssl.SSLContext | None,
               clock: Callable[[], float] = time.time) -> Services:
         a = settings.auth
-        passwords = Passwords(a.argon2_time_cost, a.argon2_memory_kib, a.argon2_parallelism)
+        passwords = Passwords(a.argon2_time_cost, a.argon2_memory_kib, a.argon2_parallelism,
+                              cache_seconds=a.credential_cache_seconds,
+                              cache_size=a.credential_cache_size)
         guard = LoginGuard(a, clock)
         notifier = Notifier(store, settings.server.hostname, a, clock)
         auth = Authenticator(store, passwords, guard, a, notifier)

@@ -38,8 +38,11 @@ PARSE_OFF_LOOP = 256 * 1024
 CACHE_VERSION = "mime-v1"
 BATCH = 64
 BATCH_BYTES = 4 * 1024 * 1024
-ROW_ITEMS = frozenset({"FLAGS", "UID", "INTERNALDATE", "RFC822.SIZE", "MODSEQ", "EMAILID",
-                       "SAVEDATE", "THREADID"})
+# Metadata items ``_row_item`` renders from a row or a message record.
+META_ITEMS = frozenset({"UID", "INTERNALDATE", "RFC822.SIZE", "MODSEQ", "EMAILID",
+                        "SAVEDATE", "THREADID"})
+# A FETCH asking only for these is answered from the metadata rows (``fetch_rows``).
+ROW_ITEMS = META_ITEMS | {"FLAGS"}
 
 
 def decode_cached(marker: str | None, cached: str | None) -> mime.Message | None:
@@ -271,10 +274,6 @@ async def fetch_rows(s: Session, c: t.Fetch, uids: list[int], names: list[str]) 
         await s.conn.drain()
 
 
-ROW_ITEMS = frozenset({"UID", "INTERNALDATE", "RFC822.SIZE", "MODSEQ", "EMAILID",
-                       "SAVEDATE", "THREADID"})
-
-
 def _row_item(n: str, r: MsgRow | Message) -> bytes:
     """A metadata item from a row or a message record (both carry these fields)."""
     if n == "UID":
@@ -297,7 +296,7 @@ def render_item(s: Session, a: FetchAtt, m: Message, data: bytes | None,
         n = a.name
         if n == "FLAGS":
             return b"FLAGS " + respond.flag_list(m.flags).encode()
-        if n in ROW_ITEMS:
+        if n in META_ITEMS:
             return _row_item(n, m)
         assert st is not None or n == "RFC822"
         if n == "ENVELOPE":

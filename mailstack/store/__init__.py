@@ -40,12 +40,14 @@ from .events import (
 )
 from .gc import GcMixin
 from .imap import ImapMixin, MsgRow
+from .importer import FolderProgress, ImportedMessage, ImportJob, ImportMixin, NewImportJob
 from .mailbox import DeliveryTarget, MailboxMixin, normalize_folder_name
 from .queue import NO_DSN, DsnRequest, QueuedMessage, QueueMixin
 from .smtp import SmtpMixin
 
 
-class Store(SmtpMixin, AccountsMixin, ImapMixin, MailboxMixin, QueueMixin, GcMixin):
+class Store(SmtpMixin, AccountsMixin, ImapMixin, ImportMixin, MailboxMixin, QueueMixin,
+            GcMixin):
     @classmethod
     async def open_from_settings(cls, settings: Settings,
                                  clock: Callable[[], float] = time.time) -> Store:
@@ -73,12 +75,16 @@ __all__ = [
     "FlagsChanged",
     "Folder",
     "FolderChanged",
+    "FolderProgress",
     "FolderStatus",
+    "ImportJob",
+    "ImportedMessage",
     "LimitReached",
     "Message",
     "MessagesAdded",
     "MessagesExpunged",
     "MsgRow",
+    "NewImportJob",
     "NotFound",
     "QueuedMessage",
     "Store",

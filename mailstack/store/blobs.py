@@ -53,10 +53,16 @@ class BlobStore:
             raise BlobError(f"bad blob id {blob_id!r}")
         return self.root / blob_id[:2] / blob_id[2:4] / blob_id
 
-    def sweep_temp(self) -> int:
-        """Remove temp files left by a crash; returns how many."""
+    def sweep_temp(self, max_age: float = 3600.0) -> int:
+        """Remove temp files left by a crash; returns how many. A temp file is named
+        ``<hash>.<pid>.<ns>``: one whose writing process is gone is a crash's leftover;
+        one of a live process (a running server, while a CLI command opens the store)
+        is being written and stays, unless it is older than ``max_age``."""
         n = 0
+        now = time.time()
         for p in self.tmp.iterdir():
+            if _writer_alive(p.name) and now - _mtime(p, now) < max_age:
+                continue
             p.unlink(missing_ok=True)
             n += 1
         return n
@@ -189,3 +195,26 @@ class BlobStore:
             if _HEX.match(p.name) and p.stat().st_mtime < cutoff:
                 found.append(p.name)
         return found
+
+
+def _writer_alive(name: str) -> bool:
+    parts = name.split(".")
+    if len(parts) != 3 or not parts[1].isdigit():
+        return False
+    pid = int(parts[1])
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def _mtime(p: Path, default: float) -> float:
+    try:
+        return p.stat().st_mtime
+    except OSError:
+        return default

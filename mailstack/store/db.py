@@ -42,7 +42,7 @@ def _m2_queue_dsn(conn: Connection) -> None:
         "dsn_notify VARCHAR(64) NOT NULL DEFAULT ''", "dsn_orcpt TEXT NOT NULL DEFAULT ''"])
 
 
-def _m3_queue_delivery(conn: Connection) -> None:
+def _m4_queue_delivery(conn: Connection) -> None:
     _add_columns(conn, "outbound_queue", [
         "state VARCHAR(16) NOT NULL DEFAULT 'queued'",
         "claimed_by VARCHAR(64) NOT NULL DEFAULT ''",
@@ -52,10 +52,16 @@ def _m3_queue_delivery(conn: Connection) -> None:
         "report_action VARCHAR(16) NOT NULL DEFAULT ''"])
 
 
+def _m3_import_jobs(conn: Connection) -> None:
+    schema.import_jobs.create(conn, checkfirst=True)
+    schema.import_folders.create(conn, checkfirst=True)
+
+
 MIGRATIONS: list[Migration] = [
     lambda conn: None,  # 1: initial schema (created by create_all on a fresh database)
     _m2_queue_dsn,  # 2: DSN parameters on queue rows (RFC 3461)
-    _m3_queue_delivery,  # 3: outbound: delivery state, lease, attempt history, report owed
+    _m3_import_jobs,  # 3: IMAP import jobs
+    _m4_queue_delivery,  # 4: outbound: delivery state, lease, attempt history, report owed
 ]
 LATEST = len(MIGRATIONS)
 

@@ -233,3 +233,43 @@ seen_networks = Table(
     Column("network", String(64), primary_key=True),
     Column("first_seen", Float, nullable=False),
 )
+
+# IMAP import jobs (docs/behaviour.md §9): one row per job, one per source folder.
+import_jobs = Table(
+    "import_jobs", metadata,
+    Column("id", PK, primary_key=True, autoincrement=True),
+    Column("address_id", PK, ForeignKey("addresses.id", ondelete="CASCADE"), nullable=False),
+    Column("host", String(255), nullable=False),
+    Column("port", Integer, nullable=False),
+    Column("tls", String(16), nullable=False),  # implicit | starttls | none
+    Column("username", Text, nullable=False),
+    Column("secret", Text),  # the source password, encrypted; NULL once the job ended
+    Column("folders", Text, nullable=False, default="[]"),  # JSON filter; [] = all
+    Column("state", String(16), nullable=False),  # queued running done failed cancelled
+    Column("created_at", Float, nullable=False),
+    Column("started_at", Float),
+    Column("finished_at", Float),
+    Column("copied", BigInteger, nullable=False, default=0),
+    Column("skipped", BigInteger, nullable=False, default=0),
+    Column("bytes", BigInteger, nullable=False, default=0),
+    Column("total", BigInteger, nullable=False, default=0),  # messages seen at the source
+    Column("last_error", Text, nullable=False, default=""),
+    Column("skipped_detail", Text, nullable=False, default="[]"),  # JSON [folder, uid, why]
+    Column("claimed_by", String(64)),
+    Column("lease_until", Float),
+    Index("ix_import_jobs_state", "state"),
+    sqlite_autoincrement=True,
+)
+
+import_folders = Table(
+    "import_folders", metadata,
+    Column("job_id", PK, ForeignKey("import_jobs.id", ondelete="CASCADE"), primary_key=True),
+    Column("source", Text, primary_key=True),  # the source's name (decoded)
+    Column("target", Text, nullable=False),
+    Column("uidvalidity", BigInteger, nullable=False, default=0),
+    Column("last_uid", BigInteger, nullable=False, default=0),
+    Column("total", BigInteger, nullable=False, default=0),
+    Column("copied", BigInteger, nullable=False, default=0),
+    Column("skipped", BigInteger, nullable=False, default=0),
+    Column("done", Boolean, nullable=False, default=False),
+)

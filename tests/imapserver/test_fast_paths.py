@@ -174,6 +174,37 @@ async def test_fetch_row_path_matches_general_path(imap_app: App) -> None:
     await raw.close()
 
 
+@pytest.mark.parametrize("command", [b"FETCH 1:* (UID FLAGS)", b"FETCH 1:* FLAGS",
+                                     b"UID FETCH 1:* (FLAGS MODSEQ)",
+                                     b"FETCH 2:4 (FLAGS RFC822.SIZE INTERNALDATE EMAILID)"])
+async def test_metadata_fetch_never_loads_message_records(
+        imap_app: App, monkeypatch: pytest.MonkeyPatch, command: bytes) -> None:
+    """Metadata-only FETCH (FLAGS included) takes the row path: no Message records, no
+    blobs. (A shadowed item set once sent FLAGS down the general path: 4.8x slower.)"""
+    await _fill(imap_app)
+    assert imap_app.store is not None
+    calls: list[str] = []
+    real_get, real_read = imap_app.store.get_messages, imap_app.store.read_messages
+
+    async def get_messages(*a: object, **kw: object) -> object:
+        calls.append("get_messages")
+        return await real_get(*a, **kw)  # type: ignore[arg-type]
+
+    async def read_messages(*a: object, **kw: object) -> object:
+        calls.append("read_messages")
+        return await real_read(*a, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(imap_app.store, "get_messages", get_messages)
+    monkeypatch.setattr(imap_app.store, "read_messages", read_messages)
+    raw = await Raw.connect(imap_app.ports["imap"])
+    await raw.login()
+    await raw.cmd(b"s", b"SELECT INBOX")
+    out = [x for x in await raw.cmd(b"a", command) if x.startswith(b"* ")]
+    assert out and all(b" FETCH (" in x and b"FLAGS (" in x for x in out)
+    assert calls == []
+    await raw.close()
+
+
 async def test_structures_cached_in_bulk_and_damage_reparsed(imap_app: App) -> None:
     fid = await _fill(imap_app)
     assert imap_app.store is not None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -233,11 +234,22 @@ async def test_failed_fsync_stores_nothing(store: Store, monkeypatch: pytest.Mon
 
 
 async def test_temp_files_swept_at_start(store: Store, db_url: str, tmp_path: Path) -> None:
+    """A crash's temp files go; those a live process is writing (a running server,
+    while a CLI command opens the same store) stay."""
+    dead = await asyncio.create_subprocess_exec("true")
+    await dead.wait()
     (store.blobs.tmp / "leftover.123").write_bytes(b"half a message")
+    (store.blobs.tmp / f"{'a' * 64}.{dead.pid}.1").write_bytes(b"crashed writer")
+    writing = store.blobs.tmp / f"{'b' * 64}.{os.getppid()}.2"
+    writing.write_bytes(b"a live writer")
     await store.close()
     again = Store(db_url, tmp_path / "blobs")
     await again.open()
     try:
+        assert list(again.blobs.tmp.iterdir()) == [writing]
+        old = time.time() - 7200
+        os.utime(writing, (old, old))  # older than an hour: a stuck writer, swept
+        assert again.blobs.sweep_temp() == 1
         assert list(again.blobs.tmp.iterdir()) == []
     finally:
         await again.close()
