@@ -136,7 +136,10 @@ def report(res: Results, server: str, case: str, sink: TimingSink,
         return
     span = max(sink.arrived[m] for m in accepted if m in sink.arrived) - min(
         accepted.values())
-    note = "" if done == len(accepted) else f"only {done}/{len(accepted)} arrived"
+    inject = max(accepted.values()) - min(accepted.values())
+    note = f"injection took {inject:.1f} s"
+    if done != len(accepted):
+        note += f"; only {done}/{len(accepted)} arrived"
     res.add(BENCH, case, "msgs/s", server, done / span, unit="msg/s", note=note)
     res.add(BENCH, case, "p50 queue->delivered", server, pct(lat, 50) * 1000, unit="ms")
     res.add(BENCH, case, "p99 queue->delivered", server, pct(lat, 99) * 1000, unit="ms")

@@ -74,7 +74,7 @@ def decide(row: QueueRow, result: AttemptResult, *, now: float, schedule: Schedu
     if result.failed:
         return outcome("failed", result.text, report)
     nxt = schedule.next_attempt(row.attempts + 1, now, rand)
-    if nxt >= row.expires_at and now < row.expires_at - 60:
+    if nxt >= row.expires_at and now < row.expires_at:
         nxt = row.expires_at  # one last attempt when the lifetime ends
     elif nxt >= row.expires_at:
         status = result.status if result.status.startswith("4.") else "4.4.7"

@@ -53,6 +53,7 @@ class Store(SmtpMixin, AccountsMixin, ImapMixin, ImportMixin, MailboxMixin, Queu
                                  clock: Callable[[], float] = time.time) -> Store:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         store = cls(settings.database_url, Path(settings.data_dir) / "blobs", clock=clock)
+        store.queue_lifetime = settings.outbound.lifetime_seconds
         await store.open()
         return store
 

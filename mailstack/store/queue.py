@@ -29,7 +29,7 @@ from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import and_, case, delete, func, insert, or_, select, update
+from sqlalchemy import and_, bindparam, case, delete, func, insert, or_, select, update
 
 from . import schema as t
 from .base import StoreBase, Unavailable
@@ -160,16 +160,21 @@ class QueueMixin(StoreBase):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.queue_wakeup = asyncio.Event()
+        # How long new rows are retried (``outbound.lifetime_seconds``, set by
+        # ``Store.open_from_settings``; RFC 5321 §4.5.4.1).
+        self.queue_lifetime = 5 * 86400.0
 
     def _queued_now(self) -> None:
         """Call after committing new queue rows: the runner of this process starts."""
         self.queue_wakeup.set()
 
     async def enqueue(self, sender: str, recipients: list[str], blob_id: str, size: int,
-                      *, prefix: bytes = b"", lifetime: float = 5 * 86400,
+                      *, prefix: bytes = b"", lifetime: float | None = None,
                       dsn: DsnRequest = NO_DSN) -> list[int]:
-        """Queue one row per remote recipient, all in one transaction."""
+        """Queue one row per remote recipient, all in one transaction (retried for
+        ``lifetime`` seconds, default ``queue_lifetime``)."""
         now = self.clock()
+        lifetime = self.queue_lifetime if lifetime is None else lifetime
         ids = []
         async with self._write() as (conn, _):
             for rcpt in recipients:
@@ -237,36 +242,41 @@ class QueueMixin(StoreBase):
         return None if value is None else float(value)
 
     async def finish(self, node: str, outcomes: Sequence[Outcome]) -> int:
-        """Record attempts and outcomes (one transaction); only rows still leased by
-        ``node`` change. Returns how many rows changed."""
+        """Record attempts and outcomes (one transaction, one statement for all rows);
+        only rows still leased by ``node`` change. Returns how many rows changed."""
         if not outcomes:
             return 0
         now = self.clock()
         q = t.outbound_queue.c
-        changed = 0
         async with self._write() as (conn, _):
-            ids = [o.row_id for o in outcomes]
-            current = {int(r.id): r for r in (await conn.execute(
-                select(q.id, q.history, q.claimed_by).where(q.id.in_(ids)))).all()}
+            pick = select(q.id, q.history, q.next_attempt_at).where(and_(
+                q.id.in_([o.row_id for o in outcomes]), q.claimed_by == node))
+            if not self.is_sqlite:
+                pick = pick.with_for_update()
+            mine = {int(r.id): r for r in (await conn.execute(pick)).all()}
+            params = []
             for o in outcomes:
-                r = current.get(o.row_id)
-                if r is None or r.claimed_by != node:
+                r = mine.get(o.row_id)
+                if r is None:
                     continue
-                history = json.loads(r.history or "[]")
-                history.append(dict(o.attempt))
-                values: dict[str, Any] = {
-                    "history": json.dumps(history[-50:]), "claimed_by": "",
-                    "lease_until": 0.0, "attempts": q.attempts + 1, "last_error": o.error,
-                    "status": o.status, "remote_mta": o.remote_mta, "state": o.state,
-                    "report_action": o.report_action}
-                if o.state == "queued":
-                    values["next_attempt_at"] = o.next_attempt_at
-                else:
-                    values["finished_at"] = now
-                res = await conn.execute(update(t.outbound_queue).where(and_(
-                    q.id == o.row_id, q.claimed_by == node)).values(**values))
-                changed += res.rowcount or 0
-        return changed
+                history = [*json.loads(r.history or "[]"), dict(o.attempt)][-50:]
+                waiting = o.state == "queued"
+                params.append({
+                    "b_id": o.row_id, "b_history": json.dumps(history),
+                    "b_error": o.error, "b_status": o.status, "b_mta": o.remote_mta,
+                    "b_state": o.state, "b_report": o.report_action,
+                    "b_next": o.next_attempt_at if waiting else float(r.next_attempt_at),
+                    "b_finished": 0.0 if waiting else now})
+            if params:
+                await conn.execute(
+                    update(t.outbound_queue).where(q.id == bindparam("b_id")).values(
+                        history=bindparam("b_history"), claimed_by="", lease_until=0.0,
+                        attempts=q.attempts + 1, last_error=bindparam("b_error"),
+                        status=bindparam("b_status"), remote_mta=bindparam("b_mta"),
+                        state=bindparam("b_state"), report_action=bindparam("b_report"),
+                        next_attempt_at=bindparam("b_next"),
+                        finished_at=bindparam("b_finished")), params)
+        return len(params)
 
     async def release(self, node: str, row_ids: Iterable[int]) -> None:
         """Give claimed rows back unchanged (shutdown before their attempt)."""
@@ -308,6 +318,12 @@ class QueueMixin(StoreBase):
         held in memory whole. Raises ``Unavailable`` when the blob cannot be read."""
         if row.prefix:
             yield row.prefix
+        if row.size <= 16 * chunk_size:  # small: one read (one thread hop)
+            try:
+                yield await self.blobs.get(row.blob_id)
+            except BlobError as exc:
+                raise Unavailable(str(exc)) from exc
+            return
         try:
             path = self.blobs.path_of(row.blob_id)
             fh = await asyncio.to_thread(open, path, "rb")

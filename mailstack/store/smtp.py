@@ -117,7 +117,7 @@ class SmtpMixin(MailboxMixin, QueueMixin):
                              remote: Sequence[str], remote_prefix: bytes = b"",
                              sender_address_id: int | None = None,
                              counted_recipients: int = 0,
-                             queue_lifetime: float = 5 * 86400,
+                             queue_lifetime: float | None = None,
                              at: float | None = None,
                              inboxes: Sequence[str] = (),
                              inbox_prefix: Callable[[str], bytes] | None = None,
@@ -135,7 +135,8 @@ class SmtpMixin(MailboxMixin, QueueMixin):
         req = AcceptRequest(
             blob_id, blob_size, tuple(targets), tuple(inboxes), inbox_prefix, sender,
             tuple(remote), remote_prefix, sender_address_id, counted_recipients,
-            queue_lifetime, self.clock() if at is None else at, dsn)
+            self.queue_lifetime if queue_lifetime is None else queue_lifetime,
+            self.clock() if at is None else at, dsn)
         fut: asyncio.Future[list[Message]] = asyncio.get_running_loop().create_future()
         self._accept_queue.append(_Job(req, fut))
         if self._accept_flusher is None or self._accept_flusher.done():

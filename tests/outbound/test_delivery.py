@@ -257,3 +257,14 @@ async def test_smtputf8_needed_but_not_offered_bounces_5_6_7(
     assert rows["jörg@old.example"].state == "failed"
     assert rows["jörg@old.example"].status == "5.6.7"
     assert rows["jörg@new.example"].state == "delivered"
+
+
+async def test_lifetime_setting_applies_to_submitted_mail(outbound_factory: Factory) -> None:
+    ob = await outbound_factory(lifetime_seconds=7200.0)
+    assert ob.app.runner is not None
+    await ob.app.runner.stop()  # only look at the queued row
+    ob.resolver.mx_answers["remote.example"] = DnsTemporary("SERVFAIL")
+    await ob.submit("anna@example.com", ["x@remote.example"],
+                    message("anna@example.com", "x@remote.example"))
+    (row,) = await ob.rows()
+    assert row.expires_at == ob.clock.now + 7200
