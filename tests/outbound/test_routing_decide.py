@@ -127,3 +127,35 @@ def test_decisions() -> None:
     assert expired.state == "expired" and expired.report_action == "failed"
     dns = AttemptResult(0, "5.1.10", "null MX", permanent=True)
     assert decide(row(), dns, now=1.0, schedule=SCHEDULE, rand=rand).state == "failed"
+
+
+@pytest.mark.parametrize("outbound,key,fragment", [
+    ({"transport": {"x.example": "a b:25"}}, "outbound.transport.x.example.host",
+     "host:port"),
+    ({"transport": {"x.example": "h:99999"}}, "outbound.transport.x.example.host", "port"),
+    ({"transport": {"a@b": "h:25"}}, "outbound.transport.a@b", "domain"),
+    ({"transport": {"*": {"host": "h:25", "auth_user": "u"}}},
+     "outbound.transport.*.auth_password_file", "needed"),
+    ({"transport": {"*": {"hots": "h:25"}}}, "outbound.transport.*.hots", "unknown"),
+    ({"retry_schedule_minutes": "5,x"}, "outbound.retry_schedule_minutes", "positive"),
+    ({"retry_min_hours": 5.0}, "outbound.retry_max_hours", "at least"),
+])
+def test_outbound_config_errors(outbound: dict, key: str, fragment: str) -> None:
+    from mailstack.config import ConfigError, settings_from_dict
+
+    with pytest.raises(ConfigError) as err:
+        settings_from_dict({"outbound": outbound})
+    assert err.value.key == key and fragment in str(err.value)
+
+
+def test_outbound_config_transport_forms() -> None:
+    from mailstack.config import settings_from_dict
+
+    s = settings_from_dict({"outbound": {"transport": {
+        "Partner.Example.": "mx.partner.example:2525",
+        "*": {"host": "smtp.provider.example:587", "auth_user": "me",
+              "auth_password_file": "/etc/pw"}}}})
+    t = s.outbound.transport
+    assert t["partner.example"].host == "mx.partner.example:2525"
+    assert t["*"].auth_user == "me" and not t["*"].require_tls  # forced by routing
+    assert s.outbound.retry_schedule() == (300.0, 600.0, 1200.0, 2400.0)
