@@ -51,7 +51,7 @@ from .routing import (
     addresses_of,
     resolve_route,
 )
-from .smtpproto import Envelope, Reply, needs_smtputf8
+from .smtpproto import Envelope, Reply, has_controls, needs_smtputf8
 from .transport import OPPORTUNISTIC, TlsRequirement
 
 log = logging.getLogger("mailstack.outbound")
@@ -309,6 +309,16 @@ class QueueRunner:
         caps = session.caps
         base = AttemptResult(0, "4.0.0", "", remote_mta=session.remote_mta, tls=session.tls,
                              dsn_relayed=caps.dsn)
+        bad = [r for r in group if has_controls(r.recipient) or has_controls(r.sender)
+               or has_controls(r.dsn_orcpt)]
+        if bad:  # never written into a command (header/command injection)
+            await self._record([(r, replace(
+                base, code=0, status="5.1.3", permanent=True,
+                text="control character in an envelope address")) for r in bad])
+            group = [r for r in group if r not in bad]
+            if not group:
+                return
+            first = group[0]
         utf8 = needs_smtputf8([first.sender, *(r.recipient for r in group)])
         if utf8 and not caps.smtputf8:  # RFC 6531 §3.4: no downgrade of addresses
             await self._record([(r, replace(

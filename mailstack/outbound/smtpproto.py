@@ -170,8 +170,13 @@ def xtext(value: str) -> str:
     return "".join(out)
 
 
+def has_controls(value: str) -> bool:
+    """CR, LF, NUL or another control character: never sent in a command."""
+    return any(ord(c) < 0x20 or ord(c) == 0x7F for c in value)
+
+
 def _clean(value: str) -> str:
-    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+    if has_controls(value):
         raise ValueError("control character in an envelope value")
     return value
 

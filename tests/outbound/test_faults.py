@@ -294,3 +294,18 @@ async def test_queue_stats_for_metrics(outbound_factory: Factory) -> None:
     assert ob.app.runner is not None
     assert ob.app.runner.counters["deferred"] == 1
     assert ob.app.runner.counters["attempts"] == 1
+
+
+async def test_control_characters_in_a_queued_address_are_never_sent(
+        outbound_factory: Factory) -> None:
+    remote = await Remote([]).start()
+    ob = await outbound_factory({"remote.example": f"127.0.0.1:{remote.port}"})
+    blob = await ob.store.put_blob(message("anna@example.com", "x@remote.example"))
+    evil = "x>\r\nRCPT TO:<evil@remote.example"
+    await ob.store.enqueue("anna@example.com", [evil, "ok@remote.example"], blob, 100)
+    await ob.run()
+    rows = {r.recipient: r for r in await ob.rows()}
+    assert rows["ok@remote.example"].state == "delivered"
+    bad = rows[evil]
+    assert bad.state == "failed" and bad.status == "5.1.3"
+    assert not any("evil" in c for c in remote.commands)
