@@ -38,7 +38,8 @@ def _has(cls: type, name: str) -> bool:
 def build_settings(spec: dict[str, Any]) -> Any:
     ports = spec["ports"]
     listeners: dict[str, Any] = {}
-    for name in ("smtp", "submissions", "submission", "imaps", "imap", "pop3s", "pop3"):
+    for name in ("smtp", "submissions", "submission", "imaps", "imap", "pop3s", "pop3",
+                 "https", "http", "metrics"):
         if name in ports:
             listeners[name] = {"address": "127.0.0.1", "port": ports[name], "tls": "none"}
         else:

@@ -10,18 +10,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
+import json
 import logging
+import os
 import signal
 import time
 from collections.abc import Callable
 from dataclasses import fields
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
+from . import metrics
 from .config import ListenerSettings, Settings
 from .importer.runner import ImportRunner
 from .services import Services
 from .store import Store
-from .tls import ensure_self_signed, server_context
+from .tls import ensure_self_signed, load_first_cert, server_context
+
+if TYPE_CHECKING:
+    from .web.acme import AcmeManager
+
+LISTENING_FILE = "listening.json"
 
 if TYPE_CHECKING:
     from .outbound.routing import Resolver
@@ -38,6 +46,9 @@ FRONTENDS: dict[str, tuple[str, str]] = {
     "imap": ("mailstack.imap", "imap"),
     "pop3s": ("mailstack.pop3", "pop3"),
     "pop3": ("mailstack.pop3", "pop3"),
+    "https": ("mailstack.web", "https"),
+    "http": ("mailstack.web", "http"),
+    "metrics": ("mailstack.web", "metrics"),
 }
 
 
@@ -65,6 +76,8 @@ class App:
         self.frontends: dict[str, FrontEnd] = {}
         self._gc_task: asyncio.Task[None] | None = None
         self.importer: ImportRunner | None = None
+        self.acme: AcmeManager | None = None
+        self._acme_task: asyncio.Task[None] | None = None
 
     @property
     def ports(self) -> dict[str, int]:
@@ -72,11 +85,16 @@ class App:
 
     async def start(self) -> None:
         s = self.settings
-        if self.generate_cert:
+        if self.generate_cert or (s.tls.acme and not (s.cert_path.exists()
+                                                      and s.key_path.exists())):
+            # with ACME: a stand-in until the first certificate arrives (then swapped in)
             ensure_self_signed(s.cert_path, s.key_path, s.server.hostname)
         ctx = None
         if s.cert_path.exists() and s.key_path.exists():
             ctx = server_context(s.cert_path, s.key_path, s.tls.min_version)
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                metrics.CERT_EXPIRY.set(
+                    load_first_cert(s.cert_path).not_valid_after_utc.timestamp())
         self.store = await Store.open_from_settings(s, self.clock)
         self.services = Services.build(s, self.store, ctx, self.clock)
         try:
@@ -98,6 +116,7 @@ class App:
                 fe: FrontEnd = build(self.services, f.name, role, ls)
                 await fe.start()
                 self.frontends[f.name] = fe
+                self.services.bound_ports[f.name] = fe.port
                 log.info("listening: %s on %s:%d (%s)", f.name, ls.address, fe.port, ls.tls)
         except BaseException:
             await self.stop()
@@ -115,6 +134,14 @@ class App:
             self.importer = ImportRunner(self.store, s, clock=self.clock,
                                          cafile=s.importer.ca_file or None)
             await self.importer.start()
+        if s.tls.acme and self.services.server_ssl is not None:
+            from .web.acme import AcmeManager
+
+            ctx = self.services.server_ssl
+            self.acme = AcmeManager(s, self.store, self.services.acme_challenges,
+                                    lambda: [ctx], clock=self.clock)
+            self._acme_task = asyncio.create_task(self.acme.run_forever())
+        write_listening(s, self.ports)
 
     async def _collect_garbage_forever(self) -> None:
         s = self.settings.server
@@ -138,13 +165,16 @@ class App:
         if self.importer is not None:
             await self.importer.stop()
             self.importer = None
-        if self._gc_task is not None:
-            self._gc_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._gc_task
-            self._gc_task = None
+        for task in (self._gc_task, self._acme_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._gc_task = self._acme_task = None
         await asyncio.gather(*(fe.close(grace) for fe in self.frontends.values()),
                              return_exceptions=True)
+        if self.frontends:
+            remove_listening(self.settings)
         self.frontends.clear()
         if self.services is not None:
             with contextlib.suppress(TimeoutError):
@@ -170,3 +200,34 @@ class App:
             log.info("shutting down")
         finally:
             await self.stop()
+
+
+def write_listening(settings: Settings, ports: dict[str, int]) -> None:
+    """Record the ports this process listens on and the host name clients are told, in
+    ``<data_dir>/listening.json``, so ``mailstack client-settings`` prints the ports
+    actually in use (dev mode's +10000, ephemeral ports). Best effort."""
+    record = {"pid": os.getpid(), "hostname": settings.client_hostname, "ports": ports}
+    with contextlib.suppress(OSError):
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        tmp = settings.data_dir / f".{LISTENING_FILE}.{os.getpid()}"
+        tmp.write_text(json.dumps(record), encoding="utf-8")
+        os.replace(tmp, settings.data_dir / LISTENING_FILE)
+
+
+def remove_listening(settings: Settings) -> None:
+    path = settings.data_dir / LISTENING_FILE
+    with contextlib.suppress(OSError, ValueError):
+        if json.loads(path.read_text(encoding="utf-8")).get("pid") == os.getpid():
+            path.unlink()
+
+
+def read_listening(settings: Settings) -> dict[str, Any] | None:
+    """The record of a server process that is still running, or None."""
+    try:
+        record = json.loads((settings.data_dir / LISTENING_FILE).read_text(encoding="utf-8"))
+        os.kill(int(record["pid"]), 0)
+    except PermissionError:
+        pass  # running, as another user
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return record if isinstance(record.get("ports"), dict) else None

@@ -86,6 +86,28 @@ class TlsSettings:
     key_file: str = _f("", "PEM private key. Empty: <data_dir>/tls/key.pem.")
     min_version: str = _f("TLSv1.2", "Lowest TLS version accepted.",
                           choices=("TLSv1.2", "TLSv1.3"))
+    next_key_file: str = _f("", "PEM private key the certificate will move to at the next "
+                            "renewal. When set, `mailstack tlsa` also prints its TLSA "
+                            "record so both can be published before the rollover "
+                            "(RFC 7671 §8.1).")
+    acme: bool = _f(False, "Obtain and renew the certificate by ACME (RFC 8555): one "
+                    "certificate for server.hostname plus the autoconfig., autodiscover. "
+                    "and mta-sts. names of every hosted domain, validated by HTTP-01 on "
+                    "listeners.http (port 80). Stored as <data_dir>/acme/cert.pem and "
+                    "key.pem (0600) unless cert_file/key_file are set.")
+    acme_directory_url: str = _f("https://acme-v02.api.letsencrypt.org/directory",
+                                 "The ACME server's directory URL (Let's Encrypt by "
+                                 "default; its staging directory for trials).")
+    acme_contact: str = _f("", "Contact address given to the ACME server for expiry "
+                           "notices (e.g. postmaster@example.net); empty: none.")
+    acme_renew_days: float = _f(30.0, "Renew this many days before the certificate "
+                                "expires (or after two thirds of its lifetime when that "
+                                "is shorter).", min=0)
+    acme_check_interval_seconds: float = _f(3600.0, "How often each node checks whether "
+                                            "the certificate needs renewing or another node "
+                                            "has renewed it.", min=1)
+    acme_ca_file: str = _f("", "PEM file of CA certificates to trust for the ACME "
+                           "directory's HTTPS (a private or test CA); empty: the system's.")
 
 
 @dataclass(frozen=True)
@@ -116,6 +138,17 @@ class ListenersSettings:
                                 "IMAP with STARTTLS; LOGINDISABLED before it.")
     pop3s: ListenerSettings = _f(_listener(995, "implicit"), "POP3 over implicit TLS.")
     pop3: ListenerSettings = _f(_listener(110, "starttls"), "POP3 with STLS before USER.")
+    https: ListenerSettings = _f(_listener(443, "implicit"),
+                                 "HTTPS: client auto-configuration (Thunderbird, Outlook, "
+                                 "Apple), the MTA-STS policy, and /metrics when "
+                                 "web.metrics_token is set.")
+    http: ListenerSettings = _f(_listener(80, "none"),
+                                "HTTP: auto-configuration, ACME HTTP-01 challenges; "
+                                "everything else is redirected to https.")
+    metrics: ListenerSettings = _f(ListenerSettings(address="127.0.0.1", port=8010,
+                                                    tls="none"),
+                                   "Prometheus /metrics (loopback by default; set "
+                                   "web.metrics_token to require a bearer token).")
 
 
 @dataclass(frozen=True)
@@ -319,6 +352,55 @@ class ImporterSettings:
 
 
 @dataclass(frozen=True)
+class OutboundTlsSettings:
+    dns_resolver: str = _f("", "Validating DNS resolver(s) used for outbound MX, TLSA and "
+                           "MTA-STS lookups, as host or host:port ([v6]:port), comma "
+                           "separated. Only its AD bit makes an answer DNSSEC-secure "
+                           "(RFC 7672 §2.1). Empty: the system's resolvers "
+                           "(/etc/resolv.conf); a warning is logged at start-up when they "
+                           "do not validate.")
+    dns_timeout_seconds: float = _f(5.0, "Timeout of one DNS query.", min=0.1)
+    dnssec_probe_name: str = _f(".", "A name known to be DNSSEC-signed, queried at "
+                                "start-up to check that the resolver validates.")
+    dane: bool = _f(True, "Use DANE (RFC 7672): TLSA records of MX hosts found by "
+                    "DNSSEC-validated lookups make TLS mandatory and authenticated.")
+    mta_sts: bool = _f(True, "Use MTA-STS policies (RFC 8461) of destinations without "
+                       "DANE.")
+    mta_sts_fetch_timeout_seconds: float = _f(20.0, "Timeout of one MTA-STS policy fetch "
+                                              "(connect, TLS and body).", min=1)
+    extra_ca_files: str = _f("", "PEM files of extra certificate authorities trusted for "
+                             "MTA-STS (policy fetch and MX certificates), comma separated, "
+                             "in addition to the system's. For tests and private PKIs.")
+    tls_reporting: bool = _f(True, "Count TLS outcomes per destination policy domain for "
+                             "TLS reports (RFC 8460).")
+    tls_report_organization: str = _f("", "organization-name in the TLS reports we send "
+                                      "(RFC 8460 §4.4). Empty: the server host name.")
+    tls_report_contact: str = _f("", "contact-info in the TLS reports we send. Empty: "
+                                 "postmaster@<server host name>.")
+
+
+@dataclass(frozen=True)
+class WebSettings:
+    advertised_hostname: str = _f("", "Host name given to mail clients (auto-configuration, "
+                                  "`mailstack client-settings`). Empty: server.hostname; "
+                                  "serve --dev uses localhost.")
+    metrics_token: str = _f("", "When set, /metrics requires `Authorization: Bearer "
+                            "<token>` and is also served on the https listener.")
+    metrics_blob_size_interval_seconds: float = _f(300.0, "The blob store's size (a walk "
+                                                   "of its files, in a thread) is computed "
+                                                   "at most this often.", min=0)
+    mta_sts_mode: str = _f("enforce", "MTA-STS policy mode served at "
+                           "https://mta-sts.<domain>/.well-known/mta-sts.txt (RFC 8461 §3.2).",
+                           choices=("enforce", "testing", "none"))
+    mta_sts_mx: str = _f("", "Comma-separated MX host names (or *.patterns) in the policy. "
+                         "Empty: server.hostname.")
+    mta_sts_max_age: int = _f(604800, "max_age of the MTA-STS policy in seconds.",
+                              min=1, max=31557600)
+    mobileconfig_sign: bool = _f(False, "Sign Apple .mobileconfig profiles with the "
+                                 "server certificate (CMS), so devices show them verified.")
+
+
+@dataclass(frozen=True)
 class Settings:
     server: ServerSettings = _f(ServerSettings(), "The server as a whole.")
     tls: TlsSettings = _f(TlsSettings(), "Certificate and key.")
@@ -333,6 +415,11 @@ class Settings:
                                     "queue runner, retries, reports, transport map.")
     importer: ImporterSettings = _f(ImporterSettings(), "Import of mailboxes from other "
                                     "providers over IMAP (`mailstack import`).")
+    outbound_tls: OutboundTlsSettings = _f(OutboundTlsSettings(), "Transport security of "
+                                           "outbound delivery: DANE, MTA-STS, TLS "
+                                           "reporting.")
+    web: WebSettings = _f(WebSettings(), "The HTTP side: auto-configuration, MTA-STS, "
+                          "metrics.")
 
     # Derived paths -------------------------------------------------------
     @property
@@ -347,11 +434,25 @@ class Settings:
 
     @property
     def cert_path(self) -> Path:
-        return Path(self.tls.cert_file) if self.tls.cert_file else self.data_dir / "tls/cert.pem"
+        if self.tls.cert_file:
+            return Path(self.tls.cert_file)
+        return self.acme_dir / "cert.pem" if self.tls.acme else self.data_dir / "tls/cert.pem"
 
     @property
     def key_path(self) -> Path:
-        return Path(self.tls.key_file) if self.tls.key_file else self.data_dir / "tls/key.pem"
+        if self.tls.key_file:
+            return Path(self.tls.key_file)
+        return self.acme_dir / "key.pem" if self.tls.acme else self.data_dir / "tls/key.pem"
+
+    @property
+    def acme_dir(self) -> Path:
+        """ACME account key, certificate and key (all 0600)."""
+        return self.data_dir / "acme"
+
+    @property
+    def client_hostname(self) -> str:
+        """The host name mail clients are told to use."""
+        return self.web.advertised_hostname or self.server.hostname
 
     def plan(self, name: str) -> PlanSettings:
         return self.plans.get(name) or self.plans[self.smtp.default_plan]
@@ -477,6 +578,16 @@ def _cross_checks(s: Settings) -> None:
     if o.retry_max_hours < o.retry_min_hours:
         raise ConfigError("outbound.retry_max_hours", o.retry_max_hours,
                           "must be at least retry_min_hours")
+    if s.tls.acme and not s.listeners.http.enabled:
+        raise ConfigError("tls.acme", True, "needs listeners.http enabled: the ACME server "
+                          "validates through it (HTTP-01 on port 80)")
+    for name in ("http", "metrics"):
+        if getattr(s.listeners, name).tls != "none":
+            raise ConfigError(f"listeners.{name}.tls", getattr(s.listeners, name).tls,
+                              "must be \"none\" (plain HTTP)")
+    if s.listeners.https.tls != "implicit":
+        raise ConfigError("listeners.https.tls", s.listeners.https.tls,
+                          "must be \"implicit\" (HTTPS is TLS from the first byte)")
     url = s.server.database_url
     if url and not url.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
         raise ConfigError("server.database_url", url,
@@ -588,5 +699,8 @@ def dev_settings(base: Settings) -> Settings:
                                     port=getattr(ls, f.name).port + 10000)
         for f in dataclasses.fields(ls)
     }
-    return dataclasses.replace(base, listeners=ListenersSettings(**moved))
+    web = base.web
+    if not web.advertised_hostname:  # the dev certificate names localhost
+        web = dataclasses.replace(web, advertised_hostname="localhost")
+    return dataclasses.replace(base, listeners=ListenersSettings(**moved), web=web)
 

@@ -19,6 +19,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from . import metrics
 from .config import ListenerSettings
 from .tls import tls_summary
 
@@ -142,6 +143,7 @@ class TcpListener:
             return
         self.per_ip[conn.client_ip] += 1
         self.conns.add(conn)
+        metrics.connection_opened(self.name)
         task = asyncio.current_task()
         if task is not None:
             self.tasks.add(task)
@@ -156,6 +158,7 @@ class TcpListener:
             log.exception("%s: session with %s failed", self.name, conn.client_ip)
         finally:
             await conn.close()
+            metrics.connection_closed(self.name)
             self.conns.discard(conn)
             self.per_ip[conn.client_ip] -= 1
             if self.per_ip[conn.client_ip] <= 0:

@@ -10,9 +10,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from . import metrics
 from .config import Settings
 from .notices import Notifier
-from .policy.auth import Authenticator, LoginGuard
+from .policy.auth import Authenticator, AuthResult, LoginGuard
 from .policy.passwords import Passwords
 from .store import Store
 
@@ -27,6 +28,10 @@ class Services:
     server_ssl: ssl.SSLContext | None
     notifier: Notifier
     clock: Callable[[], float] = field(default=time.time)
+    # listener name -> port it bound (filled by the App as listeners start)
+    bound_ports: dict[str, int] = field(default_factory=dict)
+    # ACME HTTP-01 (RFC 8555 §8.3): token -> key authorization, served on port 80
+    acme_challenges: dict[str, str] = field(default_factory=dict)
 
     @property
     def hostname(self) -> str:
@@ -41,5 +46,16 @@ class Services:
                               cache_size=a.credential_cache_size)
         guard = LoginGuard(a, clock)
         notifier = Notifier(store, settings.server.hostname, a, clock)
-        auth = Authenticator(store, passwords, guard, a, notifier)
+        auth = CountingAuthenticator(store, passwords, guard, a, notifier)
         return cls(settings, store, passwords, guard, auth, server_ssl, notifier, clock)
+
+
+class CountingAuthenticator(Authenticator):
+    """The authenticator every front-end uses, counting outcomes per protocol."""
+
+    async def authenticate(self, username: str, secret: str, *, client_ip: str,
+                           protocol: str, authzid: str | None = None) -> AuthResult:
+        result = await super().authenticate(username, secret, client_ip=client_ip,
+                                            protocol=protocol, authzid=authzid)
+        metrics.login(protocol, result.status)
+        return result

@@ -105,7 +105,7 @@ def make_settings(tmp_path: Path, db_url: str, tls_files: tuple[Path, Path],
     auth allowed on loopback (tests that check refusal turn it off)."""
     listeners = {name: {"address": "127.0.0.1", "port": 0}
                  for name in ("smtp", "submissions", "submission", "imaps", "imap",
-                              "pop3s", "pop3")}
+                              "pop3s", "pop3", "https", "http", "metrics")}
     data: dict[str, Any] = {
         "server": {"hostname": "mail.example.net", "data_dir": str(tmp_path / "data"),
                    "database_url": db_url, "allow_plaintext_auth_on_loopback": True,

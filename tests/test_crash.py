@@ -28,7 +28,8 @@ def free_port() -> int:
 
 def write_config(tmp_path: Path, db_url: str, port: int) -> Path:
     off = "\n".join(f"[listeners.{n}]\nenabled = false" for n in (
-        "submissions", "submission", "imaps", "imap", "pop3s", "pop3"))
+        "submissions", "submission", "imaps", "imap", "pop3s", "pop3", "https", "http",
+        "metrics"))
     cfg = tmp_path / "mailstack.toml"
     cfg.write_text(
         f'[server]\ndata_dir = "{tmp_path / "data"}"\ndatabase_url = "{db_url}"\n'

@@ -14,6 +14,7 @@ import datetime as dt
 import secrets
 import string
 
+from ..config import dev_settings
 from ..policy.addresses import AddressRuleError, address_key, check_domain, parse_new_address
 from ..store import Address, NotFound, Store
 from .common import CliError, Ctx, Parsers, read_password, with_store
@@ -287,10 +288,19 @@ async def activity(ctx: Ctx, store: Store, args: argparse.Namespace) -> int:
 
 @with_store
 async def client_settings(ctx: Ctx, store: Store, args: argparse.Namespace) -> int:
-    """What a client needs (docs/behaviour.md §11): IMAP 993 SSL/TLS, SMTP 465 SSL/TLS, POP3 995."""
+    """What a client needs (docs/behaviour.md §11): IMAP 993 SSL/TLS, SMTP 465 SSL/TLS,
+    POP3 995, with the ports actually in use: those a running server recorded in
+    <data_dir>/listening.json, else the configured ones (+10000 with ``--dev``)."""
+    from ..app import read_listening
+
     addr = await need_address(store, args.address)
-    s = ctx.settings
-    host = s.server.hostname
+    s = dev_settings(ctx.settings) if args.dev else ctx.settings
+    running = read_listening(s)
+    ports: dict[str, int] = {}
+    host = s.client_hostname
+    if running is not None:
+        ports = {str(k): int(v) for k, v in running["ports"].items()}
+        host = str(running.get("hostname") or host)
     ctx.print(f"Mail client settings for {addr.email}")
     ctx.print(f"  user name: {addr.email}  (the full address)")
     ctx.print("  password:  the address's password, or one of its app passwords")
@@ -301,11 +311,21 @@ async def client_settings(ctx: Ctx, store: Store, args: argparse.Namespace) -> i
             ("submission", "Outgoing (SMTP, alternative)"))
     for name, label in rows:
         ls = getattr(s.listeners, name)
-        if not ls.enabled:
+        if not ls.enabled or (running is not None and name not in ports):
             continue
         security = "SSL/TLS" if ls.tls == "implicit" else (
             "STARTTLS" if ls.tls == "starttls" else "none")
-        ctx.print(f"  {label:30} server {host}  port {ls.port}  security {security}")
+        port = ports.get(name, ls.port)
+        ctx.print(f"  {label:30} server {host}  port {port}  security {security}")
+    if running is not None:
+        ctx.print(f"  (ports of the server running now, process {running['pid']})")
+    if s.listeners.https.enabled:
+        https = ports.get("https", s.listeners.https.port)
+        base = f"https://{host}" + ("" if https == 443 else f":{https}")
+        ctx.print(f"  automatic set-up: {base}/mobileconfig?address={addr.email} (Apple); "
+                  "Thunderbird and Outlook find it by themselves")
+    if s.cert_path.exists() and args.dev:
+        ctx.print(f"  trust this certificate: {s.cert_path}")
     if addr.kind == "no-reply":
         ctx.print("  (a no-reply address sends only: it has no incoming mail)")
     return 0
@@ -502,3 +522,5 @@ def register(p: Parsers) -> None:
     sp = p.cmd(p.sub, "client-settings", client_settings,
              "Print what a mail client needs to connect as ADDRESS.")
     sp.add_argument("address", metavar="ADDRESS")
+    sp.add_argument("--dev", action="store_true",
+                    help="the ports of `serve --dev` (configured + 10000) and host localhost")

@@ -72,7 +72,7 @@ def with_store(fn: StoreHandler) -> Handler:
 
     def run(ctx: Ctx, args: argparse.Namespace) -> int:
         async def go() -> int:
-            store = await Store.open_from_settings(ctx.settings)
+            store = await Store.open_from_settings(ctx.settings, listen=False)
             try:
                 return await fn(ctx, store, args)
             finally:

@@ -15,12 +15,12 @@ from .. import __version__
 from ..config import ConfigError, find_config_file, load_settings, render_example
 from ..policy.addresses import AddressRuleError
 from ..store import StoreError
-from . import admin, importer, queue, serve
+from . import admin, dns, importer, queue, serve, tls, tlsa
 from .common import CliError, Ctx, Handler, Parsers
 from .serve import check_config, cmd_check_config, cmd_config_example, cmd_serve
 
 # One module per command group, registered in this order (the order of --help).
-COMMAND_MODULES = (serve, admin, importer, queue)
+COMMAND_MODULES = (serve, admin, importer, queue, dns, tls, tlsa)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -20,7 +20,7 @@ DEMO_ADDRESS = f"demo@{DEMO_DOMAIN}"
 
 def cmd_init(ctx: Ctx, args: argparse.Namespace) -> int:
     async def go() -> None:
-        store = await Store.open_from_settings(ctx.settings)
+        store = await Store.open_from_settings(ctx.settings, listen=False)
         await store.close()
 
     asyncio.run(go())
@@ -106,7 +106,7 @@ def cmd_serve(ctx: Ctx, args: argparse.Namespace) -> int:
     async def go() -> int:
         password = None
         if args.dev:
-            store = await Store.open_from_settings(settings)
+            store = await Store.open_from_settings(settings, listen=False)
             try:
                 password = await ensure_demo(ctx, store)
             finally:

@@ -24,6 +24,10 @@ Implementation notes (invariants):
   transaction is 503. The content goes through the same checks as DATA (bare CR/LF,
   line length, headers, MIME depth, From: on submission). Exception: on 587 before
   STARTTLS aiosmtpd refuses BDAT itself (530) without consuming its chunk.
+- A password change (``CredentialsChanged`` with a newer epoch) or the deletion of the
+  logged-in address ends the session with ``421 4.7.0`` (docs/behaviour.md §2), via a
+  watcher task on its own event subscription, so an idle connection is cut too; a
+  message being stored at that moment still gets its reply first.
 - Three kinds of error per command: syntax (5xx from the parsers), a policy refusal
   (the verdict's reply), a server error (logged, ``451 4.3.0``; see ``handle_exception``).
 """
@@ -32,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import binascii
+import contextlib
 import logging
 import re
 import secrets
@@ -41,12 +46,14 @@ from typing import TYPE_CHECKING, Any
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
+from .. import metrics
 from ..mime import exceeds_depth
 from ..policy.auth import may_send_password
 from ..policy.envelope import (
     AddressError,
     EnvelopeAddress,
     MailFrom,
+    RcptParams,
     check_helo_name,
     parse_mail_from,
     parse_rcpt_to,
@@ -65,7 +72,8 @@ from ..policy.relay import (
     check_header_senders,
     route_recipient,
 )
-from ..store import Unavailable
+from ..policy.submission import msa_additions
+from ..store import AddressDeleted, CredentialsChanged, Subscription, Unavailable
 from . import replies
 from .data import DataState, read_data
 from .delivery import Transaction, accept
@@ -103,6 +111,7 @@ class MEnvelope(Envelope):
         self.mail: MailFrom | None = None
         self.recipients: list[EnvelopeAddress] = []
         self.verdicts: list[RcptVerdict] = []
+        self.rcpt_params: list[RcptParams] = []  # DSN NOTIFY/ORCPT per recipient
         self.size_limit: int = 0
         self.directory: StoreDirectory | None = None  # per transaction: domain cache
         self.chunks: list[bytes] = []  # BDAT chunks received so far (RFC 3030 §2)
@@ -136,6 +145,9 @@ class MailstackSMTP(SMTP):
         self.envelope: MEnvelope | None = None
         self._counted_ip: str | None = None
         self._refused = False
+        self._watcher: asyncio.Task[None] | None = None
+        self._watch_sub: Subscription | None = None
+        self._storing: asyncio.Future[None] | None = None
 
     # --- plumbing ---------------------------------------------------------------------
     def _create_session(self) -> MSession:
@@ -196,6 +208,7 @@ class MailstackSMTP(SMTP):
                 return
             self._counted_ip = ip
             self.fe.sessions.add(self)
+            metrics.connection_opened(self.fe.name)
         super().connection_made(transport)
         if not first:
             self._after_tls()
@@ -204,6 +217,7 @@ class MailstackSMTP(SMTP):
         # RFC 3207 §4.2: discard pipelined plaintext; the session starts over.
         self._reader._buffer.clear()  # type: ignore[attr-defined]
         self._set_rset_state()
+        self._stop_watcher()  # a new session: any earlier login is gone
 
     def connection_lost(self, error: Exception | None) -> None:
         if self._refused:
@@ -211,8 +225,38 @@ class MailstackSMTP(SMTP):
         if self._counted_ip is not None:
             self.fe.connections.release(self._counted_ip)
             self._counted_ip = None
+            metrics.connection_closed(self.fe.name)
         self.fe.sessions.discard(self)
+        self._stop_watcher()
         super().connection_lost(error)
+
+    # --- the login's credentials (docs/behaviour.md §2) -------------------------------
+    def _stop_watcher(self) -> None:
+        if self._watcher is not None and self._watcher is not asyncio.current_task():
+            self._watcher.cancel()
+        self._watcher = None
+        if self._watch_sub is not None:
+            self._watch_sub.close()
+            self._watch_sub = None
+
+    async def _watch_credentials(self, sub: Subscription, epoch: int) -> None:
+        """End the session when the login's password changes or the address goes."""
+        while True:
+            ev = await sub.queue.get()
+            if (isinstance(ev, CredentialsChanged) and ev.epoch > epoch) or isinstance(
+                    ev, AddressDeleted):
+                break
+        sub.close()
+        log.info("smtp %s: credentials of %s changed; closing the session",
+                 self.client_ip, self.sess.email)
+        if self._storing is not None:  # a message being stored gets its reply first
+            await asyncio.shield(self._storing)
+            await asyncio.sleep(0)
+        if self.transport is not None:
+            with contextlib.suppress(Exception):
+                self.transport.write(  # type: ignore[attr-defined]
+                    f"{replies.CREDENTIALS_CHANGED}\r\n".encode())
+                self.transport.close()
 
     def _timeout_cb(self) -> None:
         if self.transport is not None:
@@ -224,6 +268,7 @@ class MailstackSMTP(SMTP):
             status = replies.sanitize(status)
             if not status.startswith(f"220 {self.hostname} "):  # the greeting stays bare
                 status = replies.with_enhanced(status)
+        metrics.smtp_reply(status)
         await super().push(status)
 
     async def _push_raw(self, lines: list[str]) -> None:
@@ -266,7 +311,7 @@ class MailstackSMTP(SMTP):
         if not await self._helo(arg, True):
             return
         caps = [self.hostname, "PIPELINING", f"SIZE {self.fe.max_size}", "8BITMIME",
-                "ENHANCEDSTATUSCODES", "SMTPUTF8", "CHUNKING"]
+                "ENHANCEDSTATUSCODES", "SMTPUTF8", "CHUNKING", "DSN"]
         if self.tls_context is not None and not self.tls_active:
             caps.append("STARTTLS")  # RFC 3207 §4: only before TLS
         if self.password_allowed:
@@ -351,10 +396,18 @@ class MailstackSMTP(SMTP):
                 return
             await self.push(replies.AUTH_INVALID)
             return
-        addr = await self.fe.services.store.get_address_by_id(result.address_id)
-        if addr is None:
+        store = self.fe.services.store
+        sub = store.events.subscribe(result.address_id)
+        # read after subscribing: a password change in between is not missed
+        addr = await store.get_address_by_id(result.address_id)
+        if addr is None or addr.credential_epoch != result.credential_epoch:
+            sub.close()
             await self.push(replies.AUTH_INVALID)
             return
+        self._stop_watcher()
+        self._watch_sub = sub
+        self._watcher = asyncio.create_task(
+            self._watch_credentials(sub, addr.credential_epoch))
         self.sess.address_id = addr.id
         self.sess.email = addr.email
         self.sess.plan = addr.plan
@@ -436,7 +489,7 @@ class MailstackSMTP(SMTP):
             return
         limit = self._plan_size()
         try:
-            mail = parse_mail_from(arg or "", max_size=limit, dsn_enabled=False)
+            mail = parse_mail_from(arg or "", max_size=limit, dsn_enabled=True)
         except AddressError as exc:
             await self.push(exc.reply)
             return
@@ -463,8 +516,9 @@ class MailstackSMTP(SMTP):
             if "@" not in (arg or ""):  # RFC 5321 §4.1.1.3: <Postmaster> without domain
                 postmaster = await postmaster_domain(self.fe.services.store,
                                                      self.fe.services.hostname)
-            rcpt = parse_rcpt_to(arg or "", smtputf8=mail.params.smtputf8,
-                                 dsn_enabled=False, postmaster_domain=postmaster).recipient
+            parsed = parse_rcpt_to(arg or "", smtputf8=mail.params.smtputf8,
+                                   dsn_enabled=True, postmaster_domain=postmaster)
+            rcpt = parsed.recipient
         except AddressError as exc:
             await self.push(exc.reply)
             return
@@ -507,6 +561,7 @@ class MailstackSMTP(SMTP):
                 self.env.size_limit = min(self.env.size_limit, size)
         self.env.recipients.append(rcpt)
         self.env.verdicts.append(verdict)
+        self.env.rcpt_params.append(parsed.params)
         self.env.rcpt_tos.append(str(rcpt))
         await self.push("250 2.1.5 Recipient OK")
 
@@ -601,6 +656,12 @@ class MailstackSMTP(SMTP):
                 else await asyncio.to_thread(exceeds_depth, content, s.max_mime_depth)):
             return f"554 5.6.0 MIME parts nested deeper than {s.max_mime_depth} levels"
         if sess.address_id is not None:  # docs/behaviour.md §4: From: must be a sendable address
+            if self.fe.role == "submission":
+                # RFC 6409 §8: Date, Message-ID and (for a minimal client) From are added.
+                content = msa_additions(
+                    content, login=sess.email, hostname=self.hostname,
+                    now=self.fe.services.clock(),
+                    unique=f"{self.fe.make_id()}.{secrets.token_hex(6)}") + content
             try:
                 froms = extract_from_addresses(content)
             except HeaderError as exc:
@@ -613,14 +674,17 @@ class MailstackSMTP(SMTP):
             queue_id=self.fe.make_id(), helo=sess.host_name, esmtp=sess.extended_smtp,
             client_ip=self.client_ip, tls=self.tls_info(), sender=env.mail.sender,
             smtputf8=env.mail.params.smtputf8, recipients=list(env.recipients),
-            verdicts=list(env.verdicts), content=content, auth_address_id=sess.address_id)
+            verdicts=list(env.verdicts), content=content, auth_address_id=sess.address_id,
+            mail_params=env.mail.params, rcpt_params=list(env.rcpt_params))
         done: asyncio.Future[None] = self.loop.create_future()
         self.fe.in_flight.add(done)
+        self._storing = done
         try:
-            return await accept(self.fe.services, tx)
+            return await accept(self.fe.services, tx, self.fe.signer)
         finally:
             done.set_result(None)
             self.fe.in_flight.discard(done)
+            self._storing = None
 
 
 BDAT_ARG = re.compile(r"([0-9]{1,18})(?: +(LAST))?", re.IGNORECASE)

@@ -14,6 +14,7 @@ import logging
 from collections.abc import Callable
 
 from ..config import ListenerSettings
+from ..outbound.dkim import DkimSigner
 from ..policy.limits import ConnectionCounter
 from ..services import Services
 from . import replies
@@ -48,6 +49,7 @@ class SmtpFrontEnd:
                                              ipv6_prefix=s.auth.ipv6_prefix)
         self.sessions: set[MailstackSMTP] = set()
         self.in_flight: set[asyncio.Future[None]] = set()
+        self.signer = DkimSigner(services.store)  # docs/behaviour.md §6
         self._server: asyncio.Server | None = None
 
     async def start(self) -> None:

@@ -28,6 +28,8 @@ from .base import (
     StoreError,
     Unavailable,
 )
+from .certs import CertsMixin, StoredCertificate
+from .dkim import DkimKey, DkimMixin, NewDkimKey
 from .events import (
     AddressDeleted,
     CredentialsChanged,
@@ -44,17 +46,21 @@ from .importer import FolderProgress, ImportedMessage, ImportJob, ImportMixin, N
 from .mailbox import DeliveryTarget, MailboxMixin, normalize_folder_name
 from .queue import NO_DSN, DsnRequest, QueuedMessage, QueueMixin
 from .smtp import SmtpMixin
+from .transport import CachedStsPolicy, TlsResultKey, TransportMixin
 
 
 class Store(SmtpMixin, AccountsMixin, ImapMixin, ImportMixin, MailboxMixin, QueueMixin,
-            GcMixin):
+            GcMixin, TransportMixin, CertsMixin, DkimMixin):
     @classmethod
     async def open_from_settings(cls, settings: Settings,
-                                 clock: Callable[[], float] = time.time) -> Store:
+                                 clock: Callable[[], float] = time.time, *,
+                                 listen: bool = True) -> Store:
+        """``listen``: follow other processes' and nodes' changes (servers do; a CLI
+        command, which only writes, does not need to)."""
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         store = cls(settings.database_url, Path(settings.data_dir) / "blobs", clock=clock)
         store.queue_lifetime = settings.outbound.lifetime_seconds
-        await store.open()
+        await store.open(listen=listen)
         return store
 
 
@@ -67,9 +73,11 @@ __all__ = [
     "AddressDeleted",
     "Alias",
     "AlreadyExists",
+    "CachedStsPolicy",
     "Conflict",
     "CredentialsChanged",
     "DeliveryTarget",
+    "DkimKey",
     "Domain",
     "DsnRequest",
     "Event",
@@ -85,12 +93,15 @@ __all__ = [
     "MessagesAdded",
     "MessagesExpunged",
     "MsgRow",
+    "NewDkimKey",
     "NewImportJob",
     "NotFound",
     "QueuedMessage",
     "Store",
     "StoreError",
+    "StoredCertificate",
     "Subscription",
+    "TlsResultKey",
     "Unavailable",
     "normalize_folder_name",
     "split_address",

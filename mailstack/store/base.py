@@ -27,7 +27,10 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from .. import metrics
 from .blobs import BlobError, BlobStore
+from .changes import ChangeFollower
+from .changes import record as record_changes
 from .db import _split_schema, create_engine, migrate_sync, schema_of
 from .events import Event, EventHub, decode_event, encode_event
 
@@ -197,6 +200,7 @@ class StoreBase:
         self.node_id = uuid.uuid4().hex
         self.channel = f"mailstack_{schema_of(url) or 'public'}"[:63]
         self._listener: Any = None
+        self._follower: ChangeFollower | None = None
 
     async def migrate(self) -> int:
         async with self.engine.begin() as conn:
@@ -207,7 +211,10 @@ class StoreBase:
         listen for other nodes' change events."""
         await self.migrate()
         await asyncio.to_thread(self.blobs.sweep_temp)
-        if listen and not self.is_sqlite:
+        if listen and self.is_sqlite:
+            self._follower = ChangeFollower(self)
+            await self._follower.start()
+        elif listen:
             await self._listen()
 
     async def _listen(self) -> None:
@@ -225,6 +232,9 @@ class StoreBase:
         await self._listener.add_listener(self.channel, on_notify)
 
     async def close(self) -> None:
+        if self._follower is not None:
+            await self._follower.stop()
+            self._follower = None
         if self._listener is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._listener.close(), 5)
@@ -243,12 +253,15 @@ class StoreBase:
     async def _write(self) -> AsyncIterator[tuple[AsyncConnection, list[Event]]]:
         """A write transaction; events appended to the list are published after commit."""
         events: list[Event] = []
+        started = time.perf_counter()
         try:
             if self.is_sqlite:
                 async with self._write_lock, self.engine.connect() as conn:
                     conn = await conn.execution_options(sqlite_begin="IMMEDIATE")
                     async with conn.begin():
                         yield conn, events
+                        # other processes on this box follow the log (store/changes.py)
+                        await record_changes(conn, self.node_id, events)
             else:
                 async with self.engine.begin() as conn:
                     yield conn, events
@@ -257,6 +270,7 @@ class StoreBase:
                             "c": self.channel, "p": encode_event(self.node_id, ev)})
         except (OperationalError, DBAPIError) as exc:
             raise Unavailable(f"database unavailable: {exc.orig!r}") from exc
+        metrics.observe_store_transaction(time.perf_counter() - started)
         for ev in events:
             self.events.publish(ev)
 

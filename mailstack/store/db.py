@@ -42,7 +42,7 @@ def _m2_queue_dsn(conn: Connection) -> None:
         "dsn_notify VARCHAR(64) NOT NULL DEFAULT ''", "dsn_orcpt TEXT NOT NULL DEFAULT ''"])
 
 
-def _m4_queue_delivery(conn: Connection) -> None:
+def _m8_queue_delivery(conn: Connection) -> None:
     _add_columns(conn, "outbound_queue", [
         "state VARCHAR(16) NOT NULL DEFAULT 'queued'",
         "claimed_by VARCHAR(64) NOT NULL DEFAULT ''",
@@ -57,11 +57,28 @@ def _m3_import_jobs(conn: Connection) -> None:
     schema.import_folders.create(conn, checkfirst=True)
 
 
+def _m4_change_log(conn: Connection) -> None:
+    schema.change_log.create(conn, checkfirst=True)
+
+
+def _m_dane_tables(conn: Connection) -> None:
+    schema.mta_sts_policies.create(conn, checkfirst=True)
+    schema.tls_report_counts.create(conn, checkfirst=True)
+
+
+def _m_dkim_keys(conn: Connection) -> None:
+    schema.dkim_keys.create(conn, checkfirst=True)
+
+
 MIGRATIONS: list[Migration] = [
     lambda conn: None,  # 1: initial schema (created by create_all on a fresh database)
     _m2_queue_dsn,  # 2: DSN parameters on queue rows (RFC 3461)
     _m3_import_jobs,  # 3: IMAP import jobs
-    _m4_queue_delivery,  # 4: outbound: delivery state, lease, attempt history, report owed
+    _m4_change_log,  # 4: change events between processes on one box (SQLite)
+    _m_dane_tables,  # 5: dane: MTA-STS policy cache and TLS-RPT counts (RFC 8461, 8460)
+    lambda conn: schema.tls_certificates.create(conn, checkfirst=True),  # 6: web: ACME cert + lock
+    _m_dkim_keys,  # 7: submission: dkim_keys table (DKIM signing keys per domain)
+    _m8_queue_delivery,  # 8: outbound: delivery state, lease, attempt history, report owed
 ]
 LATEST = len(MIGRATIONS)
 

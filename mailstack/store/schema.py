@@ -218,6 +218,22 @@ outbound_queue = Table(
     sqlite_autoincrement=True,
 )
 
+# DKIM keys (RFC 6376, RFC 8463), in the database so every node signs with them.
+# status: pending (generated, not yet published) | active (signing) | retired.
+dkim_keys = Table(
+    "dkim_keys", metadata,
+    Column("id", PK, primary_key=True, autoincrement=True),
+    Column("domain_id", PK, ForeignKey("domains.id", ondelete="CASCADE"), nullable=False),
+    Column("selector", String(63), nullable=False),
+    Column("algorithm", String(32), nullable=False),  # rsa-sha256 | ed25519-sha256
+    Column("private_key", Text, nullable=False),  # PEM (RSA) / base64 seed (Ed25519)
+    Column("public_key", Text, nullable=False),  # base64: the DNS record's p= value
+    Column("status", String(16), nullable=False),
+    Column("created_at", Float, nullable=False),
+    UniqueConstraint("domain_id", "selector", name="uq_dkim_keys_selector"),
+    sqlite_autoincrement=True,
+)
+
 pop3_locks = Table(
     "pop3_locks", metadata,
     Column("address_id", PK, ForeignKey("addresses.id", ondelete="CASCADE"),
@@ -272,4 +288,50 @@ import_folders = Table(
     Column("copied", BigInteger, nullable=False, default=0),
     Column("skipped", BigInteger, nullable=False, default=0),
     Column("done", Boolean, nullable=False, default=False),
+)
+
+# Change events for other processes on one box (SQLite; PostgreSQL uses NOTIFY): written
+# in the transaction that made the change, followed by every server process.
+change_log = Table(
+    "change_log", metadata,
+    Column("id", PK, primary_key=True, autoincrement=True),
+    Column("node", String(64), nullable=False),
+    Column("payload", Text, nullable=False),
+    sqlite_autoincrement=True,
+)
+
+# MTA-STS policies fetched for destination domains (RFC 8461 §5.1 policy cache):
+# ``policy_id`` is the id of the _mta-sts TXT record the policy was fetched for.
+mta_sts_policies = Table(
+    "mta_sts_policies", metadata,
+    Column("domain", String(255), primary_key=True),  # lowercase A-label
+    Column("policy_id", String(64), nullable=False),
+    Column("policy_text", Text, nullable=False),
+    Column("fetched_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=False),
+)
+
+# TLS reporting (RFC 8460 §4.3): outcomes of outbound TLS per UTC day, policy domain,
+# policy type (sts | tlsa | no-policy-found), result type ("success" or a failure type)
+# and receiving MX host; the daily report is built from these counts.
+tls_report_counts = Table(
+    "tls_report_counts", metadata,
+    Column("day", String(10), primary_key=True),  # YYYY-MM-DD, UTC
+    Column("policy_domain", String(255), primary_key=True),
+    Column("policy_type", String(16), primary_key=True),
+    Column("result_type", String(48), primary_key=True),
+    Column("mx_host", String(255), primary_key=True),
+    Column("count", BigInteger, nullable=False),
+)
+
+# The certificate obtained by ACME (docs/behaviour.md §1, RFC 8555), shared by every node,
+# and the lock that lets one node at a time renew it.
+tls_certificates = Table(
+    "tls_certificates", metadata,
+    Column("name", String(64), primary_key=True),  # "acme"
+    Column("holder", String(128), nullable=False, default=""),  # node renewing now
+    Column("locked_until", Float, nullable=False, default=0.0),
+    Column("cert_pem", Text, nullable=False, default=""),  # full chain
+    Column("key_pem", Text, nullable=False, default=""),
+    Column("updated_at", Float, nullable=False, default=0.0),
 )

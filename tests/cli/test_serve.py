@@ -20,7 +20,8 @@ from mailstack.store import Store
 
 from .conftest import cli_env, write_config
 
-LISTENERS = ("smtp", "submissions", "submission", "imaps", "imap", "pop3s", "pop3")
+LISTENERS = ("smtp", "submissions", "submission", "imaps", "imap", "pop3s", "pop3", "https",
+             "http", "metrics")
 DEV_OFFSET = 10000  # serve --dev listens on the configured port + 10000
 
 

@@ -195,6 +195,17 @@ def confirmations(app_client: imaplib.IMAP4) -> list[bytes]:
     return out
 
 
+async def wait_confirmations(app: App, count: int, timeout: float = 30.0) -> list[bytes]:
+    """The target's confirmation messages, once ``count`` of them arrived (the runner
+    delivers one just after it marks its job ended)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        texts = await asyncio.to_thread(lambda: confirmations(target_client(app)))
+        if len(texts) >= count or time.monotonic() > deadline:
+            return texts
+        await asyncio.sleep(0.1)
+
+
 def copied_count(text: bytes) -> int:
     m = re.search(rb"Messages copied: (\d+)", text)
     assert m, text[:500]

@@ -15,12 +15,12 @@ from tests.importer.conftest import (
     SOURCE_PW,
     TARGET,
     Key,
-    confirmations,
     copied_count,
     fill_source,
     read_mailbox,
     start_job,
     target_client,
+    wait_confirmations,
     wait_job,
 )
 from tests.importer.dovecot import Dovecot
@@ -78,6 +78,7 @@ async def test_whole_mailbox_moves_in_once(import_app: App, dovecot: Dovecot,
     job_id = await start_job(import_app, "127.0.0.1", dovecot.port, source_user, SOURCE_PW)
     job = await wait_job(import_app, job_id)
     assert job.state == "done", job.last_error
+    assert len(await wait_confirmations(import_app, 1)) == 1
     expected = _expected(source)
     target = await _target(import_app)
     n_expected = sum(sum(c.values()) for c in expected.values())
@@ -95,7 +96,7 @@ async def test_whole_mailbox_moves_in_once(import_app: App, dovecot: Dovecot,
         import_app, "127.0.0.1", dovecot.port, source_user, SOURCE_PW))
     assert again.state == "done" and again.copied == 0 and again.skipped == 0
     assert _imported(await _target(import_app), expected) == expected
-    texts = await asyncio.to_thread(lambda: confirmations(target_client(import_app)))
+    texts = await wait_confirmations(import_app, 2)
     assert sorted(copied_count(t) for t in texts) == [0, n_expected]
 
 
@@ -106,7 +107,7 @@ async def test_wrong_password_fails_at_once_with_a_clear_error(
     assert job.state == "failed"
     assert "refused the user name or password" in job.last_error
     assert job.copied == 0 and job.secret is None
-    texts = await asyncio.to_thread(lambda: confirmations(target_client(import_app)))
+    texts = await wait_confirmations(import_app, 1)
     assert len(texts) == 1 and b"stopped" in texts[0]
 
 
@@ -144,7 +145,7 @@ async def test_message_over_the_plan_limit_is_skipped_and_listed(
     expected = _expected(source)
     expected["INBOX"] = Counter({k: v for k, v in expected["INBOX"].items() if k[2] != big})
     assert _imported(target, expected) == expected
-    texts = await asyncio.to_thread(lambda: confirmations(target_client(import_app)))
+    texts = await wait_confirmations(import_app, 1)
     assert b"larger than the plan's limit" in texts[0]
 
 

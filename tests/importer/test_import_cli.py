@@ -162,7 +162,8 @@ def _target_contents(cli: Cli) -> dict[str, Counter[Key]]:
 def test_sigkill_mid_import_resumes_without_duplicates(tmp_path: Path, dovecot: Dovecot,
                                                        source_user: str) -> None:
     off = "\n".join(f"[listeners.{n}]\nenabled = false" for n in (
-        "smtp", "submissions", "submission", "imaps", "imap", "pop3s", "pop3"))
+        "smtp", "submissions", "submission", "imaps", "imap", "pop3s", "pop3", "https", "http",
+        "metrics"))
     cli = make_cli(tmp_path, extra=f"{off}\n[importer]\npoll_seconds = 0.2\n"
                    "batch_messages = 3\nlease_seconds = 600\n")
     _setup(cli)

@@ -1,0 +1,41 @@
+"""Settings of the HTTP side: defaults, dev ports, refusals naming the key."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from mailstack.config import ConfigError, dev_settings, settings_from_dict
+
+
+def test_defaults_and_dev_ports() -> None:
+    s = settings_from_dict({})
+    ls = s.listeners
+    assert (ls.https.port, ls.https.tls, ls.http.port, ls.http.tls) == (443, "implicit", 80,
+                                                                          "none")
+    assert (ls.metrics.address, ls.metrics.port) == ("127.0.0.1", 8010)
+    assert s.client_hostname == "mail.example.net"
+    d = dev_settings(s)
+    assert (d.listeners.https.port, d.listeners.http.port, d.listeners.metrics.port) == (
+        10443, 10080, 18010)
+    assert d.client_hostname == "localhost"  # what the dev certificate names
+    kept = dev_settings(settings_from_dict({"web": {"advertised_hostname": "mx.example"}}))
+    assert kept.client_hostname == "mx.example"
+    acme = settings_from_dict({"tls": {"acme": True}})
+    assert acme.cert_path == acme.data_dir / "acme" / "cert.pem"
+
+
+@pytest.mark.parametrize("data,key", [
+    ({"tls": {"acme": True}, "listeners": {"http": {"enabled": False}}}, "tls.acme"),
+    ({"listeners": {"http": {"tls": "implicit"}}}, "listeners.http.tls"),
+    ({"listeners": {"metrics": {"tls": "starttls"}}}, "listeners.metrics.tls"),
+    ({"listeners": {"https": {"tls": "none"}}}, "listeners.https.tls"),
+    ({"web": {"mta_sts_mode": "strict"}}, "web.mta_sts_mode"),
+    ({"web": {"mta_sts_max_age": 0}}, "web.mta_sts_max_age"),
+    ({"web": {"metrics_tokn": "x"}}, "web.metrics_tokn"),
+])
+def test_bad_web_settings_name_the_key(data: dict[str, Any], key: str) -> None:
+    with pytest.raises(ConfigError) as exc:
+        settings_from_dict(data)
+    assert exc.value.key == key
