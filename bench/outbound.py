@@ -175,7 +175,7 @@ async def mailstack(pg: bool, doms: list[str], sink_port: int) -> AsyncIterator[
             f"?schema={schema}"
     port = free_port()
     off = "\n".join(f"[listeners.{n}]\nenabled = false" for n in (
-        "smtp", "submissions", "imaps", "imap", "pop3s", "pop3"))
+        "smtp", "submissions", "imaps", "imap", "pop3s", "pop3", "https", "http", "metrics"))
     routes = "\n".join(f'"{d}" = "{HOST}:{sink_port}"' for d in doms)
     cfg = base / "mailstack.toml"
     cfg.write_text(

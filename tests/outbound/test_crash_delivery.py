@@ -16,7 +16,8 @@ from .conftest import message, start_script
 
 def write_config(tmp_path: Path, db_url: str, smtp_port: int, remote_port: int) -> Path:
     off = "\n".join(f"[listeners.{n}]\nenabled = false" for n in (
-        "submissions", "submission", "imaps", "imap", "pop3s", "pop3"))
+        "submissions", "submission", "imaps", "imap", "pop3s", "pop3", "https", "http",
+        "metrics"))
     cfg = tmp_path / "mailstack.toml"
     cfg.write_text(
         f'[server]\nshutdown_grace_seconds = 0.5\ndata_dir = "{tmp_path / "data"}"\n'
