@@ -10,7 +10,11 @@ import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
+import dkim
 import pytest
+
+from tests.cli.conftest import make_cli
+from tests.outbound.zone import dkim_dnsfunc, parse_zone
 
 from .conftest import Outbound, message
 from .postfix_peer import PostfixPeer, require_postfix
@@ -33,8 +37,13 @@ async def postfix() -> AsyncIterator[PostfixPeer]:
 
 
 async def test_delivered_through_postfix_once(outbound_factory: Factory,
-                                              postfix: PostfixPeer) -> None:
+                                              postfix: PostfixPeer, tmp_path: Path,
+                                              db_url: str) -> None:
     ob = await outbound_factory({"remote.example": f"127.0.0.1:{postfix.port}"})
+    cli = make_cli(tmp_path, db_url)  # the real command on the app's database
+    await asyncio.to_thread(cli.ok, "dkim", "generate", "example.com")
+    zone = parse_zone((await asyncio.to_thread(cli.ok, "dns", "example.com")).out,
+                      "example.com")
     body = ".leading dot\r\n..\r\nlast line"
     await ob.submit("anna@example.com", ["x@remote.example", "y@remote.example"],
                     message("anna@example.com", "x@remote.example", "via postfix", body,
@@ -53,6 +62,11 @@ async def test_delivered_through_postfix_once(outbound_factory: Factory,
     assert body.encode().replace(b"\r\n", b"\n") in got  # maildir files use LF
     assert b"\nBcc:" not in got
     assert b"from mail.example.net" in got  # Postfix's Received: names our EHLO
+    # signed at submission; the signatures survive our relay and Postfix's delivery
+    crlf = got.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+    assert crlf.count(b"DKIM-Signature:") == 2
+    for i in range(2):
+        assert dkim.DKIM(crlf).verify(idx=i, dnsfunc=dkim_dnsfunc(zone))
     await ob.run()
     await asyncio.sleep(0.3)
     assert len(postfix.messages("x")) == 1  # once
