@@ -17,13 +17,15 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import fields
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import IO, TYPE_CHECKING, Any, Protocol
 
 from . import metrics
 from .config import ListenerSettings, Settings
 from .importer.runner import ImportRunner
+from .memory import pin_mmap_threshold
 from .services import Services
 from .store import Store
+from .store.backup import hold_data_dir
 from .tls import ensure_self_signed, load_first_cert, server_context
 
 if TYPE_CHECKING:
@@ -75,6 +77,7 @@ class App:
         self.services: Services | None = None
         self.frontends: dict[str, FrontEnd] = {}
         self._gc_task: asyncio.Task[None] | None = None
+        self._dir_lock: IO[bytes] | None = None  # tells `mailstack restore` we run
         self.importer: ImportRunner | None = None
         self.acme: AcmeManager | None = None
         self._acme_task: asyncio.Task[None] | None = None
@@ -95,8 +98,10 @@ class App:
             with contextlib.suppress(OSError, ValueError, IndexError):
                 metrics.CERT_EXPIRY.set(
                     load_first_cert(s.cert_path).not_valid_after_utc.timestamp())
+        pin_mmap_threshold()  # big TLS buffers go back to the system (memory.py)
         self.store = await Store.open_from_settings(s, self.clock)
         self.services = Services.build(s, self.store, ctx, self.clock)
+        self._dir_lock = hold_data_dir(s.data_dir)
         try:
             for f in fields(s.listeners):
                 ls: ListenerSettings = getattr(s.listeners, f.name)
@@ -108,12 +113,7 @@ class App:
                                        "a self-signed certificate)")
                 module_name, role = FRONTENDS[f.name]
                 module = importlib.import_module(module_name)
-                build = getattr(module, "build", None)
-                if build is None:
-                    log.warning("listener %s: %s has no server yet; skipped", f.name,
-                                module_name)
-                    continue
-                fe: FrontEnd = build(self.services, f.name, role, ls)
+                fe: FrontEnd = module.build(self.services, f.name, role, ls)
                 await fe.start()
                 self.frontends[f.name] = fe
                 self.services.bound_ports[f.name] = fe.port
@@ -154,6 +154,8 @@ class App:
                 if removed:
                     log.info("blob collector: %d unreferenced message files removed",
                              removed)
+                await self.store.prune_login_throttle(
+                    self.clock() - self.settings.auth.failure_window_seconds, self.clock())
             except Exception:
                 log.exception("blob collector failed; trying again later")
 
@@ -179,9 +181,15 @@ class App:
         if self.services is not None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.services.notifier.drain(), 5)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.services.autoreplies.drain(), 5)
+            await self.services.autoreplies.close()
         if self.store is not None:
             await self.store.close()
             self.store = None
+        if self._dir_lock is not None:
+            self._dir_lock.close()
+            self._dir_lock = None
 
     async def run_until_signal(self, on_started: Callable[[App], None] | None = None
                                ) -> None:

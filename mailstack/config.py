@@ -22,12 +22,25 @@ TlsMode = Literal["implicit", "starttls", "none"]
 
 
 class ConfigError(Exception):
-    """A setting is wrong. ``key`` is the dotted TOML path."""
+    """A setting is wrong. ``key`` is the dotted TOML path.
+
+    One run reports every bad key: ``errors`` holds each problem found (this one first),
+    and ``str()`` has one line per problem."""
 
     def __init__(self, key: str, value: object, problem: str) -> None:
         self.key, self.value, self.problem = key, value, problem
         shown = "(missing)" if value is _MISSING else repr(value)
-        super().__init__(f"config key {key!r} = {shown}: {problem}")
+        self.line = f"config key {key!r} = {shown}: {problem}"
+        self.errors: list[ConfigError] = [self]
+        super().__init__(self.line)
+
+    @classmethod
+    def several(cls, errors: list[ConfigError]) -> ConfigError:
+        first = errors[0]
+        exc = cls(first.key, first.value, first.problem)
+        exc.errors = list(errors)
+        exc.args = ("\n".join(e.line for e in errors),)
+        return exc
 
 
 _MISSING = object()
@@ -74,6 +87,14 @@ class ServerSettings:
     tls_handshake_timeout_seconds: float = _f(30.0, "A client that has not finished its "
                                               "TLS handshake (implicit TLS or after "
                                               "STARTTLS/STLS) by then is dropped.", min=1)
+    node_name: str = _f("", "This node's name, unique among the nodes sharing one "
+                        "database. Empty: the host name. Maildrop locks carry it, so a "
+                        "restarted node drops the locks its previous run held.")
+    max_pending_tls_handshakes: int = _f(256, "TLS handshakes in progress, all listeners "
+                                         "together; a connection past it is closed at "
+                                         "once (with per-IP caps counted at accept time, "
+                                         "before any TLS, this bounds memory under a "
+                                         "flood of half-open connections).", min=1)
     shutdown_grace_seconds: float = _f(5.0, "On SIGTERM/SIGINT, how long open sessions get "
                                        "to finish after being told the server is going "
                                        "down.", min=0)
@@ -187,6 +208,15 @@ class SmtpSettings:
     data_timeout: float = _f(600.0, "Seconds a whole DATA transfer may take.", min=1)
     max_connections_per_ip: int = _f(20, "Concurrent SMTP connections from one client IP.",
                                      min=1)
+    max_inflight_message_bytes: int = _f(512 * 1024 * 1024, "Message octets all SMTP "
+                                         "connections together may hold in memory while "
+                                         "receiving and storing; past it DATA/BDAT get "
+                                         "452 4.3.1 (try again later).", min=1024 * 1024)
+    min_free_bytes: int = _f(64 * 1024 * 1024, "Refuse new mail at MAIL with 452 4.3.1 "
+                             "while the free space under the data directory is below "
+                             "this plus the announced SIZE (like Postfix's "
+                             "queue_minfree); 0 turns the check off. Reading mail goes on.",
+                             min=0)
     default_plan: str = _f("standard", "Plan used for a domain whose plan is unknown.")
 
 
@@ -197,13 +227,23 @@ class AuthSettings:
     argon2_parallelism: int = _f(4, "Argon2id lanes.", min=1)
     slow_after_failures: int = _f(3, "Failures (per client network or per address) after "
                                   "which each further attempt is delayed.", min=1)
-    lock_after_failures: int = _f(10, "Failures after which attempts are refused for "
+    lock_after_failures: int = _f(10, "Failures of one address from one client network "
+                                  "after which that pair (only) is refused for "
                                   "lockout_seconds.", min=1)
     failure_window_seconds: float = _f(900.0, "How long a failure counts.", min=1)
     lockout_seconds: float = _f(900.0, "How long refusing lasts once locked.", min=1)
     max_delay_seconds: float = _f(5.0, "Upper bound of the delay added per attempt.", min=0)
     ipv4_prefix: int = _f(24, "Client network size for IPv4 throttling.", min=8, max=32)
     ipv6_prefix: int = _f(64, "Client network size for IPv6 throttling.", min=16, max=128)
+    network_lock_after_failures: int = _f(100, "Failures from one client network (all "
+                                          "addresses together, in the window) after "
+                                          "which the whole network is refused, if they "
+                                          "span network_lock_min_addresses addresses "
+                                          "(a password spray). Below that a network is "
+                                          "only slowed.", min=1)
+    network_lock_min_addresses: int = _f(10, "Distinct addresses the failures of a network "
+                                         "must span before the whole network is "
+                                         "refused.", min=1)
     notify_new_network: bool = _f(True, "Mail the address a security notice when it logs "
                                   "in from a network never seen for it before.")
     notify_failed_logins: bool = _f(True, "Mail the address a security notice about failed "
@@ -401,6 +441,32 @@ class WebSettings:
 
 
 @dataclass(frozen=True)
+class AutoresponderSettings:
+    enabled: bool = _f(True, "Answer mail with the active out-of-office responder of the "
+                       "receiving address (docs/behaviour.md §7). False: no reply is ever "
+                       "sent (responders stay saved).")
+    throttle_days: float = _f(7.0, "A sender who got a reply gets the next one only for a "
+                              "message arriving this many days (or more) after it "
+                              "(RFC 3834 §2). Throttle records older than this are pruned.",
+                              min=0.01)
+    max_replies_per_hour: int = _f(30, "At most this many replies per address per hour "
+                                   "(distinct senders), so a responder cannot be used to "
+                                   "flood forged senders. Replies do not count against the "
+                                   "plan's daily sending limit.", min=1)
+    exclude_subdomains: bool = _f(False, "An exclusion written @domain.xyz also matches "
+                                  "senders at subdomains (a@mail.domain.xyz). Default: only "
+                                  "the domain itself.")
+
+
+@dataclass(frozen=True)
+class LoggingSettings:
+    format: Literal["text", "json"] = _f(
+        "text", "Server log on standard error: text (one line per event) or json (one "
+        "JSON object per line, for log shippers). `serve --debug` adds library detail.",
+        choices=("text", "json"))
+
+
+@dataclass(frozen=True)
 class Settings:
     server: ServerSettings = _f(ServerSettings(), "The server as a whole.")
     tls: TlsSettings = _f(TlsSettings(), "Certificate and key.")
@@ -420,6 +486,9 @@ class Settings:
                                            "reporting.")
     web: WebSettings = _f(WebSettings(), "The HTTP side: auto-configuration, MTA-STS, "
                           "metrics.")
+    autoresponder: AutoresponderSettings = _f(AutoresponderSettings(),
+                                              "Out-of-office replies.")
+    logging: LoggingSettings = _f(LoggingSettings(), "The server's log.")
 
     # Derived paths -------------------------------------------------------
     @property
@@ -497,87 +566,104 @@ def _check_scalar(key: str, value: Any, tp: Any, meta: dict[str, Any]) -> Any:
     return value
 
 
-def _build(cls: type, data: Any, prefix: str, base: Any = None) -> Any:
-    """Build dataclass ``cls`` from a TOML table, starting from ``base`` (or defaults)."""
-    if not isinstance(data, dict):
-        raise ConfigError(prefix or "(top)", data, "must be a table")
+def _build(cls: type, data: Any, prefix: str, errors: list[ConfigError],
+           base: Any = None) -> Any:
+    """Build dataclass ``cls`` from a TOML table, starting from ``base`` (or defaults).
+    Every problem is appended to ``errors`` (the bad value keeps its default), so one
+    run reports them all."""
     base = base if base is not None else cls()
+    if not isinstance(data, dict):
+        errors.append(ConfigError(prefix or "(top)", data, "must be a table"))
+        return base
     hints = _hints(cls)
     names = {f.name: f for f in dataclasses.fields(cls)}
     for k in data:
         if k not in names:
             key = f"{prefix}.{k}" if prefix else k
-            raise ConfigError(key, data[k], f"unknown setting (known: {', '.join(names)})")
+            errors.append(ConfigError(key, data[k],
+                                      f"unknown setting (known: {', '.join(names)})"))
     values: dict[str, Any] = {}
     for name, f in names.items():
         key = f"{prefix}.{name}" if prefix else name
         current = getattr(base, name)
+        values[name] = current
         if name not in data:
-            values[name] = current
             continue
         tp = hints[name]
         raw = data[name]
         if dataclasses.is_dataclass(tp):
-            values[name] = _build(tp, raw, key, current)  # type: ignore[arg-type]
+            values[name] = _build(tp, raw, key, errors, current)  # type: ignore[arg-type]
         elif typing.get_origin(tp) is dict:
-            item_type = typing.get_args(tp)[1]
-            if item_type is TransportRoute:
-                values[name] = _build_routes(raw, key)
+            if typing.get_args(tp)[1] is TransportRoute:
+                values[name] = _build_routes(raw, key, errors)
             else:
-                values[name] = _build_plans(raw, key, current)
+                values[name] = _build_plans(raw, key, current, errors)
         else:
-            values[name] = _check_scalar(key, raw, tp, dict(f.metadata))
+            try:
+                values[name] = _check_scalar(key, raw, tp, dict(f.metadata))
+            except ConfigError as exc:
+                errors.append(exc)
     return cls(**values)
 
 
-def _build_plans(raw: Any, key: str, current: dict[str, PlanSettings]) -> dict[str, PlanSettings]:
+def _build_plans(raw: Any, key: str, current: dict[str, PlanSettings],
+                 errors: list[ConfigError]) -> dict[str, PlanSettings]:
     if not isinstance(raw, dict):
-        raise ConfigError(key, raw, "must be a table of plans")
+        errors.append(ConfigError(key, raw, "must be a table of plans"))
+        return current
     plans = dict(current)
     for name, table in raw.items():
-        plans[name] = _build(PlanSettings, table, f"{key}.{name}", current.get(name))
+        plans[name] = _build(PlanSettings, table, f"{key}.{name}", errors, current.get(name))
     return plans
 
 
-def _build_routes(raw: Any, key: str) -> dict[str, TransportRoute]:
+def _build_routes(raw: Any, key: str, errors: list[ConfigError]
+                  ) -> dict[str, TransportRoute]:
     if not isinstance(raw, dict):
-        raise ConfigError(key, raw, "must be a table of domain = \"host:port\" entries")
+        errors.append(ConfigError(key, raw, "must be a table of domain = \"host:port\" "
+                                  "entries"))
+        return {}
+    from .outbound.hostport import parse_host_port
+
     routes = {}
     for name, value in raw.items():
         sub = f"{key}.{name}"
         if name != "*" and (not name or any(c in name for c in " \t\r\n/@:")):
-            raise ConfigError(sub, value, "the key must be a domain or \"*\"")
+            errors.append(ConfigError(sub, value, "the key must be a domain or \"*\""))
+            continue
         route = (TransportRoute(host=value) if isinstance(value, str)
-                 else _build(TransportRoute, value, sub))
+                 else _build(TransportRoute, value, sub, errors))
         if route.host:
-            from .outbound.hostport import parse_host_port
             try:
                 parse_host_port(route.host)
             except ValueError as exc:
-                raise ConfigError(f"{sub}.host", route.host, str(exc)) from None
+                errors.append(ConfigError(f"{sub}.host", route.host, str(exc)))
         if route.auth_user and not route.auth_password_file:
-            raise ConfigError(f"{sub}.auth_password_file", "", "needed with auth_user")
+            errors.append(ConfigError(f"{sub}.auth_password_file", "",
+                                      "needed with auth_user"))
         routes[name.lower().rstrip(".") if name != "*" else name] = route
     return routes
 
 
-def _cross_checks(s: Settings) -> None:
+def _cross_checks(s: Settings) -> list[ConfigError]:
+    errors: list[ConfigError] = []
     if s.smtp.default_plan not in s.plans:
-        raise ConfigError("smtp.default_plan", s.smtp.default_plan,
-                          f"no such plan (plans: {', '.join(s.plans)})")
-    if not s.server.hostname or any(c in s.server.hostname for c in " \t\r\n/@"):
-        raise ConfigError("server.hostname", s.server.hostname, "must be a DNS host name")
+        errors.append(ConfigError("smtp.default_plan", s.smtp.default_plan,
+                                  f"no such plan (plans: {', '.join(s.plans)})"))
     o = s.outbound
     try:
         schedule = o.retry_schedule()
     except ValueError:
         schedule = ()
     if not schedule or any(x <= 0 for x in schedule):
-        raise ConfigError("outbound.retry_schedule_minutes", o.retry_schedule_minutes,
-                          "must be positive numbers separated by commas")
+        errors.append(ConfigError("outbound.retry_schedule_minutes",
+                                  o.retry_schedule_minutes,
+                                  "must be positive numbers separated by commas"))
     if o.retry_max_hours < o.retry_min_hours:
-        raise ConfigError("outbound.retry_max_hours", o.retry_max_hours,
-                          "must be at least retry_min_hours")
+        errors.append(ConfigError("outbound.retry_max_hours", o.retry_max_hours,
+                                  "must be at least retry_min_hours"))
+    if not s.server.hostname or any(c in s.server.hostname for c in " \t\r\n/@"):
+        raise ConfigError("server.hostname", s.server.hostname, "must be a DNS host name")
     if s.tls.acme and not s.listeners.http.enabled:
         raise ConfigError("tls.acme", True, "needs listeners.http enabled: the ACME server "
                           "validates through it (HTTP-01 on port 80)")
@@ -588,15 +674,22 @@ def _cross_checks(s: Settings) -> None:
     if s.listeners.https.tls != "implicit":
         raise ConfigError("listeners.https.tls", s.listeners.https.tls,
                           "must be \"implicit\" (HTTPS is TLS from the first byte)")
+        errors.append(ConfigError("server.hostname", s.server.hostname,
+                                  "must be a DNS host name"))
     url = s.server.database_url
     if url and not url.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
-        raise ConfigError("server.database_url", url,
-                          "must start with sqlite+aiosqlite:// or postgresql+asyncpg://")
+        errors.append(ConfigError("server.database_url", url,
+                                  "must start with sqlite+aiosqlite:// or "
+                                  "postgresql+asyncpg://"))
+    return errors
 
 
 def settings_from_dict(data: dict[str, Any]) -> Settings:
-    settings: Settings = _build(Settings, data, "")
-    _cross_checks(settings)
+    errors: list[ConfigError] = []
+    settings: Settings = _build(Settings, data, "", errors)
+    errors += _cross_checks(settings)
+    if errors:
+        raise ConfigError.several(errors)
     return settings
 
 

@@ -21,6 +21,8 @@ from typing import Any
 
 from . import metrics
 from .config import ListenerSettings
+from .logs import conn_event, new_session_id
+from .memory import HandshakeLimiter
 from .tls import tls_summary
 
 log = logging.getLogger("mailstack.net")
@@ -44,6 +46,19 @@ class Conn:
         self.tls = writer.get_extra_info("ssl_object") is not None
         self.on_shutdown: Callable[[], Awaitable[None]] | None = None
         self.closed = False
+        # for the connection's log lines (mailstack.logs.conn_event): sessions set
+        # ``login`` once authenticated
+        self.session_id = new_session_id()
+        self.login = ""
+
+    @property
+    def tls_version(self) -> str:
+        """'TLSv1.3' while TLS is up, else '' (also once the transport is torn down)."""
+        try:
+            obj = self.writer.get_extra_info("ssl_object")
+            return str(obj.version() or "") if obj is not None else ""
+        except Exception:
+            return ""
 
     @property
     def tls_info(self) -> str:
@@ -92,8 +107,16 @@ class Conn:
         buf: Any = getattr(self.reader, "_buffer", None)
         if buf is not None:
             buf.clear()
-        await self.writer.start_tls(ctx,
-                                    ssl_handshake_timeout=self.listener.handshake_timeout)
+        limiter = self.listener.handshakes
+        if not limiter.try_acquire():  # the server-wide cap on pending handshakes
+            log.info("%s: too many pending TLS handshakes; closing %s", self.listener.name,
+                     self.client_ip)
+            raise ConnectionAbortedError("too many pending TLS handshakes")
+        try:
+            await self.writer.start_tls(
+                ctx, ssl_handshake_timeout=self.listener.handshake_timeout)
+        finally:
+            limiter.release()
         self.tls = True
 
     async def close(self) -> None:
@@ -113,7 +136,8 @@ class TcpListener:
 
     def __init__(self, name: str, settings: ListenerSettings, handler: Handler, *,
                  ssl_ctx: ssl.SSLContext | None, max_per_ip: int = 50,
-                 handshake_timeout: float = 30.0) -> None:
+                 handshake_timeout: float = 30.0,
+                 handshakes: HandshakeLimiter | None = None) -> None:
         self.name = name
         self.handshake_timeout = handshake_timeout
         self.settings = settings
@@ -124,48 +148,74 @@ class TcpListener:
         self.conns: set[Conn] = set()
         self.tasks: set[asyncio.Task[None]] = set()
         self.per_ip: Counter[str] = Counter()
+        self.handshakes = handshakes or HandshakeLimiter(256)
         self.port = 0
 
     async def start(self) -> None:
-        implicit = self.settings.tls == "implicit"
+        # Implicit TLS is started by ``_accept`` itself, after the per-IP count and the
+        # pending-handshake cap (asyncio's ssl= would hold every handshake first).
         self.server = await asyncio.start_server(
-            self._accept, self.settings.address, self.settings.port,
-            ssl=self.ssl_ctx if implicit else None,
-            ssl_handshake_timeout=self.handshake_timeout if implicit else None,
-            limit=256 * 1024)
+            self._accept, self.settings.address, self.settings.port, limit=256 * 1024)
         self.port = self.server.sockets[0].getsockname()[1]
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # No await before the count and the TLS start: the cap holds at accept time, and
+        # the client's first TLS record is still unread when the handshake begins.
         conn = Conn(reader, writer, self)
-        if self.per_ip[conn.client_ip] >= self.max_per_ip:
-            log.info("%s: too many connections from %s", self.name, conn.client_ip)
+        client = conn.client_ip
+        if self.per_ip[client] >= self.max_per_ip:
+            conn_event(self.name, conn.session_id, client, "refused", tls=conn.tls_version,
+                       result="too many connections")
             await conn.close()
+            self.handshakes.trimmer.note_closed()
             return
-        self.per_ip[conn.client_ip] += 1
+        implicit = self.settings.tls == "implicit" and self.ssl_ctx is not None
+        if implicit and not self.handshakes.try_acquire():
+            log.info("%s: too many pending TLS handshakes; closing %s", self.name,
+                     conn.client_ip)
+            await conn.close()
+            self.handshakes.trimmer.note_closed()
+            return
+        self.per_ip[client] += 1
         self.conns.add(conn)
         metrics.connection_opened(self.name)
         task = asyncio.current_task()
         if task is not None:
             self.tasks.add(task)
-        log.info("%s: connect %s:%s", self.name, conn.client_ip, conn.client_port)
+        conn_event(self.name, conn.session_id, client, "connect", tls=conn.tls_version)
+        result = "closed"
         try:
+            if implicit:
+                assert self.ssl_ctx is not None
+                try:
+                    await writer.start_tls(self.ssl_ctx,
+                                           ssl_handshake_timeout=self.handshake_timeout)
+                finally:
+                    self.handshakes.release()
+                conn.tls = True
             await self.handler(conn)
         except asyncio.CancelledError:
-            pass  # our own shutdown (close() cancels sessions past the grace period)
-        except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError, TimeoutError):
-            pass
+            result = "shutdown"  # our own (close() cancels sessions past the grace period)
+        except TimeoutError:
+            result = "timeout"
+        except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError):
+            result = "lost"
         except Exception:
-            log.exception("%s: session with %s failed", self.name, conn.client_ip)
+            result = "error"
+            log.exception("%s: session %s with %s failed", self.name, conn.session_id, client)
         finally:
+            tls = conn.tls_version or ("TLS" if conn.tls else "")
             await conn.close()
             metrics.connection_closed(self.name)
             self.conns.discard(conn)
-            self.per_ip[conn.client_ip] -= 1
-            if self.per_ip[conn.client_ip] <= 0:
-                del self.per_ip[conn.client_ip]
+            self.per_ip[client] -= 1
+            if self.per_ip[client] <= 0:
+                del self.per_ip[client]
             if task is not None:
                 self.tasks.discard(task)
-            log.info("%s: disconnect %s:%s", self.name, conn.client_ip, conn.client_port)
+            self.handshakes.trimmer.note_closed()
+            conn_event(self.name, conn.session_id, client, "close", tls=tls,
+                       login=conn.login, result=result)
 
     async def close(self, grace: float = 0.0) -> None:
         if self.server is not None:

@@ -11,8 +11,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from . import metrics
+from .autoreplies import Autoresponder
 from .config import Settings
+from .memory import HandshakeLimiter, MessageBudget
 from .notices import Notifier
+from .outbound.dkim import DkimSigner
 from .policy.auth import Authenticator, AuthResult, LoginGuard
 from .policy.passwords import Passwords
 from .store import Store
@@ -27,11 +30,14 @@ class Services:
     auth: Authenticator
     server_ssl: ssl.SSLContext | None
     notifier: Notifier
+    autoreplies: Autoresponder
     clock: Callable[[], float] = field(default=time.time)
     # listener name -> port it bound (filled by the App as listeners start)
     bound_ports: dict[str, int] = field(default_factory=dict)
     # ACME HTTP-01 (RFC 8555 §8.3): token -> key authorization, served on port 80
     acme_challenges: dict[str, str] = field(default_factory=dict)
+    handshakes: HandshakeLimiter = field(default_factory=lambda: HandshakeLimiter(256))
+    message_budget: MessageBudget = field(default_factory=lambda: MessageBudget(512 << 20))
 
     @property
     def hostname(self) -> str:
@@ -44,10 +50,16 @@ class Services:
         passwords = Passwords(a.argon2_time_cost, a.argon2_memory_kib, a.argon2_parallelism,
                               cache_seconds=a.credential_cache_seconds,
                               cache_size=a.credential_cache_size)
-        guard = LoginGuard(a, clock)
+        guard = LoginGuard(a, store, clock)
         notifier = Notifier(store, settings.server.hostname, a, clock)
         auth = CountingAuthenticator(store, passwords, guard, a, notifier)
-        return cls(settings, store, passwords, guard, auth, server_ssl, notifier, clock)
+        # replies that leave for the internet are DKIM-signed like all outbound mail
+        autoreplies = Autoresponder(store, settings.autoresponder, settings.server.hostname,
+                                    clock, signer=DkimSigner(store).sign)
+        return cls(settings, store, passwords, guard, auth, server_ssl, notifier,
+                   autoreplies, clock,
+                   handshakes=HandshakeLimiter(settings.server.max_pending_tls_handshakes),
+                   message_budget=MessageBudget(settings.smtp.max_inflight_message_bytes))
 
 
 class CountingAuthenticator(Authenticator):

@@ -33,7 +33,7 @@ async def setup(store: Store) -> tuple[Authenticator, Notifier, Clock, int]:
     inbox = await store.get_folder(a.id, "INBOX")
     assert inbox is not None
     notifier = Notifier(store, "mail.example.net", SETTINGS, clock)
-    auth = Authenticator(store, pw, LoginGuard(SETTINGS, clock), SETTINGS, notifier)
+    auth = Authenticator(store, pw, LoginGuard(SETTINGS, store, clock), SETTINGS, notifier)
     return auth, notifier, clock, inbox.id
 
 

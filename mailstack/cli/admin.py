@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import secrets
 import string
 
 from ..config import dev_settings
 from ..policy.addresses import AddressRuleError, address_key, check_domain, parse_new_address
+from ..policy.envelope import AddressError, parse_mailbox
 from ..store import Address, NotFound, Store
 from .common import CliError, Ctx, Parsers, read_password, with_store
 
@@ -30,19 +32,23 @@ async def need_address(store: Store, address: str) -> Address:
 
 
 def check_target(target: str) -> str:
-    """A forwarding/alias target: any syntactically plain address, local or remote."""
-    local, sep, domain = target.strip().rpartition("@")
-    if not sep or not local:
-        raise CliError(f"target {target!r} is not an address (local@domain)")
-    for i, ch in enumerate(local, start=1):
-        if ord(ch) <= 0x20 or ord(ch) == 0x7F or ch in '<>()[],;:\\"@':
-            raise CliError(f"target {target!r}: character {ch!r} at position {i} is not "
-                           "allowed in an address")
+    """An alias or forwarding target, local or remote (docs/behaviour.md §3): exactly what
+    the SMTP router accepts when it expands the alias or forwarding (RFC 5321 §4.1.2
+    syntax via ``parse_mailbox``), minus address literals, which are never a destination.
+    Returns the canonical spelling (lowercase A-label domain)."""
+    text = target.strip()
     try:
-        domain = check_domain(domain)
+        addr = parse_mailbox(text, smtputf8=True)
+    except AddressError as exc:
+        raise CliError(f"target {target!r} is not a deliverable address: {exc.text}") from exc
+    if addr.is_literal:
+        raise CliError(f"target {target!r}: an address literal is never a destination; "
+                       "use a domain name")
+    try:
+        check_domain(addr.domain)
     except AddressRuleError as exc:
         raise CliError(f"target {target!r}: {exc}") from exc
-    return f"{local}@{domain}"
+    return str(addr)
 
 
 async def check_targets(store: Store, targets: list[str], *, not_self: str) -> list[str]:
@@ -101,8 +107,9 @@ async def domain_list(ctx: Ctx, store: Store, args: argparse.Namespace) -> int:
 
 @with_store
 async def domain_remove(ctx: Ctx, store: Store, args: argparse.Namespace) -> int:
-    await store.remove_domain(args.domain)
-    ctx.print(f"domain {args.domain.lower()} removed")
+    name = check_domain(args.domain)
+    await store.remove_domain(name)
+    ctx.print(f"domain {name} removed")
     return 0
 
 
@@ -276,13 +283,36 @@ async def app_password_revoke(ctx: Ctx, store: Store, args: argparse.Namespace) 
 # --- activity, client settings -------------------------------------------------------------
 
 
+ACTIVITY_COLUMNS = ("when", "address", "client", "protocol", "event", "detail")
+
+
 @with_store
 async def activity(ctx: Ctx, store: Store, args: argparse.Namespace) -> int:
+    """The activity log, newest first: a header line and tab-separated rows, or one JSON
+    array with ``--json``. An address that is not hosted, not a user's login and never
+    logged is a mistake (a typo): "no such address", exit 1."""
     if args.limit < 1:
         raise CliError("--limit must be at least 1")
-    for e in await store.list_activity(args.address, limit=args.limit):
+    entries = await store.list_activity(args.address, limit=args.limit)
+    if args.address and not entries and await store.get_address(args.address) is None \
+            and await store.get_user_id(args.address) is None:
+        raise CliError(f"no such address: {args.address} is not hosted here, is no "
+                       "user's login and has no logged activity")
+    if args.json:
+        ctx.print(json.dumps([{
+            "at": e.at, "when": when(e.at), "address": e.address, "client": e.client_ip,
+            "protocol": e.protocol, "event": e.event, "detail": e.detail,
+            "count": e.count}
+            for e in entries], indent=2))
+        return 0
+    ctx.print("\t".join(ACTIVITY_COLUMNS))
+    for e in entries:
         ctx.print("\t".join([when(e.at), e.address or "-", e.client_ip or "-",
-                             e.protocol or "-", e.event, e.detail]))
+                             e.protocol or "-", e.event,
+                             (e.detail or "-") + (f" (x{e.count} this minute)"
+                                                  if e.count > 1 else "")]))
+    if not entries:
+        ctx.warn("(no activity logged yet)")
     return 0
 
 
@@ -519,6 +549,8 @@ def register(p: Parsers) -> None:
              "Recent logins, failures and password changes.")
     sp.add_argument("address", nargs="?", metavar="ADDRESS")
     sp.add_argument("--limit", type=int, default=50, metavar="N")
+    sp.add_argument("--json", action="store_true",
+                    help="print a JSON array of entries instead of a table")
     sp = p.cmd(p.sub, "client-settings", client_settings,
              "Print what a mail client needs to connect as ADDRESS.")
     sp.add_argument("address", metavar="ADDRESS")

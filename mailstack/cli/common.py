@@ -146,3 +146,17 @@ class Parsers:
     def group(self, name: str, help_text: str) -> Any:
         gp = self.sub.add_parser(name, help=help_text, description=help_text)
         return gp.add_subparsers(dest=f"{name}_command", metavar="ACTION", required=True)
+
+
+def read_csv_file(path: str) -> str:
+    """A CSV file's text ('-': standard input), UTF-8 with or without a BOM; a file that
+    cannot be read is a ``CliError`` naming it."""
+    if path == "-":
+        return sys.stdin.read()
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            return f.read()
+    except UnicodeDecodeError as exc:
+        raise CliError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+    except OSError as exc:
+        raise CliError(f"{path}: cannot read: {exc.strerror}") from exc

@@ -12,9 +12,10 @@ against the rules, the file itself and the store:
 
 Every bad row is reported with its line number. Unless ``--valid-only``, nothing is
 created when any row is bad. Passwords are hashed in a small thread pool (Argon2 is
-CPU- and memory-hungry: at most ``_HASH_WORKERS`` at a time). Should creating fail
-half-way (another process raced us), the addresses this run created are removed again,
-so "nothing unless all" still holds.
+CPU- and memory-hungry: at most ``_HASH_WORKERS`` at a time). The valid rows are then
+created in ONE store transaction (``Store.add_addresses``): should that fail half-way
+(another process raced us, the database failed, the process was killed), nothing of
+this run is stored.
 """
 
 from __future__ import annotations
@@ -24,13 +25,12 @@ import asyncio
 import csv
 import io
 import os
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from ..policy.addresses import AddressRuleError, address_key, parse_new_address
-from ..store import Address, Store, StoreError
-from .common import CliError, Ctx, check_password, with_store
+from ..store import Address, NewAddressRecord, Store, StoreError
+from .common import CliError, Ctx, check_password, read_csv_file, with_store
 
 _HASH_WORKERS = max(1, min(4, os.cpu_count() or 1))
 
@@ -130,38 +130,23 @@ async def hash_all(ctx: Ctx, rows: list[Row]) -> list[str]:
             *(loop.run_in_executor(pool, passwords.hash_sync, r.password) for r in rows)))
 
 
-async def create(ctx: Ctx, store: Store, rows: list[Row], hashes: list[str]
-                 ) -> tuple[list[Address], BadRow | None]:
-    created: list[Address] = []
-    for row, pw_hash in zip(rows, hashes, strict=True):
+async def create(ctx: Ctx, store: Store, rows: list[Row], hashes: list[str]) -> list[Address]:
+    """Every row in ONE store transaction (addresses, folders, activity entries): a
+    failure or a crash half-way leaves nothing of this run."""
+    caps: dict[str, int] = {}
+    for row in rows:
         dom = await store.get_domain(row.domain)
-        cap = ctx.settings.plan(dom.plan).max_addresses if dom else None
-        try:
-            created.append(await store.add_address(
-                row.local_part, row.domain, password_hash=pw_hash, display_name=row.name,
-                max_addresses=cap))
-        except StoreError as exc:
-            return created, BadRow(row.line, f"{row.email}: {exc}")
-        await store.log_activity("address_created", address=row.email, protocol="cli",
-                                 detail="import-csv")
-    return created, None
-
-
-def _read_file(path: str) -> str:
-    if path == "-":
-        return sys.stdin.read()
-    try:
-        with open(path, encoding="utf-8-sig", newline="") as f:
-            return f.read()
-    except UnicodeDecodeError as exc:
-        raise CliError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
-    except OSError as exc:
-        raise CliError(f"{path}: cannot read: {exc.strerror}") from exc
+        if dom is not None:
+            caps[dom.name] = ctx.settings.plan(dom.plan).max_addresses
+    records = [NewAddressRecord(row.local_part, row.domain, pw_hash, row.name)
+               for row, pw_hash in zip(rows, hashes, strict=True)]
+    return await store.add_addresses(records, max_addresses=caps,
+                                     activity_detail="import-csv")
 
 
 @with_store
 async def import_csv(ctx: Ctx, store: Store, args: argparse.Namespace) -> int:
-    text = await asyncio.to_thread(_read_file, args.file)
+    text = await asyncio.to_thread(read_csv_file, args.file)
     rows = read_rows(text)
     if not rows:
         raise CliError(f"{args.file}: no rows (expected address,password[,name] per line)")
@@ -176,18 +161,14 @@ async def import_csv(ctx: Ctx, store: Store, args: argparse.Namespace) -> int:
         ctx.warn("no valid rows; nothing was created")
         return 1
     hashes = await hash_all(ctx, good)
-    created, failure = await create(ctx, store, good, hashes)
-    if failure is not None:
-        ctx.warn(f"{args.file}:{failure.line}: {failure.problem}")
-        if not args.valid_only:
-            for addr in created:
-                await store.remove_address(addr.id)
-            ctx.warn("creating failed half-way; the addresses created by this run were "
-                     "removed again: nothing was created")
-            return 1
+    try:
+        created = await create(ctx, store, good, hashes)
+    except StoreError as exc:  # e.g. another process created one of them meanwhile
+        raise CliError(f"{exc}; nothing was created (the rows are created in one "
+                       "transaction)") from exc
     for addr in created:
         ctx.print(f"created {addr.email}")
     skipped = len(rows) - len(created)
     ctx.print(f"{len(created)} addresses created"
               + (f", {skipped} bad rows skipped" if skipped else ""))
-    return 0 if failure is None else 1
+    return 0

@@ -19,10 +19,15 @@ import argparse
 import asyncio
 import datetime as dt
 
+from cryptography import x509
+
+from ..outbound.dane import MATCH_SHA256, SEL_SPKI, association
 from ..outbound.dkim import ALGORITHMS, generate_key, new_selectors, txt_record, txt_strings
 from ..outbound.dkim import zone_txt as quoted
+from ..outbound.mtasts import our_txt_record
 from ..policy.addresses import check_domain
 from ..store import NewDkimKey, Store
+from ..web.clientconfig import mta_sts_policy
 from .common import CliError, Ctx, Parsers, with_store
 
 TTL = 3600
@@ -81,6 +86,32 @@ async def dkim_list(ctx: Ctx, store: Store, args: argparse.Namespace) -> int:
     return 0
 
 
+def _transport_security(ctx: Ctx, name: str, host: str, rua: str) -> list[str]:
+    """MTA-STS (RFC 8461), TLS reporting (RFC 8460) and the MX host's TLSA (RFC 7672)."""
+    policy = mta_sts_policy(ctx.settings).decode("ascii")
+    policy_id = our_txt_record(name, policy).split("id=", 1)[1].rstrip('"')
+    out = ["; MTA-STS (RFC 8461): senders require TLS with a valid certificate to the MX.",
+           f"; the policy is served by this server at https://mta-sts.{name}/.well-known/"
+           "mta-sts.txt; its content:",
+           *(f";   {line}" for line in policy.splitlines()),
+           record(f"mta-sts.{name}.", "CNAME", f"{host}."),
+           record(f"_mta-sts.{name}.", "TXT", quoted([f"v=STSv1; id={policy_id}"])),
+           "; TLS reporting (RFC 8460): senders' daily reports of TLS failures.",
+           record(f"_smtp._tls.{name}.", "TXT", quoted([f"v=TLSRPTv1; rua=mailto:{rua}"]))]
+    cert_path = ctx.settings.cert_path
+    try:
+        cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    except (OSError, ValueError):
+        out.append(f"; TLSA for {host}: no certificate at {cert_path} yet (then "
+                   "`mailstack tlsa`)")
+        return out
+    digest = association(cert, SEL_SPKI, MATCH_SHA256).hex()
+    out += [f"; DANE (RFC 7672), in the DNSSEC-signed zone of {host}: the server's key "
+            "(`mailstack tlsa` also prints the next key's before a rollover).",
+            record(f"_25._tcp.{host}.", "TLSA", f"3 1 1 {digest}")]
+    return out
+
+
 def record(name: str, rtype: str, value: str) -> str:
     return f"{name}\t{TTL}\tIN\t{rtype}\t{value}"
 
@@ -120,6 +151,7 @@ async def dns_records(ctx: Ctx, store: Store, args: argparse.Namespace) -> int:
             "; Mail client set-up (autoconfig, autodiscover; RFC 6186/8314 service records).",
             record(f"autoconfig.{name}.", "CNAME", f"{host}."),
             record(f"autodiscover.{name}.", "CNAME", f"{host}.")]
+    out += _transport_security(ctx, name, host, rua)
     ls = ctx.settings.listeners
     for service, listener in (("_submissions._tcp", ls.submissions),
                               ("_submission._tcp", ls.submission),

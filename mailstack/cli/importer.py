@@ -16,14 +16,13 @@ import getpass
 import io
 import ipaddress
 import re
-import sys
 import time
 
 from ..importer import secret
 from ..importer.source import TLS_MODES
 from ..policy.addresses import address_key
 from ..store import ImportJob, NewImportJob, Store
-from .common import CliError, Ctx, Parsers, with_store
+from .common import CliError, Ctx, Parsers, read_csv_file, with_store
 
 _HOST_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
 DEFAULT_PORTS = {"implicit": 993, "starttls": 143, "none": 143}
@@ -113,7 +112,7 @@ async def import_start(ctx: Ctx, store: Store, args: argparse.Namespace) -> int:
 
 @with_store
 async def import_csv(ctx: Ctx, store: Store, args: argparse.Namespace) -> int:
-    text = sys.stdin.read() if args.file == "-" else _read(args.file)
+    text = read_csv_file(args.file)
     jobs: list[NewImportJob] = []
     errors: list[str] = []
     seen: set[tuple[str, str, str]] = set()
@@ -153,16 +152,6 @@ async def import_csv(ctx: Ctx, store: Store, args: argparse.Namespace) -> int:
     ids = await store.create_import_jobs(jobs)
     ctx.print(f"{len(ids)} import(s) queued: {', '.join(map(str, ids))}")
     return 0
-
-
-def _read(path: str) -> str:
-    try:
-        with open(path, encoding="utf-8", newline="") as fh:
-            return fh.read()
-    except OSError as exc:
-        raise CliError(f"cannot read {path}: {exc.strerror}") from exc
-    except UnicodeDecodeError as exc:
-        raise CliError(f"{path} is not UTF-8 text: {exc}") from exc
 
 
 def _when(ts: float | None) -> str:

@@ -8,19 +8,20 @@ This package builds the argument parser from one module per command group (each 
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
 from .. import __version__
 from ..config import ConfigError, find_config_file, load_settings, render_example
+from ..logs import setup_logging
 from ..policy.addresses import AddressRuleError
 from ..store import StoreError
-from . import admin, dns, importer, queue, serve, tls, tlsa
+from . import admin, auth, autoresponder, backup, dns, importer, queue, serve, tls, tlsa
 from .common import CliError, Ctx, Handler, Parsers
 from .serve import check_config, cmd_check_config, cmd_config_example, cmd_serve
 
 # One module per command group, registered in this order (the order of --help).
-COMMAND_MODULES = (serve, admin, importer, queue, dns, tls, tlsa)
+COMMAND_MODULES = (serve, admin, importer, autoresponder, auth, dns, tls, tlsa, backup,
+                   queue)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,12 +40,6 @@ def build_parser() -> argparse.ArgumentParser:
 # --- main --------------------------------------------------------------------------
 
 
-def setup_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING, stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -59,9 +54,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = load_settings(config_path)
     except ConfigError as exc:
-        print(f"mailstack: {config_path}: {exc}", file=sys.stderr)
+        for e in exc.errors:  # every bad key, one line each
+            print(f"mailstack: {config_path}: {e.line}", file=sys.stderr)
         return 1
-    setup_logging(verbose=handler is cmd_serve)
+    setup_logging(verbose=handler is cmd_serve, debug=getattr(args, "debug", False),
+                  fmt=settings.logging.format)
     ctx = Ctx(settings, config_path)
     try:
         return handler(ctx, args)

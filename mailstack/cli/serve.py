@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import secrets
 from typing import TextIO
 
-from ..config import ConfigError, dev_settings, load_settings, render_example
+from ..config import (
+    ConfigError,
+    ServerSettings,
+    dev_settings,
+    load_settings,
+    render_example,
+)
 from ..store import Store
 from .common import CliError, Ctx, Parsers, safe_url
 
@@ -16,6 +23,7 @@ log = logging.getLogger("mailstack")
 
 DEMO_DOMAIN = "example.test"
 DEMO_ADDRESS = f"demo@{DEMO_DOMAIN}"
+DEMO_HOST = f"mail.{DEMO_DOMAIN}"  # the dev server's name: banner, certificate, greetings
 
 
 def cmd_init(ctx: Ctx, args: argparse.Namespace) -> int:
@@ -39,7 +47,8 @@ def check_config(path: str | None, out: TextIO, err: TextIO) -> int:
     try:
         load_settings(path)
     except ConfigError as exc:
-        print(f"{path or '(defaults)'}: {exc}", file=err)
+        for e in exc.errors:  # every bad key, one line each
+            print(f"{path or '(defaults)'}: {e.line}", file=err)
         return 1
     print(f"OK: {path}" if path else "OK: no config file; the built-in defaults apply",
           file=out)
@@ -84,12 +93,8 @@ def dev_instructions(ctx: Ctx, ports: dict[str, int], password: str | None) -> l
     for name, label, role in (("imaps", "IMAP", "incoming mail"),
                               ("submissions", "SMTP", "outgoing mail"),
                               ("pop3s", "POP3", "alternative to IMAP")):
-        ls = getattr(s.listeners, name)
-        if not ls.enabled:
-            continue
-        port = ports.get(name, ls.port)
-        state = "" if name in ports else "   (not listening yet: no server in this build)"
-        lines.append(f"  {label:4} server 127.0.0.1  port {port}  SSL/TLS  ({role}){state}")
+        if name in ports:
+            lines.append(f"  {label:4} server 127.0.0.1  port {ports[name]}  SSL/TLS  ({role})")
     lines += ["  user name: the full address; password: the address's password",
               f"  trust this certificate: {s.cert_path}",
               f"  (it names {s.server.hostname}, localhost and 127.0.0.1)",
@@ -100,7 +105,12 @@ def dev_instructions(ctx: Ctx, ports: dict[str, int], password: str | None) -> l
 def cmd_serve(ctx: Ctx, args: argparse.Namespace) -> int:
     from ..app import App
 
-    settings = dev_settings(ctx.settings) if args.dev else ctx.settings
+    settings = ctx.settings
+    if args.dev:
+        settings = dev_settings(settings)
+        if settings.server.hostname == ServerSettings().hostname:  # not chosen: the demo's
+            settings = dataclasses.replace(settings, server=dataclasses.replace(
+                settings.server, hostname=DEMO_HOST))
     ctx.settings = settings
 
     async def go() -> int:
@@ -136,6 +146,9 @@ def register(p: Parsers) -> None:
     sp.add_argument("--dev", action="store_true",
                     help="dev mode: 127.0.0.1 only, standard ports + 10000, self-signed "
                          "certificate, a demo address on first run")
+    sp.add_argument("--debug", action="store_true",
+                    help="log everything, including the SMTP library's own per-connection "
+                         "detail (hidden otherwise)")
     sp = p.cmd(p.sub, "check-config", cmd_check_config,
              "Validate a config file: print OK, or the bad key and exit 1.")
     sp.add_argument("file", nargs="?", metavar="FILE",

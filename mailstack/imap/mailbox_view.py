@@ -38,6 +38,7 @@ from mailstack.store import (
     Folder,
     MessagesAdded,
     MessagesExpunged,
+    Resync,
     Store,
     Subscription,
 )
@@ -70,6 +71,7 @@ class MailboxView:
         self.qresync = False
         self.reported_modseq = folder.highestmodseq
         self._seen_modseq = folder.highestmodseq  # highest MODSEQ of any event noted
+        self.resync = False  # events may have been missed: re-read the folder at flush
 
     # --- numbering -----------------------------------------------------------------
     @property
@@ -129,7 +131,9 @@ class MailboxView:
             self.note(ev)
 
     def note(self, ev: Event) -> None:
-        if isinstance(ev, MessagesAdded) and ev.folder_id == self.folder_id:
+        if isinstance(ev, Resync):
+            self.resync = True
+        elif isinstance(ev, MessagesAdded) and ev.folder_id == self.folder_id:
             self.new_mail = True
         elif isinstance(ev, MessagesExpunged) and ev.folder_id == self.folder_id:
             self._seen_modseq = max(self._seen_modseq, ev.modseq)
@@ -144,11 +148,27 @@ class MailboxView:
 
     @property
     def has_pending(self) -> bool:
-        return bool(self.new_mail or self.pending_expunge or self.pending_flags)
+        return bool(self.new_mail or self.pending_expunge or self.pending_flags
+                    or self.resync)
+
+    async def _resync(self) -> None:
+        """After missed events: compare the view with the store (expunged UIDs, new
+        mail, flags changed since the highest MODSEQ noted)."""
+        current = set(await self.store.folder_uids(self.folder_id))
+        changed = await self.store.changed_since(self.folder_id, self._seen_modseq)
+        self.resync = False
+        self.pending_expunge.update(u for u in self.uids if u not in current)
+        self.new_mail = True
+        have = set(self.uids)
+        self.pending_flags.update(m.uid for m in changed if m.uid in have)
+        if changed:
+            self._seen_modseq = max(self._seen_modseq, max(m.modseq for m in changed))
 
     async def flush(self, *, allow_expunge: bool, with_uid: bool = True) -> list[bytes]:
         """Untagged responses for what changed since the last flush (RFC 9051 §7)."""
         self.drain()
+        if self.resync:
+            await self._resync()
         out: list[bytes] = []
         if allow_expunge and self.pending_expunge:
             out += self.remove(self.pending_expunge)

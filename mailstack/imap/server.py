@@ -40,7 +40,8 @@ class ImapServer:
         self.listener = TcpListener(name, settings, self.handle, ssl_ctx=ctx,
                                     max_per_ip=services.settings.imap.max_connections_per_ip,
                                     handshake_timeout=services.settings.server
-                                    .tls_handshake_timeout_seconds)
+                                    .tls_handshake_timeout_seconds,
+                                    handshakes=services.handshakes)
 
     @property
     def port(self) -> int:

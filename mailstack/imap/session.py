@@ -41,6 +41,7 @@ from mailstack.store import (
     CredentialsChanged,
     LimitReached,
     NotFound,
+    Resync,
     Subscription,
     Unavailable,
 )
@@ -177,6 +178,7 @@ class Session:
     # --- login / logout ------------------------------------------------------------
     async def logged_in(self, address_id: int, email: str, epoch: int) -> None:
         self.address_id, self.email, self.epoch = address_id, email, epoch
+        self.conn.login = email  # for the connection's close line (mailstack.logs)
         self.sub = self.store.events.subscribe(address_id)
         self._watch_sub = self.store.events.subscribe(address_id)
         addr = await self.store.get_address_by_id(address_id)
@@ -198,12 +200,22 @@ class Session:
         self._watcher = asyncio.create_task(self._watch(self._watch_sub))
 
     async def _watch(self, sub: Subscription) -> None:
-        """Cut the session when the address's credentials change (docs/behaviour.md §2)."""
+        """Cut the session when the address's credentials change (docs/behaviour.md §2).
+        After ``Resync`` (change events may have been missed during a database outage)
+        the epoch is read again from the store."""
         while True:
             ev = await sub.queue.get()
-            if (isinstance(ev, CredentialsChanged) and ev.epoch > self.epoch) or isinstance(
+            stale = (isinstance(ev, CredentialsChanged) and ev.epoch > self.epoch) or isinstance(
                 ev, AddressDeleted
-            ):
+            )
+            if isinstance(ev, Resync):
+                try:
+                    addr = await self.store.get_address_by_id(self.address_id)
+                except Unavailable as exc:
+                    log.warning("imap: cannot re-check %s after resync: %s", self.email, exc)
+                    continue
+                stale = addr is None or addr.credential_epoch > self.epoch
+            if stale:
                 log.info(
                     "imap: %s credentials changed; closing session from %s",
                     self.email,

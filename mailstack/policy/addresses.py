@@ -15,6 +15,8 @@ import string
 import unicodedata
 from dataclasses import dataclass
 
+import idna
+
 ALLOWED = frozenset(string.ascii_letters + string.digits + "-_.")
 MAX_LOCAL = 64
 
@@ -59,12 +61,20 @@ def check_local_part(local: str) -> None:
 
 
 def check_domain(domain: str) -> str:
-    """Validate a hosted domain name; returns its lowercase A-label form."""
-    d = domain.strip().rstrip(".").lower()
+    """Validate a hosted domain name; returns its lowercase A-label form.
+
+    IDNA 2008 (RFC 5891, the ``idna`` package) with the UTS #46 mapping: a name written
+    in Unicode (``Bücher.example``) becomes its A-label (``xn--bcher-kva.example``); an
+    ``xn--`` label that does not decode to a valid U-label (``xn--zz``) is refused.
+    """
+    d = domain.strip().rstrip(".")
+    if not d:
+        raise AddressRuleError("the domain is empty")
     try:
-        d = d.encode("idna").decode("ascii")
-    except UnicodeError as exc:
-        raise AddressRuleError(f"domain {domain!r} is not a valid host name") from exc
+        d = idna.encode(d, uts46=True, transitional=False).decode("ascii")
+    except UnicodeError as exc:  # idna.IDNAError and its subclasses
+        raise AddressRuleError(f"domain {domain!r} is not a valid host name "
+                               f"(IDNA 2008: {exc})") from exc
     labels = d.split(".")
     if len(d) > 253 or len(labels) < 2:
         raise AddressRuleError(f"domain {domain!r} is not a valid host name "
@@ -73,6 +83,9 @@ def check_domain(domain: str) -> str:
         if not label or len(label) > 63 or label[0] == "-" or label[-1] == "-" or any(
                 c not in string.ascii_lowercase + string.digits + "-" for c in label):
             raise AddressRuleError(f"domain {domain!r} has an invalid label {label!r}")
+    if labels[-1].isdigit():  # RFC 3696 §2: a top-level label is never all-numeric
+        raise AddressRuleError(f"domain {domain!r} is not a host name (all-numeric "
+                               "top-level label)")
     return d
 
 

@@ -6,25 +6,34 @@
   Argon2 computation either way (``Passwords.verify`` hashes against a dummy).
 - An authorization identity (SASL PLAIN authzid, RFC 4616 §2), if given, must equal
   the authentication identity; otherwise it is a failure like any other.
-- ``LoginGuard`` (pure: a clock goes in) slows then refuses repeated failures per client
-  network and per address, while a correct login from a network that has not failed
-  against that address still works.
-- Every success, failure and refusal goes to the activity log.
+- ``LoginGuard`` slows then refuses repeated failures of one (client network, address)
+  pair; the network as a whole is slowed by its failures and refused only past a much
+  higher threshold spread over many addresses (a spray), so a correct login of an
+  untouched address from a shared network (an office, a carrier NAT) still works. The
+  decisions are pure (``decide``, ``locks_after``); the counters live in the store
+  (shared by every node, kept across restarts). docs/behaviour.md §2.
+- Every success and failure goes to the activity log; refusals are aggregated (one row
+  per network, address and minute). When the disk is full these writes are skipped with
+  a log line, so reading mail keeps working (docs/behaviour.md §12).
 """
 
 from __future__ import annotations
 
 import asyncio
 import ipaddress
+import logging
 import time
-from collections import defaultdict, deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from ..config import AuthSettings
-from ..store.base import Address
+from ..store.base import Address, InsufficientStorage
+from ..store.throttle import NETWORK_WIDE, ThrottleFacts
 from .passwords import Passwords
+
+log = logging.getLogger("mailstack.auth")
+T = TypeVar("T")
 
 LOOPBACK_V4 = ipaddress.ip_network("127.0.0.0/8")
 
@@ -65,58 +74,94 @@ class GuardVerdict:
     retry_at: float = 0.0  # when refused: the time attempts are accepted again
 
 
+@dataclass(frozen=True)
+class GuardLock:
+    """A lock to store after a failure: ``address`` from ``network`` (``NETWORK_WIDE``
+    for the whole network) until ``until``."""
+
+    network: str
+    address: str
+    until: float
+
+
+def _delay(s: AuthSettings, failures: int) -> float:
+    over = failures - s.slow_after_failures
+    if over < 0:
+        return 0.0
+    return min(s.max_delay_seconds, 0.25 * (2 ** min(over, 20)))
+
+
+def decide(facts: ThrottleFacts, s: AuthSettings, now: float) -> GuardVerdict:
+    """May a login of the address from the network be tried now, and how slowly?
+
+    - The pair (network, address) that failed ``lock_after_failures`` times is refused.
+    - A whole network is refused only when it is locked (a spray: see ``locks_after``).
+    - Failures from the network against any address slow every attempt from it (an
+      office or a carrier NAT is slowed, never locked out by one user's mistakes).
+    - An address attacked from many networks slows the networks that never failed
+      against it (the real user elsewhere), never refuses them.
+    """
+    if facts.net_locked_until > now:
+        return GuardVerdict(False, retry_at=facts.net_locked_until)
+    if facts.pair_locked_until > now:
+        return GuardVerdict(False, retry_at=facts.pair_locked_until)
+    failures = max(facts.pair_failures, facts.net_failures)
+    if facts.addr_failures >= s.lock_after_failures:
+        failures = max(failures, s.slow_after_failures)
+    return GuardVerdict(True, delay=_delay(s, failures))
+
+
+def locks_after(facts: ThrottleFacts, s: AuthSettings, network: str, address: str,
+                now: float) -> list[GuardLock]:
+    """The locks a failure (already counted in ``facts``) brings about."""
+    out = []
+    if facts.pair_failures >= s.lock_after_failures:
+        out.append(GuardLock(network, address, now + s.lockout_seconds))
+    if (facts.net_failures >= s.network_lock_after_failures
+            and facts.net_addresses >= s.network_lock_min_addresses):
+        out.append(GuardLock(network, NETWORK_WIDE, now + s.lockout_seconds))
+    return out
+
+
+class ThrottleStore(Protocol):
+    """Where the guard keeps its counters (``mailstack.store.Store``)."""
+
+    async def throttle_facts(self, network: str, address: str,
+                             since: float) -> ThrottleFacts: ...
+    async def record_login_failure(self, network: str, address: str, now: float,
+                                   window: float) -> None: ...
+    async def lock_logins(self, network: str, address: str, until: float,
+                          now: float) -> None: ...
+    async def clear_login_failures(self, network: str, address: str) -> None: ...
+
+
 class LoginGuard:
-    """Failure counters in one process (front-ends on several nodes each keep theirs;
-    the counts are per node, a documented limitation)."""
+    """Failure counters and locks kept in the store: they survive a restart and every
+    worker and node shares them. The decisions are the pure ``decide``/``locks_after``
+    (a clock goes in)."""
 
-    def __init__(self, settings: AuthSettings, clock: Callable[[], float] = time.time):
+    def __init__(self, settings: AuthSettings, store: ThrottleStore,
+                 clock: Callable[[], float] = time.time) -> None:
         self.s = settings
+        self.store = store
         self.clock = clock
-        self._net: dict[str, deque[float]] = defaultdict(deque)
-        self._addr: dict[str, deque[float]] = defaultdict(deque)
-        self._pair: dict[tuple[str, str], deque[float]] = defaultdict(deque)
-        self._locked_net: dict[str, float] = {}
-        self._locked_addr: dict[str, float] = {}
 
-    def _count(self, q: deque[float], now: float) -> int:
-        horizon = now - self.s.failure_window_seconds
-        while q and q[0] < horizon:
-            q.popleft()
-        return len(q)
-
-    def _delay(self, failures: int) -> float:
-        over = failures - self.s.slow_after_failures
-        if over < 0:
-            return 0.0
-        return min(self.s.max_delay_seconds, 0.25 * (2 ** over))
-
-    def check(self, network: str, address: str) -> GuardVerdict:
+    async def check(self, network: str, address: str) -> GuardVerdict:
         now = self.clock()
-        until = self._locked_net.get(network, 0.0)
-        if until > now:
-            return GuardVerdict(False, retry_at=until)
-        until = self._locked_addr.get(address, 0.0)
-        if until > now and self._count(self._pair[(address, network)], now) > 0:
-            # The address is under attack; networks that failed against it are refused,
-            # a clean network (the real user elsewhere) is only slowed.
-            return GuardVerdict(False, retry_at=until)
-        failures = max(self._count(self._net[network], now),
-                       self._count(self._pair[(address, network)], now))
-        if until > now:
-            failures = max(failures, self.s.slow_after_failures)
-        return GuardVerdict(True, delay=self._delay(failures))
+        facts = await self.store.throttle_facts(network, address,
+                                                now - self.s.failure_window_seconds)
+        return decide(facts, self.s, now)
 
-    def failure(self, network: str, address: str) -> None:
+    async def failure(self, network: str, address: str) -> None:
         now = self.clock()
-        for q in (self._net[network], self._addr[address], self._pair[(address, network)]):
-            q.append(now)
-        if self._count(self._net[network], now) >= self.s.lock_after_failures:
-            self._locked_net[network] = now + self.s.lockout_seconds
-        if self._count(self._addr[address], now) >= self.s.lock_after_failures:
-            self._locked_addr[address] = now + self.s.lockout_seconds
+        window = self.s.failure_window_seconds
+        await self.store.record_login_failure(network, address, now, window)
+        facts = await self.store.throttle_facts(network, address, now - window)
+        for lock in locks_after(facts, self.s, network, address, now):
+            await self.store.lock_logins(lock.network, lock.address, lock.until, now)
 
-    def success(self, network: str, address: str) -> None:
-        self._pair.pop((address, network), None)
+    async def success(self, network: str, address: str) -> None:
+        await self.store.clear_login_failures(network, address)
 
 
 class AuthDirectory(Protocol):
@@ -129,6 +174,8 @@ class AuthDirectory(Protocol):
     async def log_activity(self, event: str, *, address: str | None = None,
                            client_ip: str | None = None, protocol: str | None = None,
                            detail: str = "") -> None: ...
+    async def log_attempt(self, event: str, *, address: str, network: str, client_ip: str,
+                          protocol: str, detail: str = "", bucket: float = 60.0) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -171,10 +218,12 @@ class Authenticator:
                            protocol: str, authzid: str | None = None) -> AuthResult:
         key = username.strip().lower()
         net = client_network(client_ip, self.settings.ipv4_prefix, self.settings.ipv6_prefix)
-        verdict = self.guard.check(net, key)
+        verdict = await self.guard.check(net, key)
         if not verdict.allowed:
-            await self.store.log_activity("login_refused", address=key, client_ip=client_ip,
-                                          protocol=protocol, detail="throttled")
+            # one row per network, address and minute, with a count (docs/behaviour.md §12)
+            await self._best_effort(self.store.log_attempt(
+                "login_refused", address=key, network=net, client_ip=client_ip,
+                protocol=protocol, detail="throttled"))
             return AuthResult("refused", retry_at=verdict.retry_at)
         addr = await self.store.get_address(key) if "@" in key else None
         ok, app_id = await self._check_secret(addr, secret)
@@ -183,24 +232,35 @@ class Authenticator:
         if verdict.delay:
             await asyncio.sleep(verdict.delay)
         if not ok or addr is None:
-            self.guard.failure(net, key)
-            await self.store.log_activity("login_fail", address=key, client_ip=client_ip,
-                                          protocol=protocol)
+            await self._best_effort(self.guard.failure(net, key))
+            await self._best_effort(self.store.log_activity(
+                "login_fail", address=key, client_ip=client_ip, protocol=protocol))
             if addr is not None and self.notices is not None:
                 self.notices.failed_login(addr.id, addr.email, client_ip, protocol)
             return AuthResult("failed")
-        self.guard.success(net, key)
+        # Reading mail must keep working when the disk is full: what a correct login
+        # writes (counters, activity, last use) is best-effort (docs/behaviour.md §12).
+        await self._best_effort(self.guard.success(net, key))
         if app_id is not None:
-            await self.store.touch_app_password(app_id)
-        new_net = await self.store.note_network(addr.id, net)
-        await self.store.log_activity(
+            await self._best_effort(self.store.touch_app_password(app_id))
+        new_net = bool(await self._best_effort(self.store.note_network(addr.id, net)))
+        await self._best_effort(self.store.log_activity(
             "login_ok", address=key, client_ip=client_ip, protocol=protocol,
             detail=("app password" if app_id is not None else "password")
-            + ("; new network" if new_net else ""))
+            + ("; new network" if new_net else "")))
         if new_net and self.notices is not None:
             self.notices.login_from_new_network(addr.id, addr.email, client_ip, protocol)
         return AuthResult("ok", addr.id, addr.email, addr.credential_epoch,
                           new_network=new_net)
+
+    @staticmethod
+    async def _best_effort(write: Awaitable[T]) -> T | None:
+        """A write that must not fail a login when the disk is full (one log line)."""
+        try:
+            return await write
+        except InsufficientStorage as exc:
+            log.warning("auth: not recorded, storage full: %s", exc)
+            return None
 
     async def _check_secret(self, addr: Address | None, secret: str) -> tuple[bool, int | None]:
         if addr is None:

@@ -25,15 +25,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import secrets
-import socket
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from ..netio import Conn, LineTooLong
 from ..policy.auth import may_send_password
-from ..store import AddressDeleted, CredentialsChanged, Subscription, Unavailable
+from ..store import (
+    AddressDeleted,
+    CredentialsChanged,
+    InsufficientStorage,
+    Resync,
+    Subscription,
+    Unavailable,
+)
 from .commands import (
     Command,
     Pop3Error,
@@ -55,7 +60,9 @@ AUTHORIZATION, TRANSACTION, UPDATE = "AUTHORIZATION", "TRANSACTION", "UPDATE"
 MAX_LINE = 2048  # RFC 2449 §4 allows 255 octets; AUTH responses with long passwords need more
 MAX_BAD_COMMANDS = 10
 WRITE_CHUNK = 256 * 1024
-_HOLDER_BASE = f"{socket.gethostname()}:{os.getpid()}"
+# (id of the store, address id) -> holder: maildrop locks taken while the database
+# could not be written (disk full); one process's sessions still exclude each other.
+LOCAL_LOCKS: dict[tuple[int, int], str] = {}
 
 
 class _EndSession(Exception):
@@ -74,8 +81,10 @@ class Session:
         self.address_id = 0
         self.email = ""
         self.epoch = 0
-        self.holder = f"{_HOLDER_BASE}:{secrets.token_hex(8)}"
+        # node / instance / session: a restarted node drops its previous instance's locks
+        self.holder = f"{server.holder_prefix}{secrets.token_hex(8)}"
         self.locked = False
+        self.local_lock = False  # held in LOCAL_LOCKS, not in the database (disk full)
         self.lock_lost = False
         self.drop: Maildrop | None = None
         self.finished = False
@@ -130,13 +139,17 @@ class Session:
         if self._sub is not None:
             self._sub.close()
             self._sub = None
+        if self.locked and self.local_lock:
+            self.locked = self.local_lock = False
+            LOCAL_LOCKS.pop((id(self.store), self.address_id), None)
         if self.locked:
             self.locked = False
             try:
                 await self.store.release_pop3_lock(self.address_id, self.holder)
-            except Exception:  # it goes stale and is taken over later
-                log.warning("pop3: could not release the lock of %s", self.email,
-                            exc_info=True)
+            except Unavailable as exc:  # released as soon as the database is back
+                log.warning("pop3: could not release the lock of %s (%s); retrying later",
+                            self.email, exc)
+                self.server.release_later(self.address_id, self.holder)
 
     async def read_line(self) -> bytes:
         """The next command (or AUTH continuation) line. Ends the session at EOF, on
@@ -240,10 +253,21 @@ class Session:
             raise Pop3Error("authentication failed", "AUTH")
         stale = self.settings.pop3.lock_stale_seconds
         # RFC 1939 §8 / RFC 2449 §8.1.2: one session per maildrop.
-        if not await self.store.acquire_pop3_lock(result.address_id, self.holder, stale):
+        try:
+            got = await self.store.acquire_pop3_lock(result.address_id, self.holder, stale)
+        except InsufficientStorage as exc:
+            # Disk full: reading mail goes on (docs/behaviour.md §12) under a lock this
+            # process keeps in memory (enough on the one-box SQLite setup).
+            log.warning("pop3: lock of %s kept in memory only, storage full: %s",
+                        result.email, exc)
+            got = LOCAL_LOCKS.setdefault((id(self.store), result.address_id),
+                                         self.holder) == self.holder
+            self.local_lock = got
+        if not got:
             log.info("pop3: %s in use, refused %s", result.email, self.conn.client_ip)
             raise Pop3Error("maildrop already in use by another session", "IN-USE")
         self.locked, self.address_id, self.email = True, result.address_id, result.email
+        self.conn.login = result.email  # for the connection's close line (mailstack.logs)
         try:
             inbox = await self.store.get_folder(result.address_id, "INBOX")
             if inbox is None:
@@ -285,10 +309,12 @@ class Session:
             if isinstance(event, AddressDeleted):
                 self.stop("this address was deleted", "SYS/PERM")
                 return
-            if event is not None:
+            if event is not None and not isinstance(event, Resync):
                 continue
+            # the periodic check, and at once after a Resync (events may have been missed)
             try:
-                still_ours = await self.store.refresh_pop3_lock(self.address_id, self.holder)
+                still_ours = self.local_lock or await self.store.refresh_pop3_lock(
+                    self.address_id, self.holder)
                 addr = await self.store.get_address_by_id(self.address_id)
             except Unavailable as exc:
                 log.warning("pop3: cannot refresh the lock of %s: %s", self.email, exc)
@@ -414,13 +440,16 @@ async def cmd_quit(s: Session, cmd: Command) -> None:
     try:
         if doomed:
             await s.store.expunge(drop.folder_id, doomed, only_deleted=False)
-        if seen:
-            await s.store.store_flags(drop.folder_id, seen, ["\\Seen"], "add")
     except Unavailable as exc:
         log.warning("pop3: UPDATE failed for %s: %s", s.email, exc)
         await s.release()
         s.reply(False, "some deleted messages not removed; try again later", "SYS/TEMP")
         return
+    if seen:  # advisory for POP3: a full disk must not turn a good QUIT into -ERR
+        try:
+            await s.store.store_flags(drop.folder_id, seen, ["\\Seen"], "add")
+        except Unavailable as exc:
+            log.warning("pop3: \\Seen not recorded for %s: %s", s.email, exc)
     # released before the reply, so a client that reconnects at once is not IN-USE
     await s.release()
     left = len(drop.entries) - len(drop.deleted)

@@ -136,8 +136,13 @@ async def accept(services: Services, tx: Transaction,
         return replies.TEMP_FAILURE
     except Unavailable as exc:
         log.error("smtp %s: store unavailable, message not accepted: %s", tx.queue_id, exc)
-        return replies.TEMP_FAILURE
+        return replies.store_failure(exc)
     metrics.message_accepted(len(blob))
     log.info("smtp %s: accepted %d octets for %d local, %d remote", tx.queue_id, len(blob),
              len(copies), len(dest.remote))
+    # docs/behaviour.md §7: out-of-office replies, only after the commit; this starts a
+    # background task and never raises, so the 250 neither waits for nor depends on it.
+    services.autoreplies.after_delivery(
+        sender=str(tx.sender) if tx.sender else None, content=blob,
+        mailboxes=dest.mailboxes, catchall_only=dest.catchall_only)
     return f"250 2.0.0 OK: queued as {tx.queue_id}"

@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, Any
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from .. import metrics
+from ..logs import conn_event, new_session_id
 from ..mime import exceeds_depth
 from ..policy.auth import may_send_password
 from ..policy.envelope import (
@@ -117,6 +118,7 @@ class MEnvelope(Envelope):
         self.chunks: list[bytes] = []  # BDAT chunks received so far (RFC 3030 §2)
         self.chunked_size = 0
         self.chunking = False  # a BDAT was seen: DATA is refused in this transaction
+        self.reserved = 0  # octets of the server-wide message budget held by ``chunks``
 
 
 class _NoHooks:
@@ -124,7 +126,9 @@ class _NoHooks:
 
 
 class MailstackSMTP(SMTP):
-    def __init__(self, fe: SmtpFrontEnd) -> None:
+    def __init__(self, fe: SmtpFrontEnd, counted_ip: str | None = None) -> None:
+        """``counted_ip``: the TLS gate of an implicit-TLS listener already counted
+        this connection (at accept time); it is released when the connection ends."""
         self.fe = fe
         s = fe.services.settings.smtp
         # Read by SMTP.__init__ for its StreamReader limit: the longest line (CRLF
@@ -143,11 +147,16 @@ class MailstackSMTP(SMTP):
         self.command_size_limits = defaultdict(lambda: s.max_line_length - 2)
         self.session: MSession | None = None
         self.envelope: MEnvelope | None = None
-        self._counted_ip: str | None = None
+        self._counted_ip: str | None = counted_ip
         self._refused = False
         self._watcher: asyncio.Task[None] | None = None
         self._watch_sub: Subscription | None = None
         self._storing: asyncio.Future[None] | None = None
+        # the connection's log lines (mailstack.logs.conn_event)
+        self.session_id = new_session_id()
+        self.end_reason = "lost"  # QUIT, timeout or shutdown say otherwise
+        self.login = ""
+        self.tls_version = ""  # set when TLS is up (implicit, or after STARTTLS)
 
     # --- plumbing ---------------------------------------------------------------------
     def _create_session(self) -> MSession:
@@ -197,21 +206,37 @@ class MailstackSMTP(SMTP):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         first = self.transport is None and self._original_transport is None
-        if first:
+        if first and self._counted_ip is not None:
+            self.fe.sessions.add(self)
+        elif first:
             peer = transport.get_extra_info("peername")
             ip = str(peer[0]) if peer else "?"
             verdict = self.fe.connections.acquire(ip)
             if not verdict.allowed:  # RFC 5321 §3.8: 421 and close
                 self._refused = True
+                conn_event(self.fe.name, self.session_id, ip, "refused",
+                           result="too many connections")
                 transport.write(f"{verdict.reply}\r\n".encode())  # type: ignore[attr-defined]
                 transport.close()
                 return
             self._counted_ip = ip
             self.fe.sessions.add(self)
             metrics.connection_opened(self.fe.name)
+            self.tls_version = _tls_version(transport)
+            conn_event(self.fe.name, self.session_id, ip, "connect", tls=self.tls_version)
         super().connection_made(transport)
         if not first:
+            self.tls_version = _tls_version(transport)
             self._after_tls()
+
+    def _set_post_data_state(self) -> None:
+        """A transaction ends (RSET, EHLO, DATA done, STARTTLS, connection lost): the
+        BDAT chunks it held go, and so does their share of the message budget."""
+        env = self.envelope
+        if isinstance(env, MEnvelope) and env.reserved:
+            self.fe.services.message_budget.release(env.reserved)
+            env.reserved = 0
+        super()._set_post_data_state()
 
     def _after_tls(self) -> None:
         # RFC 3207 §4.2: discard pipelined plaintext; the session starts over.
@@ -224,10 +249,17 @@ class MailstackSMTP(SMTP):
             return
         if self._counted_ip is not None:
             self.fe.connections.release(self._counted_ip)
+            conn_event(self.fe.name, self.session_id, self._counted_ip, "close",
+                       tls=self.tls_version, login=self.login, result=self.end_reason)
             self._counted_ip = None
             metrics.connection_closed(self.fe.name)
+            self.fe.services.handshakes.trimmer.note_closed()
         self.fe.sessions.discard(self)
         self._stop_watcher()
+        env = self.envelope
+        if isinstance(env, MEnvelope) and env.reserved:
+            self.fe.services.message_budget.release(env.reserved)
+            env.reserved = 0
         super().connection_lost(error)
 
     # --- the login's credentials (docs/behaviour.md §2) -------------------------------
@@ -259,6 +291,7 @@ class MailstackSMTP(SMTP):
                 self.transport.close()
 
     def _timeout_cb(self) -> None:
+        self.end_reason = "timeout"
         if self.transport is not None:
             self.transport.write(f"{replies.TIMEOUT}\r\n".encode())  # type: ignore[attr-defined]
         super()._timeout_cb()
@@ -277,10 +310,11 @@ class MailstackSMTP(SMTP):
             await super().push(replies.sanitize(line))
 
     async def handle_exception(self, error: Exception) -> str:
-        if isinstance(error, Unavailable):
+        if isinstance(error, Unavailable):  # one line per failure, no traceback
             log.error("smtp %s: store unavailable: %s", self.client_ip, error)
-        else:
-            log.exception("smtp %s: server error", self.client_ip)
+            self._set_rset_state()
+            return replies.store_failure(error)
+        log.exception("smtp %s: server error", self.client_ip)
         self._set_rset_state()
         return replies.TEMP_FAILURE
 
@@ -340,6 +374,7 @@ class MailstackSMTP(SMTP):
         await self.push(replies.OK)
 
     async def smtp_QUIT(self, arg: str | None) -> None:
+        self.end_reason = "quit"
         await super().smtp_QUIT(None)  # RFC 5321 §4.1.1.10: arguments are ignored
 
     async def smtp_VRFY(self, arg: str | None) -> None:
@@ -409,7 +444,7 @@ class MailstackSMTP(SMTP):
         self._watcher = asyncio.create_task(
             self._watch_credentials(sub, addr.credential_epoch))
         self.sess.address_id = addr.id
-        self.sess.email = addr.email
+        self.sess.email = self.login = addr.email
         self.sess.plan = addr.plan
         self.sess.allowed = await allowed_senders(self.fe.services.store, addr.email)
         self.sess.authenticated = True
@@ -478,6 +513,23 @@ class MailstackSMTP(SMTP):
                        self.fe.services.settings.plan(self.sess.plan).max_message_size)
         return self.fe.max_size
 
+    def _room_for(self, size: int) -> bool:
+        """Enough free disk for a new message (docs/behaviour.md §12: like Postfix's
+        queue_minfree, the check happens at MAIL, before any data is sent)."""
+        minimum = self.fe.services.settings.smtp.min_free_bytes
+        if minimum <= 0:
+            return True
+        try:
+            free = self.fe.services.store.free_bytes()
+        except OSError as exc:
+            log.warning("smtp: cannot check free space: %s", exc)
+            return True
+        if free < minimum + size:
+            log.warning("smtp %s: refusing mail, %d bytes free (minimum %d + size %d)",
+                        self.client_ip, free, minimum, size)
+            return False
+        return True
+
     async def smtp_MAIL(self, arg: str | None) -> None:
         if not await self._gate("MAIL"):
             return
@@ -498,6 +550,9 @@ class MailstackSMTP(SMTP):
             if not verdict.allowed:
                 await self.push(verdict.reply)
                 return
+        if not self._room_for(mail.params.size or 0):
+            await self.push(replies.NO_STORAGE)  # RFC 3463 §3.4 X.3.1, early
+            return
         self.env.mail = mail
         self.env.mail_from = str(mail.sender) if mail.sender else "<>"
         self.env.smtp_utf8 = mail.params.smtputf8
@@ -583,9 +638,13 @@ class MailstackSMTP(SMTP):
         s = self.fe.services.settings.smtp
         await self.push(replies.DATA_START)
         self._reset_timeout(s.data_timeout)
-        result = await read_data(self._reader, self.fe.max_size, s.max_line_length)
+        budget = self.fe.services.message_budget
+        result = await read_data(self._reader, self.fe.max_size, s.max_line_length, budget)
         self._reset_timeout()
-        reply = await self._finish_data(result.state, result.content, result.size)
+        try:
+            reply = await self._finish_data(result.state, result.content, result.size)
+        finally:
+            budget.release(result.reserved)
         self._set_rset_state()
         await self.push(reply)
 
@@ -615,6 +674,8 @@ class MailstackSMTP(SMTP):
         elif env.chunked_size + size > min(env.size_limit, self.fe.max_size):
             refusal = (f"552 5.3.4 Message exceeds the maximum size of {env.size_limit} "
                        "octets")
+        elif not self.fe.services.message_budget.try_reserve(size):
+            refusal = replies.NO_STORAGE  # every connection's messages together: full
         self._reset_timeout(s.data_timeout)
         if refusal is not None:
             await _discard(self._reader, size)
@@ -624,6 +685,7 @@ class MailstackSMTP(SMTP):
             self._set_rset_state()
             await self.push(refusal)
             return
+        env.reserved += size  # released with the transaction (_set_post_data_state)
         chunk = await self._reader.readexactly(size)
         self._reset_timeout()
         env.chunking = True
@@ -643,6 +705,8 @@ class MailstackSMTP(SMTP):
         s = self.fe.services.settings.smtp
         if state is DataState.TOO_BIG or size > env.size_limit:
             return f"552 5.3.4 Message exceeds the maximum size of {env.size_limit} octets"
+        if state is DataState.NO_MEMORY:
+            return replies.NO_STORAGE
         if state is DataState.LINE_TOO_LONG:
             return f"554 5.6.0 Line longer than {s.max_line_length} octets (RFC 5321 §4.5.3.1.6)"
         check = check_message(content, MessageLimits(
@@ -704,6 +768,15 @@ AUTH_MECHANISMS = {
     "PLAIN": MailstackSMTP._auth_plain,
     "LOGIN": MailstackSMTP._auth_login,
 }
+
+
+def _tls_version(transport: Any) -> str:
+    """'TLSv1.3' while the transport is open with TLS, else ''."""
+    try:
+        obj = transport.get_extra_info("ssl_object") if transport is not None else None
+        return str(obj.version() or "") if obj is not None else ""
+    except Exception:  # a transport already torn down
+        return ""
 
 
 def new_queue_id() -> str:

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import re
 
+from ..store.base import InsufficientStorage
+
 _HAS_ENHANCED = re.compile(r"[245]\.\d{1,3}\.\d{1,3}(?: |$)")
 _STATUS = re.compile(r"(\d{3})([ -])(.*)\Z", re.DOTALL)
 
@@ -51,6 +53,14 @@ AUTH_TOO_MANY = "421 4.7.0 Too many failed authentication attempts, closing conn
 DATA_START = "354 End data with <CR><LF>.<CR><LF>"
 DATA_AFTER_BDAT = "503 5.5.1 DATA not allowed after BDAT in the same transaction"
 TEMP_FAILURE = "451 4.3.0 Temporary failure storing the message, try again later"
+# RFC 3463 §3.4 X.3.1 "mail system full"; RFC 5321 §4.2.2 452 "insufficient system storage"
+NO_STORAGE = "452 4.3.1 Insufficient system storage, try again later"
+
+
+def store_failure(exc: Exception) -> str:
+    """The reply for a store failure: disk full is 452 4.3.1, anything else 451 4.3.0
+    (docs/behaviour.md §12)."""
+    return NO_STORAGE if isinstance(exc, InsufficientStorage) else TEMP_FAILURE
 LINE_TOO_LONG = "500 5.5.2 Line too long"
 
 

@@ -11,7 +11,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..config import Settings
-from .accounts import SPECIAL_FOLDERS, AccountsMixin, split_address
+from .accounts import SPECIAL_FOLDERS, AccountsMixin, NewAddressRecord, split_address
+from .autoresponder import AutoResponder, AutoresponderMixin
 from .base import (
     SYSTEM_FLAGS,
     ActivityEntry,
@@ -22,6 +23,7 @@ from .base import (
     Domain,
     Folder,
     FolderStatus,
+    InsufficientStorage,
     LimitReached,
     Message,
     NotFound,
@@ -38,6 +40,7 @@ from .events import (
     FolderChanged,
     MessagesAdded,
     MessagesExpunged,
+    Resync,
     Subscription,
 )
 from .gc import GcMixin
@@ -46,11 +49,12 @@ from .importer import FolderProgress, ImportedMessage, ImportJob, ImportMixin, N
 from .mailbox import DeliveryTarget, MailboxMixin, normalize_folder_name
 from .queue import NO_DSN, DsnRequest, QueuedMessage, QueueMixin
 from .smtp import SmtpMixin
+from .throttle import NETWORK_WIDE, ThrottleFacts, ThrottleMixin
 from .transport import CachedStsPolicy, TlsResultKey, TransportMixin
 
 
 class Store(SmtpMixin, AccountsMixin, ImapMixin, ImportMixin, MailboxMixin, QueueMixin,
-            GcMixin, TransportMixin, CertsMixin, DkimMixin):
+            GcMixin, TransportMixin, CertsMixin, DkimMixin, AutoresponderMixin, ThrottleMixin):
     @classmethod
     async def open_from_settings(cls, settings: Settings,
                                  clock: Callable[[], float] = time.time, *,
@@ -65,6 +69,7 @@ class Store(SmtpMixin, AccountsMixin, ImapMixin, ImportMixin, MailboxMixin, Queu
 
 
 __all__ = [
+    "NETWORK_WIDE",
     "NO_DSN",
     "SPECIAL_FOLDERS",
     "SYSTEM_FLAGS",
@@ -73,6 +78,7 @@ __all__ = [
     "AddressDeleted",
     "Alias",
     "AlreadyExists",
+    "AutoResponder",
     "CachedStsPolicy",
     "Conflict",
     "CredentialsChanged",
@@ -88,19 +94,23 @@ __all__ = [
     "FolderStatus",
     "ImportJob",
     "ImportedMessage",
+    "InsufficientStorage",
     "LimitReached",
     "Message",
     "MessagesAdded",
     "MessagesExpunged",
     "MsgRow",
+    "NewAddressRecord",
     "NewDkimKey",
     "NewImportJob",
     "NotFound",
     "QueuedMessage",
+    "Resync",
     "Store",
     "StoreError",
     "StoredCertificate",
     "Subscription",
+    "ThrottleFacts",
     "TlsResultKey",
     "Unavailable",
     "normalize_folder_name",

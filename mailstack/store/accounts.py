@@ -8,6 +8,8 @@ with ``mailstack.policy.addresses`` before they get here.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import and_, delete, func, insert, select, update
@@ -26,12 +28,28 @@ from .base import (
     LimitReached,
     NotFound,
     StoreBase,
+    StoreError,
 )
 from .events import AddressDeleted, CredentialsChanged
 
 SPECIAL_FOLDERS = (("Sent", "\\Sent"), ("Drafts", "\\Drafts"), ("Trash", "\\Trash"),
                    ("Junk", "\\Junk"), ("Archive", "\\Archive"))
 KINDS = ("mailbox", "no-reply", "catchall")
+
+
+@dataclass(frozen=True)
+class NewAddressRecord:
+    """One address to create (its local part already checked by the policy)."""
+
+    local_part: str
+    domain: str
+    password_hash: str | None = None
+    display_name: str = ""
+    kind: str = "mailbox"
+
+    @property
+    def email(self) -> str:
+        return f"{self.local_part}@{self.domain}"
 
 
 def split_address(address: str) -> tuple[str, str]:
@@ -110,35 +128,86 @@ class AccountsMixin(StoreBase):
         dom = await self.get_domain(domain)
         if dom is None:
             raise NotFound(f"domain {domain} is not hosted here; add it first")
-        key = local_part.lower()
-        now = self.clock()
         async with self._write() as (conn, _):
-            count = (await conn.execute(select(func.count()).select_from(t.addresses).where(
-                t.addresses.c.domain_id == dom.id))).scalar_one()
-            if max_addresses is not None and count >= max_addresses:
-                raise LimitReached(f"domain {dom.name} is on plan {dom.plan!r}, which "
-                                   f"allows {max_addresses} addresses")
-            if (await conn.execute(select(t.aliases.c.id).where(and_(
-                    t.aliases.c.domain_id == dom.id, t.aliases.c.local_key == key)))).first():
-                raise AlreadyExists(f"{local_part}@{dom.name} is already an alias")
-            if kind == "catchall" and (await conn.execute(select(t.addresses.c.id).where(and_(
-                    t.addresses.c.domain_id == dom.id, t.addresses.c.kind == "catchall")))
-                    ).first():
-                raise AlreadyExists(f"domain {dom.name} already has a catchall address")
-            try:
-                res = await conn.execute(insert(t.addresses).values(
-                    domain_id=dom.id, local_part=local_part, local_key=key, kind=kind,
-                    password_hash=password_hash, display_name=display_name,
-                    forward_to="[]", keep_copy=True, app_passwords_only=False,
-                    credential_epoch=0, created_at=now).returning(t.addresses.c.id))
-            except IntegrityError as exc:
-                raise AlreadyExists(f"{local_part}@{dom.name} already exists") from exc
-            address_id = res.scalar_one()
-            if kind != "no-reply":
-                await self._create_default_folders(conn, address_id, now)
+            address_id = await self._insert_address(
+                conn, dom, NewAddressRecord(local_part, domain, password_hash, display_name,
+                                            kind), max_addresses, self.clock())
         found = await self.get_address_by_id(address_id)
         assert found is not None
         return found
+
+    async def add_addresses(self, records: Sequence[NewAddressRecord], *,
+                            max_addresses: Mapping[str, int] | None = None,
+                            activity_detail: str = "") -> list[Address]:
+        """Create every address of ``records`` (with its folders and an
+        ``address_created`` activity entry) in ONE transaction: all or nothing, even if
+        the process dies half-way (docs/behaviour.md §3, bulk creation).
+        ``max_addresses`` maps a domain name to its plan's cap. A refusal names the
+        record: ``StoreError("<address>: <reason>")``; nothing is stored then."""
+        caps = {k.lower(): v for k, v in (max_addresses or {}).items()}
+        domains: dict[str, Domain] = {}
+        for rec in records:
+            name = rec.domain.lower().rstrip(".")
+            if name not in domains:
+                dom = await self.get_domain(name)
+                if dom is None:
+                    raise NotFound(f"{rec.email}: domain {rec.domain} is not hosted here")
+                domains[name] = dom
+            if rec.kind not in KINDS:
+                raise Conflict(f"{rec.email}: unknown kind {rec.kind!r}")
+        now = self.clock()
+        ids: list[int] = []
+        async with self._write() as (conn, _):
+            for rec in records:
+                dom = domains[rec.domain.lower().rstrip(".")]
+                try:
+                    ids.append(await self._insert_address(conn, dom, rec,
+                                                          caps.get(dom.name), now))
+                except StoreError as exc:
+                    if str(exc).startswith(f"{rec.local_part}@"):
+                        raise
+                    raise type(exc)(f"{rec.email}: {exc}") from exc
+                await conn.execute(insert(t.activity).values(
+                    at=now, address=f"{rec.local_part}@{dom.name}".lower(), client_ip=None,
+                    protocol="cli", event="address_created", detail=activity_detail))
+        out: list[Address] = []
+        for address_id in ids:
+            found = await self.get_address_by_id(address_id)
+            assert found is not None
+            out.append(found)
+        return out
+
+    async def _insert_address(self, conn: Any, dom: Domain, rec: NewAddressRecord,
+                              max_addresses: int | None, now: float) -> int:
+        """Insert one address and its folders inside the caller's write transaction."""
+        local_part, key, kind = rec.local_part, rec.local_part.lower(), rec.kind
+        count = (await conn.execute(select(func.count()).select_from(t.addresses).where(
+            t.addresses.c.domain_id == dom.id))).scalar_one()
+        if max_addresses is not None and count >= max_addresses:
+            raise LimitReached(f"domain {dom.name} is on plan {dom.plan!r}, which "
+                               f"allows {max_addresses} addresses")
+        if (await conn.execute(select(t.aliases.c.id).where(and_(
+                t.aliases.c.domain_id == dom.id, t.aliases.c.local_key == key)))).first():
+            raise AlreadyExists(f"{local_part}@{dom.name} is already an alias")
+        if kind == "catchall" and (await conn.execute(select(t.addresses.c.id).where(and_(
+                t.addresses.c.domain_id == dom.id, t.addresses.c.kind == "catchall")))
+                ).first():
+            raise AlreadyExists(f"domain {dom.name} already has a catchall address")
+        if (await conn.execute(select(t.addresses.c.id).where(and_(
+                t.addresses.c.domain_id == dom.id, t.addresses.c.local_key == key)))).first():
+            raise AlreadyExists(f"{local_part}@{dom.name} already exists")
+        try:
+            res = await conn.execute(insert(t.addresses).values(
+                domain_id=dom.id, local_part=local_part, local_key=key, kind=kind,
+                password_hash=rec.password_hash, display_name=rec.display_name,
+                forward_to="[]", keep_copy=True, app_passwords_only=False,
+                credential_epoch=0, created_at=now).returning(t.addresses.c.id))
+        except IntegrityError as exc:
+            raise AlreadyExists(f"{local_part}@{dom.name} already exists") from exc
+        address_id = int(res.scalar_one())
+        if kind != "no-reply":
+            await self._create_default_folders(conn, address_id, now)
+        return address_id
 
     async def _create_default_folders(self, conn: Any, address_id: int, now: float) -> None:
         for name, use in (("INBOX", None), *SPECIAL_FOLDERS):
@@ -377,8 +446,8 @@ class AccountsMixin(StoreBase):
             q = q.where(t.activity.c.address == address.lower())
         async with self._read() as conn:
             rows = (await conn.execute(q.limit(limit))).all()
-        return [ActivityEntry(r.at, r.address, r.client_ip, r.protocol, r.event, r.detail)
-                for r in rows]
+        return [ActivityEntry(r.at, r.address, r.client_ip, r.protocol, r.event, r.detail,
+                              int(r._mapping["count"])) for r in rows]
 
     async def note_network(self, address_id: int, network: str) -> bool:
         """Remember that ``address_id`` logged in from ``network``. True when this is a

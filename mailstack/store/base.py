@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
+import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -32,9 +34,10 @@ from .blobs import BlobError, BlobStore
 from .changes import ChangeFollower
 from .changes import record as record_changes
 from .db import _split_schema, create_engine, migrate_sync, schema_of
-from .events import Event, EventHub, decode_event, encode_event
+from .events import Event, EventHub, Resync, decode_event, encode_event
 
 log = logging.getLogger("mailstack.store")
+_ENOSPC = errno.ENOSPC
 
 
 class StoreError(Exception):
@@ -59,6 +62,47 @@ class Conflict(StoreError):
 
 class Unavailable(StoreError):
     """Database or disk failure: try again later. Nothing was stored."""
+
+
+class InsufficientStorage(Unavailable):
+    """The disk (or the database's disk) is full: nothing was stored. SMTP answers
+    ``452 4.3.1`` (RFC 3463 §3.4 "mail system full") rather than ``451 4.3.0``."""
+
+
+SQLITE_FULL = 13  # sqlite3 result code "database or disk is full"
+PG_DISK_FULL = "53100"  # PostgreSQL SQLSTATE disk_full
+
+
+def _driver_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions a database driver raises without SQLAlchemy wrapping them: a refused
+    or reset connection (``OSError``, which covers ``ConnectionRefusedError`` and
+    ``TimeoutError``) and asyncpg's own errors raised while connecting."""
+    errors: list[type[BaseException]] = [OSError, OperationalError, DBAPIError]
+    try:
+        import asyncpg
+
+        errors += [asyncpg.PostgresError, asyncpg.InterfaceError]
+    except ImportError:  # pragma: no cover - asyncpg is a dependency
+        pass
+    return tuple(errors)
+
+
+DB_ERRORS = _driver_errors()
+
+
+def unavailable(exc: BaseException) -> Unavailable:
+    """The store's view of a driver or disk failure (one line, no traceback needed)."""
+    orig = getattr(exc, "orig", None) or exc
+    code = getattr(orig, "sqlite_errorcode", None)
+    state = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+    cause = orig.__cause__
+    state = state or getattr(cause, "sqlstate", None)
+    errno_ = getattr(orig, "errno", None)
+    text = f"database unavailable: {type(orig).__name__}: {orig}".replace("\n", " ")[:300]
+    if (code is not None and code & 0xFF == SQLITE_FULL) or state == PG_DISK_FULL \
+            or errno_ == _ENOSPC or "database or disk is full" in text:
+        return InsufficientStorage(text)
+    return Unavailable(text)
 
 
 # --- records -------------------------------------------------------------------------
@@ -180,6 +224,7 @@ class ActivityEntry:
     protocol: str | None
     event: str
     detail: str
+    count: int = 1  # attempts an aggregated row stands for
 
 
 # --- the core ------------------------------------------------------------------------
@@ -201,6 +246,12 @@ class StoreBase:
         self.channel = f"mailstack_{schema_of(url) or 'public'}"[:63]
         self._listener: Any = None
         self._follower: ChangeFollower | None = None
+        self._listener_lost = asyncio.Event()
+        self._listen_task: asyncio.Task[None] | None = None
+        self.listening = asyncio.Event()  # set while the LISTEN connection is up
+        self.listen_reconnects = 0
+        self.listen_check_seconds = 5.0  # liveness check of the LISTEN connection
+        self.listen_backoff = (0.5, 30.0)  # first and largest reconnect delay, seconds
 
     async def migrate(self) -> int:
         async with self.engine.begin() as conn:
@@ -218,7 +269,14 @@ class StoreBase:
             await self._listen()
 
     async def _listen(self) -> None:
-        """A dedicated asyncpg connection (outside the pool) LISTENs on our channel."""
+        """A dedicated asyncpg connection (outside the pool) LISTENs on our channel; a
+        supervisor task reconnects it after an outage, with exponential backoff, and
+        then sends ``Resync`` to every session (notifications sent while it was down
+        are lost: sessions re-check what they hold). docs/behaviour.md §12."""
+        await self._connect_listener()
+        self._listen_task = asyncio.create_task(self._supervise_listener())
+
+    async def _connect_listener(self) -> None:
         import asyncpg
 
         dsn = _split_schema(self.url)[0].replace("postgresql+asyncpg://", "postgresql://", 1)
@@ -228,13 +286,62 @@ class StoreBase:
             if decoded is not None and decoded[0] != self.node_id:
                 self.events.publish(decoded[1])
 
-        self._listener = await asyncpg.connect(dsn)
-        await self._listener.add_listener(self.channel, on_notify)
+        lost = asyncio.Event()
+        conn = await asyncpg.connect(dsn, timeout=10)
+        try:
+            conn.add_termination_listener(lambda _c: lost.set())
+            await conn.add_listener(self.channel, on_notify)
+        except BaseException:
+            conn.terminate()
+            raise
+        self._listener, self._listener_lost = conn, lost
+        self.listening.set()
+
+    async def _listener_alive(self) -> bool:
+        """Wait until the LISTEN connection is lost (False) or a liveness check is due
+        and passes (True)."""
+        try:
+            await asyncio.wait_for(self._listener_lost.wait(), self.listen_check_seconds)
+            return False
+        except TimeoutError:
+            pass
+        try:
+            await asyncio.wait_for(self._listener.fetchval("SELECT 1"), 5)
+            return True
+        except Exception:
+            return False
+
+    async def _supervise_listener(self) -> None:
+        while True:
+            while await self._listener_alive():
+                pass
+            self.listening.clear()
+            log.warning("store: the event channel (LISTEN) was lost; reconnecting")
+            with contextlib.suppress(Exception):
+                self._listener.terminate()
+            delay, most = self.listen_backoff
+            while True:
+                await asyncio.sleep(delay)
+                try:
+                    await self._connect_listener()
+                    break
+                except Exception as exc:  # one line per attempt, no traceback
+                    log.warning("store: event channel reconnect failed (%s: %s); next try "
+                                "in %.1f s", type(exc).__name__, exc, min(delay * 2, most))
+                    delay = min(delay * 2, most)
+            self.listen_reconnects += 1
+            log.warning("store: event channel back; every session resynchronises")
+            self.events.publish_all(Resync(0))
 
     async def close(self) -> None:
         if self._follower is not None:
             await self._follower.stop()
             self._follower = None
+        if self._listen_task is not None:
+            self._listen_task.cancel()
+            with contextlib.suppress(BaseException):
+                await self._listen_task
+            self._listen_task = None
         if self._listener is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._listener.close(), 5)
@@ -246,8 +353,8 @@ class StoreBase:
         try:
             async with self.engine.connect() as conn:
                 yield conn
-        except (OperationalError, DBAPIError) as exc:
-            raise Unavailable(f"database unavailable: {exc.orig!r}") from exc
+        except DB_ERRORS as exc:
+            raise unavailable(exc) from exc
 
     @asynccontextmanager
     async def _write(self) -> AsyncIterator[tuple[AsyncConnection, list[Event]]]:
@@ -268,17 +375,25 @@ class StoreBase:
                     for ev in events:  # delivered by PostgreSQL only if we commit
                         await conn.execute(text("SELECT pg_notify(:c, :p)"), {
                             "c": self.channel, "p": encode_event(self.node_id, ev)})
-        except (OperationalError, DBAPIError) as exc:
-            raise Unavailable(f"database unavailable: {exc.orig!r}") from exc
+        except DB_ERRORS as exc:
+            raise unavailable(exc) from exc
         metrics.observe_store_transaction(time.perf_counter() - started)
         for ev in events:
             self.events.publish(ev)
 
     # --- blobs ---------------------------------------------------------------------
+    def free_bytes(self) -> int:
+        """Free space (for unprivileged writers) on the file system of the blob store;
+        a ``statvfs`` call, cheap enough for the event loop."""
+        st = os.statvfs(self.blobs.root)
+        return st.f_bavail * st.f_frsize
+
     async def put_blob(self, data: bytes) -> str:
         try:
             return await self.blobs.put(data)
         except BlobError as exc:
+            if exc.errno == _ENOSPC:
+                raise InsufficientStorage(str(exc)) from exc
             raise Unavailable(str(exc)) from exc
 
     async def message_bytes(self, msg: Message) -> bytes:

@@ -29,7 +29,12 @@ MAX_BATCH = 256  # blobs published (renamed + directories fsynced) together
 
 
 class BlobError(Exception):
-    """The blob could not be written or read (disk full, I/O error, bad id)."""
+    """The blob could not be written or read (disk full, I/O error, bad id). ``errno``
+    is the operating system's error number when there was one (ENOSPC: disk full)."""
+
+    def __init__(self, text: str, errno: int | None = None) -> None:
+        super().__init__(text)
+        self.errno = errno
 
 
 def _fsync_dir(path: Path) -> None:
@@ -91,7 +96,7 @@ class BlobStore:
                 os.close(fd)
         except OSError as exc:
             tmp.unlink(missing_ok=True)
-            raise BlobError(f"cannot store message: {exc.strerror}") from exc
+            raise BlobError(f"cannot store message: {exc.strerror}", exc.errno) from exc
         return blob_id, tmp
 
     def _publish_sync(self, items: list[tuple[str, Path]]) -> list[str | BlobError]:
@@ -113,7 +118,7 @@ class BlobStore:
                 os.replace(tmp, final)
             except OSError as exc:
                 tmp.unlink(missing_ok=True)
-                outcome.append(BlobError(f"cannot store message: {exc.strerror}"))
+                outcome.append(BlobError(f"cannot store message: {exc.strerror}", exc.errno))
                 needs.append(set())
                 continue
             outcome.append(blob_id)
@@ -123,7 +128,7 @@ class BlobStore:
             try:
                 _fsync_dir(d)
             except OSError as exc:
-                failed[d] = BlobError(f"cannot store message: {exc.strerror}")
+                failed[d] = BlobError(f"cannot store message: {exc.strerror}", exc.errno)
         for i, dirs in enumerate(needs):
             bad = next((failed[d] for d in dirs if d in failed), None)
             if bad is not None:

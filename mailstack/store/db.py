@@ -42,7 +42,7 @@ def _m2_queue_dsn(conn: Connection) -> None:
         "dsn_notify VARCHAR(64) NOT NULL DEFAULT ''", "dsn_orcpt TEXT NOT NULL DEFAULT ''"])
 
 
-def _m8_queue_delivery(conn: Connection) -> None:
+def _m10_queue_delivery(conn: Connection) -> None:
     _add_columns(conn, "outbound_queue", [
         "state VARCHAR(16) NOT NULL DEFAULT 'queued'",
         "claimed_by VARCHAR(64) NOT NULL DEFAULT ''",
@@ -70,6 +70,17 @@ def _m_dkim_keys(conn: Connection) -> None:
     schema.dkim_keys.create(conn, checkfirst=True)
 
 
+def _m_autoresponder(conn: Connection) -> None:
+    for table in (schema.autoresponders, schema.autoreply_throttle):
+        table.create(conn, checkfirst=True)
+
+
+def _m_reliability_throttle(conn: Connection) -> None:
+    schema.login_throttle.create(conn, checkfirst=True)
+    _add_columns(conn, "activity", ["network VARCHAR(64)",
+                                    "count INTEGER NOT NULL DEFAULT 1"])
+
+
 MIGRATIONS: list[Migration] = [
     lambda conn: None,  # 1: initial schema (created by create_all on a fresh database)
     _m2_queue_dsn,  # 2: DSN parameters on queue rows (RFC 3461)
@@ -78,7 +89,9 @@ MIGRATIONS: list[Migration] = [
     _m_dane_tables,  # 5: dane: MTA-STS policy cache and TLS-RPT counts (RFC 8461, 8460)
     lambda conn: schema.tls_certificates.create(conn, checkfirst=True),  # 6: web: ACME cert + lock
     _m_dkim_keys,  # 7: submission: dkim_keys table (DKIM signing keys per domain)
-    _m8_queue_delivery,  # 8: outbound: delivery state, lease, attempt history, report owed
+    _m_autoresponder,  # 8: autoresponder: responders and their throttle (RFC 3834)
+    _m_reliability_throttle,  # 9: reliability: login_throttle table; activity network, count
+    _m10_queue_delivery,  # 10: outbound: delivery state, lease, attempt history, report owed
 ]
 LATEST = len(MIGRATIONS)
 

@@ -60,6 +60,14 @@ class AddressDeleted(Event):
     pass
 
 
+@dataclass(frozen=True)
+class Resync(Event):
+    """Events may have been missed (the cross-node channel was down for a while):
+    every session must treat what it holds as possibly stale, re-check the credential
+    epoch and re-read its mailbox view. Local only, sent to every subscription
+    (``address_id`` is 0)."""
+
+
 @dataclass(eq=False)  # hashable by identity: kept in sets
 class Subscription:
     address_id: int
@@ -97,6 +105,12 @@ class EventHub:
     def publish(self, event: Event) -> None:
         for sub in list(self._subs.get(event.address_id, ())):
             sub.queue.put_nowait(event)
+
+    def publish_all(self, event: Event) -> None:
+        """Give ``event`` to every subscription, whatever its address (``Resync``)."""
+        for subs in list(self._subs.values()):
+            for sub in list(subs):
+                sub.queue.put_nowait(event)
 
     def subscriber_count(self, address_id: int) -> int:
         return len(self._subs.get(address_id, ()))

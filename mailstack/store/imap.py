@@ -20,6 +20,7 @@ Implementation notes (invariants):
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
@@ -27,9 +28,11 @@ from typing import Any, NamedTuple
 from sqlalchemy import and_, bindparam, func, select, update
 
 from . import schema as t
-from .base import SEEN_BIT, Folder, Message, Unavailable
+from .base import SEEN_BIT, Folder, InsufficientStorage, Message, Unavailable
 from .blobs import BlobError
 from .mailbox import DeliveryTarget, MailboxMixin, _folder, normalize_folder_name
+
+log = logging.getLogger("mailstack.store")
 
 CHUNK = 500
 _BLANK = re.compile(rb"\n\r?\n")
@@ -181,16 +184,20 @@ class ImapMixin(MailboxMixin):
         return out
 
     async def set_cached_structures(self, entries: Sequence[tuple[int, str, str]]) -> None:
-        """Write back many (id, marker, JSON) cache entries in ONE transaction."""
+        """Write back many (id, marker, JSON) cache entries in ONE transaction. Only a
+        cache: when the disk is full it is skipped (one log line) and reading goes on."""
         if not entries:
             return
         m = t.messages
         stmt = update(m).where(m.c.id == bindparam("_id")).values(
             envelope=bindparam("_marker"), bodystructure=bindparam("_json"))
-        async with self._write() as (conn, _):
-            for i in range(0, len(entries), CHUNK):
-                await conn.execute(stmt, [{"_id": i_, "_marker": mk, "_json": js}
-                                          for i_, mk, js in entries[i:i + CHUNK]])
+        try:
+            async with self._write() as (conn, _):
+                for i in range(0, len(entries), CHUNK):
+                    await conn.execute(stmt, [{"_id": i_, "_marker": mk, "_json": js}
+                                              for i_, mk, js in entries[i:i + CHUNK]])
+        except InsufficientStorage as exc:
+            log.warning("store: structure cache not written, storage full: %s", exc)
 
     def _read_one(self, blob_id: str, prefix: bytes, header_only: bool) -> bytes:
         if not header_only:

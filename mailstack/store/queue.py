@@ -452,6 +452,21 @@ class QueueMixin(StoreBase):
                 refreshed_at=self.clock()))
             return bool(res.rowcount)
 
+    async def drop_node_pop3_locks(self, node_prefix: str, *, keep_prefix: str) -> int:
+        """Delete the locks whose holder starts with ``node_prefix`` (this node) but not
+        with ``keep_prefix`` (this running instance): their holders died with the
+        node's previous process. Returns how many were dropped."""
+        lk = t.pop3_locks.c
+        async with self._write() as (conn, _):
+            rows = (await conn.execute(select(lk.address_id, lk.holder))).all()
+            doomed = [(r.address_id, r.holder) for r in rows
+                      if r.holder.startswith(node_prefix)
+                      and not r.holder.startswith(keep_prefix)]
+            for address_id, holder in doomed:
+                await conn.execute(delete(t.pop3_locks).where(and_(
+                    lk.address_id == address_id, lk.holder == holder)))
+        return len(doomed)
+
     async def release_pop3_lock(self, address_id: int, holder: str) -> None:
         lk = t.pop3_locks.c
         async with self._write() as (conn, _):

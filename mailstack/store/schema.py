@@ -21,6 +21,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    text,
 )
 
 metadata = MetaData()
@@ -166,6 +167,10 @@ activity = Table(
     Column("protocol", String(16)),
     Column("event", String(32), nullable=False),  # login_ok, login_fail, passwd_change...
     Column("detail", Text, nullable=False, default=""),
+    # Aggregated rows (refused logins): the client network and how many attempts
+    # the row stands for (one row per event, network, address and minute).
+    Column("network", String(64)),
+    Column("count", Integer, nullable=False, default=1),
     Index("ix_activity_address_at", "address", "at"),
     sqlite_autoincrement=True,
 )
@@ -334,4 +339,56 @@ tls_certificates = Table(
     Column("cert_pem", Text, nullable=False, default=""),  # full chain
     Column("key_pem", Text, nullable=False, default=""),
     Column("updated_at", Float, nullable=False, default=0.0),
+)
+
+# Out-of-office responders (docs/behaviour.md §7): several per address, at most one active
+# (the partial unique index holds that even against two concurrent activations).
+autoresponders = Table(
+    "autoresponders", metadata,
+    Column("id", PK, primary_key=True, autoincrement=True),
+    Column("address_id", PK, ForeignKey("addresses.id", ondelete="CASCADE"), nullable=False),
+    Column("name", String(128), nullable=False),
+    Column("subject", Text, nullable=False, default=""),  # "": "Auto: <original subject>"
+    Column("body", Text, nullable=False),
+    Column("html", Text),  # optional text/html alternative
+    Column("starts_at", Float),  # UTC epoch seconds; NULL: no start
+    Column("ends_at", Float),  # exclusive; NULL: no end
+    Column("weekdays", Integer, nullable=False, default=0),  # bit 0 = Monday; 0: every day
+    Column("timezone", String(64), nullable=False, default="UTC"),  # IANA name
+    Column("from_address", String(320)),  # alternate From; NULL: the address itself
+    Column("exclusions", Text, nullable=False, default="[]"),  # JSON: a@b or @domain
+    Column("active", Boolean, nullable=False, default=False),
+    # Bumped by a reset and by a new activation: throttle rows of an older generation
+    # no longer count (every sender may get one reply again).
+    Column("generation", Integer, nullable=False, default=0),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    UniqueConstraint("address_id", "name", name="uq_autoresponder_name"),
+    Index("uq_autoresponder_active", "address_id", unique=True,
+          sqlite_where=text("active"), postgresql_where=text("active")),
+    sqlite_autoincrement=True,
+)
+
+# The throttle (RFC 3834 §2): when each sender last got a reply from each responder.
+autoreply_throttle = Table(
+    "autoreply_throttle", metadata,
+    Column("responder_id", PK, ForeignKey("autoresponders.id", ondelete="CASCADE"),
+           primary_key=True),
+    Column("sender", String(320), primary_key=True),  # the return path's key
+    Column("last_reply_at", Float, nullable=False),
+    Column("generation", Integer, nullable=False),  # the responder's, at that reply
+    Index("ix_autoreply_throttle_at", "last_reply_at"),
+)
+
+# Login failures and locks per (client network, address); address "*" locks a whole
+# network (docs/behaviour.md §2). Shared by every worker and node; survives restarts.
+login_throttle = Table(
+    "login_throttle", metadata,
+    Column("network", String(64), primary_key=True),
+    Column("address", String(320), primary_key=True),
+    Column("failures", Integer, nullable=False, default=0),
+    Column("window_start", Float, nullable=False),
+    Column("last_at", Float, nullable=False),
+    Column("locked_until", Float, nullable=False, default=0.0),
+    Index("ix_login_throttle_address", "address"),
 )

@@ -4,6 +4,8 @@ stored state), on SQLite and PostgreSQL."""
 from __future__ import annotations
 
 import dns.name
+import dns.rdata
+import dns.rdataclass
 import dns.rdatatype
 
 from mailstack.store import Store
@@ -88,6 +90,12 @@ def test_dns_records_parse_as_a_zone(cli: Cli) -> None:
     assert rr("autoconfig.example.com.", "CNAME") == ["mail.example.net."]
     assert rr("autodiscover.example.com.", "CNAME") == ["mail.example.net."]
     assert rr("_submissions._tcp.example.com.", "SRV") == ["0 1 465 mail.example.net."]
+    assert rr("mta-sts.example.com.", "CNAME") == ["mail.example.net."]
+    [sts] = txt_values(zone, "_mta-sts.example.com.")
+    assert sts.startswith(b"v=STSv1; id=") and len(sts) > len(b"v=STSv1; id=")
+    assert "mode: enforce" in out and "mx: mail.example.net" in out
+    assert txt_values(zone, "_smtp._tls.example.com.") == [
+        b"v=TLSRPTv1; rua=mailto:postmaster@example.com"]
     listed = [line.split("\t") for line in listing.out.splitlines()]
     for _, selector, algorithm, _, _ in listed:
         [value] = txt_values(zone, f"{selector}._domainkey.example.com.")
@@ -116,3 +124,23 @@ def test_dns_rua_option(cli: Cli) -> None:
         b"v=DMARC1; p=quarantine; rua=mailto:dmarc@example.com"]
     r = cli("dns", "example.com", "--rua", "a@b; p=none")
     assert r.code == 1 and r.out == ""
+
+
+def test_dns_prints_the_tlsa_record_of_the_certificate(cli: Cli) -> None:
+    """With a certificate in place, the MX host's `3 1 1` record, the same as
+    `mailstack tlsa` prints; without one, a note saying how to get it."""
+    from mailstack.tls import ensure_self_signed
+
+    cli.ok("domain", "add", "example.com")
+    assert "no certificate at" in cli.ok("dns", "example.com").out
+    tls = cli.data_dir / "tls"
+    tls.mkdir(parents=True, exist_ok=True)
+    ensure_self_signed(tls / "cert.pem", tls / "key.pem", "mail.example.net")
+    out = cli.ok("dns", "example.com").out
+    # the MX host's name lies outside the domain's zone: parse the line on its own
+    [line] = [x for x in out.splitlines() if x.startswith("_25._tcp.mail.example.net.")]
+    _name, ttl, klass, rtype, rdata = line.split("\t")
+    assert (klass, rtype) == ("IN", "TLSA") and int(ttl) > 0
+    tlsa = dns.rdata.from_text(dns.rdataclass.IN, dns.rdatatype.TLSA, rdata).to_text()
+    printed = cli.ok("tlsa").out
+    assert tlsa.split()[3].lower() in printed.lower() and tlsa.startswith("3 1 1 ")

@@ -1,6 +1,7 @@
 """``mailstack serve --dev`` in a subprocess: it creates the demo address once, prints
-how to connect, speaks TLS on the ports it prints (when those servers exist in this
-build) and exits cleanly on SIGTERM."""
+how to connect, answers on every listener (TLS with a certificate naming
+``mail.example.test`` on the ports it prints, plaintext greetings on the STARTTLS ports)
+and exits cleanly on SIGTERM."""
 
 from __future__ import annotations
 
@@ -53,10 +54,20 @@ def read_until(proc: subprocess.Popen[str], marker: str) -> list[str]:
             return lines
 
 
-def greeting(port: int, ctx: ssl.SSLContext) -> bytes:
-    with socket.create_connection(("127.0.0.1", port)) as raw, \
-            ctx.wrap_socket(raw, server_hostname="localhost") as tls:
-        return tls.recv(512)
+DEV_HOST = "mail.example.test"  # the demo domain's host: banner, certificate, greeting
+IMPLICIT = {"submissions": b"220 " + DEV_HOST.encode(), "imaps": b"* OK",
+            "pop3s": b"+OK"}
+PLAIN = {"smtp": b"220 " + DEV_HOST.encode(), "submission": b"220 " + DEV_HOST.encode(),
+         "imap": b"* OK", "pop3": b"+OK"}
+
+
+def greeting(port: int, ctx: ssl.SSLContext | None) -> bytes:
+    """The first line a listener sends; over TLS verified against ``DEV_HOST``."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as raw:
+        if ctx is None:
+            return raw.recv(512)
+        with ctx.wrap_socket(raw, server_hostname=DEV_HOST) as tls:
+            return tls.recv(512)
 
 
 def test_serve_dev(tmp_path: Path) -> None:
@@ -85,19 +96,23 @@ def test_serve_dev(tmp_path: Path) -> None:
                              "SMTP": ports["submissions"] + DEV_OFFSET,
                              "POP3": ports["pop3s"] + DEV_OFFSET}
 
+            assert f"(it names {DEV_HOST}, localhost and 127.0.0.1)" in text
+            assert "not listening" not in text
+
+            # every listener answers on its dev port: the three printed ones over TLS
+            # (certificate verified for DEV_HOST), the STARTTLS ones in plaintext
             ctx = ssl.create_default_context(cafile=str(cert))
-            expected = {"IMAP": b"* OK", "SMTP": b"220", "POP3": b"+OK"}
-            live = [line for line in out if "SSL/TLS" in line and "not listening" not in line]
-            for line in live:
-                label = line.split()[0]
-                assert greeting(shown[label], ctx).startswith(expected[label]), line
-            if not live:
-                print("no front-end listens yet in this build: TLS part skipped")
-            if any(line.startswith("  IMAP") for line in live):
-                # the printed instructions work: the full address and the printed password
-                with imaplib.IMAP4_SSL("127.0.0.1", shown["IMAP"], ssl_context=ctx) as imap:
-                    assert imap.login("demo@example.test", password)[0] == "OK"
-                    assert imap.select("INBOX")[0] == "OK"
+            for name, expected in IMPLICIT.items():
+                line = greeting(ports[name] + DEV_OFFSET, ctx)
+                assert line.startswith(expected), (name, line)
+            for name, expected in PLAIN.items():
+                line = greeting(ports[name] + DEV_OFFSET, None)
+                assert line.startswith(expected), (name, line)
+            # the printed instructions work: the full address and the printed password
+            with imaplib.IMAP4_SSL("127.0.0.1", shown["IMAP"],
+                                   ssl_context=ctx) as imap:
+                assert imap.login("demo@example.test", password)[0] == "OK"
+                assert imap.select("INBOX")[0] == "OK"
 
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(timeout=60) == 0

@@ -52,8 +52,7 @@ def source_user(dovecot: Dovecot) -> str:
     """A new, empty account at the old provider (passwd-file is read at each login)."""
     user = f"old{next(_users)}@oldmail.example"
     dovecot.users[user] = SOURCE_PW
-    with (dovecot.dir / "passwd").open("a") as fh:
-        fh.write(f"{user}:{{PLAIN}}{SOURCE_PW}::::::\n")
+    dovecot.write_passwd()
     return user
 
 

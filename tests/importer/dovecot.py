@@ -61,9 +61,7 @@ class Dovecot:
         for sub in ("run", "state", "mail"):
             (d / sub).mkdir(parents=True, exist_ok=True)
         os.chmod(d, 0o755)
-        (d / "passwd").write_text("".join(f"{u}:{{PLAIN}}{p}::::::\n"
-                                          for u, p in self.users.items()))
-        os.chmod(d / "passwd", 0o644)
+        self.write_passwd()
         os.chown(d / "mail", NOBODY, NOBODY)
         (d / "dovecot.conf").write_text(f"""\
 base_dir = {d}/run
@@ -127,6 +125,14 @@ service imap-login {{
             time.sleep(0.1)
         raise RuntimeError("dovecot did not open its port")
 
+    def write_passwd(self) -> None:
+        """The passwd-file, replaced atomically: Dovecot re-reads it when it changes and
+        must never see half a line."""
+        tmp = self.dir / "passwd.tmp"
+        tmp.write_text("".join(f"{u}:{{PLAIN}}{p}::::::\n" for u, p in self.users.items()))
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, self.dir / "passwd")
+
     def stop(self) -> None:
         if self.proc is not None:
             self.proc.terminate()
@@ -138,9 +144,19 @@ service imap-login {{
             self.proc = None
 
     def client(self, user: str) -> imaplib.IMAP4:
-        c = imaplib.IMAP4("127.0.0.1", self.port, timeout=30)
-        c.login(user, self.users[user])
-        return c
+        """A logged-in session. Dovecot notices a new passwd-file by its modification
+        time, which may not have ticked yet for a user added a moment ago: try again."""
+        for attempt in range(20):
+            c = imaplib.IMAP4("127.0.0.1", self.port, timeout=30)
+            try:
+                c.login(user, self.users[user])
+                return c
+            except imaplib.IMAP4.error:
+                c.logout()
+                if attempt == 19:
+                    raise
+                time.sleep(0.1)
+        raise AssertionError("unreachable")
 
     def log(self) -> str:
         with contextlib.suppress(OSError):
