@@ -31,9 +31,12 @@ Migration = Callable[[Connection], None]
 # Version N is MIGRATIONS[N-1]. Version 1 is the initial schema; append steps, never edit.
 def _add_columns(conn: Connection, table: str, columns: list[str]) -> None:
     """``ALTER TABLE table ADD COLUMN ...`` for each column definition (SQL that both
-    dialects accept, e.g. ``name TEXT NOT NULL DEFAULT ''``)."""
+    dialects accept, e.g. ``name TEXT NOT NULL DEFAULT ''``); a column that already
+    exists is left alone, so a step can run again."""
+    have = {c["name"] for c in inspect(conn).get_columns(table)}
     for column in columns:
-        conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN {column}")
+        if column.split()[0] not in have:
+            conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN {column}")
 
 
 def _m2_queue_dsn(conn: Connection) -> None:
