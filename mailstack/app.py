@@ -33,6 +33,10 @@ if TYPE_CHECKING:
 
 LISTENING_FILE = "listening.json"
 
+if TYPE_CHECKING:
+    from .outbound.routing import Resolver
+    from .outbound.runner import QueueRunner, TlsPolicy
+
 log = logging.getLogger("mailstack")
 
 # listener name -> (front-end module, role the module gives it)
@@ -60,10 +64,15 @@ class FrontEnd(Protocol):
 
 class App:
     def __init__(self, settings: Settings, *, clock: Callable[[], float] = time.time,
-                 generate_cert: bool = False) -> None:
+                 generate_cert: bool = False, resolver: Resolver | None = None,
+                 tls_policy: TlsPolicy | None = None) -> None:
+        """``resolver``/``tls_policy``: for the outbound runner (tests give fakes)."""
         self.settings = settings
         self.clock = clock
         self.generate_cert = generate_cert
+        self.resolver = resolver
+        self.tls_policy = tls_policy
+        self.runner: QueueRunner | None = None
         self.store: Store | None = None
         self.services: Services | None = None
         self.frontends: dict[str, FrontEnd] = {}
@@ -114,6 +123,13 @@ class App:
             raise
         if s.server.blob_gc_interval_seconds > 0:
             self._gc_task = asyncio.create_task(self._collect_garbage_forever())
+        if s.outbound.enabled:  # delivery to the internet (docs/behaviour.md §6)
+            from .outbound.runner import QueueRunner, opportunistic
+
+            self.runner = QueueRunner(self.store, s, resolver=self.resolver,
+                                      clock=self.clock,
+                                      tls_policy=self.tls_policy or opportunistic)
+            self.runner.start()
         if s.importer.enabled:
             self.importer = ImportRunner(self.store, s, clock=self.clock,
                                          cafile=s.importer.ca_file or None)
@@ -145,6 +161,9 @@ class App:
 
     async def stop(self, grace: float | None = None) -> None:
         grace = self.settings.server.shutdown_grace_seconds if grace is None else grace
+        if self.runner is not None:
+            await self.runner.stop()
+            self.runner = None
         if self.importer is not None:
             await self.importer.stop()
             self.importer = None

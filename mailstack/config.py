@@ -305,6 +305,91 @@ class Pop3Settings:
 
 
 @dataclass(frozen=True)
+class TransportRoute:
+    host: str = _f("", "Next hop as host:port (IPv6 as [addr]:port); port 25 when left "
+                   "out. Empty: this domain goes by its MX records as usual.")
+    auth_user: str = _f("", "User name for SMTP AUTH at the next hop (a smarthost). "
+                        "Empty: no AUTH. AUTH PLAIN/LOGIN is only sent over TLS.")
+    auth_password_file: str = _f("", "File holding the AUTH password (first line). Never "
+                                 "put the password itself in this file.")
+    require_tls: bool = _f(False, "TLS is mandatory for this route: without STARTTLS or "
+                           "with a failed handshake the message waits (4.7.5) instead of "
+                           "going out in plaintext. Always on when auth_user is set.")
+
+
+@dataclass(frozen=True)
+class OutboundSettings:
+    enabled: bool = _f(True, "Run the delivery queue runner in this node's `serve` "
+                       "(several nodes on one PostgreSQL may all run it).")
+    helo_name: str = _f("", "Name sent in EHLO/HELO. Empty: server.hostname.")
+    mx_port: int = _f(25, "TCP port of MX hosts (RFC 5321: 25). A transport map entry "
+                      "names its own port.", min=1, max=65535)
+    poll_interval_seconds: float = _f(30.0, "How often the queue is read for rows queued "
+                                      "by other processes or nodes (rows queued in this "
+                                      "process wake the runner at once).", min=0.01)
+    lease_seconds: float = _f(1800.0, "A claimed row is reserved for this long; a node "
+                              "that died holding it loses it then and another node "
+                              "takes it over. Must exceed the longest delivery attempt.",
+                              min=1)
+    batch_size: int = _f(500, "Most due rows claimed per pass.", min=1)
+    max_connections: int = _f(50, "Outbound SMTP connections open at once (all "
+                              "destinations together).", min=1)
+    max_connections_per_destination: int = _f(4, "Connections open at once to one "
+                                              "destination (domain or transport route).",
+                                              min=1)
+    max_messages_per_connection: int = _f(100, "Messages sent over one connection (RSET "
+                                          "between them) before it is closed.", min=1)
+    connect_timeout_seconds: float = _f(30.0, "TCP connect timeout per address.", min=0.01)
+    greeting_timeout_seconds: float = _f(300.0, "Wait for the 220 greeting "
+                                         "(RFC 5321 §4.5.3.2.1: 5 minutes).", min=0.01)
+    command_timeout_seconds: float = _f(300.0, "Wait for the reply to EHLO, STARTTLS, "
+                                        "AUTH, MAIL, RCPT, RSET (RFC 5321 §4.5.3.2.2-3: "
+                                        "5 minutes).", min=0.01)
+    data_init_timeout_seconds: float = _f(120.0, "Wait for the 354 reply to DATA "
+                                          "(RFC 5321 §4.5.3.2.4: 2 minutes).", min=0.01)
+    data_block_timeout_seconds: float = _f(180.0, "Longest wait to send one block of the "
+                                           "message (RFC 5321 §4.5.3.2.5: 3 minutes).",
+                                           min=0.01)
+    data_end_timeout_seconds: float = _f(600.0, "Wait for the reply to the final dot "
+                                         "(RFC 5321 §4.5.3.2.6: 10 minutes).", min=0.01)
+    dns_timeout_seconds: float = _f(20.0, "Lifetime of one DNS query; a timeout defers, "
+                                    "never bounces.", min=0.01)
+    retry_schedule_minutes: str = _f("5,10,20,40", "Minutes between the first attempts "
+                                     "after a temporary failure, comma separated.")
+    retry_min_hours: float = _f(1.0, "After the schedule: the next attempt comes between "
+                                "retry_min_hours and retry_max_hours later (random).",
+                                min=0.001)
+    retry_max_hours: float = _f(4.0, "See retry_min_hours.", min=0.001)
+    lifetime_seconds: float = _f(5 * 86400.0, "How long a message is retried before it is "
+                                 "given up with a final report (RFC 5321 §4.5.4.1: at "
+                                 "least 4-5 days). Applies to messages queued from now on.",
+                                 min=60)
+    delay_notice_after_seconds: float = _f(4 * 3600.0, "A sender whose message still waits "
+                                           "after this long gets one delay notice saying "
+                                           "until when delivery is retried; 0: never.",
+                                           min=0)
+    keep_finished_seconds: float = _f(7 * 86400.0, "Delivered and failed rows stay visible "
+                                      "in `mailstack queue` for this long, then are "
+                                      "removed.", min=0)
+    transport: dict[str, TransportRoute] = _f({}, "Transport map: recipient domain -> next "
+                                              "hop, \"*\" for every other domain (a "
+                                              "smarthost). A value is \"host:port\" or a "
+                                              "table with host, auth_user, "
+                                              "auth_password_file (AUTH PLAIN/LOGIN, only "
+                                              "over TLS) and require_tls, e.g. "
+                                              "[outbound.transport.\"*\"] host = "
+                                              "\"smtp.provider.example:587\" auth_user = "
+                                              "\"me\" auth_password_file = "
+                                              "\"/etc/mailstack/relay.pw\". Empty: MX "
+                                              "records for every domain.")
+
+    def retry_schedule(self) -> tuple[float, ...]:
+        """The schedule in seconds (validated at load)."""
+        return tuple(float(x) * 60 for x in self.retry_schedule_minutes.split(",")
+                     if x.strip())
+
+
+@dataclass(frozen=True)
 class ImporterSettings:
     enabled: bool = _f(True, "Run IMAP import jobs on this node (jobs are recorded by "
                        "`mailstack import`; any node with this on picks them up).")
@@ -415,6 +500,8 @@ class Settings:
     imap: ImapSettings = _f(ImapSettings(), "IMAP server.")
     pop3: Pop3Settings = _f(Pop3Settings(), "POP3 server.")
     quota: QuotaSettings = _f(QuotaSettings(), "Storage quotas (the limits are per plan).")
+    outbound: OutboundSettings = _f(OutboundSettings(), "Delivery to the internet: the "
+                                    "queue runner, retries, reports, transport map.")
     importer: ImporterSettings = _f(ImporterSettings(), "Import of mailboxes from other "
                                     "providers over IMAP (`mailstack import`).")
     outbound_tls: OutboundTlsSettings = _f(OutboundTlsSettings(), "Transport security of "
@@ -530,7 +617,10 @@ def _build(cls: type, data: Any, prefix: str, errors: list[ConfigError],
         if dataclasses.is_dataclass(tp):
             values[name] = _build(tp, raw, key, errors, current)  # type: ignore[arg-type]
         elif typing.get_origin(tp) is dict:
-            values[name] = _build_plans(raw, key, current, errors)
+            if typing.get_args(tp)[1] is TransportRoute:
+                values[name] = _build_routes(raw, key, errors)
+            else:
+                values[name] = _build_plans(raw, key, current, errors)
         else:
             try:
                 values[name] = _check_scalar(key, raw, tp, dict(f.metadata))
@@ -550,11 +640,51 @@ def _build_plans(raw: Any, key: str, current: dict[str, PlanSettings],
     return plans
 
 
+def _build_routes(raw: Any, key: str, errors: list[ConfigError]
+                  ) -> dict[str, TransportRoute]:
+    if not isinstance(raw, dict):
+        errors.append(ConfigError(key, raw, "must be a table of domain = \"host:port\" "
+                                  "entries"))
+        return {}
+    from .outbound.hostport import parse_host_port
+
+    routes = {}
+    for name, value in raw.items():
+        sub = f"{key}.{name}"
+        if name != "*" and (not name or any(c in name for c in " \t\r\n/@:")):
+            errors.append(ConfigError(sub, value, "the key must be a domain or \"*\""))
+            continue
+        route = (TransportRoute(host=value) if isinstance(value, str)
+                 else _build(TransportRoute, value, sub, errors))
+        if route.host:
+            try:
+                parse_host_port(route.host)
+            except ValueError as exc:
+                errors.append(ConfigError(f"{sub}.host", route.host, str(exc)))
+        if route.auth_user and not route.auth_password_file:
+            errors.append(ConfigError(f"{sub}.auth_password_file", "",
+                                      "needed with auth_user"))
+        routes[name.lower().rstrip(".") if name != "*" else name] = route
+    return routes
+
+
 def _cross_checks(s: Settings) -> list[ConfigError]:
     errors: list[ConfigError] = []
     if s.smtp.default_plan not in s.plans:
         errors.append(ConfigError("smtp.default_plan", s.smtp.default_plan,
                                   f"no such plan (plans: {', '.join(s.plans)})"))
+    o = s.outbound
+    try:
+        schedule = o.retry_schedule()
+    except ValueError:
+        schedule = ()
+    if not schedule or any(x <= 0 for x in schedule):
+        errors.append(ConfigError("outbound.retry_schedule_minutes",
+                                  o.retry_schedule_minutes,
+                                  "must be positive numbers separated by commas"))
+    if o.retry_max_hours < o.retry_min_hours:
+        errors.append(ConfigError("outbound.retry_max_hours", o.retry_max_hours,
+                                  "must be at least retry_min_hours"))
     if not s.server.hostname or any(c in s.server.hostname for c in " \t\r\n/@"):
         raise ConfigError("server.hostname", s.server.hostname, "must be a DNS host name")
     if s.tls.acme and not s.listeners.http.enabled:
@@ -628,6 +758,11 @@ def _toml_value(v: Any) -> str:
     raise TypeError(v)
 
 
+def _toml_key(name: str) -> str:
+    bare = name.replace("-", "").replace("_", "").isalnum() and name.isascii()
+    return name if bare else _toml_value(name)
+
+
 def _comment(text: str) -> list[str]:
     words, lines, line = text.split(), [], "#"
     for w in words:
@@ -658,7 +793,7 @@ def _render_table(obj: Any, header: str, out: list[str]) -> None:
         elif typing.get_origin(tp) is dict:
             out.extend(_comment(f.metadata["doc"]))
             for name, plan in getattr(obj, f.name).items():
-                _render_table(plan, f"{sub}.{name}", out)
+                _render_table(plan, f"{sub}.{_toml_key(name)}", out)
 
 
 def render_example() -> str:

@@ -114,6 +114,9 @@ def make_settings(tmp_path: Path, db_url: str, tls_files: tuple[Path, Path],
         "listeners": listeners,
         "auth": {"argon2_time_cost": 1, "argon2_memory_kib": 64, "argon2_parallelism": 1,
                  "max_delay_seconds": 0.2},
+        # No delivery to the internet unless a test asks (tests/outbound turn it on
+        # with a fake resolver: never a real DNS query).
+        "outbound": {"enabled": False},
     }
     for section, values in sections.items():
         merged = dict(data.get(section, {}))

@@ -63,6 +63,7 @@ class Store(SmtpMixin, AccountsMixin, ImapMixin, ImportMixin, MailboxMixin, Queu
         command, which only writes, does not need to)."""
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         store = cls(settings.database_url, Path(settings.data_dir) / "blobs", clock=clock)
+        store.queue_lifetime = settings.outbound.lifetime_seconds
         await store.open(listen=listen)
         return store
 

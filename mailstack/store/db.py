@@ -31,15 +31,28 @@ Migration = Callable[[Connection], None]
 # Version N is MIGRATIONS[N-1]. Version 1 is the initial schema; append steps, never edit.
 def _add_columns(conn: Connection, table: str, columns: list[str]) -> None:
     """``ALTER TABLE table ADD COLUMN ...`` for each column definition (SQL that both
-    dialects accept, e.g. ``name TEXT NOT NULL DEFAULT ''``)."""
+    dialects accept, e.g. ``name TEXT NOT NULL DEFAULT ''``); a column that already
+    exists is left alone, so a step can run again."""
+    have = {c["name"] for c in inspect(conn).get_columns(table)}
     for column in columns:
-        conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN {column}")
+        if column.split()[0] not in have:
+            conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN {column}")
 
 
 def _m2_queue_dsn(conn: Connection) -> None:
     _add_columns(conn, "outbound_queue", [
         "dsn_ret VARCHAR(8) NOT NULL DEFAULT ''", "dsn_envid TEXT NOT NULL DEFAULT ''",
         "dsn_notify VARCHAR(64) NOT NULL DEFAULT ''", "dsn_orcpt TEXT NOT NULL DEFAULT ''"])
+
+
+def _m10_queue_delivery(conn: Connection) -> None:
+    _add_columns(conn, "outbound_queue", [
+        "state VARCHAR(16) NOT NULL DEFAULT 'queued'",
+        "claimed_by VARCHAR(64) NOT NULL DEFAULT ''",
+        "lease_until FLOAT NOT NULL DEFAULT 0", "finished_at FLOAT NOT NULL DEFAULT 0",
+        "history TEXT NOT NULL DEFAULT '[]'", "status VARCHAR(16) NOT NULL DEFAULT ''",
+        "remote_mta VARCHAR(255) NOT NULL DEFAULT ''",
+        "report_action VARCHAR(16) NOT NULL DEFAULT ''"])
 
 
 def _m3_import_jobs(conn: Connection) -> None:
@@ -99,6 +112,7 @@ MIGRATIONS: list[Migration] = [
     _m_autoresponder,  # 8: autoresponder: responders and their throttle (RFC 3834)
     _m_reliability_throttle,  # 9: reliability: login_throttle table; activity network, count
     _m_imap,  # 10: imap: \Recent, deleted-mailbox subscriptions, METADATA, QUOTA, sort keys
+    _m10_queue_delivery,  # 11: outbound: delivery state, lease, attempt history, report owed
 ]
 LATEST = len(MIGRATIONS)
 

@@ -238,6 +238,20 @@ outbound_queue = Table(
     Column("dsn_envid", Text, nullable=False, default=""),
     Column("dsn_notify", String(64), nullable=False, default=""),
     Column("dsn_orcpt", Text, nullable=False, default=""),
+    # Delivery state (the queue runner): "queued" (waiting for an attempt), "delivered",
+    # "failed" (permanent error or bounced by the operator) or "expired" (lifetime over).
+    Column("state", String(16), nullable=False, default="queued"),
+    # Lease of the runner working on the row: another node takes it over after
+    # ``lease_until`` (its holder died). "" / 0: not claimed.
+    Column("claimed_by", String(64), nullable=False, default=""),
+    Column("lease_until", Float, nullable=False, default=0.0),
+    Column("finished_at", Float, nullable=False, default=0.0),
+    Column("history", Text, nullable=False, default="[]"),  # JSON list of attempts
+    Column("status", String(16), nullable=False, default=""),  # RFC 3463 of the outcome
+    Column("remote_mta", String(255), nullable=False, default=""),
+    # A report (RFC 3464) is owed to the sender for this row's final outcome: "" none,
+    # else the Action field: "failed" | "delivered" | "relayed".
+    Column("report_action", String(16), nullable=False, default=""),
     Index("ix_queue_next", "next_attempt_at"),
     sqlite_autoincrement=True,
 )

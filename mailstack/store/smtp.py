@@ -47,7 +47,7 @@ from .accounts import _address_cols, _to_address, split_address
 from .base import Address, Domain, Message, NotFound, flags_from_db, flags_to_db
 from .events import Event, MessagesAdded
 from .mailbox import DeliveryTarget, MailboxMixin
-from .queue import NO_DSN, DsnRequest, queue_row
+from .queue import NO_DSN, DsnRequest, QueueMixin, queue_row
 
 log = logging.getLogger("mailstack.store")
 
@@ -105,7 +105,7 @@ class _Copy:
     flags: frozenset[str]
 
 
-class SmtpMixin(MailboxMixin):
+class SmtpMixin(MailboxMixin, QueueMixin):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._accept_queue: list[_Job] = []
@@ -117,7 +117,7 @@ class SmtpMixin(MailboxMixin):
                              remote: Sequence[str], remote_prefix: bytes = b"",
                              sender_address_id: int | None = None,
                              counted_recipients: int = 0,
-                             queue_lifetime: float = 5 * 86400,
+                             queue_lifetime: float | None = None,
                              at: float | None = None,
                              inboxes: Sequence[str] = (),
                              inbox_prefix: Callable[[str], bytes] | None = None,
@@ -135,7 +135,8 @@ class SmtpMixin(MailboxMixin):
         req = AcceptRequest(
             blob_id, blob_size, tuple(targets), tuple(inboxes), inbox_prefix, sender,
             tuple(remote), remote_prefix, sender_address_id, counted_recipients,
-            queue_lifetime, self.clock() if at is None else at, dsn)
+            self.queue_lifetime if queue_lifetime is None else queue_lifetime,
+            self.clock() if at is None else at, dsn)
         fut: asyncio.Future[list[Message]] = asyncio.get_running_loop().create_future()
         self._accept_queue.append(_Job(req, fut))
         if self._accept_flusher is None or self._accept_flusher.done():
@@ -175,6 +176,8 @@ class SmtpMixin(MailboxMixin):
                             len(batch), exc)
             else:
                 self.accept_stats.note(sum(1 for o in outcomes if isinstance(o, list)))
+                if any(j.req.remote for j in batch):
+                    self._queued_now()  # after the commit: the runner finds the rows
                 for job, outcome in zip(batch, outcomes, strict=True):
                     _settle(job, outcome)
                 return
@@ -187,6 +190,8 @@ class SmtpMixin(MailboxMixin):
             else:
                 if isinstance(outcome, list):
                     self.accept_stats.note(1)
+                    if job.req.remote:
+                        self._queued_now()
                 _settle(job, outcome)
 
     async def _write_group(self, conn: Any, events: list[Event],

@@ -14,7 +14,9 @@ from sqlalchemy.exc import IntegrityError
 
 from mailstack.policy.autoresponder import AutoreplyVerdict
 from mailstack.store import AlreadyExists, AutoResponder, NotFound, Store
-from mailstack.store.db import LATEST
+from mailstack.store.db import MIGRATIONS, _m_autoresponder
+
+STEP = MIGRATIONS.index(_m_autoresponder) + 1  # this table's migration step
 
 
 class Clock:
@@ -214,10 +216,10 @@ async def test_migration_step_creates_the_tables(store: Store, db_url: str,
     async with store.engine.begin() as conn:
         await conn.execute(text("DROP TABLE autoreply_throttle"))
         await conn.execute(text("DROP TABLE autoresponders"))
-        await conn.execute(text(f"DELETE FROM schema_version WHERE version >= {LATEST}"))
+        await conn.execute(text(f"DELETE FROM schema_version WHERE version >= {STEP}"))
     await store.close()
     reopened = Store(db_url, tmp_path / "blobs")
-    assert await reopened.migrate() == LATEST - 1
+    assert await reopened.migrate() == STEP - 1  # later steps run again: they may
     try:
         aid = await address(reopened)
         await reopened.add_autoresponder(aid, "x", subject="s", body="b")
