@@ -81,6 +81,9 @@ class App:
         self.importer: ImportRunner | None = None
         self.acme: AcmeManager | None = None
         self._acme_task: asyncio.Task[None] | None = None
+        self._security_task: asyncio.Task[None] | None = None
+        self._queue_task: asyncio.Task[None] | None = None
+        self._queue_stats = (0.0, 0.0)  # waiting rows, age of the oldest (for /metrics)
 
     @property
     def ports(self) -> dict[str, int]:
@@ -125,11 +128,17 @@ class App:
             self._gc_task = asyncio.create_task(self._collect_garbage_forever())
         if s.outbound.enabled:  # delivery to the internet (docs/behaviour.md §6)
             from .outbound.runner import QueueRunner, opportunistic
+            from .outbound.security import TransportSecurity
 
+            policy = self.tls_policy
+            if policy is None and self.resolver is None:  # production: DANE, MTA-STS
+                security = TransportSecurity.from_settings(s, self.store, self.clock)
+                self._security_task = asyncio.create_task(self._security_forever(security))
+                policy = security
             self.runner = QueueRunner(self.store, s, resolver=self.resolver,
-                                      clock=self.clock,
-                                      tls_policy=self.tls_policy or opportunistic)
+                                      clock=self.clock, tls_policy=policy or opportunistic)
             self.runner.start()
+            self._queue_task = asyncio.create_task(self._queue_gauges_forever())
         if s.importer.enabled:
             self.importer = ImportRunner(self.store, s, clock=self.clock,
                                          cafile=s.importer.ca_file or None)
@@ -142,6 +151,39 @@ class App:
                                     lambda: [ctx], clock=self.clock)
             self._acme_task = asyncio.create_task(self.acme.run_forever())
         write_listening(s, self.ports)
+
+    async def _queue_gauges_forever(self) -> None:
+        """The outbound queue's size and oldest age for /metrics, read every 15 s (a scrape
+        must not wait on the database)."""
+        removers = [
+            metrics.register_gauge("queue_size", "Messages waiting in the outbound queue.",
+                                   lambda: self._queue_stats[0]),
+            metrics.register_gauge("queue_oldest_age_seconds", "Age of the oldest message "
+                                   "waiting in the outbound queue.",
+                                   lambda: self._queue_stats[1])]
+        try:
+            while self.store is not None:
+                with contextlib.suppress(Exception):  # database away: keep the last value
+                    st = await self.store.queue_stats()
+                    self._queue_stats = (float(st.waiting), st.oldest_age)
+                await asyncio.sleep(15)
+        finally:
+            for remove in removers:
+                remove()
+
+    async def _security_forever(self, security: Any) -> None:
+        """Start-up check of the validating resolver, then TLS-RPT counts to the store
+        once a minute (docs/behaviour.md §6)."""
+        try:
+            await security.start()
+        except Exception:
+            log.exception("outbound: DNSSEC resolver check failed")
+        while True:
+            await asyncio.sleep(60)
+            try:
+                await security.flush_results()
+            except Exception:
+                log.exception("outbound: storing TLS report counts failed; kept")
 
     async def _collect_garbage_forever(self) -> None:
         s = self.settings.server
@@ -167,12 +209,12 @@ class App:
         if self.importer is not None:
             await self.importer.stop()
             self.importer = None
-        for task in (self._gc_task, self._acme_task):
+        for task in (self._gc_task, self._acme_task, self._security_task, self._queue_task):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-        self._gc_task = self._acme_task = None
+        self._gc_task = self._acme_task = self._security_task = self._queue_task = None
         await asyncio.gather(*(fe.close(grace) for fe in self.frontends.values()),
                              return_exceptions=True)
         if self.frontends:

@@ -282,7 +282,14 @@ async def open_session(host: str, address: str, port: int, *, helo: str,
                             status=greeting.enhanced, permanent=greeting.permanent)
         await s.ehlo(helo)
         if s.caps.starttls and use_starttls:
-            await s.starttls(tls.ssl_context or default_ctx or unverified_context())
+            try:
+                await s.starttls(tls.ssl_context or default_ctx or unverified_context())
+            except TlsFailed as exc:
+                if tls.report is not None:
+                    tls.report("validation-failure", str(exc))
+                raise
+            if tls.verify is None and tls.report is not None:
+                tls.report("success", "")
             if tls.verify is not None:
                 problem = tls.verify(peer_chain(writer.get_extra_info("ssl_object")), host)
                 if problem is not None:
@@ -290,6 +297,8 @@ async def open_session(host: str, address: str, port: int, *, helo: str,
                                     f"{problem}", status="4.7.5")
             await s.ehlo(helo)
         elif tls.require_tls:
+            if tls.report is not None:
+                tls.report("starttls-not-supported", "")
             raise SmtpError(f"{host}[{address}]: STARTTLS not offered but TLS is required "
                             f"({tls.policy})", status="4.7.4")
         if auth is not None:

@@ -53,15 +53,14 @@ class Resolver(Protocol):
 
 
 class DnsResolver:
-    """dnspython's async resolver with the system's configuration."""
+    """dnspython's async resolver asking only the configured validating resolver
+    (``[outbound_tls] dns_resolver``; empty: the system's), DO and AD set, so the AD bit
+    of its answers is what ``MxAnswer.secure`` means (RFC 7672 §2.1)."""
 
-    def __init__(self, lifetime: float = 20.0) -> None:
-        import dns.asyncresolver
-        import dns.flags
+    def __init__(self, lifetime: float = 20.0, servers: str = "") -> None:
+        from .dnssec import dnspython_resolver
 
-        self._resolver = dns.asyncresolver.Resolver()
-        self._resolver.lifetime = lifetime
-        self._resolver.use_edns(0, dns.flags.DO, 1232)
+        self._resolver = dnspython_resolver(servers, lifetime)
 
     async def _query(self, name: str, rdtype: str) -> tuple[list[object], bool]:
         import dns.exception

@@ -35,6 +35,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
+from .. import metrics
 from ..config import Settings
 from ..store import Store
 from ..store.queue import Outcome, QueueRow
@@ -81,7 +82,8 @@ class QueueRunner:
         o = self.o = settings.outbound
         self.hostname = settings.server.hostname
         self.helo = o.helo_name or self.hostname
-        self.resolver: Resolver = resolver or DnsResolver(o.dns_timeout_seconds)
+        self.resolver: Resolver = resolver or DnsResolver(
+            o.dns_timeout_seconds, settings.outbound_tls.dns_resolver)
         self.clock = clock
         self.rand = rand or random.Random()
         self.tls_policy = tls_policy
@@ -271,6 +273,9 @@ class QueueRunner:
                 last = AttemptResult(0, "4.4.4", f"{hop.host} has no address records")
                 continue
             tls = await self.tls_policy(domain, hop.host, hop.mx_secure)
+            if tls.defer_reason:  # TLSA lookup failed / not in the MTA-STS policy
+                last = AttemptResult(0, "4.7.5", tls.defer_reason, remote_mta=hop.host)
+                continue
             if route.require_tls and not tls.require_tls:
                 tls = replace(tls, require_tls=True,
                               policy="required" if tls.policy == "opportunistic"
@@ -390,6 +395,8 @@ class QueueRunner:
             self._in_flight.discard(row.id)
             self.counters["deferred" if out.state == "queued" else out.state] += 1
             self.counters["attempts"] += 1
+            metrics.delivery({"queued": "deferred", "delivered": "delivered"}.get(
+                out.state, "bounced"))
             log.info("outbound: %s <%s> -> <%s>: %s %s", out.state, row.sender,
                      row.recipient, out.status, out.error)
         waiting: dict[tuple[str, str, float], list[QueueRow]] = {}

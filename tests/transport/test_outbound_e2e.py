@@ -1,0 +1,76 @@
+"""DANE end to end: the queue runner (routing through the validating resolver of the
+DNS rig, ``TransportSecurity`` as its ``tls_policy``, the SMTP client) delivering to a
+real TLS remote MX on loopback; what the row and the remote server record."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from mailstack.config import settings_from_dict
+from mailstack.outbound.dane import record_for
+from mailstack.outbound.runner import QueueRunner
+from mailstack.outbound.security import TransportSecurity
+from tests.dnsrig import DnsRig
+from tests.transport.certs import issue, write_chain
+from tests.transport.conftest import MESSAGE
+
+
+async def run_one(dns_rig: DnsRig, store: Any, port: int, rcpt: str) -> Any:
+    host, rport = dns_rig.resolver
+    settings = settings_from_dict({
+        "server": {"hostname": "mail.example.net"},
+        "outbound": {"mx_port": port, "connect_timeout_seconds": 5,
+                     "command_timeout_seconds": 10},
+        "outbound_tls": {"dns_resolver": f"{host}:{rport}", "mta_sts": False}})
+    security = TransportSecurity.from_settings(settings, store)
+    runner = QueueRunner(store, settings, tls_policy=security)
+    blob = await store.put_blob(MESSAGE)
+    (row_id,) = await store.enqueue("a@example.org", [rcpt], blob, len(MESSAGE))
+    await runner.run_once()
+    return await store.queue_row_by_id(row_id), security
+
+
+async def test_dane_through_the_queue_runner(dns_rig: DnsRig, remote_mx: Any,
+                                             sqlite_store: Any, tmp_path: Path) -> None:
+    leaf = issue("mx.e2e.test", names=("mx.e2e.test",))
+    server = await remote_mx(*write_chain(tmp_path, "e2e", leaf))
+    dns_rig.publish("e2e.test", ["@ IN MX 10 mx", "mx IN A 127.0.0.1",
+                                 f"_25._tcp.mx IN TLSA {record_for(leaf.cert).text()}"])
+    row, security = await run_one(dns_rig, sqlite_store, server.port, "b@e2e.test")
+    assert row.state == "delivered", row
+    assert len(server.received) == 1 and server.received[0][1]  # over TLS
+
+    # The TLSA record no longer matches: deferred, nothing reaches the server.
+    other = issue("mx.e2e.test", names=("mx.e2e.test",))
+    dns_rig.publish("e2e.test", ["@ IN MX 10 mx", "mx IN A 127.0.0.1",
+                                 f"_25._tcp.mx IN TLSA {record_for(other.cert).text()}"])
+    row, security = await run_one(dns_rig, sqlite_store, server.port, "c@e2e.test")
+    assert row.state == "queued" and "DANE" in row.last_error, row
+    assert len(server.received) == 1
+
+    # STARTTLS withheld while TLSA exists: deferred.
+    plain = await remote_mx(None)
+    row, security = await run_one(dns_rig, sqlite_store, plain.port, "d@e2e.test")
+    assert row.state == "queued" and "STARTTLS" in row.last_error, row
+    assert plain.received == []
+    assert any(k.result_type == "starttls-not-supported" for k in security.results.counts)
+
+    # Bogus zone: the MX lookup fails, the row waits (never a bounce, never plaintext).
+    dns_rig.publish("e2e.test", ["@ IN MX 10 mx", "mx IN A 127.0.0.1"], mode="bogus")
+    row, security = await run_one(dns_rig, sqlite_store, server.port, "e@e2e.test")
+    assert row.state == "queued", row
+    assert len(server.received) == 1
+
+
+async def test_unsigned_destination_is_opportunistic(dns_rig: DnsRig, remote_mx: Any,
+                                                     sqlite_store: Any,
+                                                     tmp_path: Path) -> None:
+    leaf = issue("whatever", names=("whatever",))
+    server = await remote_mx(*write_chain(tmp_path, "op", leaf))
+    dns_rig.publish("e2eplain.test", ["@ IN MX 10 mx", "mx IN A 127.0.0.1",
+                                      "_25._tcp.mx IN TLSA 3 1 1 " + "77" * 32],
+                    mode="unsigned")
+    row, _ = await run_one(dns_rig, sqlite_store, server.port, "b@e2eplain.test")
+    assert row.state == "delivered", row
+    assert server.received[0][1]  # opportunistic STARTTLS was used
