@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import logging
 from collections.abc import Iterable
 
 from mailstack.imap import respond
@@ -36,6 +37,7 @@ from mailstack.store import (
     Event,
     FlagsChanged,
     Folder,
+    InsufficientStorage,
     MessagesAdded,
     MessagesExpunged,
     Resync,
@@ -43,6 +45,8 @@ from mailstack.store import (
     Subscription,
 )
 from mailstack.store.base import flags_from_db
+
+log = logging.getLogger("mailstack.imap")
 
 
 class MailboxView:
@@ -116,7 +120,13 @@ class MailboxView:
         """Claim the not yet claimed messages among ``uids`` (ascending) as recent."""
         if not self.claims_recent or not uids:
             return
-        first = await self.store.claim_recent(self.folder_id, uids[-1] + 1)
+        try:
+            first = await self.store.claim_recent(self.folder_id, uids[-1] + 1)
+        except InsufficientStorage as exc:
+            # reading mail keeps working on a full disk (docs/behaviour.md §12 "Faults"):
+            # the messages are then simply not \Recent for this session
+            log.warning("imap: \\Recent not recorded, storage full: %s", exc)
+            return
         self.recent.update(u for u in uids if u >= first)
 
     # --- numbering -----------------------------------------------------------------
