@@ -42,7 +42,7 @@ def build_settings(spec: dict[str, Any]) -> Any:
                  "https", "http", "metrics"):
         if name in ports:
             listeners[name] = {"address": "127.0.0.1", "port": ports[name], "tls": "none"}
-        else:
+        elif _has(mconfig.ListenersSettings, name):  # older commits (bench.compare) lack some
             listeners[name] = {"enabled": False}
     a = spec["argon2"]
     plans = {p: {"daily_recipients": BIG} for p in ("free", "starter", "standard")}
@@ -58,6 +58,8 @@ def build_settings(spec: dict[str, Any]) -> Any:
         "smtp": {"max_connections_per_ip": 100000},
         "pop3": {"max_connections_per_ip": 100000},
     }
+    if _has(mconfig.Settings, "outbound"):  # no delivery to the internet, no DNS
+        data["outbound"] = {"enabled": False}
     # e.g. {"auth": {...}}; a setting this version of mailstack does not have is left
     # out, so bench.compare can drive older commits with the current harness
     sections = {f.name: f.type for f in dataclasses.fields(mconfig.Settings)}

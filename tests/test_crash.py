@@ -34,7 +34,8 @@ def write_config(tmp_path: Path, db_url: str, port: int) -> Path:
     cfg.write_text(
         f'[server]\ndata_dir = "{tmp_path / "data"}"\ndatabase_url = "{db_url}"\n'
         f'[listeners.smtp]\naddress = "127.0.0.1"\nport = {port}\ntls = "none"\n{off}\n'
-        "[auth]\nargon2_time_cost = 1\nargon2_memory_kib = 64\nargon2_parallelism = 1\n")
+        "[auth]\nargon2_time_cost = 1\nargon2_memory_kib = 64\nargon2_parallelism = 1\n"
+        "[outbound]\nenabled = false\n")
     return cfg
 
 

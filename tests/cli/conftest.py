@@ -25,7 +25,8 @@ def toml_str(value: str) -> str:
 
 
 def write_config(path: Path, data_dir: Path, db_url: str = "", extra: str = "") -> Path:
-    """A config with a private data dir and fast Argon2 (tests only)."""
+    """A config with a private data dir, fast Argon2 and no outbound runner (tests
+    only)."""
     path.write_text(
         "[server]\n"
         f"data_dir = {toml_str(str(data_dir))}\n"
@@ -34,7 +35,10 @@ def write_config(path: Path, data_dir: Path, db_url: str = "", extra: str = "") 
         "[auth]\n"
         "argon2_time_cost = 1\n"
         "argon2_memory_kib = 64\n"
-        "argon2_parallelism = 1\n" + extra, encoding="utf-8")
+        "argon2_parallelism = 1\n"
+        # a server started from this file never asks DNS outside loopback: no delivery
+        # to the internet (tests of it write their own config)
+        "[outbound]\nenabled = false\n" + extra, encoding="utf-8")
     return path
 
 
