@@ -38,12 +38,13 @@ STEPS = [("SELECT", b"SELECT INBOX"), ("FETCH 1:* (UID FLAGS)", b"FETCH 1:* (UID
          ("UID THREAD REFERENCES", b"UID THREAD REFERENCES UTF-8 ALL")]
 
 
-async def measure(port: int, user: str, repeat: int) -> dict[str, list[float]]:
+async def measure(port: int, user: str, repeat: int,
+                  steps: list[tuple[str, bytes]]) -> dict[str, list[float]]:
     c = await Imap.connect(port)
     await c.login(f"{user}@{DOMAIN}", PASSWORD)
-    times: dict[str, list[float]] = {name: [] for name, _ in STEPS}
+    times: dict[str, list[float]] = {name: [] for name, _ in steps}
     for _ in range(1 + repeat):  # first pass = cold
-        for name, cmd in STEPS:
+        for name, cmd in steps:
             t0 = time.perf_counter()
             await c.cmd(cmd)
             times[name].append(time.perf_counter() - t0)
@@ -51,7 +52,8 @@ async def measure(port: int, user: str, repeat: int) -> dict[str, list[float]]:
     return times
 
 
-async def run(sizes: list[int], repeat: int, servers: list[str]) -> Results:
+async def run(sizes: list[int], repeat: int, servers: list[str],
+              steps: list[tuple[str, bytes]] = STEPS) -> Results:
     res = Results()
     reasons = await asyncio.to_thread(probe_unavailable, servers, "imap")
     for size in sizes:
@@ -62,8 +64,8 @@ async def run(sizes: list[int], repeat: int, servers: list[str]) -> Results:
                 res.skip(BENCH, case, server, reasons[server] or "")
                 continue
             async with serve(server, ds, protocols={"imap"}, argon2=ARGON2_FAST) as srv:
-                times = await measure(srv.ports["imap"], ds.users[0], repeat)
-            for name, _ in STEPS:
+                times = await measure(srv.ports["imap"], ds.users[0], repeat, steps)
+            for name, _ in steps:
                 res.add(BENCH, case, f"{name} warm", server, median(times[name][1:]) * 1000,
                         "ms", "lower")
                 res.add(BENCH, case, f"{name} cold", server, times[name][0] * 1000, "ms",
@@ -75,11 +77,16 @@ def add_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--sizes", default="1000,10000")
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--servers", default=",".join(ALL_SERVERS))
+    ap.add_argument("--steps", default="",
+                    help="comma list of step names to time (default: all); e.g. 'SELECT,"
+                         "FETCH' against a commit without SORT (bench.compare)")
 
 
 def run_from_args(a: argparse.Namespace) -> Results:
+    wanted = [w.strip() for w in a.steps.split(",") if w.strip()]
+    steps = [st for st in STEPS if not wanted or any(st[0].startswith(w) for w in wanted)]
     return asyncio.run(run([int(x) for x in a.sizes.split(",")], a.repeat,
-                           a.servers.split(",")))
+                           a.servers.split(","), steps))
 
 
 def main() -> None:
