@@ -115,6 +115,10 @@ def decoded(value: str | None) -> str | None:
         return value
 
 
+# Another process's responder change reaches deliveries within this many seconds.
+ACTIVE_KEYS_TTL = 1.0
+
+
 class Autoresponder:
     def __init__(self, store: Store, settings: AutoresponderSettings, hostname: str,
                  clock: Callable[[], float] = time.time, *,
@@ -135,6 +139,9 @@ class Autoresponder:
         self._tasks: set[asyncio.Task[None]] = set()
         self._limit = asyncio.Semaphore(MAX_CONCURRENT)
         self._last_prune = float("-inf")
+        self._keys: frozenset[str] | None = None  # who has an active responder
+        self._keys_at = 0.0
+        self._keys_changes = -1
 
     # --- entry point ---------------------------------------------------------------
     def after_delivery(self, *, sender: str | None, content: bytes,
@@ -162,11 +169,27 @@ class Autoresponder:
         with contextlib.suppress(Exception):
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
+    async def _active_keys(self) -> frozenset[str]:
+        """Who has an active responder: one query per ``ACTIVE_KEYS_TTL`` seconds, and at
+        once after this process changed a responder."""
+        now = time.monotonic()
+        changes = self.store.autoresponder_changes
+        if (self._keys is None or changes != self._keys_changes
+                or now - self._keys_at > ACTIVE_KEYS_TTL):
+            self._keys_changes = changes  # read before the query: a change meanwhile
+            self._keys = await self.store.active_autoresponder_keys()  # re-reads next time
+            self._keys_at = now
+        return self._keys
+
     # --- the work ------------------------------------------------------------------
     async def _run(self, sender: str | None, headers: bytes, mailboxes: tuple[str, ...],
                    catchall_only: frozenset[str]) -> None:
         try:
             async with self._limit:
+                keys = await self._active_keys()
+                mailboxes = tuple(m for m in mailboxes if m.lower() in keys)
+                if not mailboxes:  # the usual case: no query per delivery
+                    return
                 active = await self.store.active_autoresponders(mailboxes)
                 if not active:
                     return

@@ -93,9 +93,14 @@ V = TypeVar("V", bound=HasReply)
 
 
 class AutoresponderMixin(StoreBase):
+    # Responder changes made by this process: a cache of who has an active responder
+    # (mailstack/autoreplies.py) re-reads at once after one (others': within a second).
+    autoresponder_changes = 0
+
     async def add_autoresponder(self, address_id: int, name: str, *, subject: str,
                                 body: str, **fields: Any) -> AutoResponder:
         """Save a new (inactive) responder; ``fields``: any of ``EDITABLE``."""
+        self.autoresponder_changes += 1
         now = self.clock()
         values = _values({"subject": subject, "body": body, **fields})
         async with self._write() as (conn, _):
@@ -110,6 +115,7 @@ class AutoresponderMixin(StoreBase):
 
     async def update_autoresponder(self, address_id: int, name: str,
                                    **fields: Any) -> AutoResponder:
+        self.autoresponder_changes += 1
         values = _values(fields)
         a = t.autoresponders.c
         async with self._write() as (conn, _):
@@ -136,6 +142,7 @@ class AutoresponderMixin(StoreBase):
         return [_to_responder(r) for r in rows]
 
     async def remove_autoresponder(self, address_id: int, name: str) -> None:
+        self.autoresponder_changes += 1
         a = t.autoresponders.c
         async with self._write() as (conn, _):
             res = await conn.execute(delete(t.autoresponders).where(and_(
@@ -154,6 +161,7 @@ class AutoresponderMixin(StoreBase):
         """Make ``name`` the address's one active responder (the others are
         deactivated in the same transaction). A new activation starts a new period:
         senders answered before get one reply again."""
+        self.autoresponder_changes += 1
         a = t.autoresponders.c
         now = self.clock()
         async with self._write() as (conn, _):
@@ -175,6 +183,7 @@ class AutoresponderMixin(StoreBase):
     async def deactivate_autoresponder(self, address_id: int, name: str | None = None
                                        ) -> int:
         """Deactivate ``name`` (or whichever is active); returns how many changed."""
+        self.autoresponder_changes += 1
         a = t.autoresponders.c
         cond = and_(a.address_id == address_id, a.active)
         if name is not None:
@@ -197,6 +206,15 @@ class AutoresponderMixin(StoreBase):
                 a.address_id == address_id).values(generation=a.generation + 1,
                                                    updated_at=self.clock()))
             return int(res.rowcount)
+
+    async def active_autoresponder_keys(self) -> frozenset[str]:
+        """The address keys (local@domain, lower case) that have an active responder."""
+        a, ad, d = t.autoresponders, t.addresses, t.domains
+        async with self._read() as conn:
+            rows = (await conn.execute(
+                select(ad.c.local_key, d.c.name).select_from(
+                    a.join(ad, ad.c.id == a.c.address_id).join(d)).where(a.c.active))).all()
+        return frozenset(f"{r.local_key}@{r.name}".lower() for r in rows)
 
     async def active_autoresponders(self, keys: Sequence[str]
                                     ) -> list[tuple[str, AutoResponder]]:
