@@ -9,7 +9,7 @@ Permissions of a grant:
 - ``autoresponder``: manage its out-of-office responders;
 - ``send``: send as the address (checked by submission, policy/envelope.py).
 
-Unification (SPEC §2): offered only when the user's login equals the address, that
+Unification (docs/behaviour.md §2): offered only when the user's login equals the address, that
 user is the only one with access to it, and holds ``passwd``. Never implicit.
 """
 
@@ -51,7 +51,7 @@ class UnifyVerdict:
 def unification(login: str, address: str, user_id: int,
                 grantees: Iterable[tuple[int, Iterable[str]]]) -> UnifyVerdict:
     """May the user ``login`` (id ``user_id``) unify its password with ``address``,
-    whose grants are ``grantees`` (``(user_id, permissions)``)? SPEC §2."""
+    whose grants are ``grantees`` (``(user_id, permissions)``)? docs/behaviour.md §2."""
     everyone = list(grantees)
     if login.strip().lower() != address.strip().lower():
         return UnifyVerdict(False, "your login is not this address")

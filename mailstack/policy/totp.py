@@ -41,7 +41,7 @@ def matching_step(secret: str, code: str, now: float, last_step: int) -> int | N
     """The time step ``code`` belongs to, if it is valid now (±``WINDOW`` steps) and
     newer than ``last_step``; else None."""
     code = "".join(code.split())
-    if len(code) != DIGITS or not code.isdigit():
+    if len(code) != DIGITS or not (code.isascii() and code.isdigit()):
         return None
     current = step_at(now)
     found = None

@@ -51,11 +51,13 @@ class Page:
 class Browser:
     base: str
     ssl_ctx: ssl.SSLContext
+    local_ip: str | None = None  # e.g. 127.0.1.5: another client network (/24)
     session: aiohttp.ClientSession = field(init=False)
 
     async def __aenter__(self) -> Browser:
+        local = (self.local_ip, 0) if self.local_ip else None
         self.session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(ssl=self.ssl_ctx),
+            connector=aiohttp.TCPConnector(ssl=self.ssl_ctx, local_addr=local),
             cookie_jar=aiohttp.CookieJar(unsafe=True))  # cookies for 127.0.0.1
         return self
 
@@ -89,5 +91,5 @@ class Browser:
         return None
 
 
-def browser(app: App, client_ssl: ssl.SSLContext) -> Browser:
-    return Browser(f"https://127.0.0.1:{app.ports['https']}", client_ssl)
+def browser(app: App, client_ssl: ssl.SSLContext, local_ip: str | None = None) -> Browser:
+    return Browser(f"https://127.0.0.1:{app.ports['https']}", client_ssl, local_ip)

@@ -111,6 +111,29 @@ async def test_wrong_password_and_unknown_login_get_the_same_refusal(
     assert events == ["login_fail"]
 
 
+async def test_a_sign_in_from_a_new_network_mails_the_login_address(
+        site: App, client_ssl: ssl.SSLContext) -> None:
+    assert site.store is not None and site.services is not None
+    from tests.test_notices import inbox_subjects
+
+    await add_user(site, ANNA, "anna-user-1", {ANNA: "read"})
+    addr = await site.store.get_address(ANNA)
+    assert addr is not None
+    inbox = await site.store.get_folder(addr.id, "INBOX")
+    assert inbox is not None
+    for ip in ("127.0.0.1", "127.0.0.9"):  # the first sets the baseline; same /24
+        async with browser(site, client_ssl, ip) as b:
+            assert (await b.sign_in(ANNA, "anna-user-1")).has("My addresses")
+    await site.services.notifier.drain()
+    assert await inbox_subjects(site.store, inbox.id) == []
+    async with browser(site, client_ssl, "127.0.1.5") as b:
+        assert (await b.sign_in(ANNA, "anna-user-1")).has("My addresses")
+    await site.services.notifier.drain()
+    assert await inbox_subjects(site.store, inbox.id) == ["New sign-in to your mail account"]
+    [last, *_] = [e for e in await site.store.list_activity(ANNA) if e.event == "login_ok"]
+    assert last.client_ip == "127.0.1.5" and "new network" in last.detail
+
+
 async def test_sign_in_without_csrf_token_is_refused(site: App, client_ssl: ssl.SSLContext
                                                     ) -> None:
     await add_user(site, "carol@elsewhere.org", "carol-pass-1", {ANNA: "read"})
