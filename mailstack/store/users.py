@@ -197,14 +197,18 @@ class UsersMixin(StoreBase):
 
     # --- two-factor -----------------------------------------------------------------
     async def enable_totp(self, user_id: int, secret: str, step: int,
-                          code_hashes: list[str]) -> None:
+                          code_hashes: list[str], *, keep_session: str = "") -> None:
         """Turn two-factor on with ``secret`` (its confirming code was of ``step``) and
-        replace the emergency codes; other browsers of the user are signed out."""
+        replace the emergency codes; the user's other browsers (signed in without a
+        second factor) are signed out, all but the session ``keep_session``."""
         now = self.clock()
         async with self._write() as (conn, _):
             await conn.execute(update(t.users).where(t.users.c.id == user_id).values(
                 totp_secret=secret, totp_last_step=step))
             await self._replace_codes(conn, user_id, code_hashes, now)
+            await conn.execute(delete(t.web_sessions).where(and_(
+                t.web_sessions.c.user_id == user_id,
+                t.web_sessions.c.token_hash != keep_session)))
 
     async def _replace_codes(self, conn: Any, user_id: int, code_hashes: list[str],
                              now: float) -> None:

@@ -54,6 +54,7 @@ COOKIE = "__Host-mailstack"
 PRE_COOKIE = "__Host-mailstack-pre"  # double-submit CSRF value of the sign-in form
 SECOND_FACTOR_SECONDS = 300.0  # time to type the code after the password
 TOUCH_EVERY = 30.0  # seconds between writes of a session's last_seen
+PRUNE_EVERY = 600.0  # seconds between deletions of expired sessions (at a sign-in)
 MAX_FORM = 64 * 1024  # as client_max_size in server.py
 HERE = Path(__file__).parent
 STYLESHEET = (HERE / "static" / "account.css").read_bytes()
@@ -103,6 +104,7 @@ class AccountSite:
             lambda ip: client_network(ip, a.ipv4_prefix, a.ipv6_prefix) if ip else "")
         self.env.globals["quote"] = lambda s: quote(s, safe="@")
         self.user_notices = UserNotices(services.notifier)
+        self._pruned_at = float("-inf")
         from . import account_address
 
         self.address_pages = account_address.PAGES
@@ -161,6 +163,12 @@ class AccountSite:
         return session, token
 
     async def _new_session(self, user_id: int, stage: str) -> str:
+        w = self.services.settings.web
+        now = self.now()
+        if now - self._pruned_at > PRUNE_EVERY:  # sessions of browsers that never came back
+            self._pruned_at = now
+            await self.store.prune_web_sessions(now - w.session_idle_seconds,
+                                                now - w.session_max_seconds)
         token = secrets.token_urlsafe(32)
         await self.store.create_web_session(token_hash(token), user_id, stage,
                                             secrets.token_urlsafe(24))
@@ -464,7 +472,8 @@ class AccountSite:
                                         "expired; type the code your app shows now.")
             codes = totp.new_emergency_codes()
             await self.store.enable_totp(user.id, secret, step,
-                                         [totp.hash_emergency_code(c) for c in codes])
+                                         [totp.hash_emergency_code(c) for c in codes],
+                                         keep_session=visit.session.token_hash)
             await self.store.update_web_session(visit.session.token_hash, pending_totp=None)
             await self.store.log_activity("2fa_enabled", address=user.login,
                                           client_ip=visit.client_ip, protocol="web")

@@ -244,6 +244,31 @@ async def test_two_factor_codes_are_checked_and_never_accepted_twice(
     assert events.count("login_ok") == 3 and events.count("login_fail") == 4
 
 
+async def test_enabling_two_factor_signs_out_the_other_browsers(
+        site: App, clock: Clock, client_ssl: ssl.SSLContext) -> None:
+    login = "carol@elsewhere.org"
+    await add_user(site, login, "carol-pass-1", {ANNA: "read"})
+    async with browser(site, client_ssl) as a, browser(site, client_ssl) as other:
+        await a.sign_in(login, "carol-pass-1")
+        await other.sign_in(login, "carol-pass-1")
+        await enable_two_factor(a, clock)
+        assert (await a.get("/account/")).has(ANNA)
+        assert (await other.get("/account/", allow_redirects=False)).status == 303
+    assert await session_rows(site, login) == 1
+
+
+async def test_expired_sessions_are_deleted_at_a_later_sign_in(
+        site: App, clock: Clock, client_ssl: ssl.SSLContext) -> None:
+    login = "carol@elsewhere.org"
+    await add_user(site, login, "carol-pass-1", {ANNA: "read"})
+    async with browser(site, client_ssl) as b:
+        await b.sign_in(login, "carol-pass-1")
+    clock.t += site.settings.web.session_max_seconds + 1
+    async with browser(site, client_ssl) as b:
+        await b.sign_in(login, "carol-pass-1")
+    assert await session_rows(site, login) == 1
+
+
 async def test_emergency_code_works_once_and_sends_a_notice(
         site: App, clock: Clock, client_ssl: ssl.SSLContext) -> None:
     assert site.store is not None and site.services is not None
@@ -293,6 +318,12 @@ async def test_2fa_reset_from_the_command_line_signs_out_everywhere(
         out, err = await proc.communicate()
         assert proc.returncode == 0, err
         assert b"two-factor of carol@elsewhere.org is off" in out
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "mailstack", "--config", str(cfg), "user", "2fa",
+            "reset", "nobody@elsewhere.org", env=cli_env(),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        out, err = await proc.communicate()
+        assert proc.returncode == 1 and b"no user nobody@elsewhere.org" in err
         assert (await b.get("/account/", allow_redirects=False)).status == 303
     user = await site.store.get_user(login)
     assert user is not None and user.totp_secret is None
@@ -403,6 +434,17 @@ async def test_permitted_pages_work(site: App, client_ssl: ssl.SSLContext) -> No
         assert edit.has('value="2026-12-20T08:00"') and edit.has("checked")
         act = await b.post(base + "/autoresponder", {"action": "activate", "name": "away"})
         assert act.status == 200 and (await site.store.list_autoresponders(addr.id))[0].active
+        generation = (await site.store.list_autoresponders(addr.id))[0].generation
+        reset = await b.post(base + "/autoresponder", {"action": "reset"})
+        assert reset.status == 200 and reset.has("Every sender may get a reply again")
+        assert (await site.store.list_autoresponders(addr.id))[0].generation == generation + 1
+        rename = await b.post(base + "/autoresponder", {
+            "action": "save", "original": "away", "name": "other", "body": "x"})
+        assert rename.status == 400
+        assert [r.name for r in await site.store.list_autoresponders(addr.id)] == ["away"]
+        off = await b.post(base + "/autoresponder", {"action": "deactivate", "name": "away"})
+        assert off.status == 200
+        assert not (await site.store.list_autoresponders(addr.id))[0].active
         activity = await b.get(base + "/activity")
         assert activity.status == 200 and activity.has("password_changed")
         assert activity.has("127.0.0.0/24")
