@@ -537,6 +537,13 @@ async def test_unified_passwords_change_together_until_a_second_user_is_granted(
             "current": "joint-pass-1", "new": "joint-pass-2", "repeat": "joint-pass-2"})
         assert await password_ok(site, ANNA, "joint-pass-2")
         assert await user_password_ok(site, ANNA, "joint-pass-2")
+        # and the address's page too (no box to tick again)
+        page = await b.get(f"/account/a/{ANNA}/password")
+        assert page.has("with your own: changing either one changes both")
+        await b.post(f"/account/a/{ANNA}/password", {"new": "joint-pass-3",
+                                                     "repeat": "joint-pass-3"})
+        assert await password_ok(site, ANNA, "joint-pass-3")
+        assert await user_password_ok(site, ANNA, "joint-pass-3")
         # a second user gets access: unification ends, the page says so
         await add_user(site, "dave@elsewhere.org", "dave-pass-1", {ANNA: "read"})
         page = await b.get(f"/account/a/{ANNA}/password")
@@ -544,7 +551,7 @@ async def test_unified_passwords_change_together_until_a_second_user_is_granted(
         await b.post(f"/account/a/{ANNA}/password", {"new": "mail-only-3",
                                                      "repeat": "mail-only-3"})
         assert await password_ok(site, ANNA, "mail-only-3")
-        assert await user_password_ok(site, ANNA, "joint-pass-2")  # diverged
+        assert await user_password_ok(site, ANNA, "joint-pass-3")  # diverged
     user = await site.store.get_user(ANNA)
     assert user is not None and user.unified_address_id is None
 
