@@ -395,23 +395,26 @@ class AccountSite:
         return self.render("home.html", visit=visit, rows=rows,
                            codes_left=await self.store.emergency_codes_left(visit.user.id))
 
-    async def _check_own_password(self, visit: Visit, password: str) -> bool:
-        """The user's current password, through the login guard (a stolen session
-        cannot guess it faster than the sign-in form)."""
+    async def _check_own_password(self, visit: Visit, password: str) -> str | None:
+        """Why the user's current password was not accepted, or None when it was. It
+        goes through the login guard: a stolen session cannot guess it faster than the
+        sign-in form."""
         a = self.services.settings.auth
         net = client_network(visit.client_ip, a.ipv4_prefix, a.ipv6_prefix)
         key = f"user:{visit.user.login}"
         verdict = await self.services.guard.check(net, key)
         if not verdict.allowed:
-            return False
+            when = time.strftime("%H:%M:%S UTC", time.gmtime(verdict.retry_at))
+            return f"too many wrong passwords; try again after {when}"
         ok = await self.services.passwords.verify(visit.user.password_hash, password)
         if verdict.delay:
             await asyncio.sleep(verdict.delay)
-        if not ok:
-            await self.services.guard.failure(net, key)
-            await self.store.log_activity("password_check_fail", address=visit.user.login,
-                                          client_ip=visit.client_ip, protocol="web")
-        return ok
+        if ok:
+            return None
+        await self.services.guard.failure(net, key)
+        await self.store.log_activity("password_check_fail", address=visit.user.login,
+                                      client_ip=visit.client_ip, protocol="web")
+        return "your current password is wrong"
 
     async def my_password(self, request: web.Request, visit: Visit) -> web.StreamResponse:
         unified = None
@@ -427,9 +430,10 @@ class AccountSite:
         if problem:
             return self.render("my_password.html", 400, visit=visit, unified=unified,
                                message=f"Not changed: {problem}.")
-        if not await self._check_own_password(visit, form.get("current", "")):
+        refused = await self._check_own_password(visit, form.get("current", ""))
+        if refused:
             return self.render("my_password.html", 403, visit=visit, unified=unified,
-                               message="Not changed: your current password is wrong.")
+                               message=f"Not changed: {refused}.")
         await self.store.set_user_password(visit.user.id,
                                            await self.services.passwords.hash(new))
         await self.store.log_activity("password_changed", address=visit.user.login,
@@ -479,10 +483,10 @@ class AccountSite:
                                           client_ip=visit.client_ip, protocol="web")
             return self.render("codes.html", visit=visit, codes=codes, enabled=True)
         if action == "codes" and user.two_factor:
-            if not await self._check_own_password(visit, form.get("current", "")):
+            refused = await self._check_own_password(visit, form.get("current", ""))
+            if refused:
                 return self.render("two_factor.html", 403, visit=visit,
-                                   codes_left=codes_left,
-                                   message="Nothing changed: your password is wrong.")
+                                   codes_left=codes_left, message=f"Nothing changed: {refused}.")
             codes = totp.new_emergency_codes()
             await self.store.replace_emergency_codes(
                 user.id, [totp.hash_emergency_code(c) for c in codes])
@@ -490,10 +494,10 @@ class AccountSite:
                                           client_ip=visit.client_ip, protocol="web")
             return self.render("codes.html", visit=visit, codes=codes, enabled=False)
         if action == "disable" and user.two_factor:
-            if not await self._check_own_password(visit, form.get("current", "")):
+            refused = await self._check_own_password(visit, form.get("current", ""))
+            if refused:
                 return self.render("two_factor.html", 403, visit=visit,
-                                   codes_left=codes_left,
-                                   message="Nothing changed: your password is wrong.")
+                                   codes_left=codes_left, message=f"Nothing changed: {refused}.")
             await self.store.reset_totp(user.id)
             await self.store.log_activity("2fa_disabled", address=user.login,
                                           client_ip=visit.client_ip, protocol="web")

@@ -609,3 +609,34 @@ async def test_emergency_codes_are_single_use_at_the_store(site: App) -> None:
     results = await asyncio.gather(*[site.store.use_emergency_code(
         user_id, totp.hash_emergency_code(codes[0])) for _ in range(5)])
     assert sorted(results) == [False] * 4 + [True]
+
+
+async def test_new_codes_and_switching_off_need_the_password(
+        site: App, clock: Clock, client_ssl: ssl.SSLContext) -> None:
+    assert site.store is not None
+    login = "carol@elsewhere.org"
+    await add_user(site, login, "carol-pass-1", {ANNA: "read"})
+    async with browser(site, client_ssl) as b:
+        await b.sign_in(login, "carol-pass-1")
+        _secret, old_codes = await enable_two_factor(b, clock)
+        user = await site.store.get_user(login)
+        assert user is not None
+        for action in ("codes", "disable"):
+            wrong = await b.post("/account/me/2fa", {"action": action, "current": "nope"})
+            assert wrong.status == 403 and wrong.has("your current password is wrong")
+        user = await site.store.get_user(login)
+        assert user is not None and user.two_factor
+        assert await site.store.emergency_codes_left(user.id) == 10
+        renewed = await b.post("/account/me/2fa", {"action": "codes",
+                                                   "current": "carol-pass-1"})
+        new_codes = CODES.findall(renewed.text)
+        assert len(new_codes) == 10 and not set(new_codes) & set(old_codes)
+        assert not await site.store.use_emergency_code(
+            user.id, totp.hash_emergency_code(old_codes[0]))
+        off = await b.post("/account/me/2fa", {"action": "disable",
+                                               "current": "carol-pass-1"})
+        assert off.status == 200 and off.has("Two-factor is off")
+        assert (await b.get("/account/")).has(ANNA)  # this browser goes on
+    user = await site.store.get_user(login)
+    assert user is not None and not user.two_factor
+    assert await site.store.emergency_codes_left(user.id) == 0
