@@ -460,6 +460,11 @@ class WebSettings:
                               min=1, max=31557600)
     mobileconfig_sign: bool = _f(False, "Sign Apple .mobileconfig profiles with the "
                                  "server certificate (CMS), so devices show them verified.")
+    session_idle_seconds: float = _f(1800.0, "A signed-in browser that makes no request "
+                                     "for this long is signed out (self-service pages).",
+                                     min=60)
+    session_max_seconds: float = _f(43200.0, "A browser sign-in ends this long after it "
+                                    "started, whatever its activity.", min=60)
 
 
 @dataclass(frozen=True)

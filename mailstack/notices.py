@@ -140,3 +140,43 @@ class Notifier:
             task.cancel()
         with contextlib.suppress(Exception):
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+
+class UserNotices:
+    """Security notices about a user's own sign-in to the web pages, mailed to the
+    user's login when it is an email address (hosted here: its INBOX; elsewhere: the
+    outbound queue). Same format and background sending as ``Notifier``."""
+
+    def __init__(self, notifier: Notifier) -> None:
+        self.n = notifier
+
+    def signin_from_new_network(self, login: str, client_ip: str) -> None:
+        if self.n.settings.notify_new_network:
+            self.n._spawn(self._send(
+                login, "New sign-in to your mail account",
+                f"Your account {login} was just signed in to on the web pages from a "
+                f"network it has not used before.\n\n  When:     {_when(self.n.clock())}\n"
+                f"  From:     {client_ip}\n  Protocol: HTTPS\n\nIf this was you, there is "
+                "nothing to do.\nIf not, change your password now: every browser signed "
+                "in to your account is signed out when it changes.\n",
+                "notice_new_network"))
+
+    def emergency_code_used(self, login: str, client_ip: str, left: int) -> None:
+        self.n._spawn(self._send(
+            login, "An emergency code was used to sign in",
+            f"One of the emergency codes of your account {login} was just used to sign "
+            f"in.\n\n  When:     {_when(self.n.clock())}\n  From:     {client_ip}\n\n"
+            f"That code no longer works; {left} unused codes are left. If this was not "
+            "you, change your password and ask support to reset two-factor.\n",
+            "notice_emergency_code"))
+
+    async def _send(self, login: str, subject: str, body: str, event: str) -> None:
+        try:
+            await self.n.store.log_activity(event, address=login, protocol="notice")
+            if "@" not in login:
+                return
+            data = compose_notice(hostname=self.n.hostname, to=login, subject=subject,
+                                  body=body, now=self.n.clock())
+            await self.n._deliver(login, data)
+        except Exception:  # a notice must never break a sign-in
+            log.exception("security notice for user %s failed", login)

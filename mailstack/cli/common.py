@@ -135,6 +135,7 @@ class Parsers:
 
     def __init__(self, sub: Any) -> None:
         self.sub = sub
+        self._groups: dict[str, Any] = {}
 
     def cmd(self, parent: Any, name: str, handler: Handler, help_text: str
             ) -> argparse.ArgumentParser:
@@ -144,8 +145,14 @@ class Parsers:
         return sp
 
     def group(self, name: str, help_text: str) -> Any:
+        """A command group; asking again for a registered group returns it, so several
+        modules can add actions to one group (``user``: admin.py and user.py)."""
+        if name in self._groups:
+            return self._groups[name]
         gp = self.sub.add_parser(name, help=help_text, description=help_text)
-        return gp.add_subparsers(dest=f"{name}_command", metavar="ACTION", required=True)
+        self._groups[name] = gp.add_subparsers(dest=f"{name}_command", metavar="ACTION",
+                                               required=True)
+        return self._groups[name]
 
 
 def read_csv_file(path: str) -> str:

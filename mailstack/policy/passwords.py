@@ -103,3 +103,26 @@ class Passwords:
         if idx is not None:
             self._remember(hashes[idx], password)
         return idx
+
+
+MIN_PASSWORD_LENGTH = 8
+
+
+def password_problem(password: str) -> str | None:
+    """Why ``password`` may not be chosen (the web pages' rule, the same as the
+    command line's), or None. Never echoes the password."""
+    if not password:
+        return "the password is empty"
+    if len(password) < MIN_PASSWORD_LENGTH:
+        return f"the password is shorter than {MIN_PASSWORD_LENGTH} characters"
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in password):
+        return "the password contains a control character"
+    return None
+
+
+def new_app_password() -> str:
+    """Four groups of four lowercase letters: easy to type on a phone, ~75 bits."""
+    import string
+
+    letters = string.ascii_lowercase
+    return "-".join("".join(secrets.choice(letters) for _ in range(4)) for _ in range(4))

@@ -51,10 +51,12 @@ from .queue import NO_DSN, DsnRequest, QueuedMessage, QueueMixin
 from .smtp import SmtpMixin
 from .throttle import NETWORK_WIDE, ThrottleFacts, ThrottleMixin
 from .transport import CachedStsPolicy, TlsResultKey, TransportMixin
+from .users import Grant, User, UsersMixin, WebSession
 
 
 class Store(SmtpMixin, AccountsMixin, ImapMixin, ImportMixin, MailboxMixin, QueueMixin,
-            GcMixin, TransportMixin, CertsMixin, DkimMixin, AutoresponderMixin, ThrottleMixin):
+            GcMixin, TransportMixin, CertsMixin, DkimMixin, AutoresponderMixin, ThrottleMixin,
+            UsersMixin):
     @classmethod
     async def open_from_settings(cls, settings: Settings,
                                  clock: Callable[[], float] = time.time, *,
@@ -92,6 +94,7 @@ __all__ = [
     "FolderChanged",
     "FolderProgress",
     "FolderStatus",
+    "Grant",
     "ImportJob",
     "ImportedMessage",
     "InsufficientStorage",
@@ -113,6 +116,8 @@ __all__ = [
     "ThrottleFacts",
     "TlsResultKey",
     "Unavailable",
+    "User",
+    "WebSession",
     "normalize_folder_name",
     "split_address",
 ]

@@ -31,6 +31,7 @@ from .base import (
     StoreError,
 )
 from .events import AddressDeleted, CredentialsChanged
+from .users import end_broken_unification
 
 SPECIAL_FOLDERS = (("Sent", "\\Sent"), ("Drafts", "\\Drafts"), ("Trash", "\\Trash"),
                    ("Junk", "\\Junk"), ("Archive", "\\Archive"))
@@ -358,6 +359,7 @@ class AccountsMixin(StoreBase):
                 t.grants.c.user_id == user_id, t.grants.c.address_id == address_id)))
             await conn.execute(insert(t.grants).values(
                 user_id=user_id, address_id=address_id, permissions=",".join(permissions)))
+            await end_broken_unification(conn, address_id, self.clock())  # docs/behaviour.md §2
 
     async def get_user_id(self, login: str) -> int | None:
         async with self._read() as conn:
@@ -386,6 +388,7 @@ class AccountsMixin(StoreBase):
                 t.grants.c.user_id == user_id, t.grants.c.address_id == address_id)))
             if res.rowcount == 0:
                 raise NotFound("no such grant")
+            await end_broken_unification(conn, address_id, self.clock())  # docs/behaviour.md §2
 
     async def grants_for_address(self, address_id: int) -> list[tuple[str, frozenset[str]]]:
         async with self._read() as conn:

@@ -101,6 +101,17 @@ def _m_imap(conn: Connection) -> None:
         "JOIN folders f ON f.id = m.folder_id GROUP BY f.address_id")
 
 
+def _m_accounts_web(conn: Connection) -> None:
+    """accounts: TOTP replay guard and unification on users; emergency codes, web
+    sessions and the networks users signed in from."""
+    pk = "INTEGER" if conn.dialect.name == "sqlite" else "BIGINT"  # schema.PK
+    _add_columns(conn, "users", ["totp_last_step BIGINT NOT NULL DEFAULT 0",
+                                 f"unified_address_id {pk} REFERENCES addresses(id) "
+                                 "ON DELETE SET NULL"])
+    for table in (schema.emergency_codes, schema.web_sessions, schema.user_networks):
+        table.create(conn, checkfirst=True)
+
+
 MIGRATIONS: list[Migration] = [
     lambda conn: None,  # 1: initial schema (created by create_all on a fresh database)
     _m2_queue_dsn,  # 2: DSN parameters on queue rows (RFC 3461)
@@ -113,6 +124,7 @@ MIGRATIONS: list[Migration] = [
     _m_reliability_throttle,  # 9: reliability: login_throttle table; activity network, count
     _m_imap,  # 10: imap: \Recent, deleted-mailbox subscriptions, METADATA, QUOTA, sort keys
     _m10_queue_delivery,  # 11: outbound: delivery state, lease, attempt history, report owed
+    _m_accounts_web,  # 12: accounts: TOTP step, unification, emergency codes, web sessions
 ]
 LATEST = len(MIGRATIONS)
 

@@ -89,7 +89,48 @@ users = Table(
     Column("password_hash", Text, nullable=False),
     Column("totp_secret", Text),
     Column("created_at", Float, nullable=False),
+    # RFC 6238 §5.2: the last time step whose code was accepted; a code of that step or
+    # an earlier one is refused (no code works twice).
+    Column("totp_last_step", BigInteger, nullable=False, default=0),
+    # Unification (docs/behaviour.md §2): the address whose password changes together
+    # with this user's; NULL: none. Cleared when the rule stops holding.
+    Column("unified_address_id", PK, ForeignKey("addresses.id", ondelete="SET NULL")),
     sqlite_autoincrement=True,
+)
+
+# One-time emergency codes of a user with two-factor auth: SHA-256 of the code (the
+# codes are random, 60 bits, so a fast hash is enough); used_at set on first use.
+emergency_codes = Table(
+    "emergency_codes", metadata,
+    Column("id", PK, primary_key=True, autoincrement=True),
+    Column("user_id", PK, ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    Column("code_hash", String(64), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("used_at", Float),
+    UniqueConstraint("user_id", "code_hash", name="uq_emergency_code"),
+    sqlite_autoincrement=True,
+)
+
+# Signed-in browsers (web/account.py): the cookie holds a random token, the row its
+# SHA-256. Deleting a user's rows signs it out everywhere, on every node.
+web_sessions = Table(
+    "web_sessions", metadata,
+    Column("token_hash", String(64), primary_key=True),
+    Column("user_id", PK, ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    Column("stage", String(16), nullable=False),  # "second-factor" | "in"
+    Column("csrf", String(64), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("last_seen", Float, nullable=False),
+    Column("pending_totp", Text),  # a secret shown while two-factor is being enabled
+    Index("ix_web_sessions_user", "user_id"),
+)
+
+# Networks a user signed in to the web pages from (new-network notices).
+user_networks = Table(
+    "user_networks", metadata,
+    Column("user_id", PK, ForeignKey("users.id", ondelete="CASCADE"), primary_key=True),
+    Column("network", String(64), primary_key=True),
+    Column("first_seen", Float, nullable=False),
 )
 
 grants = Table(

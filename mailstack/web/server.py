@@ -5,7 +5,8 @@ connections at once).
 
 Roles, one per listener:
 - ``https``: client auto-configuration (Thunderbird, Outlook, Apple), the MTA-STS policy
-  for ``mta-sts.<hosted domain>``, and ``/metrics`` when a bearer token is configured.
+  for ``mta-sts.<hosted domain>``, ``/metrics`` when a bearer token is configured, and
+  the users' self-service pages under ``/account`` (``account.py``).
 - ``http``: auto-configuration (Thunderbird asks over plain HTTP first), ACME HTTP-01
   challenges (RFC 8555 §8.3); every other request is redirected to https.
 - ``metrics``: ``/metrics`` in the Prometheus text format.
@@ -27,6 +28,7 @@ import logging
 import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -103,6 +105,11 @@ class WebFrontEnd:
         self._blob_size_at = float("-inf")
         self._blob_lock = asyncio.Lock()
         self.routes = self._routes()
+        self.account: Any = None
+        if role == "https":  # users' self-service pages (web/account.py)
+            from .account import AccountSite
+
+            self.account = AccountSite(services)
 
     # --- routing --------------------------------------------------------------------
     def _routes(self) -> dict[str, Handler]:
@@ -127,6 +134,9 @@ class WebFrontEnd:
         try:
             if handler is not None:
                 return await handler(self, request)
+            if self.account is not None and (path == "/account"
+                                             or path.startswith("/account/")):
+                return await self.account.dispatch(request)
             if self.role == "http" and path.startswith(ACME_PREFIX):
                 return self.acme_challenge(request)
             if self.role == "http":
