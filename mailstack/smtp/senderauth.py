@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from ..outbound.dnssec import SecureResolver
 from ..policy.authres import AuthReport, Lookups, check_sender, decide, reject_reply
+from ..policy.authres.results import remove_forged
 from ..policy.envelope import EnvelopeAddress
 from ..policy.relay import RcptVerdict, merge_destinations
 from ..services import Services
@@ -51,10 +52,15 @@ class SenderAuth:
                     sender: EnvelopeAddress | None, verdicts: Sequence[RcptVerdict],
                     queue_id: str) -> AuthOutcome:
         lookups = Lookups(self.resolver, self.settings.dns_budget_seconds)
-        report = await check_sender(
-            lookups, content=content, client_ip=client_ip, helo=helo,
-            mail_from=str(sender) if sender else "", authserv_id=self.services.hostname,
-            trusted_sealers=self.trusted, draw=self.draw)
+        try:
+            report = await check_sender(
+                lookups, content=content, client_ip=client_ip, helo=helo,
+                mail_from=str(sender) if sender else "", authserv_id=self.services.hostname,
+                trusted_sealers=self.trusted, draw=self.draw, now=self.services.clock())
+        except Exception:  # a bug of ours must not stop mail; forged results still go
+            log.exception("smtp %s: sender authentication failed; delivered unchecked",
+                          queue_id)
+            return AuthOutcome(None, remove_forged(content, self.services.hostname)[0])
         log.info("smtp %s: spf=%s dkim=%s dmarc=%s arc=%s iprev=%s%s (%d DNS queries)",
                  queue_id, report.spf.result,
                  ",".join(s.result for s in report.dkim) or "none", report.dmarc.result,

@@ -80,7 +80,8 @@ async def reverse_dns(lookups: Lookups, ip: str) -> tuple[str, str | None]:
 async def check_sender(lookups: Lookups, *, content: bytes, client_ip: str,
                        helo: str | None, mail_from: str, authserv_id: str,
                        trusted_sealers: Collection[str] = (),
-                       draw: Callable[[], float] = random.random) -> AuthReport:
+                       draw: Callable[[], float] = random.random,
+                       now: float = 0.0) -> AuthReport:
     """Every check of one MX message. ``mail_from`` is "" for the null sender."""
     helo_name = (helo or "").strip().rstrip(".").lower()
     if mail_from:
@@ -93,7 +94,7 @@ async def check_sender(lookups: Lookups, *, content: bytes, client_ip: str,
         if scope == "helo" and not valid_domain(helo_name):
             return SpfOutcome("none", helo_name, problem="HELO is not a domain name")
         return await check_host(lookups, client_ip, spf_domain, identity, helo_name,
-                                authserv_id)
+                                authserv_id, now)
 
     try:
         from_domain, from_problem = dm.from_domain_of(

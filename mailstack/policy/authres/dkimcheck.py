@@ -8,8 +8,8 @@ Invariants:
   answers, so dkimpy never opens a socket or waits on DNS.
 - Every DKIM-Signature is verified and reported (RFC 6376 §6.1: each on its own).
 - A key that failed to load for a DNS failure gives ``temperror`` (RFC 8601 §2.7.1),
-  never ``fail``; a key missing or malformed gives ``permerror``... except where
-  dkimpy reports it as a plain verification failure (``fail``).
+  never ``fail``; no key record, or a signature or key dkimpy cannot parse, gives
+  ``permerror``; a signature that does not verify gives ``fail``.
 - RSA keys under 1024 bits fail (RFC 8301 §3.2; dkimpy's ``minkey``).
 - A signature with ``l=`` (body length limit, RFC 6376 §8.2) that verifies is reported
   as ``policy``: unsigned content may follow the signed part, so it does not count

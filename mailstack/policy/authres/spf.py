@@ -61,6 +61,7 @@ class _State:
     receiver: str
     dns_terms: int = 0
     void: int = 0
+    now: float = 0.0  # for %{t} in explanations
 
     def count_term(self) -> None:
         self.dns_terms += 1
@@ -94,13 +95,13 @@ def valid_domain(domain: str) -> bool:
 
 
 async def check_host(lookups: Lookups, ip: str, domain: str, sender: str, helo: str,
-                     receiver: str) -> SpfOutcome:
+                     receiver: str, now: float = 0.0) -> SpfOutcome:
     """RFC 7208 §4: the SPF result for ``domain`` with client ``ip``. ``sender`` is the
     MAIL FROM (``postmaster@<helo>`` for the HELO check or an empty MAIL FROM)."""
     domain = domain.rstrip(".").lower()
     if not valid_domain(domain):
         return SpfOutcome("none", domain, problem="not a valid domain name (RFC 7208 §4.3)")
-    state = _State(normalize_ip(ip), sender, helo, lookups, receiver)
+    state = _State(normalize_ip(ip), sender, helo, lookups, receiver, now=now)
     try:
         result, mech, exp = await _check(state, domain, depth=0)
     except _Temp as exc:
@@ -385,5 +386,5 @@ async def _macro_value(state: _State, letter: str, domain: str, explain: bool) -
             return str(ip)
         if letter == "r":
             return state.receiver
-        return "0"  # t: we do not tell the time in explanations
+        return str(int(state.now))
     raise _Perm(f"unknown macro letter {letter!r}")  # pragma: no cover
