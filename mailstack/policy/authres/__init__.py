@@ -27,7 +27,14 @@ from typing import Literal
 
 from ..headers import HeaderError, extract_from_addresses
 from . import dmarc as dm
-from .dkimcheck import ArcOutcome, DkimSignature, fetch_keys, verify_arc, verify_dkim
+from .dkimcheck import (
+    ArcOutcome,
+    DkimSignature,
+    fetch_keys,
+    has_signatures,
+    verify_arc,
+    verify_dkim,
+)
 from .lookups import DnsResolver, Lookups
 from .results import authentication_results, received_spf, remove_forged
 from .spf import SpfOutcome, check_host, valid_domain
@@ -107,6 +114,8 @@ async def check_sender(lookups: Lookups, *, content: bytes, client_ip: str,
 
     async def crypto() -> tuple[list[DkimSignature], ArcOutcome]:
         keys = await fetch_keys(lookups, content)
+        if not keys and not has_signatures(content):  # nothing to verify: no thread hop
+            return [], ArcOutcome("none")
 
         def run() -> tuple[list[DkimSignature], ArcOutcome]:
             return verify_dkim(content, keys), verify_arc(content, keys)

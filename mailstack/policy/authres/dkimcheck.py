@@ -34,6 +34,7 @@ DkimResult = Literal["pass", "fail", "neutral", "policy", "temperror", "permerro
 ArcResult = Literal["none", "pass", "fail"]
 MIN_KEY_BITS = 1024  # RFC 8301 §3.2
 MAX_SIGNATURES = 10  # more are reported as neutral, unverified (a cost bound)
+MAX_KEY_NAMES = 20  # distinct key records fetched per message (signatures + ARC sets)
 
 log = logging.getLogger("mailstack.policy.dkim")
 _quiet = logging.getLogger("mailstack.policy.dkim.lib")
@@ -80,6 +81,11 @@ def split_header(message: bytes) -> list[tuple[str, bytes]]:
     return fields
 
 
+def has_signatures(message: bytes) -> bool:
+    return any(n.lower() in ("dkim-signature", "arc-seal", "arc-message-signature")
+               for n, _ in split_header(message))
+
+
 def _tags(value: bytes) -> dict[bytes, bytes]:
     try:
         return parse_tag_value(value)
@@ -88,7 +94,8 @@ def _tags(value: bytes) -> dict[bytes, bytes]:
 
 
 def key_names(message: bytes) -> list[str]:
-    """The key record names DKIM-Signature, ARC-Message-Signature and ARC-Seal name."""
+    """The key record names DKIM-Signature, ARC-Message-Signature and ARC-Seal name
+    (at most ``MAX_KEY_NAMES``; a key not fetched verifies nothing)."""
     names = []
     count = 0
     for name, value in split_header(message):
@@ -103,7 +110,7 @@ def key_names(message: bytes) -> list[str]:
         s, d = tags.get(b"s"), tags.get(b"d")
         if s and d:
             names.append(_key_name(s, d))
-    return list(dict.fromkeys(names))
+    return list(dict.fromkeys(names))[:MAX_KEY_NAMES]
 
 
 def _key_name(selector: bytes, domain: bytes) -> str:
