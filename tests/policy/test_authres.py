@@ -282,3 +282,26 @@ def test_remove_forged_keeps_other_admds_and_the_body() -> None:
     assert n == 2
     assert out == (b"X-Other: 1\r\nAuthentication-Results: elsewhere.example; spf=pass\r\n"
                    b"Subject: s\r\n\r\nAuthentication-Results: mx.test; in the body\r\n")
+
+
+# --- DKIM bounds (hostile input) ----------------------------------------------------------
+
+
+def test_at_most_ten_signatures_are_verified_and_twenty_keys_fetched() -> None:
+    from mailstack.policy.authres.dkimcheck import (
+        MAX_KEY_NAMES,
+        key_names,
+        verify_dkim,
+    )
+    sigs = b"".join(f"DKIM-Signature: v=1; a=rsa-sha256; d=d{i}.example; s=s; h=from; "
+                    f"bh=AAAA; b=BBBB\r\n".encode() for i in range(30))
+    seals = b"".join(f"ARC-Seal: i={i}; a=rsa-sha256; cv=pass; d=a{i}.example; s=s; "
+                     f"b=CCCC\r\n".encode() for i in range(1, 40))
+    msg = sigs + seals + b"From: a@d0.example\r\n\r\nbody\r\n"
+    names = key_names(msg)
+    assert len(names) == MAX_KEY_NAMES
+    assert names[:10] == [f"s._domainkey.d{i}.example" for i in range(10)]
+    results = verify_dkim(msg, {})
+    assert len(results) == 30
+    assert {r.result for r in results[10:]} == {"neutral"}
+    assert {r.result for r in results[:10]} == {"permerror"}  # no key fetched

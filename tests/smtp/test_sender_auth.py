@@ -140,14 +140,14 @@ def b_of(signed: bytes) -> str:
     return re.sub(rb"\s+", b"", m.group(1))[:8].decode()
 
 
-async def send(env: Env, mail_from: str, msg: bytes, helo: str = "client.test"
-               ) -> tuple[int, str]:
+async def send(env: Env, mail_from: str, msg: bytes, helo: str = "client.test",
+               rcpts: tuple[str, ...] = (RCPT,)) -> tuple[int, str]:
     """smtplib on the MX port (in a thread: the server runs on this event loop)."""
     def run() -> tuple[int, str]:
         with smtplib.SMTP("127.0.0.1", env.port("smtp"), local_hostname=helo,
                           timeout=30) as s:
             try:
-                s.sendmail(mail_from, [RCPT], msg)
+                s.sendmail(mail_from, list(rcpts), msg)
             except smtplib.SMTPDataError as exc:
                 return exc.smtp_code, exc.smtp_error.decode()
         return 250, ""
@@ -289,6 +289,20 @@ async def test_per_domain_override_mark_delivers_a_p_reject_failure(mx: Env) -> 
     await mx.store.set_dmarc_action("example.com", "quarantine")
     assert (await send(mx, "ceo@reject.test", message("ceo@reject.test", "second")))[0] == 250
     assert len(await folder(mx, "Junk")) == 1
+
+
+async def test_mixed_recipient_domains_refuse_only_when_all_would(mx: Env) -> None:
+    """docs/behaviour.md §5: one recipient's domain marks, the other follows p=reject:
+    the message is accepted; the marking domain's copy is in INBOX, the other in Junk."""
+    other = "frida@free.example"
+    await mx.store.set_dmarc_action("free.example", "mark")
+    code, _ = await send(mx, "ceo@reject.test", message("ceo@reject.test"),
+                         rcpts=(RCPT, other))
+    assert code == 250
+    assert len(await folder(mx, "Junk")) == 1 and await folder(mx, "INBOX") == []
+    [raw] = await folder(mx, "INBOX", other)
+    assert await folder(mx, "Junk", other) == []
+    assert "dmarc=fail (p=reject; dis=reject) header.from=reject.test" in ours(raw)
 
 
 # --- DKIM -----------------------------------------------------------------------------
