@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
 import time
 from typing import Any
 
@@ -112,8 +113,11 @@ async def run(concurrency: list[int], sizes: list[int], duration: float,
               auth_dns: bool = False) -> Results:
     if auth_dns:
         with DnsStub() as stub:
-            return await _run(concurrency, sizes, duration, servers, hash_profile,
-                              f"127.0.0.1:{stub.port}")
+            res = await _run(concurrency, sizes, duration, servers, hash_profile,
+                             f"127.0.0.1:{stub.port}")
+            print(f"loopback DNS responder answered {stub.queries} queries",
+                  file=sys.stderr)
+            return res
     return await _run(concurrency, sizes, duration, servers, hash_profile, "")
 
 
