@@ -30,6 +30,7 @@ class DnsStub:
     def __init__(self) -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.bind(("127.0.0.1", 0))
+        self.sock.settimeout(0.2)  # so the thread sees the stop flag
         self.port = int(self.sock.getsockname()[1])
         self.queries = 0
         self._thread = threading.Thread(target=self._serve, name="dnsstub", daemon=True)
@@ -41,13 +42,15 @@ class DnsStub:
 
     def __exit__(self, *exc: object) -> None:
         self._stop = True
-        self.sock.close()
         self._thread.join(timeout=5)
+        self.sock.close()
 
     def _serve(self) -> None:
         while not self._stop:
             try:
                 data, peer = self.sock.recvfrom(4096)
+            except TimeoutError:
+                continue
             except OSError:
                 return
             try:

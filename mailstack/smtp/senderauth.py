@@ -16,7 +16,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from ..outbound.dnssec import SecureResolver
-from ..policy.authres import AuthReport, Lookups, check_sender, decide, reject_reply
+from ..policy.authres import (
+    AuthReport,
+    DnsResolver,
+    Lookups,
+    check_sender,
+    decide,
+    reject_reply,
+)
+from ..policy.authres.lookups import CachingResolver
 from ..policy.authres.results import remove_forged
 from ..policy.envelope import EnvelopeAddress
 from ..policy.relay import RcptVerdict, merge_destinations
@@ -36,14 +44,15 @@ class AuthOutcome:
 
 
 class SenderAuth:
-    def __init__(self, services: Services, *, resolver: SecureResolver | None = None,
+    def __init__(self, services: Services, *, resolver: DnsResolver | None = None,
                  draw: Callable[[], float] = random.random) -> None:
         self.services = services
         s = services.settings
         self.settings = s.sender_auth
-        # The resolver outbound uses ([outbound_tls] dns_resolver): one DNS setting.
-        self.resolver = resolver or SecureResolver.from_setting(
-            s.outbound_tls.dns_resolver, s.outbound_tls.dns_timeout_seconds)
+        # The resolver outbound uses ([outbound_tls] dns_resolver): one DNS setting,
+        # behind a cache shared by every MX session of this process.
+        self.resolver = CachingResolver(resolver or SecureResolver.from_setting(
+            s.outbound_tls.dns_resolver, s.outbound_tls.dns_timeout_seconds))
         self.trusted = tuple(x.strip().lower() for x in
                              self.settings.trusted_arc_sealers.split(",") if x.strip())
         self.draw = draw

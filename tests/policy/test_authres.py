@@ -305,3 +305,30 @@ def test_at_most_ten_signatures_are_verified_and_twenty_keys_fetched() -> None:
     assert len(results) == 30
     assert {r.result for r in results[10:]} == {"neutral"}
     assert {r.result for r in results[:10]} == {"permerror"}  # no key fetched
+
+
+# --- the answer cache in front of the resolver ---------------------------------------------
+
+
+async def test_caching_resolver_keeps_answers_for_their_ttl_never_failures() -> None:
+    import asyncio
+
+    from mailstack.policy.authres.lookups import CachingResolver
+
+    now = [0.0]
+    fake = FakeDns({"example.com": txt("v=spf1 -all")}, fail={"broken.example"})
+    cache = CachingResolver(fake, max_ttl=300, negative_ttl=30, monotonic=lambda: now[0])
+    # concurrent askers of one name share one query
+    got = await asyncio.gather(*(cache.query("example.com", "TXT") for _ in range(5)))
+    assert {a.status for a in got} == {"records"} and len(fake.asked) == 1
+    await cache.query("EXAMPLE.com.", "txt")
+    assert len(fake.asked) == 1
+    now[0] = 299.0  # dnspython's default TTL of a from_text rdata set is 0 -> negative_ttl
+    await cache.query("example.com", "TXT")
+    assert len(fake.asked) == 2  # expired after 30 s
+    await cache.query("nothing.example", "A")
+    await cache.query("nothing.example", "A")
+    assert fake.asked.count(("nothing.example", "A")) == 1  # negative answers kept
+    await cache.query("broken.example", "TXT")
+    await cache.query("broken.example", "TXT")
+    assert fake.asked.count(("broken.example", "TXT")) == 2  # failures never kept

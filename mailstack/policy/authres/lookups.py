@@ -64,6 +64,61 @@ class Answer:
         return [b"".join(getattr(r, "strings", ())) for r in self.rdata]
 
 
+class CachingResolver:
+    """A process-wide cache in front of the resolver for the sender checks: the same
+    SPF, DMARC, key and PTR records are asked for message after message from the same
+    senders, and each query costs the event loop a socket and a parse. Answers are kept
+    for their TTL (at most ``max_ttl``; negative answers ``negative_ttl``); failures
+    are never kept. Concurrent askers of one name share one query. Bounded in size
+    (oldest entries dropped first)."""
+
+    def __init__(self, resolver: DnsResolver, *, max_entries: int = 10_000,
+                 max_ttl: float = 300.0, negative_ttl: float = 30.0,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
+        self.resolver = resolver
+        self.max_entries = max_entries
+        self.max_ttl = max_ttl
+        self.negative_ttl = negative_ttl
+        self.monotonic = monotonic
+        self._cache: dict[tuple[str, str], tuple[float, Any]] = {}
+        self._pending: dict[tuple[str, str], asyncio.Future[Any]] = {}
+
+    async def query(self, name: str, rdtype: str) -> Any:
+        key = (name.rstrip(".").lower(), rdtype.upper())
+        hit = self._cache.get(key)
+        if hit is not None:
+            if hit[0] > self.monotonic():
+                return hit[1]
+            del self._cache[key]
+        task = self._pending.get(key)
+        if task is None:
+            # its own task: an asker that gives up (budget spent) does not cancel the
+            # query for the others waiting on it
+            task = asyncio.ensure_future(self._fetch(key))
+            self._pending[key] = task
+        return await asyncio.shield(task)
+
+    async def _fetch(self, key: tuple[str, str]) -> Any:
+        try:
+            ans = await self.resolver.query(*key)
+        except Exception as exc:
+            return Answer("failure", detail=f"{type(exc).__name__}: {exc}")
+        finally:
+            self._pending.pop(key, None)
+        status = getattr(ans, "status", "failure")
+        if status == "records":
+            ttl = min(float(getattr(ans, "ttl", 0) or self.negative_ttl), self.max_ttl)
+        elif status in ("nodata", "nxdomain"):
+            ttl = self.negative_ttl
+        else:
+            return ans  # failures are never kept
+        if len(self._cache) >= self.max_entries:
+            for old in list(self._cache)[: max(1, self.max_entries // 10)]:
+                del self._cache[old]
+        self._cache[key] = (self.monotonic() + ttl, ans)
+        return ans
+
+
 class Lookups:
     def __init__(self, resolver: DnsResolver, budget: float,
                  monotonic: Callable[[], float] = time.monotonic) -> None:
