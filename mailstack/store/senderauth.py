@@ -9,6 +9,7 @@ from collections.abc import Collection
 from sqlalchemy import delete, insert, select
 
 from . import schema as t
+from .accounts import split_address
 from .base import NotFound, StoreBase
 
 DMARC_ACTIONS = ("reject", "quarantine", "mark")
@@ -46,8 +47,6 @@ class SenderAuthMixin(StoreBase):
     async def junk_folders(self, keys: Collection[str]) -> dict[str, tuple[int, str]]:
         """address key -> (its ``\\Junk`` folder id, the address as written), for the
         keys that have one (RFC 6154 special-use; quarantined mail goes there)."""
-        from .accounts import split_address
-
         out: dict[str, tuple[int, str]] = {}
         async with self._read() as conn:
             for key in keys:

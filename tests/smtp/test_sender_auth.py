@@ -409,3 +409,22 @@ async def test_submission_is_not_checked(mx: Env) -> None:
     await asyncio.to_thread(run)
     got = await folder(mx, "INBOX", "bob@example.com")
     assert len(got) == 1 and b"Authentication-Results" not in got[0]
+
+
+async def test_bdat_gets_the_same_checks(mx: Env) -> None:
+    """RFC 3030 CHUNKING ends in the same place as DATA: the refusal comes after the
+    LAST chunk, and nothing is stored."""
+    from tests.smtp.conftest import Raw
+
+    raw = await Raw.open(mx.port("smtp"))
+    try:
+        assert (await raw.cmd("EHLO client.test"))[0] == 250
+        assert (await raw.cmd("MAIL FROM:<ceo@reject.test>"))[0] == 250
+        assert (await raw.cmd(f"RCPT TO:<{RCPT}>"))[0] == 250
+        body = message("ceo@reject.test", "chunked")
+        await raw.send(f"BDAT {len(body)} LAST\r\n".encode() + body)
+        code, text = await raw.reply()
+        assert code == 550 and text.startswith("5.7.1")
+    finally:
+        await raw.close()
+    assert await mx.total_stored() == 0
