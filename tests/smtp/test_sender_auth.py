@@ -242,9 +242,11 @@ async def test_spf_permerror_too_many_lookups(mx: Env) -> None:
 async def test_spf_temperror_from_a_zone_that_times_out_never_rejects(mx: Env) -> None:
     assert (await send(mx, "x@dead.test", message("x@dead.test")))[0] == 250
     raw = await only_in(mx, "INBOX")
-    got = ours(raw)
-    assert "spf=temperror (" in got and "smtp.mailfrom=x@dead.test" in got
-    assert "dmarc=temperror (DMARC record lookup failed) header.from=dead.test" in got
+    # a real timeout: the rig's server for dead.test never answers
+    assert ours(raw) == ar(
+        "spf=temperror (DNS lookup of dead.test TXT failed) smtp.mailfrom=x@dead.test",
+        "dkim=none", "dmarc=temperror (DMARC record lookup failed) header.from=dead.test",
+        "arc=none")
     assert header_fields(raw, "Received-SPF")[0].startswith("Received-SPF: temperror")
 
 

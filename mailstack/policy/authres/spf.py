@@ -49,7 +49,8 @@ class _Perm(Exception):
 
 
 class _Temp(Exception):
-    pass
+    """A DNS failure. Its text goes into our header fields, so it never carries the
+    resolver's details (addresses of our own infrastructure)."""
 
 
 @dataclass
@@ -71,7 +72,7 @@ class _State:
     async def query(self, name: str, rdtype: str, *, void_counts: bool = True) -> Answer:
         ans = await self.lookups.query(name, rdtype)
         if ans.failed:
-            raise _Temp(f"DNS lookup of {name} {rdtype} failed: {ans.detail}".rstrip(": "))
+            raise _Temp(f"DNS lookup of {name} {rdtype} failed")
         if ans.void and void_counts:
             self.void += 1
             if self.void > MAX_VOID_LOOKUPS:
@@ -115,7 +116,7 @@ async def _record(state: _State, domain: str) -> str | None:
     """RFC 7208 §4.4-4.5: the one ``v=spf1`` TXT record of ``domain``, or None."""
     ans = await state.lookups.query(domain, "TXT")
     if ans.failed:
-        raise _Temp(f"DNS lookup of {domain} TXT failed: {ans.detail}".rstrip(": "))
+        raise _Temp(f"DNS lookup of {domain} TXT failed")
     found = [t for t in ans.texts() if re.match(r"v=spf1(?: |$)", t, re.IGNORECASE)]
     if len(found) > 1:
         raise _Perm(f"{domain} has {len(found)} SPF records (RFC 7208 §4.5)")
