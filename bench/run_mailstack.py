@@ -60,6 +60,14 @@ def build_settings(spec: dict[str, Any]) -> Any:
     }
     if _has(mconfig.Settings, "outbound"):  # no delivery to the internet, no DNS
         data["outbound"] = {"enabled": False}
+    if _has(mconfig.Settings, "sender_auth"):
+        # Inbound SPF/DKIM/DMARC checks on the MX path: off unless the spec points them
+        # at a loopback resolver (spec["dns_resolver"], e.g. bench/smtp_throughput.py
+        # --auth-dns), so a bench never sends DNS off loopback.
+        resolver = spec.get("dns_resolver", "")
+        data["sender_auth"] = {"enabled": bool(resolver)}
+        if resolver:
+            data["outbound_tls"] = {"dns_resolver": resolver}
     # e.g. {"auth": {...}}; a setting this version of mailstack does not have is left
     # out, so bench.compare can drive older commits with the current harness
     sections = {f.name: f.type for f in dataclasses.fields(mconfig.Settings)}

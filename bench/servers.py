@@ -100,17 +100,19 @@ def probe_unavailable(names: list[str], protocol: str) -> dict[str, str | None]:
 @contextlib.asynccontextmanager
 async def serve(name: str, dataset: DataSet, *, protocols: set[str],
                 argon2: dict[str, int] | None = None, max_conns: int = 1200,
-                workdir: Path | None = None, auth_cache: bool = False
-                ) -> AsyncIterator[Running]:
+                workdir: Path | None = None, auth_cache: bool = False,
+                dns_resolver: str = "") -> AsyncIterator[Running]:
     """Start ``name`` with ``dataset``. ``auth_cache``: both kinds of server remember
     verified credentials (Dovecot ``auth_cache_size``/``ttl``; mailstack
-    ``auth.credential_cache_seconds``) for an hour, or neither does."""
+    ``auth.credential_cache_seconds``) for an hour, or neither does. ``dns_resolver``
+    (a loopback ``host:port``, bench/dnsstub.py): mailstack's inbound sender checks ask
+    it; without it they are off (bench/run_mailstack.py)."""
     base = Path(tempfile.mkdtemp(prefix=f"bench-{name}-", dir=workdir))
     os.chmod(base, 0o755)
     try:
         if name in MAILSTACK:
             async with _mailstack(name, dataset, protocols, argon2 or ARGON2_FULL,
-                                  max_conns, base, auth_cache) as r:
+                                  max_conns, base, auth_cache, dns_resolver) as r:
                 yield r
         elif name == "postfix":
             pf = Postfix(dataset, base / "postfix")
@@ -175,7 +177,8 @@ def _start_runner(base: Path, spec: dict[str, Any], timeout: float = 120.0
 @contextlib.asynccontextmanager
 async def _mailstack(name: str, dataset: DataSet, protocols: set[str],
                      argon2: dict[str, int], max_conns: int, base: Path,
-                     auth_cache: bool = False) -> AsyncIterator[Running]:
+                     auth_cache: bool = False, dns_resolver: str = ""
+                     ) -> AsyncIterator[Running]:
     schema = None
     if name == "mailstack-pg":
         import asyncpg
@@ -199,7 +202,8 @@ async def _mailstack(name: str, dataset: DataSet, protocols: set[str],
                             "ready_file": str(base / "ready.json"),
                             "nofile": max_conns * 2 + 1024,
                             "overrides": {"auth": {"credential_cache_seconds":
-                                                   3600.0 if auth_cache else 0.0}}}
+                                                   3600.0 if auth_cache else 0.0}},
+                            "dns_resolver": dns_resolver}
     try:
         # filling the store takes time: 120 s plus 2 s per 1,000 messages (100k: ~5 min)
         total = sum(dataset.messages.values())

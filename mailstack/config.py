@@ -486,6 +486,27 @@ class AutoresponderSettings:
 
 
 @dataclass(frozen=True)
+class SenderAuthSettings:
+    enabled: bool = _f(True, "Check SPF, DKIM, DMARC and ARC of mail arriving on the MX "
+                       "listener (port 25) and add Authentication-Results and "
+                       "Received-SPF. Authenticated submission is never checked. DNS "
+                       "goes to [outbound_tls] dns_resolver.")
+    dns_budget_seconds: float = _f(10.0, "DNS time one message's checks may take "
+                                   "together (SPF, DKIM keys, DMARC, reverse DNS); what is "
+                                   "unanswered by then is a temperror, which never "
+                                   "rejects.", min=0.1)
+    dmarc_action: Literal["reject", "quarantine", "mark"] = _f(
+        "reject", "What a DMARC failure does (RFC 7489 §6.6.2; per domain: `mailstack "
+        "domain dmarc-action`): reject = follow the sender's policy (p=reject answers 550 "
+        "5.7.1 after DATA, p=quarantine files in Junk); quarantine = both go to Junk; "
+        "mark = only the Authentication-Results tell.",
+        choices=("reject", "quarantine", "mark"))
+    trusted_arc_sealers: str = _f("", "Forwarders (mailing lists) whose valid ARC chain "
+                                  "(RFC 8617) overrides a DMARC failure: their ARC-Seal "
+                                  "d= domains, comma separated.")
+
+
+@dataclass(frozen=True)
 class LoggingSettings:
     format: Literal["text", "json"] = _f(
         "text", "Server log on standard error: text (one line per event) or json (one "
@@ -517,6 +538,8 @@ class Settings:
     autoresponder: AutoresponderSettings = _f(AutoresponderSettings(),
                                               "Out-of-office replies.")
     logging: LoggingSettings = _f(LoggingSettings(), "The server's log.")
+    sender_auth: SenderAuthSettings = _f(SenderAuthSettings(), "Sender authentication "
+                                         "of inbound mail: SPF, DKIM, DMARC, ARC.")
 
     # Derived paths -------------------------------------------------------
     @property

@@ -117,6 +117,9 @@ def make_settings(tmp_path: Path, db_url: str, tls_files: tuple[Path, Path],
         # No delivery to the internet unless a test asks (tests/outbound turn it on
         # with a fake resolver: never a real DNS query).
         "outbound": {"enabled": False},
+        # No SPF/DKIM/DMARC DNS either (tests/smtp/test_sender_auth.py turns it on
+        # against the loopback DNS rig).
+        "sender_auth": {"enabled": False},
     }
     for section, values in sections.items():
         merged = dict(data.get(section, {}))

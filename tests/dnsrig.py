@@ -96,6 +96,7 @@ class DnsRig:
     unbound_port: int = 0
     zones: dict[str, _Zone] = field(default_factory=dict)
     _procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    _holes: list[socket.socket] = field(default_factory=list)
     _parent_key: str = ""
     _serial: int = 0
 
@@ -130,6 +131,9 @@ class DnsRig:
                     proc.kill()
                     proc.wait()
         self._procs.clear()
+        for hole in self._holes:
+            hole.close()
+        self._holes.clear()
 
     def _spawn(self, args: list[str], name: str) -> None:
         log = (self.workdir / f"{name}.out").open("wb")
@@ -185,6 +189,21 @@ class DnsRig:
             _run([*ctl, "addzone", zone, "child"], self.workdir)
         _run([*ctl, "reload", zone], self.workdir)
         _run([*ctl, "reload", PARENT], self.workdir)
+        self.flush()
+
+    def blackhole(self, zone: str) -> None:
+        """Make ``zone`` (a child of ``test.``) time out: unbound sends its queries to a
+        loopback UDP socket that reads nothing and answers nothing (a dead or
+        unreachable name server), so lookups under it end in a timeout or SERVFAIL."""
+        zone = zone.rstrip(".").lower()
+        if not zone.endswith("." + PARENT):
+            raise ValueError(f"bad zone: {zone}")
+        hole = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        hole.bind(("127.0.0.1", 0))
+        self._holes.append(hole)
+        port = hole.getsockname()[1]
+        _run(self._unbound_ctl("stub_add", "+i", zone + ".", f"127.0.0.1@{port}"),
+             self.workdir)
         self.flush()
 
     def flush(self) -> None:

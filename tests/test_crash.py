@@ -35,7 +35,7 @@ def write_config(tmp_path: Path, db_url: str, port: int) -> Path:
         f'[server]\ndata_dir = "{tmp_path / "data"}"\ndatabase_url = "{db_url}"\n'
         f'[listeners.smtp]\naddress = "127.0.0.1"\nport = {port}\ntls = "none"\n{off}\n'
         "[auth]\nargon2_time_cost = 1\nargon2_memory_kib = 64\nargon2_parallelism = 1\n"
-        "[outbound]\nenabled = false\n")
+        "[outbound]\nenabled = false\n[sender_auth]\nenabled = false\n")
     return cfg
 
 

@@ -96,12 +96,14 @@ async def domain_add(ctx: Ctx, store: Store, args: argparse.Namespace) -> int:
 @with_store
 async def domain_list(ctx: Ctx, store: Store, args: argparse.Namespace) -> int:
     domains = await store.list_domains()
+    actions = await store.dmarc_actions([d.name for d in domains])
     if not domains:
         ctx.warn("no domains; add one with `mailstack domain add DOMAIN`")
     for d in domains:
         n = len(await store.list_addresses(d.name))
         cap = ctx.settings.plan(d.plan).max_addresses
-        ctx.print(f"{d.name}\tplan={d.plan}\taddresses={n}/{cap}")
+        ctx.print(f"{d.name}\tplan={d.plan}\taddresses={n}/{cap}"
+                  f"\tdmarc={actions.get(d.name, 'default')}")
     return 0
 
 
@@ -110,6 +112,24 @@ async def domain_remove(ctx: Ctx, store: Store, args: argparse.Namespace) -> int
     name = check_domain(args.domain)
     await store.remove_domain(name)
     ctx.print(f"domain {name} removed")
+    return 0
+
+
+@with_store
+async def domain_dmarc_action(ctx: Ctx, store: Store, args: argparse.Namespace) -> int:
+    """docs/behaviour.md §5 "sender authentication": what a DMARC failure of mail to
+    this domain does; ``default`` goes back to [sender_auth] dmarc_action."""
+    name = check_domain(args.domain)
+    action = None if args.action == "default" else args.action
+    try:
+        await store.set_dmarc_action(name, action)
+    except NotFound as exc:
+        raise CliError(f"{exc}; add it first with `mailstack domain add {name}`") from exc
+    if action is None:
+        ctx.print(f"domain {name}: DMARC action is the server default "
+                  f"({ctx.settings.sender_auth.dmarc_action})")
+    else:
+        ctx.print(f"domain {name}: DMARC action {action}")
     return 0
 
 
@@ -462,6 +482,12 @@ def register(p: Parsers) -> None:
     sp = p.cmd(dom, "remove", domain_remove,
              "Stop hosting a domain (it must hold no addresses or aliases).")
     sp.add_argument("domain", metavar="DOMAIN")
+    sp = p.cmd(dom, "dmarc-action", domain_dmarc_action,
+               "What a DMARC failure of mail to this domain does: reject (follow the "
+               "sender's policy), quarantine (to Junk), mark (only the "
+               "Authentication-Results), default (the server's [sender_auth] setting).")
+    sp.add_argument("domain", metavar="DOMAIN")
+    sp.add_argument("action", choices=("reject", "quarantine", "mark", "default"))
 
     adr = p.group("address", "Mail addresses (mailboxes, no-reply, catchall).")
     sp = p.cmd(adr, "add", address_add, "Create an address.")

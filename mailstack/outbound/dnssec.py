@@ -52,6 +52,7 @@ class DnsAnswer:
     canonical: str = ""
     detail: str = ""
     rdata: tuple[object, ...] = ()
+    ttl: int = 0  # of the answer RRset (0: unknown, e.g. for negative answers)
 
 
 def parse_resolver(setting: str) -> list[tuple[str, int]]:
@@ -136,7 +137,7 @@ def _interpret(name: str, rdtype: str, qname: dns.name.Name,
         if rrset is not None:
             return DnsAnswer(name, rdtype, "records", secure,
                              tuple(r.to_text() for r in rrset), _text(current),
-                             rdata=tuple(rrset))
+                             rdata=tuple(rrset), ttl=int(rrset.ttl))
         alias = _find(response, current, dns.rdatatype.CNAME)
         if alias is None:
             break

@@ -35,7 +35,7 @@ from ..policy.headers import (
 )
 from ..policy.relay import RcptVerdict, merge_destinations
 from ..services import Services
-from ..store import NO_DSN, DsnRequest, NotFound, Unavailable
+from ..store import NO_DSN, DeliveryTarget, DsnRequest, NotFound, Unavailable
 from . import replies
 
 log = logging.getLogger("mailstack.smtp")
@@ -58,6 +58,12 @@ class Transaction:
     auth_address_id: int | None = None
     mail_params: MailParams | None = None
     rcpt_params: Sequence[RcptParams] = ()
+    # From sender authentication (smtp/senderauth.py): Authentication-Results and
+    # Received-SPF, prepended above our Received: (RFC 7208 §9.1); the verified reverse
+    # DNS name; the mailboxes whose copy goes to their Junk folder (DMARC quarantine).
+    trace: bytes = b""
+    client_host: str | None = None
+    junk: frozenset[str] = frozenset()
 
 
 NOTIFY_ORDER = ("NEVER", "SUCCESS", "FAILURE", "DELAY")
@@ -103,14 +109,14 @@ async def accept(services: Services, tx: Transaction,
     dest = merge_destinations(tx.verdicts)
     now = services.clock()
     received = received_header(
-        helo=tx.helo, client_ip=tx.client_ip, client_host=None,
+        helo=tx.helo, client_ip=tx.client_ip, client_host=tx.client_host,
         server_host=services.hostname,
         protocol=received_protocol(esmtp=tx.esmtp, tls=tx.tls is not None,
                                    authenticated=tx.auth_address_id is not None,
                                    smtputf8=tx.smtputf8),
         queue_id=tx.queue_id, recipients=list(tx.recipients),
         now=datetime.fromtimestamp(now, UTC), tls=tx.tls)
-    blob = received + strip_bcc(tx.content)
+    blob = tx.trace + received + strip_bcc(tx.content)
     return_path = return_path_header(tx.sender)
     if not dest.mailboxes and not dest.remote:
         return replies.TEMP_FAILURE
@@ -121,15 +127,16 @@ async def accept(services: Services, tx: Transaction,
                 remote_prefix = await signer.sign(blob)
             except SigningError as exc:  # a broken key must not stop the mail
                 log.error("smtp %s: DKIM signing failed, sent unsigned: %s", tx.queue_id, exc)
+        inboxes, junk_targets = await _junk_split(services, tx, dest.mailboxes, return_path)
         blob_id = await store.put_blob(blob)
         # The INBOX of each final mailbox is found inside the write transaction (one
         # query per group commit); a mailbox removed since RCPT is skipped there.
         copies = await store.accept_message(
-            blob_id, len(blob), sender=str(tx.sender) if tx.sender else "",
+            blob_id, len(blob), junk_targets, sender=str(tx.sender) if tx.sender else "",
             remote=list(dest.remote), remote_prefix=remote_prefix,
             sender_address_id=tx.auth_address_id,
             dsn=dsn_request(tx, dest.remote),
-            counted_recipients=len(tx.recipients), at=now, inboxes=dest.mailboxes,
+            counted_recipients=len(tx.recipients), at=now, inboxes=inboxes,
             inbox_prefix=lambda email: return_path + delivered_to_header(email))
     except NotFound:
         log.warning("smtp %s: every mailbox vanished before delivery", tx.queue_id)
@@ -144,5 +151,18 @@ async def accept(services: Services, tx: Transaction,
     # background task and never raises, so the 250 neither waits for nor depends on it.
     services.autoreplies.after_delivery(
         sender=str(tx.sender) if tx.sender else None, content=blob,
-        mailboxes=dest.mailboxes, catchall_only=dest.catchall_only)
+        mailboxes=inboxes, catchall_only=dest.catchall_only)
     return f"250 2.0.0 OK: queued as {tx.queue_id}"
+
+
+async def _junk_split(services: Services, tx: Transaction, mailboxes: Sequence[str],
+                      return_path: bytes) -> tuple[tuple[str, ...], list[DeliveryTarget]]:
+    """(mailboxes delivered to their INBOX, copies for Junk folders): a quarantined
+    copy (DMARC, docs/behaviour.md §5) goes to the address's ``\\Junk`` folder, or to
+    its INBOX when it has none."""
+    if not tx.junk:
+        return tuple(mailboxes), []
+    found = await services.store.junk_folders([k for k in mailboxes if k in tx.junk])
+    targets = [DeliveryTarget(fid, return_path + delivered_to_header(email))
+               for fid, email in found.values()]
+    return tuple(k for k in mailboxes if k not in found), targets

@@ -758,12 +758,24 @@ class MailstackSMTP(SMTP):
             if not verdict.allowed:
                 return verdict.reply
         assert env.mail is not None
+        queue_id = self.fe.make_id()
+        auth = None
+        if self.fe.sender_auth is not None and sess.address_id is None:
+            # docs/behaviour.md §5 "sender authentication" (smtp/senderauth.py)
+            auth = await self.fe.sender_auth.check(
+                content=content, client_ip=self.client_ip, helo=sess.host_name,
+                sender=env.mail.sender, verdicts=env.verdicts, queue_id=queue_id)
+            if auth.reply is not None:
+                return auth.reply
+            content = auth.content
         tx = Transaction(
-            queue_id=self.fe.make_id(), helo=sess.host_name, esmtp=sess.extended_smtp,
+            queue_id=queue_id, helo=sess.host_name, esmtp=sess.extended_smtp,
             client_ip=self.client_ip, tls=self.tls_info(), sender=env.mail.sender,
             smtputf8=env.mail.params.smtputf8, recipients=list(env.recipients),
             verdicts=list(env.verdicts), content=content, auth_address_id=sess.address_id,
-            mail_params=env.mail.params, rcpt_params=list(env.rcpt_params))
+            mail_params=env.mail.params, rcpt_params=list(env.rcpt_params),
+            trace=auth.trace if auth else b"", client_host=auth.client_host if auth else None,
+            junk=auth.junk if auth else frozenset())
         done: asyncio.Future[None] = self.loop.create_future()
         self.fe.in_flight.add(done)
         self._storing = done

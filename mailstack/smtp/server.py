@@ -20,6 +20,7 @@ from ..policy.limits import ConnectionCounter
 from ..services import Services
 from . import replies
 from .protocol import MailstackSMTP, new_queue_id
+from .senderauth import SenderAuth
 
 log = logging.getLogger("mailstack.smtp")
 
@@ -51,6 +52,9 @@ class SmtpFrontEnd:
         self.sessions: set[MailstackSMTP] = set()
         self.in_flight: set[asyncio.Future[None]] = set()
         self.signer = DkimSigner(services.store)  # docs/behaviour.md §6
+        # docs/behaviour.md §5 "sender authentication": SPF/DKIM/DMARC/ARC on the MX only
+        self.sender_auth: SenderAuth | None = (
+            SenderAuth(services) if role == "mx" and s.sender_auth.enabled else None)
         self.gates: set[asyncio.Task[None]] = set()  # implicit TLS handshakes under way
         self._server: asyncio.Server | None = None
 

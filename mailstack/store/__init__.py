@@ -48,6 +48,7 @@ from .imap import ImapMixin, MsgRow
 from .importer import FolderProgress, ImportedMessage, ImportJob, ImportMixin, NewImportJob
 from .mailbox import DeliveryTarget, MailboxMixin, normalize_folder_name
 from .queue import NO_DSN, DsnRequest, QueuedMessage, QueueMixin
+from .senderauth import DMARC_ACTIONS, SenderAuthMixin
 from .smtp import SmtpMixin
 from .throttle import NETWORK_WIDE, ThrottleFacts, ThrottleMixin
 from .transport import CachedStsPolicy, TlsResultKey, TransportMixin
@@ -56,7 +57,7 @@ from .users import Grant, User, UsersMixin, WebSession
 
 class Store(SmtpMixin, AccountsMixin, ImapMixin, ImportMixin, MailboxMixin, QueueMixin,
             GcMixin, TransportMixin, CertsMixin, DkimMixin, AutoresponderMixin, ThrottleMixin,
-            UsersMixin):
+            UsersMixin, SenderAuthMixin):
     @classmethod
     async def open_from_settings(cls, settings: Settings,
                                  clock: Callable[[], float] = time.time, *,
@@ -71,6 +72,7 @@ class Store(SmtpMixin, AccountsMixin, ImapMixin, ImportMixin, MailboxMixin, Queu
 
 
 __all__ = [
+    "DMARC_ACTIONS",
     "NETWORK_WIDE",
     "NO_DSN",
     "SPECIAL_FOLDERS",

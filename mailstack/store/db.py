@@ -112,6 +112,11 @@ def _m_accounts_web(conn: Connection) -> None:
         table.create(conn, checkfirst=True)
 
 
+def _m_domain_auth_settings(conn: Connection) -> None:
+    """Per-domain DMARC action override (inbound sender authentication)."""
+    schema.domain_auth_settings.create(conn, checkfirst=True)
+
+
 MIGRATIONS: list[Migration] = [
     lambda conn: None,  # 1: initial schema (created by create_all on a fresh database)
     _m2_queue_dsn,  # 2: DSN parameters on queue rows (RFC 3461)
@@ -125,6 +130,7 @@ MIGRATIONS: list[Migration] = [
     _m_imap,  # 10: imap: \Recent, deleted-mailbox subscriptions, METADATA, QUOTA, sort keys
     _m10_queue_delivery,  # 11: outbound: delivery state, lease, attempt history, report owed
     _m_accounts_web,  # 12: accounts: TOTP step, unification, emergency codes, web sessions
+    _m_domain_auth_settings,  # 13: inbound-auth: per-domain DMARC action override
 ]
 LATEST = len(MIGRATIONS)
 

@@ -466,3 +466,12 @@ login_throttle = Table(
     Column("locked_until", Float, nullable=False, default=0.0),
     Index("ix_login_throttle_address", "address"),
 )
+
+# Per hosted domain: how a DMARC failure of mail TO this domain is handled (RFC 7489
+# §6.6.2, docs/behaviour.md §5 "sender authentication"); no row: the operator's default
+# ([sender_auth] dmarc_action).
+domain_auth_settings = Table(
+    "domain_auth_settings", metadata,
+    Column("domain_id", PK, ForeignKey("domains.id", ondelete="CASCADE"), primary_key=True),
+    Column("dmarc_action", String(16), nullable=False),  # reject | quarantine | mark
+)

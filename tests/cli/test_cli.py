@@ -77,7 +77,7 @@ def test_domain_and_address_refusals(tmp_path: Path) -> None:
     r = cli("domain", "add", "bad_label.example")
     assert r.code == 1 and "bad_label" in r.err
     r = cli.ok("domain", "list")
-    assert r.out == "tiny.example\tplan=tiny\taddresses=0/2\n"
+    assert r.out == "tiny.example\tplan=tiny\taddresses=0/2\tdmarc=default\n"
 
     cli.ok("address", "add", "a@tiny.example")
     r = cli("address", "add", "A@TINY.example")  # addresses compare case-insensitively
@@ -376,3 +376,32 @@ def test_config_file_discovery(tmp_path: Path) -> None:
     assert r.returncode == 1
     assert "plans.free.max_addresses" in r.stderr and "at least 1" in r.stderr
     assert not (tmp_path / "from-env").exists()
+
+
+def test_domain_dmarc_action_override(cli_both: Cli) -> None:
+    """docs/behaviour.md §5: the per-domain DMARC action, set, shown, reset, refused."""
+    cli = cli_both
+    cli.ok("domain", "add", "example.com")
+    cli.ok("domain", "add", "other.example")
+    r = cli.ok("domain", "dmarc-action", "example.com", "quarantine")
+    assert "DMARC action quarantine" in r.out
+
+    async def actions(store: Store) -> dict[str, str]:
+        return await store.dmarc_actions(["example.com", "other.example"])
+    assert cli.query(actions) == {"example.com": "quarantine"}
+    lines = cli.ok("domain", "list").out.splitlines()
+    assert [line.split("\t")[-1] for line in lines] == ["dmarc=quarantine", "dmarc=default"]
+    cli.ok("domain", "dmarc-action", "example.com", "mark")
+    assert cli.query(actions) == {"example.com": "mark"}
+    r = cli.ok("domain", "dmarc-action", "example.com", "default")
+    assert "server default (reject)" in r.out
+    assert cli.query(actions) == {}
+    r = cli("domain", "dmarc-action", "nothere.example", "mark")
+    assert r.code == 1 and "domain add nothere.example" in r.err
+    r = cli("domain", "dmarc-action", "example.com", "drop")
+    assert r.code == 2 and "invalid choice" in r.err
+    assert cli.query(actions) == {}
+    # the setting never stops a domain from being removed, and goes with it
+    cli.ok("domain", "dmarc-action", "other.example", "mark")
+    cli.ok("domain", "remove", "other.example")
+    assert cli.query(actions) == {}

@@ -24,6 +24,7 @@ def write_config(tmp_path: Path, db_url: str, smtp_port: int, remote_port: int) 
         f'database_url = "{db_url}"\n'
         f'[listeners.smtp]\naddress = "127.0.0.1"\nport = {smtp_port}\ntls = "none"\n{off}\n'
         "[auth]\nargon2_time_cost = 1\nargon2_memory_kib = 64\nargon2_parallelism = 1\n"
+        "[sender_auth]\nenabled = false\n"
         "[outbound]\npoll_interval_seconds = 0.2\nlease_seconds = 2.0\n"
         f'[outbound.transport]\n"remote.example" = "127.0.0.1:{remote_port}"\n'
         # DNS only on loopback (nothing answers there: the transport map routes)
