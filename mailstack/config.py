@@ -439,6 +439,9 @@ class OutboundTlsSettings:
                                       "(RFC 8460 §4.4). Empty: the server host name.")
     tls_report_contact: str = _f("", "contact-info in the TLS reports we send. Empty: "
                                  "postmaster@<server host name>.")
+    tls_report_from: str = _f("", "From: address of the TLS reports we send by mail (once "
+                              "a day, to the rua of each destination's _smtp._tls record). "
+                              "Empty: tls-reports@<server host name>.")
 
 
 @dataclass(frozen=True)

@@ -101,6 +101,10 @@ def _m_imap(conn: Connection) -> None:
         "JOIN folders f ON f.id = m.folder_id GROUP BY f.address_id")
 
 
+def _m_tls_report_days(conn: Connection) -> None:
+    schema.tls_report_days.create(conn, checkfirst=True)
+
+
 MIGRATIONS: list[Migration] = [
     lambda conn: None,  # 1: initial schema (created by create_all on a fresh database)
     _m2_queue_dsn,  # 2: DSN parameters on queue rows (RFC 3461)
@@ -113,6 +117,7 @@ MIGRATIONS: list[Migration] = [
     _m_reliability_throttle,  # 9: reliability: login_throttle table; activity network, count
     _m_imap,  # 10: imap: \Recent, deleted-mailbox subscriptions, METADATA, QUOTA, sort keys
     _m10_queue_delivery,  # 11: outbound: delivery state, lease, attempt history, report owed
+    _m_tls_report_days,  # 12: tls-rest: which day's TLS reports were sent, and their lock
 ]
 LATEST = len(MIGRATIONS)
 
