@@ -4,13 +4,19 @@ real TLS remote MX on loopback; what the row and the remote server record."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import re
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from mailstack.config import settings_from_dict
 from mailstack.outbound.dane import record_for
 from mailstack.outbound.runner import QueueRunner
 from mailstack.outbound.security import TransportSecurity
+from tests.cli.conftest import make_cli
 from tests.dnsrig import DnsRig
 from tests.transport.certs import issue, write_chain
 from tests.transport.conftest import MESSAGE
@@ -32,14 +38,27 @@ async def run_one(dns_rig: DnsRig, store: Any, port: int, rcpt: str) -> Any:
 
 
 async def test_dane_through_the_queue_runner(dns_rig: DnsRig, remote_mx: Any,
-                                             sqlite_store: Any, tmp_path: Path) -> None:
+                                             sqlite_store: Any, tmp_path: Path,
+                                             caplog: pytest.LogCaptureFixture) -> None:
     leaf = issue("mx.e2e.test", names=("mx.e2e.test",))
     server = await remote_mx(*write_chain(tmp_path, "e2e", leaf))
     dns_rig.publish("e2e.test", ["@ IN MX 10 mx", "mx IN A 127.0.0.1",
                                  f"_25._tcp.mx IN TLSA {record_for(leaf.cert).text()}"])
-    row, security = await run_one(dns_rig, sqlite_store, server.port, "b@e2e.test")
+    with caplog.at_level(logging.INFO, logger="mailstack.outbound"):
+        row, security = await run_one(dns_rig, sqlite_store, server.port, "b@e2e.test")
     assert row.state == "delivered", row
     assert len(server.received) == 1 and server.received[0][1]  # over TLS
+    # The attempt names the policy that applied, the TLS version, the authentication:
+    # in the row's history (`mailstack queue show`) and in the delivery log.
+    last = row.history[-1]
+    assert (last["policy"], last["authenticated"]) == ("dane", True), last
+    assert last["tls"].startswith("TLSv1.")
+    assert any("b@e2e.test" in m and "via mx.e2e.test (policy dane, TLSv1." in m
+               and "peer authenticated)" in m for m in caplog.messages), caplog.messages
+    cli = make_cli(tmp_path, f"sqlite+aiosqlite:///{tmp_path / 'm.db'}")
+    shown = (await asyncio.to_thread(cli.ok, "queue", "show", str(row.id))).out
+    assert re.search(r"mx\.e2e\.test  \[policy dane; TLSv1\.[23] \S+; peer authenticated\]",
+                     shown), shown
 
     # The TLSA record no longer matches: deferred, nothing reaches the server.
     other = issue("mx.e2e.test", names=("mx.e2e.test",))
@@ -48,6 +67,9 @@ async def test_dane_through_the_queue_runner(dns_rig: DnsRig, remote_mx: Any,
     row, security = await run_one(dns_rig, sqlite_store, server.port, "c@e2e.test")
     assert row.state == "queued" and "DANE" in row.last_error, row
     assert len(server.received) == 1
+    assert (row.history[-1]["policy"], row.history[-1]["authenticated"]) == ("dane", False)
+    shown = (await asyncio.to_thread(cli.ok, "queue", "show", str(row.id))).out
+    assert "[policy dane; no TLS]" in shown and "TLS peer not authenticated" in shown
 
     # STARTTLS withheld while TLSA exists: deferred.
     plain = await remote_mx(None)
@@ -74,3 +96,9 @@ async def test_unsigned_destination_is_opportunistic(dns_rig: DnsRig, remote_mx:
     row, _ = await run_one(dns_rig, sqlite_store, server.port, "b@e2eplain.test")
     assert row.state == "delivered", row
     assert server.received[0][1]  # opportunistic STARTTLS was used
+    last = row.history[-1]
+    assert (last["policy"], last["authenticated"]) == ("opportunistic", False), last
+    assert last["tls"].startswith("TLSv1.")
+    cli = make_cli(tmp_path, f"sqlite+aiosqlite:///{tmp_path / 'm.db'}")
+    shown = (await asyncio.to_thread(cli.ok, "queue", "show", str(row.id))).out
+    assert "[policy opportunistic; TLSv1." in shown and "; peer not authenticated]" in shown
