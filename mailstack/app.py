@@ -148,7 +148,8 @@ class App:
 
             ctx = self.services.server_ssl
             self.acme = AcmeManager(s, self.store, self.services.acme_challenges,
-                                    lambda: [ctx], clock=self.clock)
+                                    lambda: [ctx], clock=self.clock,
+                                    alpn=self.services.acme_alpn)
             self._acme_task = asyncio.create_task(self.acme.run_forever())
         write_listening(s, self.ports)
 
