@@ -210,8 +210,9 @@ async def send_daily_reports(day: str, *, source: ReportSource, resolver: Secure
                              for r in ans.rdata])
         if not uris:
             continue
+        strings, sts_mx = await _sts_policy_of(source, domain)
         report = build_report(domain, day, counts, organization=organization,
-                              contact=contact)
+                              contact=contact, policy_strings=strings, sts_mx=sts_mx)
         for uri in uris:
             try:
                 if uri.lower().startswith("mailto:"):
@@ -225,6 +226,19 @@ async def send_daily_reports(day: str, *, source: ReportSource, resolver: Secure
             except (OSError, aiohttp.ClientError, TimeoutError, ValueError) as exc:
                 sent.append(SentReport(domain, uri, f"{type(exc).__name__}: {exc}"))
     return sent
+
+
+async def _sts_policy_of(source: ReportSource, domain: str
+                         ) -> tuple[dict[str, list[str]], list[str]]:
+    """The cached MTA-STS policy of ``domain`` as RFC 8460 §4.4 ``policy-string`` lines
+    and ``mx-host`` patterns (empty when the source keeps no policy cache)."""
+    get = getattr(source, "get_mta_sts_policy", None)
+    cached = await get(domain) if get is not None else None
+    if cached is None:
+        return {}, []
+    lines = [ln.strip() for ln in cached.policy_text.splitlines() if ln.strip()]
+    mx = [ln.split(":", 1)[1].strip() for ln in lines if ln.lower().startswith("mx:")]
+    return {"sts": lines}, mx
 
 
 async def _post(uri: str, body: bytes, ctx: ssl.SSLContext | None, timeout: float,

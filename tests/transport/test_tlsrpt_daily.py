@@ -33,6 +33,7 @@ from mailstack.outbound.tlsrpt import (
     day_of,
 )
 from mailstack.store import Store
+from mailstack.store.transport import CachedStsPolicy
 from tests.cli.conftest import make_cli
 from tests.dnsrig import DnsRig
 from tests.transport.certs import Pki, write_chain
@@ -123,6 +124,12 @@ async def test_daily_reports_through_the_queue_to_smtp_and_by_https(
         f'_smtp._tls IN TXT "v=TLSRPTv1; rua=mailto:tlsrpt@rpt.test,'
         f'https://reports.rpt.test:{receiver.port}/tlsrpt"'])
     await add_counts(store, MIDNIGHT - 3600)
+    sts = TlsResults(lambda: MIDNIGHT - 60)  # and a testing-mode MTA-STS policy seen
+    sts.record("rpt.test", "sts", "certificate-host-mismatch", "mx.rpt.test")
+    await sts.flush(store)
+    await store.put_mta_sts_policy(CachedStsPolicy(
+        "rpt.test", "id1", "version: STSv1\r\nmode: testing\r\nmx: mx.rpt.test\r\n"
+        "max_age: 86400\r\n", MIDNIGHT - 7200, MIDNIGHT + 86400))
     host, port = dns_rig.resolver
     settings = settings_from_dict({
         "server": {"hostname": "mail.example.net"},
@@ -156,10 +163,17 @@ async def test_daily_reports_through_the_queue_to_smtp_and_by_https(
     report = json.loads(gzip.decompress(body))
     assert report["organization-name"] == "Example Mail"
     assert report["date-range"]["start-datetime"] == f"{YESTERDAY}T00:00:00Z"
-    (policy,) = report["policies"]
-    assert policy["policy"]["policy-type"] == "tlsa"
-    assert policy["summary"] == {"total-successful-session-count": 4,
-                                 "total-failure-session-count": 1}
+    sts_policy, tlsa_policy = report["policies"]
+    assert tlsa_policy["policy"]["policy-type"] == "tlsa"
+    assert tlsa_policy["summary"] == {"total-successful-session-count": 4,
+                                      "total-failure-session-count": 1}
+    assert sts_policy["policy"] == {  # RFC 8460 §4.4: the policy as it was applied
+        "policy-type": "sts", "policy-domain": "rpt.test", "mx-host": ["mx.rpt.test"],
+        "policy-string": ["version: STSv1", "mode: testing", "mx: mx.rpt.test",
+                          "max_age: 86400"]}
+    assert sts_policy["failure-details"] == [{
+        "result-type": "certificate-host-mismatch", "failed-session-count": 1,
+        "receiving-mx-hostname": "mx.rpt.test"}]
 
     # mailto: queued with an empty return path, then delivered by the queue runner
     (row,) = [r for r in await store.queue_rows() if r.recipient == "tlsrpt@rpt.test"]
