@@ -30,7 +30,7 @@ import time
 import uuid
 import zlib
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from email.mime.application import MIMEApplication
 from email.mime.multipart import MIMEMultipart
 from email.mime.text import MIMEText
@@ -267,6 +267,8 @@ class DayStore(ReportSource, Protocol):
 
     async def release_tls_report_day(self, day: str, holder: str) -> None: ...
 
+    async def tls_report_day(self, day: str) -> tuple[float, str] | None: ...
+
 
 @dataclass
 class DailyReports:
@@ -284,6 +286,7 @@ class DailyReports:
     holder: str
     https_context: ssl.SSLContext | None = None
     clock: Callable[[], float] = time.time
+    _sent_day: str = field(default="", init=False)  # known sent: no store write per minute
 
     def due_day(self) -> str | None:
         """Yesterday (UTC) once ``REPORT_DELAY_SECONDS`` of today have passed."""
@@ -297,8 +300,12 @@ class DailyReports:
         """Send the due day's reports if no node did; None when there was nothing to do
         (not due, sent already, another node sending)."""
         day = self.due_day()
-        if day is None or not await self.store.claim_tls_report_day(
-                day, self.holder, SEND_LOCK_SECONDS):
+        if day is None or day == self._sent_day:
+            return None
+        if not await self.store.claim_tls_report_day(day, self.holder, SEND_LOCK_SECONDS):
+            done = await self.store.tls_report_day(day)
+            if done is not None and done[0] > 0:  # another node sent it
+                self._sent_day = day
             return None
         try:
             sent = await send_daily_reports(
@@ -320,6 +327,7 @@ class DailyReports:
         summary = "; ".join(f"{r.domain} -> {r.uri}: {r.error or 'sent'}" for r in sent)
         await self.store.finish_tls_report_day(day, self.holder,
                                                summary or "no report owed")
+        self._sent_day = day
         return sent
 
 

@@ -7,6 +7,7 @@ that reached one of our own addresses."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import email
 import email.policy
 import gzip
@@ -28,7 +29,6 @@ from mailstack.outbound.security import TransportSecurity
 from mailstack.outbound.tlsrpt import (
     REPORT_DELAY_SECONDS,
     REPORT_MEDIA_TYPE,
-    DailyReports,
     TlsResults,
     day_of,
 )
@@ -146,7 +146,7 @@ async def test_daily_reports_through_the_queue_to_smtp_and_by_https(
     # Two nodes at the same moment: one sends, the other finds the day taken.
     nodes = [security.daily_reports(settings, store, holder, deliver)
              for holder in ("node-a", "node-b")]
-    early = DailyReports(**{**nodes[0].__dict__, "clock": lambda: MIDNIGHT + 60})
+    early = dataclasses.replace(nodes[0], clock=lambda: MIDNIGHT + 60)
     assert early.due_day() is None and await early.run_once() is None  # not yet due
     results = await asyncio.gather(*(n.run_once() for n in nodes))
     sent = [r for r in results if r is not None]
