@@ -27,6 +27,7 @@ import logging
 import re
 import ssl
 import time
+import urllib.parse
 import uuid
 import zlib
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -216,7 +217,11 @@ async def send_daily_reports(day: str, *, source: ReportSource, resolver: Secure
         for uri in uris:
             try:
                 if uri.lower().startswith("mailto:"):
-                    rcpt = uri[len("mailto:"):].split("?")[0]
+                    # RFC 6068: the address is percent-encoded; no header fields taken
+                    rcpt = urllib.parse.unquote(uri[len("mailto:"):].split("?")[0]).strip()
+                    if "@" not in rcpt or any(c.isspace() or not c.isprintable()
+                                              for c in rcpt):
+                        raise ValueError(f"{uri}: not a mail address")
                     await enqueue(from_addr, rcpt, report_message(
                         report, domain=domain, submitter=submitter, from_addr=from_addr,
                         to_addr=rcpt, now=now or dt.datetime.now(dt.UTC)))
