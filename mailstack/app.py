@@ -148,7 +148,8 @@ class App:
 
             ctx = self.services.server_ssl
             self.acme = AcmeManager(s, self.store, self.services.acme_challenges,
-                                    lambda: [ctx], clock=self.clock)
+                                    lambda: [ctx], clock=self.clock,
+                                    alpn=self.services.acme_alpn)
             self._acme_task = asyncio.create_task(self.acme.run_forever())
         write_listening(s, self.ports)
 
@@ -172,18 +173,38 @@ class App:
                 remove()
 
     async def _security_forever(self, security: Any) -> None:
-        """Start-up check of the validating resolver, then TLS-RPT counts to the store
-        once a minute (docs/behaviour.md §6)."""
+        """Start-up check of the validating resolver, then once a minute: TLS-RPT counts
+        to the store, and yesterday's TLS reports sent if no node has sent them yet
+        (docs/behaviour.md §6)."""
+        from .outbound.dkim import DkimSigner
+        from .outbound.reports import deliver_report
+
+        assert self.store is not None
+        store = self.store
+        signer = DkimSigner(store)
+        lifetime = self.settings.outbound.lifetime_seconds
+
+        async def deliver(_sender: str, rcpt: str, message: bytes) -> None:
+            # empty return path: a report is never answered by a report (RFC 3464 §2)
+            await deliver_report(store, rcpt, await signer.sign(message) + message,
+                                 lifetime=lifetime)
+
+        daily = security.daily_reports(self.settings, store, store.node_id, deliver)
         try:
             await security.start()
         except Exception:
             log.exception("outbound: DNSSEC resolver check failed")
         while True:
-            await asyncio.sleep(60)
             try:
                 await security.flush_results()
             except Exception:
                 log.exception("outbound: storing TLS report counts failed; kept")
+            if self.settings.outbound_tls.tls_reporting:
+                try:
+                    await daily.run_once()
+                except Exception:
+                    log.exception("outbound: sending TLS reports failed; tried again later")
+            await asyncio.sleep(60)
 
     async def _collect_garbage_forever(self) -> None:
         s = self.settings.server

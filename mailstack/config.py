@@ -113,9 +113,15 @@ class TlsSettings:
                             "(RFC 7671 §8.1).")
     acme: bool = _f(False, "Obtain and renew the certificate by ACME (RFC 8555): one "
                     "certificate for server.hostname plus the autoconfig., autodiscover. "
-                    "and mta-sts. names of every hosted domain, validated by HTTP-01 on "
-                    "listeners.http (port 80). Stored as <data_dir>/acme/cert.pem and "
+                    "and mta-sts. names of every hosted domain, validated as "
+                    "acme_challenge says. Stored as <data_dir>/acme/cert.pem and "
                     "key.pem (0600) unless cert_file/key_file are set.")
+    acme_challenge: str = _f("auto", "How the ACME server validates the names: http-01 "
+                             "(listeners.http, port 80), tls-alpn-01 (RFC 8737, "
+                             "listeners.https, port 443: when port 80 is not reachable), "
+                             "or auto: HTTP-01 when listeners.http is enabled, and "
+                             "TLS-ALPN-01 when it is not or when HTTP-01 failed.",
+                             choices=("auto", "http-01", "tls-alpn-01"))
     acme_directory_url: str = _f("https://acme-v02.api.letsencrypt.org/directory",
                                  "The ACME server's directory URL (Let's Encrypt by "
                                  "default; its staging directory for trials).")
@@ -439,6 +445,9 @@ class OutboundTlsSettings:
                                       "(RFC 8460 §4.4). Empty: the server host name.")
     tls_report_contact: str = _f("", "contact-info in the TLS reports we send. Empty: "
                                  "postmaster@<server host name>.")
+    tls_report_from: str = _f("", "From: address of the TLS reports we send by mail (once "
+                              "a day, to the rua of each destination's _smtp._tls record). "
+                              "Empty: tls-reports@<server host name>.")
 
 
 @dataclass(frozen=True)
@@ -696,6 +705,16 @@ def _build_routes(raw: Any, key: str, errors: list[ConfigError]
     return routes
 
 
+def acme_methods(s: Settings) -> list[str]:
+    """The ACME challenge types to try, in order (``tls.acme_challenge``): HTTP-01 needs
+    listeners.http, TLS-ALPN-01 (RFC 8737) listeners.https."""
+    usable = [m for m, ls in (("http-01", s.listeners.http), ("tls-alpn-01", s.listeners.https))
+              if ls.enabled]
+    if s.tls.acme_challenge == "auto":
+        return usable
+    return [m for m in usable if m == s.tls.acme_challenge]
+
+
 def _cross_checks(s: Settings) -> list[ConfigError]:
     errors: list[ConfigError] = []
     if s.smtp.default_plan not in s.plans:
@@ -715,9 +734,18 @@ def _cross_checks(s: Settings) -> list[ConfigError]:
                                   "must be at least retry_min_hours"))
     if not s.server.hostname or any(c in s.server.hostname for c in " \t\r\n/@"):
         raise ConfigError("server.hostname", s.server.hostname, "must be a DNS host name")
-    if s.tls.acme and not s.listeners.http.enabled:
-        raise ConfigError("tls.acme", True, "needs listeners.http enabled: the ACME server "
-                          "validates through it (HTTP-01 on port 80)")
+    if s.tls.acme:
+        methods = acme_methods(s)
+        if not methods:
+            raise ConfigError("tls.acme_challenge", s.tls.acme_challenge,
+                              "needs listeners.http (http-01) or listeners.https "
+                              "(tls-alpn-01) enabled: the ACME server validates through "
+                              "them")
+        if s.tls.acme_challenge != "auto" and s.tls.acme_challenge not in methods:
+            listener = "http" if s.tls.acme_challenge == "http-01" else "https"
+            raise ConfigError("tls.acme_challenge", s.tls.acme_challenge,
+                              f"needs listeners.{listener} enabled: the ACME server "
+                              "validates through it")
     for name in ("http", "metrics"):
         if getattr(s.listeners, name).tls != "none":
             raise ConfigError(f"listeners.{name}.tls", getattr(s.listeners, name).tls,

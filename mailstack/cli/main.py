@@ -26,14 +26,15 @@ from . import (
     serve,
     tls,
     tlsa,
+    tlsrpt,
     user,
 )
 from .common import CliError, Ctx, Handler, Parsers
 from .serve import check_config, cmd_check_config, cmd_config_example, cmd_serve
 
 # One module per command group, registered in this order (the order of --help).
-COMMAND_MODULES = (serve, admin, user, importer, autoresponder, auth, dns, tls, tlsa, backup,
-                   queue)
+COMMAND_MODULES = (serve, admin, user, importer, autoresponder, auth, dns, tls, tlsa, tlsrpt,
+                   backup, queue)
 
 
 def build_parser() -> argparse.ArgumentParser:

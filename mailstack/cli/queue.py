@@ -2,7 +2,9 @@
 
 - ``list [--domain D] [--failed]``: one line per recipient: id, age, sender, recipient,
   state, attempts, next try, last error.
-- ``show ID``: every field and the history of attempts (time, server, TLS, reply).
+- ``show ID``: every field and the history of attempts (time, server, the TLS policy
+  that applied (dane / mta-sts / opportunistic ...), TLS version and cipher, whether
+  the peer was authenticated, reply).
 - ``retry ID|--all``: waiting rows become due now (a running server picks them up at
   its next poll).
 - ``delete ID --yes``: removed without any report to the sender.
@@ -70,6 +72,19 @@ async def queue_list(ctx: Ctx, store: Store, args: argparse.Namespace) -> int:
     return 0
 
 
+def _security(attempt: dict[str, object]) -> str:
+    """"dane; TLSv1.3 TLS_AES_256_GCM_SHA384; peer authenticated" for one attempt (older
+    attempts recorded only the TLS version)."""
+    tls = str(attempt.get("tls") or "")
+    policy = str(attempt.get("policy") or "")
+    parts = [f"policy {policy}"] if policy else []
+    parts.append(tls or "no TLS")
+    if tls and "authenticated" in attempt:
+        parts.append("peer authenticated" if attempt.get("authenticated")
+                     else "peer not authenticated")
+    return "; ".join(parts)
+
+
 @with_store
 async def queue_show(ctx: Ctx, store: Store, args: argparse.Namespace) -> int:
     r = await _row(store, args.id)
@@ -98,9 +113,8 @@ async def queue_show(ctx: Ctx, store: Store, args: argparse.Namespace) -> int:
         at = h.get("at")
         when = _when(float(at)) if isinstance(at, (int, float)) else "?"
         host = h.get("host") or "-"
-        tls = h.get("tls") or "no TLS"
-        said = h.get("reply") or h.get("error") or ""
-        ctx.print(f"  {when}  {host}  [{tls}]  {_one_line(str(said), 200)}")
+        ctx.print(f"  {when}  {host}  [{_security(h)}]  "
+                  f"{_one_line(str(h.get('reply') or h.get('error') or ''), 200)}")
     return 0
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 
+from ..config import acme_methods
 from ..store import Store
 from ..tls import cert_names, load_first_cert, tlsa_311
 from ..web.acme import LOCK_NAME, renewal_due, wanted_names
@@ -40,6 +41,7 @@ async def tls_status(ctx: Ctx, store: Store, args: argparse.Namespace) -> int:
     names = wanted_names(s.server.hostname, [d.name for d in await store.list_domains()])
     verdict = renewal_due(cert, names, now, s.tls.acme_renew_days)
     ctx.print(f"acme:      on, {s.tls.acme_directory_url}")
+    ctx.print(f"  validation: {', then '.join(acme_methods(s)) or 'none (no listener)'}")
     ctx.print(f"  wanted:  {', '.join(names)}")
     ctx.print(f"  renewal: {'due: ' + verdict.reason if verdict.due else 'not due'}")
     stored = await store.load_certificate(LOCK_NAME)

@@ -111,6 +111,8 @@ class Session:
         self.pending: list[Reply] = []
         self.caps = Capabilities()
         self.tls = ""  # TLS summary once encrypted
+        self.policy = ""  # the TlsRequirement's policy this session was opened under
+        self.authenticated = False  # verify() accepted the peer (dane / mta-sts)
         self.messages = 0
         self.broken = False
 
@@ -275,6 +277,7 @@ async def open_session(host: str, address: str, port: int, *, helo: str,
         raise SmtpError(f"{host}[{address}]:{port}: cannot connect: "
                         f"{exc or type(exc).__name__}") from exc
     s = Session(reader, writer, host, address, timeouts)
+    s.policy = tls.policy
     try:
         greeting = await s.read_reply(timeouts.greeting, "the greeting")
         if greeting.code != 220:  # RFC 5321 §3.1: 554 means "no service here"
@@ -295,6 +298,8 @@ async def open_session(host: str, address: str, port: int, *, helo: str,
                 if problem is not None:
                     raise SmtpError(f"{host}: TLS peer not authenticated ({tls.policy}): "
                                     f"{problem}", status="4.7.5")
+                # transport.py: "mta-sts-testing" only reports, it authenticates nothing
+                s.authenticated = tls.policy in ("dane", "mta-sts")
             await s.ehlo(helo)
         elif tls.require_tls:
             if tls.report is not None:

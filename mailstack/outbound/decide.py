@@ -42,7 +42,9 @@ class AttemptResult:
     status: str  # RFC 3463
     text: str  # the reply or the error
     remote_mta: str = ""
-    tls: str = ""
+    tls: str = ""  # "TLSv1.3 TLS_AES_256_GCM_SHA384"; "" when not encrypted
+    tls_policy: str = ""  # the TlsRequirement's policy: dane, mta-sts, opportunistic...
+    authenticated: bool = False  # the peer matched DANE / MTA-STS (transport.py)
     dsn_relayed: bool = False  # the next hop offered DSN (NOTIFY/ORCPT went with it)
     permanent: bool = False  # for code 0: a permanent verdict (null MX, NXDOMAIN...)
 
@@ -58,6 +60,7 @@ class AttemptResult:
 def decide(row: QueueRow, result: AttemptResult, *, now: float, schedule: Schedule,
            rand: random.Random) -> Outcome:
     attempt = {"at": now, "host": result.remote_mta, "tls": result.tls,
+               "policy": result.tls_policy, "authenticated": result.authenticated,
                "status": result.status, "reply" if result.code else "error": result.text}
 
     def outcome(state: str, error: str, report: str = "", status: str = result.status,

@@ -61,6 +61,18 @@ TlsPolicy = Callable[[str, str, bool], Awaitable[TlsRequirement]]
 MessageGroup = list[QueueRow]
 
 
+def security_note(result: AttemptResult) -> str:
+    """" via HOST (policy dane, TLSv1.3, peer authenticated)" for the delivery log."""
+    if not result.remote_mta:
+        return ""
+    parts = [f"policy {result.tls_policy}"] if result.tls_policy else []
+    parts.append(result.tls.split(" ")[0] if result.tls else "no TLS")
+    if result.tls:
+        parts.append("peer authenticated" if result.authenticated
+                     else "peer not authenticated")
+    return f" via {result.remote_mta} ({', '.join(parts)})"
+
+
 async def opportunistic(_domain: str, _mx_host: str, _mx_secure: bool) -> TlsRequirement:
     return OPPORTUNISTIC
 
@@ -274,7 +286,8 @@ class QueueRunner:
                 continue
             tls = await self.tls_policy(domain, hop.host, hop.mx_secure)
             if tls.defer_reason:  # TLSA lookup failed / not in the MTA-STS policy
-                last = AttemptResult(0, "4.7.5", tls.defer_reason, remote_mta=hop.host)
+                last = AttemptResult(0, "4.7.5", tls.defer_reason, remote_mta=hop.host,
+                                     tls_policy=tls.policy)
                 continue
             if route.require_tls and not tls.require_tls:
                 tls = replace(tls, require_tls=True,
@@ -286,7 +299,8 @@ class QueueRunner:
                 except SmtpError as exc:
                     log.info("outbound: %s", exc)
                     last = AttemptResult(exc.reply.code if exc.reply else 0, exc.status,
-                                         str(exc), remote_mta=hop.host)
+                                         str(exc), remote_mta=hop.host,
+                                         tls_policy=tls.policy)
                     if last.code >= 500:  # one server's 5xx greeting: try the next
                         last = replace(last, code=0)
         if route.implicit and addressless == len(route.hops):
@@ -313,6 +327,7 @@ class QueueRunner:
         first = group[0]
         caps = session.caps
         base = AttemptResult(0, "4.0.0", "", remote_mta=session.remote_mta, tls=session.tls,
+                             tls_policy=session.policy, authenticated=session.authenticated,
                              dsn_relayed=caps.dsn)
         bad = [r for r in group if has_controls(r.recipient) or has_controls(r.sender)
                or has_controls(r.dsn_orcpt)]
@@ -391,14 +406,14 @@ class QueueRunner:
         outcomes: list[Outcome] = [decide(row, result, now=now, schedule=self.schedule,
                                           rand=self.rand) for row, result in results]
         await self._finish(outcomes)
-        for (row, _), out in zip(results, outcomes, strict=True):
+        for (row, result), out in zip(results, outcomes, strict=True):
             self._in_flight.discard(row.id)
             self.counters["deferred" if out.state == "queued" else out.state] += 1
             self.counters["attempts"] += 1
             metrics.delivery({"queued": "deferred", "delivered": "delivered"}.get(
                 out.state, "bounced"))
-            log.info("outbound: %s <%s> -> <%s>: %s %s", out.state, row.sender,
-                     row.recipient, out.status, out.error)
+            log.info("outbound: %s <%s> -> <%s>: %s %s%s", out.state, row.sender,
+                     row.recipient, out.status, out.error, security_note(result))
         waiting: dict[tuple[str, str, float], list[QueueRow]] = {}
         for (row, _), out in zip(results, outcomes, strict=True):
             if out.state == "queued":

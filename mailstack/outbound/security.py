@@ -30,7 +30,7 @@ from ..store.transport import CachedStsPolicy, TlsResultKey
 from .dnssec import SecureResolver, TlsaLookup, check_validating, lookup_tlsa
 from .mtasts import MtaSts, StsLookup, load_ca_certs, pkix_context, split_files
 from .tlspolicy import PolicyFacts, decide, trust_store
-from .tlsrpt import TlsResults
+from .tlsrpt import DailyReports, DayStore, Enqueue, TlsResults
 from .transport import TlsRequirement
 
 log = logging.getLogger("mailstack.outbound.security")
@@ -133,3 +133,15 @@ class TransportSecurity:
     async def flush_results(self) -> None:
         """Move the TLS-RPT counts into the store (call periodically)."""
         await self.results.flush(self.store)
+
+    def daily_reports(self, settings: Settings, store: DayStore, holder: str,
+                      deliver: Enqueue) -> DailyReports:
+        """The once-a-day sender of our TLS reports (RFC 8460 §4.1, §5), sharing this
+        object's validating resolver and PKIX context (extra CA files included)."""
+        o, host = settings.outbound_tls, settings.server.hostname
+        return DailyReports(store, self.resolver, deliver,
+                            organization=o.tls_report_organization or host,
+                            submitter=host,
+                            from_addr=o.tls_report_from or f"tls-reports@{host}",
+                            contact=o.tls_report_contact or f"postmaster@{host}",
+                            holder=holder, https_context=self._pkix, clock=self.clock)

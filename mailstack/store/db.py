@@ -117,6 +117,10 @@ def _m_domain_auth_settings(conn: Connection) -> None:
     schema.domain_auth_settings.create(conn, checkfirst=True)
 
 
+def _m_tls_report_days(conn: Connection) -> None:
+    schema.tls_report_days.create(conn, checkfirst=True)
+
+
 MIGRATIONS: list[Migration] = [
     lambda conn: None,  # 1: initial schema (created by create_all on a fresh database)
     _m2_queue_dsn,  # 2: DSN parameters on queue rows (RFC 3461)
@@ -131,6 +135,7 @@ MIGRATIONS: list[Migration] = [
     _m10_queue_delivery,  # 11: outbound: delivery state, lease, attempt history, report owed
     _m_accounts_web,  # 12: accounts: TOTP step, unification, emergency codes, web sessions
     _m_domain_auth_settings,  # 13: inbound-auth: per-domain DMARC action override
+    _m_tls_report_days,  # 14: tls-rest: which day's TLS reports were sent, and their lock
 ]
 LATEST = len(MIGRATIONS)
 

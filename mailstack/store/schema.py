@@ -403,6 +403,17 @@ tls_report_counts = Table(
     Column("count", BigInteger, nullable=False),
 )
 
+# The daily TLS reports (RFC 8460 §4.1: one per policy domain and UTC day): which day's
+# reports were sent, and the lock that lets one node at a time send them.
+tls_report_days = Table(
+    "tls_report_days", metadata,
+    Column("day", String(10), primary_key=True),  # YYYY-MM-DD, UTC
+    Column("holder", String(128), nullable=False, default=""),  # node sending now
+    Column("locked_until", Float, nullable=False, default=0.0),
+    Column("sent_at", Float, nullable=False, default=0.0),  # 0: not sent yet
+    Column("summary", Text, nullable=False, default=""),  # what was sent, for operators
+)
+
 # The certificate obtained by ACME (docs/behaviour.md §1, RFC 8555), shared by every node,
 # and the lock that lets one node at a time renew it.
 tls_certificates = Table(

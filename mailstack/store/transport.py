@@ -5,6 +5,9 @@ Invariants:
 - One cached policy per domain; ``put_mta_sts_policy`` replaces it in one transaction.
 - Counts only grow; ``add_tls_results`` adds to existing rows (an UPDATE first, an
   INSERT when none matched, the UPDATE again if another node inserted meanwhile).
+- A day's reports are sent by one node: ``claim_tls_report_day`` is one conditional
+  UPDATE (not sent yet, and held by nobody, by the caller, or expired), so two nodes can
+  never both hold it; ``finish_tls_report_day`` marks the day sent for good.
 """
 
 from __future__ import annotations
@@ -12,7 +15,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from sqlalchemy import and_, delete, insert, select, update
+from sqlalchemy import and_, delete, insert, or_, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 
 from . import schema as t
@@ -86,3 +91,41 @@ class TransportMixin(StoreBase):
                                                  c.result_type, c.mx_host))).all()
         return {TlsResultKey(r.day, r.policy_domain, r.policy_type, r.result_type,
                              r.mx_host): int(r._mapping["count"]) for r in rows}
+
+    async def claim_tls_report_day(self, day: str, holder: str, ttl: float) -> bool:
+        """Take the sending of ``day``'s TLS reports for ``ttl`` seconds; False when the
+        day was sent already or another node holds it."""
+        c = t.tls_report_days.c
+        now = self.clock()
+        insert_fn = sqlite_insert if self.is_sqlite else pg_insert
+        async with self._write() as (conn, _):
+            # a row another node inserted at the same moment is left alone
+            await conn.execute(insert_fn(t.tls_report_days).values(day=day)
+                               .on_conflict_do_nothing())
+            res = await conn.execute(update(t.tls_report_days).where(and_(
+                c.day == day, c.sent_at == 0.0,
+                or_(c.holder == "", c.holder == holder, c.locked_until < now))).values(
+                holder=holder, locked_until=now + ttl))
+            return bool(res.rowcount)
+
+    async def finish_tls_report_day(self, day: str, holder: str, summary: str) -> None:
+        c = t.tls_report_days.c
+        async with self._write() as (conn, _):
+            await conn.execute(update(t.tls_report_days).where(and_(
+                c.day == day, c.holder == holder)).values(
+                sent_at=self.clock(), summary=summary, locked_until=0.0))
+
+    async def release_tls_report_day(self, day: str, holder: str) -> None:
+        c = t.tls_report_days.c
+        async with self._write() as (conn, _):
+            await conn.execute(update(t.tls_report_days).where(and_(
+                c.day == day, c.holder == holder, c.sent_at == 0.0)).values(
+                holder="", locked_until=0.0))
+
+    async def tls_report_day(self, day: str) -> tuple[float, str] | None:
+        """(sent_at, summary) of ``day``'s reports; sent_at 0 while not sent."""
+        c = t.tls_report_days.c
+        async with self._read() as conn:
+            row = (await conn.execute(select(c.sent_at, c.summary).where(
+                c.day == day))).first()
+        return None if row is None else (float(row.sent_at), str(row.summary))

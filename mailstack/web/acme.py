@@ -2,7 +2,10 @@
 
 One certificate names the server's host name plus ``autoconfig.``, ``autodiscover.`` and
 ``mta-sts.`` of every hosted domain. Validation is HTTP-01 (RFC 8555 §8.3): the key
-authorization is put in ``Services.acme_challenges`` and served by the port-80 listener.
+authorization is put in ``Services.acme_challenges`` and served by the port-80 listener;
+or TLS-ALPN-01 (RFC 8737) when port 80 is not usable or HTTP-01 failed: a challenge
+certificate per name in ``Services.acme_alpn``, presented by the https listener to
+ClientHellos offering ``acme-tls/1`` (``tlsalpn``). ``tls.acme_challenge`` chooses.
 
 Invariants:
 - A renewal is decided by ``renewal_due`` (pure): no certificate, a self-signed one, a
@@ -35,9 +38,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from .. import metrics
-from ..config import Settings
+from ..config import Settings, acme_methods
 from ..store import Store
 from ..tls import cert_names, reload_context, write_private
+from . import tlsalpn
 
 log = logging.getLogger("mailstack.acme")
 
@@ -100,10 +104,13 @@ class AcmeManager:
 
     def __init__(self, settings: Settings, store: Store,
                  challenges: MutableMapping[str, str], contexts: Callable[[], list[ssl.SSLContext]],
-                 *, clock: Callable[[], float] = time.time) -> None:
+                 *, clock: Callable[[], float] = time.time,
+                 alpn: MutableMapping[str, ssl.SSLContext] | None = None) -> None:
         self.settings = settings
         self.store = store
-        self.challenges = challenges
+        self.challenges = challenges  # HTTP-01: token -> key authorization
+        self.alpn = alpn if alpn is not None else {}  # TLS-ALPN-01: name -> context
+        self._alpn_names: set[str] = set()  # the names this manager put in ``alpn``
         self.contexts = contexts
         self.clock = clock
         self.holder = store.node_id
@@ -155,17 +162,16 @@ class AcmeManager:
             key_pem = key.private_bytes(serialization.Encoding.PEM,
                                         serialization.PrivateFormat.PKCS8,
                                         serialization.NoEncryption())
-            chain = await asyncio.wait_for(
+            chain, method = await asyncio.wait_for(
                 asyncio.to_thread(self._obtain, names, key_pem), ISSUE_TIMEOUT)
             await self.store.save_certificate(LOCK_NAME, chain.decode(), key_pem.decode())
             stored = await self.store.load_certificate(LOCK_NAME)
             self._loaded_at = stored.updated_at if stored else self.clock()
             await self.install(chain, key_pem)
         finally:
-            for token in [t for t, v in self.challenges.items() if v.startswith(t + ".")]:
-                self.challenges.pop(token, None)
+            self._forget_challenges()
             await self.store.release_cert_lock(LOCK_NAME, self.holder)
-        return f"obtained a certificate for {len(names)} names"
+        return f"obtained a certificate for {len(names)} names ({method})"
 
     async def install(self, chain: bytes, key_pem: bytes) -> None:
         """Write certificate and key (0600) and swap them into every live context."""
@@ -197,8 +203,11 @@ class AcmeManager:
                                                   serialization.NoEncryption()))
         return jose.JWKRSA(key=key)
 
-    def _obtain(self, names: list[str], key_pem: bytes) -> bytes:
-        from acme import challenges, client, crypto_util, errors, messages
+    def _obtain(self, names: list[str], key_pem: bytes) -> tuple[bytes, str]:
+        """(full chain PEM, the challenge type that validated). Tries the challenge types
+        of ``acme_methods`` in order, each with a new order: an HTTP-01 that fails
+        because port 80 is unreachable is followed by TLS-ALPN-01 on port 443."""
+        from acme import client, errors, messages
 
         t = self.settings.tls
         jwk = self._account_key()
@@ -213,18 +222,65 @@ class AcmeManager:
         except errors.ConflictError as exc:  # the key has an account already
             net.account = messages.RegistrationResource(
                 uri=exc.location, body=messages.Registration(contact=contact))
+        methods = acme_methods(self.settings)
+        failures: list[str] = []
+        for method in methods:
+            try:
+                return self._order(acme, jwk, names, key_pem, method), method
+            except (errors.Error, RuntimeError) as exc:
+                log.warning("acme: %s validation failed: %s", method, exc)
+                failures.append(f"{method}: {exc}")
+            finally:
+                self._forget_challenges()
+        raise RuntimeError("no challenge type validated: " + "; ".join(failures))
+
+    def _order(self, acme: Any, jwk: Any, names: list[str], key_pem: bytes,
+               method: str) -> bytes:
+        import josepy as jose
+        from acme import crypto_util, messages
+        from cryptography.hazmat.primitives import hashes
+
         order = acme.new_order(crypto_util.make_csr(key_pem, names))
         for authz in order.authorizations:
             if authz.body.status == messages.STATUS_VALID:
                 continue
+            name = authz.body.identifier.value
             challb = next((c for c in authz.body.challenges
-                           if isinstance(c.chall, challenges.HTTP01)), None)
+                           if c.chall.to_partial_json().get("type") == method), None)
             if challb is None:
-                raise RuntimeError(f"no http-01 challenge offered for "
-                                   f"{authz.body.identifier.value}")
-            response, validation = challb.response_and_validation(jwk)
-            self.challenges[challb.chall.encode("token")] = validation
+                raise RuntimeError(f"no {method} challenge offered for {name}")
+            if method == "http-01":
+                response, validation = challb.response_and_validation(jwk)
+                self.challenges[challb.chall.encode("token")] = validation
+            else:  # RFC 8737 §3 (the acme library no longer knows this type)
+                token = str(challb.chall.to_partial_json()["token"])
+                thumbprint = jose.b64encode(jwk.public_key().thumbprint(
+                    hash_function=hashes.SHA256)).decode()
+                key_authorization = f"{token}.{thumbprint}"
+                self.alpn[name.lower()] = tlsalpn.challenge_context(name.lower(),
+                                                                    key_authorization)
+                self._alpn_names.add(name.lower())
+                response = _tls_alpn_response(key_authorization)
             acme.answer_challenge(challb, response)
-        deadline = dt.datetime.now() + dt.timedelta(seconds=ISSUE_TIMEOUT - 30)
+        deadline = dt.datetime.now() + dt.timedelta(seconds=ISSUE_TIMEOUT / 2 - 30)
         order = acme.poll_and_finalize(order, deadline)
         return str(order.fullchain_pem).encode()
+
+    def _forget_challenges(self) -> None:
+        for token in [t for t, v in self.challenges.items() if v.startswith(t + ".")]:
+            self.challenges.pop(token, None)
+        for name in self._alpn_names:
+            self.alpn.pop(name, None)
+        self._alpn_names.clear()
+
+
+def _tls_alpn_response(key_authorization: str) -> Any:
+    """The answer to a tls-alpn-01 challenge. It is sent as an empty JSON object
+    (RFC 8555 §7.5.1): the library drops the key authorization from the payload, and
+    the field keeps the object non-empty (an empty one would go out as POST-as-GET)."""
+    from acme import challenges
+
+    class TlsAlpn01Response(challenges.KeyAuthorizationChallengeResponse):
+        typ = "tls-alpn-01"
+
+    return TlsAlpn01Response(key_authorization=key_authorization)

@@ -27,6 +27,7 @@ import hmac
 import logging
 import os
 from collections.abc import Awaitable, Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -34,10 +35,11 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from .. import metrics
-from ..config import ListenerSettings
+from ..config import ListenerSettings, acme_methods
 from ..services import Services
 from ..tls import sign_profile
 from . import clientconfig as cc
+from .tlsalpn import AlpnRouter
 
 log = logging.getLogger("mailstack.web")
 
@@ -293,9 +295,16 @@ class WebFrontEnd:
         timeout = self.services.settings.server.tls_handshake_timeout_seconds
         server = self._runner.server
         assert server is not None
+        factory: Callable[[], asyncio.BaseProtocol] = server
+        s = self.services.settings
+        if ctx is not None and self.role == "https" and s.tls.acme \
+                and "tls-alpn-01" in acme_methods(s):
+            # ACME TLS-ALPN-01 (RFC 8737): TLS is started per connection (tlsalpn.py)
+            factory = partial(AlpnRouter, server, ctx, self.services.acme_alpn, timeout)
+            ctx = None
         self._server = await loop.create_server(
-            server, self.listener.address, self.listener.port, ssl=ctx,
-            ssl_handshake_timeout=timeout if implicit else None)
+            factory, self.listener.address, self.listener.port, ssl=ctx,
+            ssl_handshake_timeout=timeout if ctx is not None else None)
         self.port = int(self._server.sockets[0].getsockname()[1])
         if self.role == "metrics":
             self._tasks.append(asyncio.create_task(metrics.watch_loop_lag()))

@@ -196,3 +196,42 @@ async def test_expired_cache_and_no_txt_means_no_policy(
     assert (await sec._sts.lookup("sts.test")).policy is None
     req = await sec("sts.test", "mx.sts.test", False)
     assert req.policy == "opportunistic"
+
+
+async def test_enforce_through_the_queue_runner(
+        dns_rig: DnsRig, sqlite_store: Any, ca_file: str, policy_server: PolicyServer,
+        remote_mx: Any, pki: Pki, tmp_path: Path) -> None:
+    """The queue runner's own SMTP client under an enforce policy: delivered to the
+    listed MX with a valid certificate (peer authenticated, in the row's history); a
+    certificate nobody trusts defers the message and nothing reaches that server."""
+    from mailstack.config import settings_from_dict
+    from mailstack.outbound.runner import QueueRunner
+    from tests.transport.conftest import MESSAGE
+
+    publish(dns_rig, "sts.test", "run1")
+    policy_server.bodies["sts.test"] = policy("enforce", "mx.sts.test")
+    sec = security(dns_rig, sqlite_store, ca_file, policy_server)
+    good = await remote_mx(*write_chain(tmp_path, "mx", pki.leaf("mx.sts.test"), pki.inter))
+    stranger = make_pki("Stranger")
+    bad = await remote_mx(*write_chain(tmp_path, "bad", stranger.leaf("mx.sts.test"),
+                                       stranger.inter))
+    host, port = dns_rig.resolver
+    blob = await sqlite_store.put_blob(MESSAGE)
+    rows = []
+    for server, rcpt in ((good, "a@sts.test"), (bad, "b@sts.test")):
+        settings = settings_from_dict({
+            "server": {"hostname": "mail.example.net"},
+            "outbound": {"mx_port": server.port, "connect_timeout_seconds": 5,
+                         "command_timeout_seconds": 10},
+            "outbound_tls": {"dns_resolver": f"{host}:{port}"}})
+        (row_id,) = await sqlite_store.enqueue("x@example.org", [rcpt], blob, len(MESSAGE))
+        await QueueRunner(sqlite_store, settings, tls_policy=sec).run_once()
+        rows.append(await sqlite_store.queue_row_by_id(row_id))
+    delivered, deferred = rows
+    assert delivered.state == "delivered", delivered
+    last = delivered.history[-1]
+    assert (last["policy"], last["authenticated"]) == ("mta-sts", True), last
+    assert len(good.received) == 1 and good.received[0][1]
+    assert deferred.state == "queued", deferred
+    assert deferred.history[-1]["policy"] == "mta-sts"
+    assert bad.received == []

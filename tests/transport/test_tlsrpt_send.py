@@ -39,7 +39,8 @@ async def test_daily_reports_go_to_mailto_and_https(dns_rig: DnsRig, store: Any,
     try:
         dns_rig.publish("rpt.test", [
             "reports IN A 127.0.0.1",
-            f'_smtp._tls IN TXT "v=TLSRPTv1; rua=mailto:tls@rpt.test,'
+            # RFC 6068 percent-encoding, and a mailto: that names no address
+            f'_smtp._tls IN TXT "v=TLSRPTv1; rua=mailto:tls%40rpt.test,mailto:nobody,'
             f'https://reports.rpt.test:{port}/tlsrpt"'], mode="unsigned")
         results = TlsResults(NOW.timestamp)
         results.record("rpt.test", "sts", "success", "mx.rpt.test")
@@ -61,7 +62,9 @@ async def test_daily_reports_go_to_mailto_and_https(dns_rig: DnsRig, store: Any,
             https_context=pkix_context([str(ca)]), now=NOW)
     finally:
         await runner.cleanup()
-    assert [(s.domain, s.error) for s in sent] == [("rpt.test", ""), ("rpt.test", "")]
+    assert [(s.domain, s.error) for s in sent] == [
+        ("rpt.test", ""), ("rpt.test", "ValueError: mailto:nobody: not a mail address"),
+        ("rpt.test", "")]
     assert [(q[0], q[1]) for q in queued] == [("tls-reports@example.net", "tls@rpt.test")]
     assert b"Report Domain: rpt.test" in queued[0][2]
     ((ctype, body),) = posted

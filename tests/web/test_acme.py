@@ -10,7 +10,9 @@ sees the new certificate, and a second node sharing the store picks it up."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
+import logging
 import os
 import shutil
 import socket
@@ -29,6 +31,13 @@ from cryptography import x509
 from mailstack.app import App
 from mailstack.tls import cert_names, ensure_self_signed, load_first_cert
 from mailstack.web.acme import renewal_due, wanted_names
+from mailstack.web.tlsalpn import (
+    ACME_IDENTIFIER,
+    ClientHello,
+    NotTls,
+    challenge_context,
+    parse_client_hello,
+)
 from tests.conftest import add_mailbox
 
 from .conftest import ADDR
@@ -66,7 +75,7 @@ def loopback_dns() -> Iterator[int]:
 
 
 class Pebble:
-    def __init__(self, tmp: Path, dns_port: int, http_port: int) -> None:
+    def __init__(self, tmp: Path, dns_port: int, http_port: int, tls_port: int = 0) -> None:
         self.cert, key = tmp / "pebble-cert.pem", tmp / "pebble-key.pem"
         ensure_self_signed(self.cert, key, "localhost")
         self.port, self.mgmt = free_port(), free_port()
@@ -74,7 +83,8 @@ class Pebble:
             "listenAddress": f"127.0.0.1:{self.port}",
             "managementListenAddress": f"127.0.0.1:{self.mgmt}",
             "certificate": str(self.cert), "privateKey": str(key),
-            "httpPort": http_port, "tlsPort": free_port(), "ocspResponderURL": "",
+            "httpPort": http_port, "tlsPort": tls_port or free_port(),
+            "ocspResponderURL": "",
             "externalAccountBindingRequired": False,
             "certificateValidityPeriod": VALIDITY}}
         (tmp / "pebble.json").write_text(json.dumps(config))
@@ -246,3 +256,136 @@ async def test_renewal_lock_one_node_at_a_time(store: Any) -> None:
     await store.save_certificate("acme", "CERT", "KEY")
     saved = await store.load_certificate("acme")
     assert (saved.cert_pem, saved.key_pem, saved.holder) == ("CERT", "KEY", "node-a")
+
+
+@pytest.mark.skipif(PEBBLE is None, reason="pebble is not installed (apt-get install pebble)")
+async def test_acme_tls_alpn_01_when_port_80_is_unreachable(
+        app_factory: Callable[..., Any], loopback_dns: int, tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Pebble validates HTTP-01 against a port where nothing listens (port 80 blocked):
+    that fails, and the same check goes on with TLS-ALPN-01 (RFC 8737) on our https
+    listener, which pebble reaches with SNI = each name and ALPN acme-tls/1."""
+    https_port, dead_http = free_port(), free_port()
+    pebble_dir = tmp_path / "pebble"
+    pebble_dir.mkdir()
+    pebble = await asyncio.to_thread(Pebble, pebble_dir, loopback_dns, dead_http, https_port)
+    try:
+        acme = {"cert_file": "", "key_file": "", "acme": True,
+                "acme_directory_url": pebble.directory, "acme_ca_file": str(pebble.cert),
+                "acme_check_interval_seconds": 3600}
+        caplog.set_level(logging.INFO, logger="mailstack.acme")
+        app: App = await app_factory(tls=acme, listeners={"https": {"port": https_port}})
+        assert app.acme is not None and app.services is not None
+        await add_mailbox(app, ADDR)
+        results = []
+        for _ in range(3):  # the server's own first round may run before the domain existed
+            results.append(await app.acme.check())
+            if results[-1] == "fresh":
+                break
+        # obtained by this check or by the server's own round (which logs its result)
+        assert any("obtained a certificate for 4 names (tls-alpn-01)" in r
+                   for r in results + caplog.messages), (results, caplog.messages)
+        cert = load_first_cert(app.settings.cert_path)
+        assert "Pebble" in cert.issuer.rfc4514_string()
+        names = {"mail.example.net", "autoconfig.example.com", "autodiscover.example.com",
+                 "mta-sts.example.com"}
+        assert set(cert_names(cert)) == names
+        log = " ".join(caplog.messages)
+        assert "http-01 validation failed" in log  # port 80 unreachable: tried first
+        for name in names:  # pebble's validation handshakes reached the https listener
+            assert f"TLS-ALPN-01 handshake for {name}" in log
+        assert not app.services.acme_alpn  # challenge certificates gone
+
+        # an ordinary HTTPS client gets the new certificate and its answer
+        root = await asyncio.to_thread(pebble.root_pem)
+        client = ssl.create_default_context(cadata=root.decode())
+        r, w = await asyncio.open_connection("127.0.0.1", https_port, ssl=client,
+                                             server_hostname="autoconfig.example.com")
+        w.write(b"GET /mail/config-v1.1.xml?emailaddress=anna@example.com HTTP/1.1\r\n"
+                b"Host: autoconfig.example.com\r\nConnection: close\r\n\r\n")
+        body = await asyncio.wait_for(r.read(), 30)
+        assert body.startswith(b"HTTP/1.1 200") and b"<clientConfig" in body
+        w.close()
+    finally:
+        await asyncio.to_thread(pebble.stop)
+
+
+def client_hello(server_name: str, alpn: list[str]) -> bytes:
+    """The ClientHello Python's own ssl sends (captured through memory BIOs)."""
+    ctx = ssl.create_default_context()
+    ctx.set_alpn_protocols(alpn)
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    obj = ctx.wrap_bio(incoming, outgoing, server_hostname=server_name)
+    with pytest.raises(ssl.SSLWantReadError):
+        obj.do_handshake()
+    return outgoing.read()
+
+
+def test_client_hello_parser() -> None:
+    data = client_hello("Mta-Sts.Example.com", ["acme-tls/1", "http/1.1"])
+    hello = parse_client_hello(data)
+    assert hello == ClientHello("mta-sts.example.com", (b"acme-tls/1", b"http/1.1"))
+    assert parse_client_hello(data[:3]) is None  # still arriving
+    assert parse_client_hello(data[:-1]) is None
+    assert parse_client_hello(client_hello("x.example", [])) == ClientHello("x.example", ())
+    for garbage in (b"GET / HTTP/1.1\r\n\r\n", b"\x16\x03\x01\x00\x05\x02\x00\x00\x01\x00",
+                    b"\x16\x03\x01\x00\x08\x01\x00\x00\x40" + b"\x03\x03\x00\x00"):
+        with pytest.raises(NotTls):
+            parse_client_hello(garbage)
+
+
+async def test_alpn_router_serves_the_challenge_only_to_acme_tls_1(
+        app_factory: Callable[..., Any], client_ssl: ssl.SSLContext) -> None:
+    """With a challenge pending for a name, only a ClientHello offering acme-tls/1 for
+    that name gets the challenge certificate (and the connection ends after the
+    handshake); browsers and mail clients asking for the same name get the server's
+    certificate and their answer."""
+    app: App = await app_factory(tls={"acme": True, "acme_directory_url":
+                                      "https://127.0.0.1:9/unreachable/dir",
+                                      "acme_check_interval_seconds": 3600})
+    assert app.services is not None
+    await add_mailbox(app, ADDR)
+    port = app.ports["https"]
+    authz = "tokentokentoken.thumbprintthumbprint"
+    app.services.acme_alpn["autoconfig.example.com"] = await asyncio.to_thread(
+        challenge_context, "autoconfig.example.com", authz)
+
+    async def handshake(name: str, alpn: list[str]) -> tuple[x509.Certificate, str | None,
+                                                             asyncio.StreamReader]:
+        ctx = ssl.create_default_context()
+        ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+        ctx.set_alpn_protocols(alpn)
+        r, w = await asyncio.open_connection("127.0.0.1", port, ssl=ctx,
+                                             server_hostname=name)
+        obj = w.get_extra_info("ssl_object")
+        cert = x509.load_der_x509_certificate(obj.getpeercert(binary_form=True))
+        return cert, obj.selected_alpn_protocol(), r
+
+    cert, chosen, reader = await handshake("autoconfig.example.com", ["acme-tls/1"])
+    assert chosen == "acme-tls/1"
+    assert cert_names(cert) == ["autoconfig.example.com"]
+    ext = cert.extensions.get_extension_for_oid(ACME_IDENTIFIER)
+    assert ext.critical
+    assert ext.value.value == b"\x04\x20" + hashlib.sha256(authz.encode()).digest()
+    assert await asyncio.wait_for(reader.read(), 10) == b""  # closed after the handshake
+
+    server_serial = load_first_cert(app.settings.cert_path).serial_number
+    for name, alpn in (("autoconfig.example.com", ["http/1.1"]),  # not ACME
+                       ("mail.example.net", ["acme-tls/1"]),  # no challenge for it
+                       ("autoconfig.example.com", [])):
+        cert, chosen, _ = await handshake(name, alpn)
+        assert cert.serial_number == server_serial and chosen != "acme-tls/1", (name, alpn)
+
+    # a verifying client, during the challenge, for the challenged name: a real answer
+    import aiohttp
+
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=client_ssl)) as s:
+        async with s.get(f"https://127.0.0.1:{port}/.well-known/autoconfig/mail/"
+                         f"config-v1.1.xml?emailaddress={ADDR}",
+                         server_hostname="mail.example.net") as resp:
+            assert resp.status == 200 and "<clientConfig" in await resp.text()
+    # garbage instead of a ClientHello: refused, the listener goes on
+    r, w = await asyncio.open_connection("127.0.0.1", port)
+    w.write(b"GET / HTTP/1.1\r\n\r\n")
+    assert await asyncio.wait_for(r.read(), 10) == b""
+    w.close()

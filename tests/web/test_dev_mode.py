@@ -1,5 +1,6 @@
 """Dev mode as a new user meets it: the generated certificate names localhost (DNS),
-127.0.0.1 and ::1 (IP), so curl, fetchmail and isync accept the host they are given;
+127.0.0.1 and ::1 (IP), so curl, fetchmail, isync and offlineimap accept the host they
+are given;
 ``mailstack client-settings`` prints the host and the ports actually in use."""
 
 from __future__ import annotations
@@ -264,3 +265,41 @@ def test_reload_refuses_a_mismatched_pair_and_keeps_the_live_certificate(
         tls.sendall(b"x")  # the handshake succeeded with the old pair
     t.join(10)
     srv.close()
+
+
+async def test_offlineimap_accepts_the_dev_certificate_with_the_printed_host(
+        app_factory: Callable[..., Any], tls_files: tuple[Path, Path],
+        tmp_path: Path) -> None:
+    """offlineimap (Debian's offlineimap3), checking the certificate against the CA file
+    and the host name, syncs INBOX with the host and port client-settings prints.
+    (offlineimap compares only the certificate's DNS names, never IP-address SANs: with
+    it the printed host `localhost` is the one that works, not 127.0.0.1.)"""
+    app: App = await app_factory(web={"advertised_hostname": "localhost"})
+    await add_mailbox(app, ADDR)
+    assert app.store is not None
+    address = await app.store.get_address(ADDR)
+    assert address is not None
+    inbox = next(f for f in await app.store.list_folders(address.id) if f.name == "INBOX")
+    await app.store.append(inbox.id, b"From: a@example.org\r\nSubject: oi\r\n\r\nhi\r\n")
+    out = await client_settings(write_config(tmp_path / "c.toml", app), ADDR)
+    host, port = printed(out, r"Incoming \(IMAP")
+    assert (host, port) == ("localhost", app.ports["imaps"])
+    home = tmp_path / "home"
+    maildir = home / "Mail"
+    maildir.mkdir(parents=True)
+    rc = home / "offlineimaprc"
+    rc.write_text(
+        f"[general]\naccounts = a\nmetadata = {home}/meta\n\n"
+        "[Account a]\nlocalrepository = l\nremoterepository = r\n\n"
+        f"[Repository l]\ntype = Maildir\nlocalfolders = {maildir}\n\n"
+        f"[Repository r]\ntype = IMAP\nremotehost = {host}\nremoteport = {port}\n"
+        f"remoteuser = {ADDR}\nremotepass = secret\nssl = yes\n"
+        f"sslcacertfile = {tls_files[0]}\nfolderfilter = lambda f: f == 'INBOX'\n")
+    proc = await asyncio.create_subprocess_exec(
+        "offlineimap", "-c", str(rc), "-o", "-u", "basic", stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT, env={**os.environ, "HOME": str(home)})
+    log, _ = await asyncio.wait_for(proc.communicate(), 120)
+    text = log.decode(errors="replace")
+    assert proc.returncode == 0, text
+    assert "does not match" not in text and "ERROR" not in text, text
+    assert any(b"Subject: oi" in p.read_bytes() for p in (maildir / "INBOX").glob("*/*")), text

@@ -15,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from mailstack import metrics
 from mailstack.app import App
+from tests.conftest import add_mailbox
 
 from .conftest import ADDR, url
 
@@ -136,3 +137,62 @@ async def test_metrics_not_on_https_without_token(web_app: App,
                                                   http: aiohttp.ClientSession) -> None:
     async with http.get(url(web_app, "https", "/metrics")) as r:
         assert r.status == 404
+
+
+async def test_deliveries_and_queue_gauges_with_the_real_queue_runner(
+        app_factory: Callable[..., Any], http: aiohttp.ClientSession,
+        client_ssl: ssl.SSLContext) -> None:
+    """A message to the internet goes through the real queue runner (a transport map to
+    an SMTP server on loopback: no DNS): mailstack_deliveries_total{outcome="delivered"}
+    moves, and the queue gauges are on the page."""
+    from aiosmtpd.smtp import SMTP as SmtpServer
+
+    received: list[bytes] = []
+
+    class Sink:
+        async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+            received.append(bytes(envelope.content or b""))
+            return "250 2.0.0 OK"
+
+    loop = asyncio.get_running_loop()
+    sink = await loop.create_server(lambda: SmtpServer(Sink(), hostname="sink.test"),
+                                    "127.0.0.1", 0)
+    port = sink.sockets[0].getsockname()[1]
+    try:
+        app: App = await app_factory(
+            web={"metrics_blob_size_interval_seconds": 0},
+            outbound={"enabled": True, "transport": {"remote.example": f"127.0.0.1:{port}"}},
+            # never a DNS query outside loopback: no DANE/MTA-STS lookups, a dead resolver
+            outbound_tls={"dns_resolver": "127.0.0.1:9", "dane": False, "mta_sts": False,
+                          "dns_timeout_seconds": 0.5})
+        await add_mailbox(app, ADDR)
+        before, _ = await scrape(http, app)
+
+        def send() -> None:
+            with smtplib.SMTP_SSL("127.0.0.1", app.ports["submissions"],
+                                  context=client_ssl) as smtp:
+                smtp.login(ADDR, "secret")
+                smtp.sendmail(ADDR, ["x@remote.example"],
+                              b"From: <anna@example.com>\r\nTo: <x@remote.example>\r\n"
+                              b"Subject: out\r\n\r\nHello\r\n")
+
+        await asyncio.to_thread(send)
+        for _ in range(200):
+            if received:
+                break
+            await asyncio.sleep(0.05)
+        assert received and b"Subject: out" in received[0]
+        for _ in range(100):  # the outcome is counted right after the transaction
+            after, text = await scrape(http, app)
+            if val(after, "mailstack_deliveries_total", outcome="delivered") > val(
+                    before, "mailstack_deliveries_total", outcome="delivered"):
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError("mailstack_deliveries_total{outcome=delivered} did not move")
+        assert ("mailstack_queue_size", ()) in after
+        assert ("mailstack_queue_oldest_age_seconds", ()) in after
+        assert "remote.example" not in text and ADDR not in text
+    finally:
+        sink.close()
+        await sink.wait_closed()

@@ -46,6 +46,7 @@ def test_tls_status(tmp_path: Path, tls_files: tuple[Path, Path]) -> None:
     assert "wanted:  mail.example.net, autoconfig.example.com, autodiscover.example.com, " \
            "mta-sts.example.com" in r.stdout
     assert "renewal: due: self-signed certificate" in r.stdout
+    assert "validation: http-01, then tls-alpn-01" in r.stdout  # RFC 8737 when 80 fails
 
 
 def test_tls_status_without_certificate(tmp_path: Path) -> None:

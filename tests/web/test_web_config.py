@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from mailstack.config import ConfigError, dev_settings, settings_from_dict
+from mailstack.config import ConfigError, acme_methods, dev_settings, settings_from_dict
 
 
 def test_defaults_and_dev_ports() -> None:
@@ -24,10 +24,23 @@ def test_defaults_and_dev_ports() -> None:
     assert kept.client_hostname == "mx.example"
     acme = settings_from_dict({"tls": {"acme": True}})
     assert acme.cert_path == acme.data_dir / "acme" / "cert.pem"
+    # auto: HTTP-01 first, TLS-ALPN-01 (RFC 8737) next; without port 80 only TLS-ALPN-01
+    assert acme_methods(acme) == ["http-01", "tls-alpn-01"]
+    no80 = settings_from_dict({"tls": {"acme": True}, "listeners": {"http": {"enabled": False}}})
+    assert acme_methods(no80) == ["tls-alpn-01"]
+    only = settings_from_dict({"tls": {"acme": True, "acme_challenge": "tls-alpn-01"}})
+    assert acme_methods(only) == ["tls-alpn-01"]
 
 
 @pytest.mark.parametrize("data,key", [
-    ({"tls": {"acme": True}, "listeners": {"http": {"enabled": False}}}, "tls.acme"),
+    ({"tls": {"acme": True, "acme_challenge": "http-01"},
+      "listeners": {"http": {"enabled": False}}}, "tls.acme_challenge"),
+    ({"tls": {"acme": True, "acme_challenge": "tls-alpn-01"},
+      "listeners": {"https": {"enabled": False}}}, "tls.acme_challenge"),
+    ({"tls": {"acme": True}, "listeners": {"http": {"enabled": False},
+                                           "https": {"enabled": False}}},
+     "tls.acme_challenge"),
+    ({"tls": {"acme": True, "acme_challenge": "dns-01"}}, "tls.acme_challenge"),
     ({"listeners": {"http": {"tls": "implicit"}}}, "listeners.http.tls"),
     ({"listeners": {"metrics": {"tls": "starttls"}}}, "listeners.metrics.tls"),
     ({"listeners": {"https": {"tls": "none"}}}, "listeners.https.tls"),
