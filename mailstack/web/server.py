@@ -284,7 +284,8 @@ class WebFrontEnd:
         server = self._runner.server
         assert server is not None
         self._server = await loop.create_server(
-            server, self.listener.address, self.listener.port, ssl=ctx,
+            server, **self.services.bind_args(self.name, self.listener.address,
+                                              self.listener.port), ssl=ctx,
             ssl_handshake_timeout=timeout if implicit else None)
         self.port = int(self._server.sockets[0].getsockname()[1])
         if self.role == "metrics":
