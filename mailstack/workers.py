@@ -19,15 +19,19 @@ Implementation notes (invariants):
   and credential changes) or in ``SharedCounts`` (open connections per client).
 - SIGTERM/SIGINT to the supervisor: every worker gets SIGTERM and shuts down as a
   single process does; after ``shutdown_grace_seconds`` + 10 s a worker still running
-  gets SIGKILL. A worker whose supervisor died gets SIGTERM from the kernel
-  (``PR_SET_PDEATHSIG``): no orphans.
+  gets SIGKILL. A worker whose supervisor died is killed by the kernel
+  (``PR_SET_PDEATHSIG``, SIGKILL): no orphans, and the ports are free at once for the
+  next start, as after the crash of a single process (durability is the same: a 250 is
+  only ever sent after the commit).
+- SO_REUSEPORT would let a second server bind ports the first still serves, and split
+  the traffic between them; a plain bind of each port first (``_probe``) gives the usual
+  "address in use" instead.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import errno
 import fcntl
 import hashlib
@@ -234,6 +238,25 @@ def _bind(name: str, ls: ListenerSettings, port: int) -> socket.socket:
     return sock
 
 
+def _probe(name: str, ls: ListenerSettings) -> None:
+    """Fail as a single process would if anything listens on the port already (a
+    socket with SO_REUSEPORT of another server would otherwise share it silently)."""
+    if ls.port == 0:
+        return
+    infos = socket.getaddrinfo(ls.address or None, ls.port, type=socket.SOCK_STREAM,
+                               flags=socket.AI_PASSIVE)
+    family, kind, proto, _c, addr = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        try:
+            probe.bind(addr)
+        except OSError as exc:
+            raise RuntimeError(f"listener {name}: cannot listen on {ls.address}:{ls.port}: "
+                               f"{exc.strerror or exc}") from exc
+
+
 def bind_listeners(settings: Settings, workers: int) -> dict[str, list[socket.socket]]:
     """Every enabled listener's sockets, one per worker slot (one for ``metrics``)."""
     out: dict[str, list[socket.socket]] = {}
@@ -242,6 +265,7 @@ def bind_listeners(settings: Settings, workers: int) -> dict[str, list[socket.so
             ls: ListenerSettings = getattr(settings.listeners, f.name)
             if not ls.enabled:
                 continue
+            _probe(f.name, ls)
             first = _bind(f.name, ls, ls.port)
             out[f.name] = [first]
             port = int(first.getsockname()[1])
@@ -309,8 +333,8 @@ class DirChallenges(MutableMapping[str, str]):
 
 def _set_parent_death_signal() -> None:
     with contextlib.suppress(Exception):
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
 @dataclass
@@ -347,8 +371,11 @@ class Supervisor:
         return [s.pid for s in self.slots if s.pid]
 
     # --- life cycle ----------------------------------------------------------------------
-    def run(self, on_started: Callable[[Supervisor], None] | None = None) -> int:
-        """Fork the workers, restart those that die, stop all on SIGTERM/SIGINT."""
+    def run(self, on_started: Callable[[Supervisor], None] | None = None, *,
+            noted: list[int] | None = None) -> int:
+        """Fork the workers, restart those that die, stop all on SIGTERM/SIGINT.
+        ``noted``: signals that came during the preparation (``signals_noted``), looked
+        at once our own handlers are in place: then nothing is forked."""
         if threading.active_count() > 1:  # fork copies no thread: none may hold a lock
             log.warning("workers: %d threads alive before fork", threading.active_count())
         r, w = os.pipe()
@@ -359,8 +386,11 @@ class Supervisor:
         previous = {sig: signal.signal(sig, self._on_signal)
                     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD)}
         try:
+            if noted:
+                return 0
             for slot in self.slots:
-                self._spawn(slot)
+                if not self.stopping:
+                    self._spawn(slot)
             if on_started is not None:
                 on_started(self)
             self._loop(r)
@@ -442,9 +472,14 @@ class Supervisor:
                         how, f" in {delay:.1f} s" if delay else "")
 
     def _spawn(self, slot: _Slot) -> None:
+        # Signals wait until each side has its handlers: the child must never run the
+        # supervisor's, and the supervisor must know the pid before a stop.
+        handled = {signal.SIGTERM, signal.SIGINT, signal.SIGCHLD}
+        signal.pthread_sigmask(signal.SIG_BLOCK, handled)
         pid = os.fork()
         if pid:
             slot.pid, slot.started = pid, time.monotonic()
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, handled)
             log.info("worker %d started (pid %d)", slot.index, pid)
             return
         code = 1
@@ -453,8 +488,9 @@ class Supervisor:
             if os.getppid() != self.pid:  # the supervisor died before prctl took effect
                 os._exit(0)
             signal.set_wakeup_fd(-1)
-            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
+            for sig in handled:
                 signal.signal(sig, signal.SIG_DFL)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, handled)
             os.close(self._pipe[0])
             os.close(self._pipe[1])
             mine: dict[str, socket.socket] = {}
@@ -479,6 +515,20 @@ class Supervisor:
                 sys.stdout.flush()
                 sys.stderr.flush()
             os._exit(code)
+
+
+@contextlib.contextmanager
+def signals_noted() -> Iterator[list[int]]:
+    """While the supervisor prepares (migrations, binding): SIGTERM/SIGINT are noted,
+    not fatal, so a stop asked for during start-up ends the server cleanly."""
+    noted: list[int] = []
+    previous = {sig: signal.signal(sig, lambda signum, _f: noted.append(signum))
+                for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield noted
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def pid_alive(pid: int) -> bool:

@@ -154,33 +154,20 @@ def serve_workers(ctx: Ctx, args: argparse.Namespace, settings: Settings,
     (mailstack/workers.py, docs/behaviour.md §10)."""
     from ..app import App, remove_listening, write_listening
     from ..tls import ensure_self_signed
-    from ..workers import Supervisor, WorkerInfo, bind_listeners
+    from ..workers import Supervisor, WorkerInfo, bind_listeners, signals_noted
+
+    s = settings
 
     async def prepare() -> str | None:
-        store = await Store.open_from_settings(settings, listen=False)
+        store = await Store.open_from_settings(s, listen=False)
         try:
             password = await ensure_demo(ctx, store) if args.dev else None
-            node = settings.server.node_name or socket.gethostname()
+            node = s.server.node_name or socket.gethostname()
             # the whole previous run's maildrop locks (every worker slot's)
             await store.drop_node_pop3_locks(f"{node}/", keep_prefix="\0")
             return password
         finally:
             await store.close()
-
-    password = asyncio.run(prepare())
-    s = settings
-    if args.dev or (s.tls.acme and not (s.cert_path.exists() and s.key_path.exists())):
-        ensure_self_signed(s.cert_path, s.key_path, s.server.hostname)
-    has_cert = s.cert_path.exists() and s.key_path.exists()
-    for f in dataclasses.fields(s.listeners):
-        ls = getattr(s.listeners, f.name)
-        if ls.enabled and ls.tls != "none" and not has_cert:
-            raise CliError(f"listener {f.name} needs TLS but {s.cert_path} / {s.key_path} "
-                           "do not exist (use --dev to generate a self-signed certificate)")
-    try:
-        sockets = bind_listeners(s, workers)
-    except RuntimeError as exc:
-        raise CliError(str(exc)) from exc
 
     def run_worker(info: WorkerInfo) -> int:
         async def go() -> None:
@@ -189,19 +176,35 @@ def serve_workers(ctx: Ctx, args: argparse.Namespace, settings: Settings,
         asyncio.run(go())
         return 0
 
-    def started(sup: Supervisor) -> None:
-        write_listening(s, sup.ports)
-        if args.dev:
-            for line in dev_instructions(ctx, sup.ports, password):
-                ctx.print(line)
-        else:
-            log.info("serving %s with %d listeners in %d workers", s.server.hostname,
-                     len(sup.ports), workers)
+    with signals_noted() as noted:  # a stop asked for during start-up ends it cleanly
+        password = asyncio.run(prepare())
+        if args.dev or (s.tls.acme and not (s.cert_path.exists() and s.key_path.exists())):
+            ensure_self_signed(s.cert_path, s.key_path, s.server.hostname)
+        has_cert = s.cert_path.exists() and s.key_path.exists()
+        for f in dataclasses.fields(s.listeners):
+            ls = getattr(s.listeners, f.name)
+            if ls.enabled and ls.tls != "none" and not has_cert:
+                raise CliError(f"listener {f.name} needs TLS but {s.cert_path} / "
+                               f"{s.key_path} do not exist (use --dev to generate a "
+                               "self-signed certificate)")
+        try:
+            sockets = bind_listeners(s, workers)
+        except RuntimeError as exc:
+            raise CliError(str(exc)) from exc
 
-    try:
-        return Supervisor(s, workers, run_worker, sockets).run(started)
-    finally:
-        remove_listening(s)
+        def started(sup: Supervisor) -> None:
+            write_listening(s, sup.ports)
+            if args.dev:
+                for line in dev_instructions(ctx, sup.ports, password):
+                    ctx.print(line)
+            else:
+                log.info("serving %s with %d listeners in %d workers", s.server.hostname,
+                         len(sup.ports), workers)
+
+        try:
+            return Supervisor(s, workers, run_worker, sockets).run(started, noted=noted)
+        finally:
+            remove_listening(s)
 
 
 def register(p: Parsers) -> None:
