@@ -115,6 +115,8 @@ class App:
                     load_first_cert(s.cert_path).not_valid_after_utc.timestamp())
         pin_mmap_threshold()  # big TLS buffers go back to the system (memory.py)
         self.store = await Store.open_from_settings(s, self.clock)
+        if self.worker is not None:  # SQLite: the workers' writes queue in the kernel
+            self.store.share_writer_queue(s.data_dir / "sqlite-writers.lock")
         self.services = Services.build(s, self.store, ctx, self.clock, worker=self.worker)
         if self.worker is not None:  # HTTP-01 answers seen by every worker (port 80)
             from .workers import DirChallenges

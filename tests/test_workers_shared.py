@@ -130,3 +130,88 @@ def test_one_socket_per_worker_on_one_port_and_a_busy_port_refused() -> None:
         other.listen()
         with pytest.raises(RuntimeError, match="cannot listen"):
             bind_listeners(_settings(other.getsockname()[1]), 2)
+
+
+def _hold_lock(path: Path) -> tuple[int, int]:
+    """A process that holds the writers' lock of ``path`` until the returned pipe end
+    is closed; returns (pid, write end). Returns once the lock is held."""
+    import fcntl
+
+    r, w = os.pipe()
+    ready_r, ready_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(w)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT)
+        fcntl.lockf(fd, fcntl.LOCK_EX)
+        os.write(ready_w, b"x")
+        os.read(r, 1)  # until the parent closes its end
+        os._exit(0)
+    os.close(r)
+    os.close(ready_w)
+    os.read(ready_r, 1)
+    os.close(ready_r)
+    return pid, w
+
+
+def _release(pid: int, w: int) -> None:
+    os.close(w)
+    os.waitpid(pid, 0)
+
+
+def _lock_free(path: Path) -> bool:
+    import fcntl
+
+    def probe() -> int:
+        fd = os.open(path, os.O_RDWR)
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return 1
+        return 0
+
+    return _in_child(probe) == 0
+
+
+def _wait_free(path: Path) -> bool:
+    import time
+
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if _lock_free(path):
+            return True
+        time.sleep(0.02)
+    return False
+
+
+async def test_sqlite_writes_queue_behind_another_workers_transaction(tmp_path: Path) -> None:
+    import asyncio
+
+    from mailstack.store import Store
+
+    url = f"sqlite+aiosqlite:///{tmp_path / 'db.sqlite'}"
+    lock = tmp_path / "writers.lock"
+    store = Store(url, tmp_path / "blobs")
+    await store.open(listen=False)
+    store.share_writer_queue(lock)
+    try:
+        pid, w = _hold_lock(lock)  # another worker in a transaction
+        add = asyncio.create_task(store.add_domain("example.com", "standard"))
+        assert await store.get_domain("example.com") is None  # the loop still serves
+        assert not add.done()  # the write waits for the other worker
+        await asyncio.to_thread(_release, pid, w)
+        await asyncio.wait_for(add, 30)
+        assert await store.get_domain("example.com") is not None
+        assert await asyncio.to_thread(_wait_free, lock)  # given back after the commit
+
+        # a write cancelled while it waits never keeps the lock afterwards
+        pid, w = _hold_lock(lock)
+        waiting = asyncio.create_task(store.add_domain("example.org", "standard"))
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        waiting.cancel()
+        await asyncio.to_thread(_release, pid, w)
+        assert await asyncio.to_thread(_wait_free, lock)
+        assert await store.get_domain("example.org") is None  # nothing half-done
+    finally:
+        await store.close()
