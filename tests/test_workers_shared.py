@@ -215,3 +215,38 @@ async def test_sqlite_writes_queue_behind_another_workers_transaction(tmp_path: 
         assert await store.get_domain("example.org") is None  # nothing half-done
     finally:
         await store.close()
+
+
+async def test_mail_queued_by_any_worker_wakes_worker_0s_queue_runner(tmp_path: Path) -> None:
+    """Worker 0 runs the outbound queue runner; a row queued by worker 1 sets worker
+    0's wake-up at once (through the supervisor's socket pair), not at the next poll."""
+    import asyncio
+
+    from mailstack.app import App
+    from mailstack.config import settings_from_dict
+    from mailstack.workers import WorkerInfo
+
+    settings = settings_from_dict({
+        "server": {"data_dir": str(tmp_path / "data"), "shutdown_grace_seconds": 0},
+        "listeners": {f.name: {"enabled": False}
+                      for f in dataclasses.fields(Settings().listeners)},
+        "outbound": {"enabled": False}})
+    counts = SharedCounts(2, slots=64)
+    recv, send = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    apps = [App(settings, worker=WorkerInfo(i, 2, {}, counts, send, recv)) for i in (0, 1)]
+    for app in apps:
+        await app.start()
+    try:
+        primary, other = (app.store for app in apps)
+        assert primary is not None and other is not None
+        assert apps[0].runs_singletons and not apps[1].runs_singletons
+        primary.queue_wakeup.clear()
+        await other.enqueue("anna@example.com", ["bob@remote.example"], "0" * 64, 10)
+        await asyncio.wait_for(primary.queue_wakeup.wait(), 30)
+        rows = await primary.list_queue()  # the row the woken runner will find
+        assert [r.recipient for r in rows] == ["bob@remote.example"]
+    finally:
+        for app in apps:
+            await app.stop(0)
+        recv.close()
+        send.close()
