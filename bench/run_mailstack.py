@@ -4,7 +4,9 @@ ports, Argon2 parameters and the data set; this script starts ``App(settings)`` 
 plaintext listeners on loopback, creates the users and mailbox contents through the
 Store API (messages share one fsynced blob per size and differ in their per-copy header
 prefix, so a 10k mailbox loads in seconds), writes ``ready_file`` (JSON: pid, ports)
-and runs until SIGTERM.
+and runs until SIGTERM. ``"workers": N`` (N > 1) in the spec: the data is created
+first, then ``serve --workers N``'s supervisor (mailstack/workers.py) forks N workers on
+the same ports, and the ready file names the supervisor.
 """
 
 from __future__ import annotations
@@ -82,9 +84,7 @@ def build_settings(spec: dict[str, Any]) -> Any:
     return settings_from_dict(data)
 
 
-async def populate(app: App, ds: DataSet) -> None:
-    store = app.store
-    assert store is not None
+async def populate(store: Any, ds: DataSet) -> None:
     if await store.get_domain(DOMAIN) is None:
         await store.add_domain(DOMAIN, "standard")
     body_blobs: dict[int, str] = {}
@@ -157,7 +157,8 @@ async def main(spec: dict[str, Any]) -> None:
     app = App(build_settings(spec))
     await app.start()
     try:
-        await populate(app, DataSet.from_json(spec["dataset"]))
+        assert app.store is not None
+        await populate(app.store, DataSet.from_json(spec["dataset"]))
         dump = None
         if os.environ.get("BENCH_SQL_TRACE"):
             dump = install_sql_trace(app, os.environ["BENCH_SQL_TRACE"])
@@ -175,5 +176,38 @@ async def main(spec: dict[str, Any]) -> None:
             await app.stop(grace=0.5)
 
 
+def main_workers(spec: dict[str, Any], workers: int) -> None:
+    """The data first (one process), then the supervisor and its workers."""
+    from mailstack.store import Store
+    from mailstack.workers import Supervisor, WorkerInfo, bind_listeners
+
+    raise_nofile(int(spec.get("nofile", 4096)))
+    logging.basicConfig(level=logging.WARNING)
+    settings = build_settings(spec)
+
+    async def fill() -> None:
+        store = await Store.open_from_settings(settings, listen=False)
+        try:
+            await populate(store, DataSet.from_json(spec["dataset"]))
+        finally:
+            await store.close()
+
+    asyncio.run(fill())
+
+    def run_worker(info: WorkerInfo) -> int:
+        asyncio.run(App(settings, worker=info).run_until_signal())
+        return 0
+
+    def started(sup: Supervisor) -> None:
+        write_ready(spec["ready_file"], {"pid": os.getpid(), "ports": sup.ports,
+                                         "workers": sup.pids()})
+
+    Supervisor(settings, workers, run_worker, bind_listeners(settings, workers)).run(started)
+
+
 if __name__ == "__main__":
-    asyncio.run(main(json.loads(Path(sys.argv[1]).read_text())))
+    SPEC = json.loads(Path(sys.argv[1]).read_text())
+    if int(SPEC.get("workers", 1)) > 1:
+        main_workers(SPEC, int(SPEC["workers"]))
+    else:
+        asyncio.run(main(SPEC))

@@ -5,8 +5,10 @@ stops what it started:
         srv.ports["imap"], srv.pids()
 
 Names: ``mailstack-sqlite`` (embedded default), ``mailstack-pg`` (PostgreSQL at
-127.0.0.1, a fresh schema ``bench_<random>`` created before and dropped after),
-``postfix``, ``dovecot``, ``aiosmtpd-sink``. ``unavailable(name, protocol)`` says why a
+127.0.0.1, a fresh schema ``bench_<random>`` created before and dropped after), each
+with an optional ``-wN`` suffix (``mailstack-sqlite-w2``: ``serve --workers 2``'s
+supervisor and workers; without it, one process), ``postfix``, ``dovecot``,
+``aiosmtpd-sink``. ``unavailable(name, protocol)`` says why a
 server cannot run here (peer not installed, our front-end not written yet), or None.
 """
 
@@ -35,6 +37,15 @@ MAILSTACK = ("mailstack-sqlite", "mailstack-pg")
 FRONTEND_MODULE = {"smtp": "mailstack.smtp", "submission": "mailstack.smtp",
                    "imap": "mailstack.imap", "pop3": "mailstack.pop3"}
 _pg_reason: dict[str, str | None] = {}
+
+
+def mailstack_variant(name: str) -> tuple[str, int] | None:
+    """``mailstack-pg-w2`` -> ("mailstack-pg", 2); ``mailstack-sqlite`` -> (.., 1);
+    None for a server that is not mailstack."""
+    base, _, suffix = name.rpartition("-w")
+    if base in MAILSTACK and suffix.isdigit() and int(suffix) >= 1:
+        return base, int(suffix)
+    return (name, 1) if name in MAILSTACK else None
 
 
 @dataclass
@@ -74,9 +85,10 @@ def _pg_missing() -> str | None:
 
 def unavailable(name: str, protocol: str) -> str | None:
     """Why ``name`` cannot serve ``protocol`` here, or None."""
-    if name in MAILSTACK:
+    variant = mailstack_variant(name)
+    if variant is not None:
         reason = _frontend_missing(protocol)
-        if reason is None and name == "mailstack-pg":
+        if reason is None and variant[0] == "mailstack-pg":
             reason = _pg_missing()
         return reason
     if name == "postfix":
@@ -110,7 +122,7 @@ async def serve(name: str, dataset: DataSet, *, protocols: set[str],
     base = Path(tempfile.mkdtemp(prefix=f"bench-{name}-", dir=workdir))
     os.chmod(base, 0o755)
     try:
-        if name in MAILSTACK:
+        if mailstack_variant(name) is not None:
             async with _mailstack(name, dataset, protocols, argon2 or ARGON2_FULL,
                                   max_conns, base, auth_cache, dns_resolver) as r:
                 yield r
@@ -180,7 +192,8 @@ async def _mailstack(name: str, dataset: DataSet, protocols: set[str],
                      auth_cache: bool = False, dns_resolver: str = ""
                      ) -> AsyncIterator[Running]:
     schema = None
-    if name == "mailstack-pg":
+    backend, workers = mailstack_variant(name) or (name, 1)
+    if backend == "mailstack-pg":
         import asyncpg
         schema = "bench_" + uuid.uuid4().hex[:12]
         conn = await asyncpg.connect(PG_DSN)
@@ -200,7 +213,7 @@ async def _mailstack(name: str, dataset: DataSet, protocols: set[str],
     spec: dict[str, Any] = {"data_dir": str(base / "data"), "db_url": db_url, "ports": ports,
                             "argon2": argon2, "dataset": dataset.to_json(),
                             "ready_file": str(base / "ready.json"),
-                            "nofile": max_conns * 2 + 1024,
+                            "nofile": max_conns * 2 + 1024, "workers": workers,
                             "overrides": {"auth": {"credential_cache_seconds":
                                                    3600.0 if auth_cache else 0.0}},
                             "dns_resolver": dns_resolver}

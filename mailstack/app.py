@@ -30,6 +30,7 @@ from .tls import ensure_self_signed, load_first_cert, server_context
 
 if TYPE_CHECKING:
     from .web.acme import AcmeManager
+    from .workers import WorkerInfo
 
 LISTENING_FILE = "listening.json"
 
@@ -65,8 +66,11 @@ class FrontEnd(Protocol):
 class App:
     def __init__(self, settings: Settings, *, clock: Callable[[], float] = time.time,
                  generate_cert: bool = False, resolver: Resolver | None = None,
-                 tls_policy: TlsPolicy | None = None) -> None:
-        """``resolver``/``tls_policy``: for the outbound runner (tests give fakes)."""
+                 tls_policy: TlsPolicy | None = None,
+                 worker: WorkerInfo | None = None) -> None:
+        """``resolver``/``tls_policy``: for the outbound runner (tests give fakes).
+        ``worker``: one of ``serve --workers N``'s processes (mailstack/workers.py):
+        listeners on the supervisor's sockets; what must run once only in worker 0."""
         self.settings = settings
         self.clock = clock
         self.generate_cert = generate_cert
@@ -84,6 +88,14 @@ class App:
         self._security_task: asyncio.Task[None] | None = None
         self._queue_task: asyncio.Task[None] | None = None
         self._queue_stats = (0.0, 0.0)  # waiting rows, age of the oldest (for /metrics)
+        self.worker = worker
+        self._wake_task: asyncio.Task[None] | None = None
+
+    @property
+    def runs_singletons(self) -> bool:
+        """This process runs what must run once per box: the outbound queue runner,
+        the blob collector, the importer's job runner (worker 0, or the only process)."""
+        return self.worker is None or self.worker.primary
 
     @property
     def ports(self) -> dict[str, int]:
@@ -103,13 +115,21 @@ class App:
                     load_first_cert(s.cert_path).not_valid_after_utc.timestamp())
         pin_mmap_threshold()  # big TLS buffers go back to the system (memory.py)
         self.store = await Store.open_from_settings(s, self.clock)
-        self.services = Services.build(s, self.store, ctx, self.clock)
+        if self.worker is not None:  # SQLite: the workers' writes queue in the kernel
+            self.store.share_writer_queue(s.data_dir / "sqlite-writers.lock")
+        self.services = Services.build(s, self.store, ctx, self.clock, worker=self.worker)
+        if self.worker is not None:  # HTTP-01 answers seen by every worker (port 80)
+            from .workers import DirChallenges
+
+            self.services.acme_challenges = DirChallenges(s.acme_dir / "challenges")
         self._dir_lock = hold_data_dir(s.data_dir)
         try:
             for f in fields(s.listeners):
                 ls: ListenerSettings = getattr(s.listeners, f.name)
                 if not ls.enabled:
                     continue
+                if self.worker is not None and f.name not in self.worker.sockets:
+                    continue  # e.g. metrics: worker 0 only
                 if ls.tls != "none" and ctx is None:
                     raise RuntimeError(f"listener {f.name} needs TLS but {s.cert_path} / "
                                        f"{s.key_path} do not exist (use --dev to generate "
@@ -124,9 +144,12 @@ class App:
         except BaseException:
             await self.stop()
             raise
-        if s.server.blob_gc_interval_seconds > 0:
+        if self.worker is not None:
+            self._wake_task = asyncio.create_task(self._queue_wakeups(self.worker))
+        if s.server.blob_gc_interval_seconds > 0 and self.runs_singletons:
             self._gc_task = asyncio.create_task(self._collect_garbage_forever())
-        if s.outbound.enabled:  # delivery to the internet (docs/behaviour.md §6)
+        # delivery to the internet (docs/behaviour.md §6)
+        if s.outbound.enabled and self.runs_singletons:
             from .outbound.runner import QueueRunner, opportunistic
             from .outbound.security import TransportSecurity
 
@@ -139,7 +162,7 @@ class App:
                                       clock=self.clock, tls_policy=policy or opportunistic)
             self.runner.start()
             self._queue_task = asyncio.create_task(self._queue_gauges_forever())
-        if s.importer.enabled:
+        if s.importer.enabled and self.runs_singletons:
             self.importer = ImportRunner(self.store, s, clock=self.clock,
                                          cafile=s.importer.ca_file or None)
             await self.importer.start()
@@ -151,7 +174,28 @@ class App:
                                     lambda: [ctx], clock=self.clock,
                                     alpn=self.services.acme_alpn)
             self._acme_task = asyncio.create_task(self.acme.run_forever())
-        write_listening(s, self.ports)
+        if self.worker is None:  # the supervisor writes it for its workers
+            write_listening(s, self.ports)
+
+    async def _queue_wakeups(self, worker: WorkerInfo) -> None:
+        """Mail queued by any worker starts worker 0's queue runner at once: the others
+        pass their store's wake-up on through the supervisor's socket pair."""
+        assert self.store is not None
+        wakeup = self.store.queue_wakeup
+        if not worker.primary:
+            while True:
+                await wakeup.wait()
+                wakeup.clear()
+                worker.wake_queue()
+        loop = asyncio.get_running_loop()
+        sock = worker.wake_recv
+        sock.setblocking(False)
+        while True:
+            try:
+                await loop.sock_recv(sock, 512)
+            except OSError:
+                await asyncio.sleep(1)
+            wakeup.set()
 
     async def _queue_gauges_forever(self) -> None:
         """The outbound queue's size and oldest age for /metrics, read every 15 s (a scrape
@@ -230,15 +274,17 @@ class App:
         if self.importer is not None:
             await self.importer.stop()
             self.importer = None
-        for task in (self._gc_task, self._acme_task, self._security_task, self._queue_task):
+        for task in (self._gc_task, self._acme_task, self._security_task, self._queue_task,
+                     self._wake_task):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         self._gc_task = self._acme_task = self._security_task = self._queue_task = None
+        self._wake_task = None
         await asyncio.gather(*(fe.close(grace) for fe in self.frontends.values()),
                              return_exceptions=True)
-        if self.frontends:
+        if self.frontends and self.worker is None:
             remove_listening(self.settings)
         self.frontends.clear()
         if self.services is not None:

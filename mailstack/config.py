@@ -95,6 +95,10 @@ class ServerSettings:
                                          "once (with per-IP caps counted at accept time, "
                                          "before any TLS, this bounds memory under a "
                                          "flood of half-open connections).", min=1)
+    workers: int = _f(0, "Server processes sharing the listening ports (SO_REUSEPORT), "
+                      "restarted by a supervisor if one dies; 0: one per CPU core, 1: a "
+                      "single process. `mailstack serve --workers N` overrides it.",
+                      min=0, max=256)
     shutdown_grace_seconds: float = _f(5.0, "On SIGTERM/SIGINT, how long open sessions get "
                                        "to finish after being told the server is going "
                                        "down.", min=0)

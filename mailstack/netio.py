@@ -14,16 +14,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import ssl
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import metrics
 from .config import ListenerSettings
 from .logs import conn_event, new_session_id
 from .memory import HandshakeLimiter
 from .tls import tls_summary
+
+if TYPE_CHECKING:
+    from .workers import SharedCounts
 
 log = logging.getLogger("mailstack.net")
 
@@ -137,7 +141,11 @@ class TcpListener:
     def __init__(self, name: str, settings: ListenerSettings, handler: Handler, *,
                  ssl_ctx: ssl.SSLContext | None, max_per_ip: int = 50,
                  handshake_timeout: float = 30.0,
-                 handshakes: HandshakeLimiter | None = None) -> None:
+                 handshakes: HandshakeLimiter | None = None,
+                 sock: socket.socket | None = None,
+                 shared: SharedCounts | None = None) -> None:
+        """``sock``: a listening socket bound by the ``serve --workers`` supervisor;
+        ``shared``: the per-IP counts of every worker (the cap holds over their sum)."""
         self.name = name
         self.handshake_timeout = handshake_timeout
         self.settings = settings
@@ -149,13 +157,19 @@ class TcpListener:
         self.tasks: set[asyncio.Task[None]] = set()
         self.per_ip: Counter[str] = Counter()
         self.handshakes = handshakes or HandshakeLimiter(256)
+        self.sock = sock
+        self.shared = shared
         self.port = 0
 
     async def start(self) -> None:
         # Implicit TLS is started by ``_accept`` itself, after the per-IP count and the
         # pending-handshake cap (asyncio's ssl= would hold every handshake first).
-        self.server = await asyncio.start_server(
-            self._accept, self.settings.address, self.settings.port, limit=256 * 1024)
+        if self.sock is not None:
+            self.server = await asyncio.start_server(self._accept, sock=self.sock,
+                                                     limit=256 * 1024)
+        else:
+            self.server = await asyncio.start_server(
+                self._accept, self.settings.address, self.settings.port, limit=256 * 1024)
         self.port = self.server.sockets[0].getsockname()[1]
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -163,7 +177,9 @@ class TcpListener:
         # the client's first TLS record is still unread when the handshake begins.
         conn = Conn(reader, writer, self)
         client = conn.client_ip
-        if self.per_ip[client] >= self.max_per_ip:
+        if self.per_ip[client] >= self.max_per_ip or (
+                self.shared is not None
+                and not self.shared.acquire(self.name, client, self.max_per_ip)):
             conn_event(self.name, conn.session_id, client, "refused", tls=conn.tls_version,
                        result="too many connections")
             await conn.close()
@@ -173,6 +189,8 @@ class TcpListener:
         if implicit and not self.handshakes.try_acquire():
             log.info("%s: too many pending TLS handshakes; closing %s", self.name,
                      conn.client_ip)
+            if self.shared is not None:
+                self.shared.release(self.name, client)
             await conn.close()
             self.handshakes.trimmer.note_closed()
             return
@@ -211,6 +229,8 @@ class TcpListener:
             self.per_ip[client] -= 1
             if self.per_ip[client] <= 0:
                 del self.per_ip[client]
+            if self.shared is not None:
+                self.shared.release(self.name, client)
             if task is not None:
                 self.tasks.discard(task)
             self.handshakes.trimmer.note_closed()

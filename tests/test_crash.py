@@ -1,5 +1,6 @@
 """Crash durability with a real process kill (docs/behaviour.md §12 "Durability", "Faults";
-RFC 5321 §6.1): ``mailstack serve`` runs in a subprocess and is SIGKILLed.
+RFC 5321 §6.1): ``mailstack serve`` runs in a subprocess and is SIGKILLed; with
+``--workers 2`` the supervisor and every worker are (the whole process group).
 
 - Every message answered 250 before the kill is readable after a restart.
 - A message whose DATA was cut by the kill leaves nothing: no row, no temp file.
@@ -8,12 +9,16 @@ RFC 5321 §6.1): ``mailstack serve`` runs in a subprocess and is SIGKILLed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+import pytest
 
 from mailstack.store import Store
 
@@ -39,11 +44,27 @@ def write_config(tmp_path: Path, db_url: str, port: int) -> Path:
     return cfg
 
 
-def start_server(cfg: Path) -> subprocess.Popen[bytes]:
+def start_server(cfg: Path, workers: int = 1) -> subprocess.Popen[bytes]:
     env = dict(os.environ, PYTHONPATH=str(REPO))
     return subprocess.Popen([sys.executable, "-m", "mailstack", "--config", str(cfg),
-                             "serve"], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
+                             "serve", "--workers", str(workers)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True)
+
+
+def kill_all(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL the server's whole process group and wait until none of it is left."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)
+    raise AssertionError("server processes still alive after SIGKILL")
 
 
 async def wait_listening(port: int, proc: subprocess.Popen[bytes]) -> None:
@@ -87,8 +108,9 @@ def msg(n: int) -> bytes:
             ).encode()
 
 
+@pytest.mark.parametrize("workers", [1, 2])
 async def test_kill_keeps_acknowledged_and_leaves_no_half_message(
-        tmp_path: Path, db_url: str) -> None:
+        tmp_path: Path, db_url: str, workers: int) -> None:
     port = free_port()
     cfg = write_config(tmp_path, db_url, port)
     store = Store(db_url, tmp_path / "data" / "blobs")
@@ -101,7 +123,7 @@ async def test_kill_keeps_acknowledged_and_leaves_no_half_message(
     finally:
         await store.close()
 
-    proc = start_server(cfg)
+    proc = start_server(cfg, workers)
     try:
         await wait_listening(port, proc)
         c = await Client.open(port)
@@ -122,8 +144,7 @@ async def test_kill_keeps_acknowledged_and_leaves_no_half_message(
         h.w.write(msg(99)[:1500])
         await h.w.drain()
         await asyncio.sleep(0.2)
-        proc.send_signal(signal.SIGKILL)  # no clean shutdown, no flush
-        proc.wait(timeout=30)
+        kill_all(proc)  # no clean shutdown, no flush
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -131,7 +152,7 @@ async def test_kill_keeps_acknowledged_and_leaves_no_half_message(
     assert acknowledged == 15
 
     # restart: the server sweeps temp files; everything acknowledged is there
-    proc = start_server(cfg)
+    proc = start_server(cfg, workers)
     try:
         await wait_listening(port, proc)
         store = Store(db_url, tmp_path / "data" / "blobs")

@@ -7,11 +7,13 @@ import asyncio
 import dataclasses
 import logging
 import secrets
+import socket
 from typing import TextIO
 
 from ..config import (
     ConfigError,
     ServerSettings,
+    Settings,
     dev_settings,
     load_settings,
     render_example,
@@ -104,6 +106,7 @@ def dev_instructions(ctx: Ctx, ports: dict[str, int], password: str | None) -> l
 
 def cmd_serve(ctx: Ctx, args: argparse.Namespace) -> int:
     from ..app import App
+    from ..workers import default_workers
 
     settings = ctx.settings
     if args.dev:
@@ -112,6 +115,10 @@ def cmd_serve(ctx: Ctx, args: argparse.Namespace) -> int:
             settings = dataclasses.replace(settings, server=dataclasses.replace(
                 settings.server, hostname=DEMO_HOST))
     ctx.settings = settings
+    workers = args.workers if args.workers is not None else settings.server.workers
+    workers = workers or default_workers()
+    if workers > 1:
+        return serve_workers(ctx, args, settings, workers)
 
     async def go() -> int:
         password = None
@@ -140,12 +147,75 @@ def cmd_serve(ctx: Ctx, args: argparse.Namespace) -> int:
     return asyncio.run(go())
 
 
+def serve_workers(ctx: Ctx, args: argparse.Namespace, settings: Settings,
+                  workers: int) -> int:
+    """``serve --workers N`` (N > 1): prepare once (migrations, the dev demo address,
+    the certificate, the listening sockets), then a supervisor forks the workers
+    (mailstack/workers.py, docs/behaviour.md §10)."""
+    from ..app import App, remove_listening, write_listening
+    from ..tls import ensure_self_signed
+    from ..workers import Supervisor, WorkerInfo, bind_listeners, signals_noted
+
+    s = settings
+
+    async def prepare() -> str | None:
+        store = await Store.open_from_settings(s, listen=False)
+        try:
+            password = await ensure_demo(ctx, store) if args.dev else None
+            node = s.server.node_name or socket.gethostname()
+            # the whole previous run's maildrop locks (every worker slot's)
+            await store.drop_node_pop3_locks(f"{node}/", keep_prefix="\0")
+            return password
+        finally:
+            await store.close()
+
+    def run_worker(info: WorkerInfo) -> int:
+        async def go() -> None:
+            await App(s, generate_cert=args.dev, worker=info).run_until_signal()
+
+        asyncio.run(go())
+        return 0
+
+    with signals_noted() as noted:  # a stop asked for during start-up ends it cleanly
+        password = asyncio.run(prepare())
+        if args.dev or (s.tls.acme and not (s.cert_path.exists() and s.key_path.exists())):
+            ensure_self_signed(s.cert_path, s.key_path, s.server.hostname)
+        has_cert = s.cert_path.exists() and s.key_path.exists()
+        for f in dataclasses.fields(s.listeners):
+            ls = getattr(s.listeners, f.name)
+            if ls.enabled and ls.tls != "none" and not has_cert:
+                raise CliError(f"listener {f.name} needs TLS but {s.cert_path} / "
+                               f"{s.key_path} do not exist (use --dev to generate a "
+                               "self-signed certificate)")
+        try:
+            sockets = bind_listeners(s, workers)
+        except RuntimeError as exc:
+            raise CliError(str(exc)) from exc
+
+        def started(sup: Supervisor) -> None:
+            write_listening(s, sup.ports)
+            if args.dev:
+                for line in dev_instructions(ctx, sup.ports, password):
+                    ctx.print(line)
+            else:
+                log.info("serving %s with %d listeners in %d workers", s.server.hostname,
+                         len(sup.ports), workers)
+
+        try:
+            return Supervisor(s, workers, run_worker, sockets).run(started, noted=noted)
+        finally:
+            remove_listening(s)
+
+
 def register(p: Parsers) -> None:
     p.cmd(p.sub, "init", cmd_init, "Create the data directory and apply database migrations.")
     sp = p.cmd(p.sub, "serve", cmd_serve, "Run the mail server until SIGTERM/SIGINT.")
     sp.add_argument("--dev", action="store_true",
                     help="dev mode: 127.0.0.1 only, standard ports + 10000, self-signed "
                          "certificate, a demo address on first run")
+    sp.add_argument("--workers", type=int, metavar="N", default=None,
+                    help="server processes sharing the ports (default: [server] workers, "
+                         "0 there meaning one per CPU core; 1: a single process)")
     sp.add_argument("--debug", action="store_true",
                     help="log everything, including the SMTP library's own per-connection "
                          "detail (hidden otherwise)")

@@ -42,7 +42,9 @@ class ImapServer:
                                     max_per_ip=services.settings.imap.max_connections_per_ip,
                                     handshake_timeout=services.settings.server
                                     .tls_handshake_timeout_seconds,
-                                    handshakes=services.handshakes)
+                                    handshakes=services.handshakes,
+                                    sock=services.listen_socket(name),
+                                    shared=services.shared_counts)
 
     @property
     def port(self) -> int:

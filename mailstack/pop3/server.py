@@ -40,19 +40,24 @@ class Pop3Server:
         self.shapes = ShapeCache()
         self.sessions: set[Session] = set()
         self.node = services.settings.server.node_name or socket.gethostname()
-        self.holder_prefix = f"{self.node}/{services.store.node_id}/"
+        # ``serve --workers``: a worker (re)starting drops only its own slot's old locks
+        # (the supervisor dropped the whole node's at start)
+        self.run_prefix = (f"{self.node}/" if services.worker is None
+                           else f"{self.node}/w{services.worker.index}/")
+        self.holder_prefix = f"{self.run_prefix}{services.store.node_id}/"
         self.unreleased: set[tuple[int, str]] = set()  # (address id, holder)
         self._releaser: asyncio.Task[None] | None = None
         self.listener = TcpListener(
             name, listener_settings, self._handle, ssl_ctx=services.server_ssl,
             max_per_ip=services.settings.pop3.max_connections_per_ip,
             handshake_timeout=services.settings.server.tls_handshake_timeout_seconds,
-            handshakes=services.handshakes)
+            handshakes=services.handshakes, sock=services.listen_socket(name),
+            shared=services.shared_counts)
 
     async def start(self) -> None:
         try:
             dropped = await self.services.store.drop_node_pop3_locks(
-                f"{self.node}/", keep_prefix=self.holder_prefix)
+                self.run_prefix, keep_prefix=self.holder_prefix)
             if dropped:
                 log.info("pop3: dropped %d maildrop locks of this node's previous run",
                          dropped)

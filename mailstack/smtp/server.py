@@ -47,8 +47,8 @@ class SmtpFrontEnd:
         # EHLO/NOOP/STARTTLS/QUIT before TLS.
         self.starttls_required = role == "submission" and listener.tls == "starttls"
         self.max_auth_failures = MAX_AUTH_FAILURES
-        self.connections = ConnectionCounter(s.smtp.max_connections_per_ip,
-                                             ipv6_prefix=s.auth.ipv6_prefix)
+        self.connections: ConnectionCounter = services.connection_counter(
+            name, s.smtp.max_connections_per_ip, ipv6_prefix=s.auth.ipv6_prefix)
         self.sessions: set[MailstackSMTP] = set()
         self.in_flight: set[asyncio.Future[None]] = set()
         self.signer = DkimSigner(services.store)  # docs/behaviour.md §6
@@ -67,8 +67,8 @@ class SmtpFrontEnd:
             factory = lambda: TlsGate(self, ctx)  # noqa: E731
         else:
             factory = lambda: MailstackSMTP(self)  # noqa: E731
-        self._server = await loop.create_server(factory, self.listener.address,
-                                                self.listener.port)
+        self._server = await loop.create_server(factory, **self.services.bind_args(
+            self.name, self.listener.address, self.listener.port))
         self.port = int(self._server.sockets[0].getsockname()[1])
 
     async def close(self, grace: float = 0.0) -> None:

@@ -2,7 +2,10 @@
 
 Implementation notes (invariants):
 - Every write goes through ``_write()``: on SQLite it holds the process-wide writer lock
-  and opens ``BEGIN IMMEDIATE``; on PostgreSQL row locks (``UPDATE folders ...``) order
+  (and, for ``serve --workers``, a lock on a file shared by the workers, so a worker
+  waiting for another's transaction is woken by the kernel when it ends instead of
+  polling with SQLite's busy handler; SQLite's own lock still decides) and opens
+  ``BEGIN IMMEDIATE``; on PostgreSQL row locks (``UPDATE folders ...``) order
   concurrent writers. Events are collected during the transaction and published only
   after a successful commit ("commit first, then tell other sessions").
 - Blob bytes are durable before the transaction that references them starts.
@@ -15,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import fcntl
 import logging
 import os
 import time
@@ -240,6 +244,7 @@ class StoreBase:
         self.events = EventHub()
         self.clock = clock
         self._write_lock = asyncio.Lock()
+        self._writers_fd: int | None = None  # share_writer_queue
         # Across nodes (PostgreSQL): events also go out with pg_notify inside the
         # transaction, so other nodes get them exactly when the commit happens.
         self.node_id = uuid.uuid4().hex
@@ -333,7 +338,40 @@ class StoreBase:
             log.warning("store: event channel back; every session resynchronises")
             self.events.publish_all(Resync(0))
 
+    def share_writer_queue(self, path: Path) -> None:
+        """SQLite, several processes writing (``serve --workers``): queue their write
+        transactions on a lock of ``path`` (see the implementation notes)."""
+        if self.is_sqlite and self._writers_fd is None:
+            self._writers_fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+
+    async def _queue_writer(self) -> bool:
+        """Take the shared writers' lock; False when there is none."""
+        fd = self._writers_fd
+        if fd is None:
+            return False
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except OSError:
+            pass
+        waiting = asyncio.ensure_future(asyncio.to_thread(fcntl.lockf, fd, fcntl.LOCK_EX))
+        try:
+            await asyncio.shield(waiting)
+        except asyncio.CancelledError:  # the thread may still get it: give it back then
+            waiting.add_done_callback(lambda f: f.cancelled() or f.exception() is not None
+                                      or fcntl.lockf(fd, fcntl.LOCK_UN))
+            raise
+        return True
+
+    def _dequeue_writer(self) -> None:
+        if self._writers_fd is not None:
+            with contextlib.suppress(OSError):
+                fcntl.lockf(self._writers_fd, fcntl.LOCK_UN)
+
     async def close(self) -> None:
+        if self._writers_fd is not None:
+            os.close(self._writers_fd)
+            self._writers_fd = None
         if self._follower is not None:
             await self._follower.stop()
             self._follower = None
@@ -363,12 +401,19 @@ class StoreBase:
         started = time.perf_counter()
         try:
             if self.is_sqlite:
-                async with self._write_lock, self.engine.connect() as conn:
-                    conn = await conn.execution_options(sqlite_begin="IMMEDIATE")
-                    async with conn.begin():
-                        yield conn, events
-                        # other processes on this box follow the log (store/changes.py)
-                        await record_changes(conn, self.node_id, events)
+                async with self._write_lock:
+                    queued = await self._queue_writer()
+                    try:
+                        async with self.engine.connect() as conn:
+                            conn = await conn.execution_options(sqlite_begin="IMMEDIATE")
+                            async with conn.begin():
+                                yield conn, events
+                                # other processes on this box follow the log
+                                # (store/changes.py)
+                                await record_changes(conn, self.node_id, events)
+                    finally:
+                        if queued:
+                            self._dequeue_writer()
             else:
                 async with self.engine.begin() as conn:
                     yield conn, events

@@ -147,6 +147,10 @@ class AcmeManager:
                 await self.install(stored.cert_pem.encode(), stored.key_pem.encode())
                 self._loaded_at = stored.updated_at
                 return "picked up the certificate another node obtained"
+            # on disk already: another worker on this data dir wrote it (serve --workers),
+            # or it is what we started with; either way, serve it from here too
+            for ctx in self.contexts():
+                reload_context(ctx, s.cert_path, s.key_path)
             self._loaded_at = stored.updated_at
         names = wanted_names(s.server.hostname,
                              [d.name for d in await self.store.list_domains()])

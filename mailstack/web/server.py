@@ -303,7 +303,8 @@ class WebFrontEnd:
             factory = partial(AlpnRouter, server, ctx, self.services.acme_alpn, timeout)
             ctx = None
         self._server = await loop.create_server(
-            factory, self.listener.address, self.listener.port, ssl=ctx,
+            factory, **self.services.bind_args(self.name, self.listener.address,
+                                               self.listener.port), ssl=ctx,
             ssl_handshake_timeout=timeout if ctx is not None else None)
         self.port = int(self._server.sockets[0].getsockname()[1])
         if self.role == "metrics":
