@@ -637,7 +637,7 @@ class MailstackSMTP(SMTP):
             plan = settings.plan(addr.plan)
             if not plan.storage_quota and not plan.message_quota:
                 continue
-            used_bytes, used_msgs = await self.fe.services.store.quota_usage(addr.id)
+            used_bytes, used_msgs = await directory.quota_usage(addr.id)
             reply = rcpt_reply(key, used_bytes, used_msgs, plan.storage_quota,
                                plan.message_quota, settings.quota.over_quota_permanent)
             if reply is not None:
