@@ -75,7 +75,10 @@ async def read_data(reader: asyncio.StreamReader, max_size: int, max_line: int,
                     sink.drop(DataState.LINE_TOO_LONG)
                 else:
                     # RFC 5321 §4.5.2: remove one leading dot of a line.
-                    await sink.feed(chunk[1:] if at_line_start and chunk[:1] == b"." else chunk)
+                    if at_line_start and chunk[:1] == b".":
+                        chunk = chunk[1:]
+                    if not sink.push(chunk):
+                        await sink.feed(chunk)
             at_line_start = True
         message = await sink.finish()
     except BaseException:

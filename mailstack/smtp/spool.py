@@ -31,10 +31,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import hashlib
 import os
 import re
 import secrets
+import threading
 import time
 from dataclasses import dataclass
 from enum import Enum
@@ -159,15 +161,30 @@ class SpoolFile:
         self._hash = hashlib.sha256()
         self._fd: int | None = None
         self.blob_id = ""
+        # ``discard`` may come from the loop while a worker thread writes (the client
+        # went away mid-transfer): the descriptor is closed by whoever holds the lock
+        # once the discard is asked, never under a write in flight (a reused number).
+        self._lock = threading.Lock()
+        self._discarded = False
 
     def _write_sync(self, piece: bytes) -> None:
-        if self._fd is None:
-            self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        view = memoryview(piece)
-        while view:
-            view = view[os.write(self._fd, view):]
-        self._hash.update(piece)
-        self.size += len(piece)
+        with self._lock:
+            if self._discarded:
+                raise OSError(errno.ECANCELED, "spool file discarded")
+            if self._fd is None:
+                self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            view = memoryview(piece)
+            while view:
+                view = view[os.write(self._fd, view):]
+            self._hash.update(piece)
+            self.size += len(piece)
+            if self._discarded:
+                self._cleanup()
+        if self._discarded and self._lock.acquire(blocking=False):  # asked meanwhile
+            try:
+                self._cleanup()
+            finally:
+                self._lock.release()
 
     async def write(self, piece: bytes) -> None:
         await asyncio.to_thread(self._write_sync, piece)
@@ -177,20 +194,32 @@ class SpoolFile:
         await asyncio.to_thread(self._close_sync)
 
     def _close_sync(self) -> None:
-        if self._fd is None:  # nothing written: an empty file still
-            self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        os.close(self._fd)
-        self._fd = None
-        self.blob_id = self._hash.hexdigest()
+        with self._lock:
+            if self._discarded:
+                raise OSError(errno.ECANCELED, "spool file discarded")
+            if self._fd is None:  # nothing written: an empty file still
+                self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            os.close(self._fd)
+            self._fd = None
+            self.blob_id = self._hash.hexdigest()
 
-    def discard(self) -> None:
-        """Remove the file (idempotent; never raises). Cheap: one close and unlink."""
+    def _cleanup(self) -> None:  # with the lock held
         if self._fd is not None:
             with contextlib.suppress(OSError):
                 os.close(self._fd)
             self._fd = None
         with contextlib.suppress(OSError):
             self.path.unlink(missing_ok=True)
+
+    def discard(self) -> None:
+        """Remove the file (idempotent; never raises, never waits): at once, or by the
+        worker thread when its write in flight ends."""
+        self._discarded = True
+        if self._lock.acquire(blocking=False):
+            try:
+                self._cleanup()
+            finally:
+                self._lock.release()
 
     def read_sync(self) -> bytes:
         return self.path.read_bytes()
@@ -272,6 +301,25 @@ class MessageSink:
             self.budget.release(self.reserved)
         self.reserved = 0
 
+    def push(self, data: bytes) -> bool:
+        """The fast path, without a coroutine per line: keep ``data`` in the buffer
+        when nothing else has to happen (True); False means ``await feed(data)``."""
+        n = len(data)
+        if self.state is not DataState.OK or self.size + n > self.max_size:
+            return False
+        if self.spool is not None:
+            if len(self.buf) + n >= PIECE or len(self.head) < self.head_limit:
+                return False
+        elif ((self.threshold and self.size + n > self.threshold) or (
+                self.budget is not None and self.budget.used + n > self.budget.maximum)):
+            return False
+        elif self.budget is not None:
+            self.budget.try_reserve(n)  # room was checked just above
+            self.reserved += n
+        self.size += n
+        self.buf += data
+        return True
+
     async def feed(self, data: bytes) -> None:
         if self.state is not DataState.OK:
             return
@@ -280,6 +328,8 @@ class MessageSink:
             self.drop(DataState.TOO_BIG)
             return
         if self.spool is not None:
+            if len(self.head) < self.head_limit:  # spooled early: the head is not whole
+                self.head += data[:self.head_limit - len(self.head)]
             self.buf += data
             if len(self.buf) >= PIECE:
                 await self._flush()
