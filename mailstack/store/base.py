@@ -13,6 +13,7 @@ Implementation notes (invariants):
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import errno
 import logging
@@ -249,6 +250,11 @@ class StoreBase:
         # per statement through the async driver.
         self._sync_engine: Engine | None = (
             create_sync_sqlite_engine(url) if self.is_sqlite and engine is None else None)
+        # Their own threads: in the default executor they would wait behind blob
+        # writes blocked in fsync.
+        self._db_threads: concurrent.futures.ThreadPoolExecutor | None = (
+            concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="store-sqlite")
+            if self._sync_engine is not None else None)
         self.blobs = BlobStore(blob_root)
         self.events = EventHub()
         self.clock = clock
@@ -408,7 +414,8 @@ class StoreBase:
         events: list[Event] = []
         started = time.perf_counter()
         async with self._write_lock:
-            work = asyncio.ensure_future(asyncio.to_thread(self._write_sync, fn, events))
+            work = asyncio.get_running_loop().run_in_executor(
+                self._db_threads, self._write_sync, fn, events)
             try:
                 result = await asyncio.shield(work)
             except asyncio.CancelledError:
@@ -443,7 +450,8 @@ class StoreBase:
             async with self._read() as conn:
                 return await conn.run_sync(fn)
         try:
-            return await asyncio.to_thread(self._read_sync, fn)
+            return await asyncio.get_running_loop().run_in_executor(
+                self._db_threads, self._read_sync, fn)
         except DB_ERRORS as exc:
             raise unavailable(exc) from exc
 
