@@ -478,8 +478,8 @@ class AccountsMixin(StoreBase):
                 address_id=address_id, at=self.clock(), recipients=recipients))
 
     async def sends_since(self, address_id: int, since: float) -> list[tuple[float, int]]:
-        stmt = (select(t.send_log.c.at, t.send_log.c.recipients).where(
-            and_(t.send_log.c.address_id == address_id, t.send_log.c.at > since))
-            .order_by(t.send_log.c.at))
-        rows = await self._read_call(lambda conn: conn.execute(stmt).all())
+        async with self._read() as conn:
+            rows = (await conn.execute(select(t.send_log.c.at, t.send_log.c.recipients).where(
+                and_(t.send_log.c.address_id == address_id, t.send_log.c.at > since))
+                .order_by(t.send_log.c.at))).all()
         return [(r.at, r.recipients) for r in rows]

@@ -13,7 +13,6 @@ Implementation notes (invariants):
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import errno
 import logging
@@ -24,9 +23,9 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-from sqlalchemy import Connection, Engine, text
+from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -34,18 +33,10 @@ from .. import metrics
 from .blobs import BlobError, BlobStore
 from .changes import ChangeFollower
 from .changes import record as record_changes
-from .changes import record_sync as record_changes_sync
-from .db import (
-    _split_schema,
-    create_engine,
-    create_sync_sqlite_engine,
-    migrate_sync,
-    schema_of,
-)
+from .db import _split_schema, create_engine, migrate_sync, schema_of
 from .events import Event, EventHub, Resync, decode_event, encode_event
 
 log = logging.getLogger("mailstack.store")
-T = TypeVar("T")
 _ENOSPC = errno.ENOSPC
 
 
@@ -245,16 +236,6 @@ class StoreBase:
         self.url = url
         self.engine = engine or create_engine(url)
         self.is_sqlite = url.startswith("sqlite")
-        # SQLite: hot transactions run whole in a worker thread on a synchronous
-        # connection (``_write_call``/``_read_call``): one hop instead of three or four
-        # per statement through the async driver.
-        self._sync_engine: Engine | None = (
-            create_sync_sqlite_engine(url) if self.is_sqlite and engine is None else None)
-        # Their own threads: in the default executor they would wait behind blob
-        # writes blocked in fsync.
-        self._db_threads: concurrent.futures.ThreadPoolExecutor | None = (
-            concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="store-sqlite")
-            if self._sync_engine is not None else None)
         self.blobs = BlobStore(blob_root)
         self.events = EventHub()
         self.clock = clock
@@ -366,8 +347,6 @@ class StoreBase:
                 await asyncio.wait_for(self._listener.close(), 5)
             self._listener = None
         await self.engine.dispose()
-        if self._sync_engine is not None:
-            await asyncio.to_thread(self._sync_engine.dispose)
 
     @asynccontextmanager
     async def _read(self) -> AsyncIterator[AsyncConnection]:
@@ -401,64 +380,6 @@ class StoreBase:
         metrics.observe_store_transaction(time.perf_counter() - started)
         for ev in events:
             self.events.publish(ev)
-
-    async def _write_call(self, fn: Callable[[Connection, list[Event]], T]) -> T:
-        """One write transaction made of ``fn(conn, events)`` (synchronous Core
-        statements; events appended are published after the commit). On SQLite the
-        whole transaction, ``BEGIN IMMEDIATE`` to the fsynced ``COMMIT``, runs in ONE
-        call to a worker thread, under the same writer lock as ``_write``; elsewhere
-        it runs in ``_write`` through ``run_sync`` (asyncpg: no thread hops anyway)."""
-        if self._sync_engine is None:
-            async with self._write() as (conn, collected):
-                return await conn.run_sync(fn, collected)
-        events: list[Event] = []
-        started = time.perf_counter()
-        async with self._write_lock:
-            work = asyncio.get_running_loop().run_in_executor(
-                self._db_threads, self._write_sync, fn, events)
-            try:
-                result = await asyncio.shield(work)
-            except asyncio.CancelledError:
-                # The thread cannot be stopped: keep the lock until it is done, so
-                # writers never overlap (and publish what it committed).
-                with contextlib.suppress(BaseException):
-                    await work
-                    for ev in events:
-                        self.events.publish(ev)
-                raise
-            except DB_ERRORS as exc:
-                raise unavailable(exc) from exc
-        metrics.observe_store_transaction(time.perf_counter() - started)
-        for ev in events:
-            self.events.publish(ev)
-        return result
-
-    def _write_sync(self, fn: Callable[[Connection, list[Event]], T],
-                    events: list[Event]) -> T:
-        assert self._sync_engine is not None
-        with self._sync_engine.connect() as conn:
-            conn = conn.execution_options(sqlite_begin="IMMEDIATE")
-            with conn.begin():
-                result = fn(conn, events)
-                record_changes_sync(conn, self.node_id, events)
-        return result
-
-    async def _read_call(self, fn: Callable[[Connection], T]) -> T:
-        """A read transaction made of ``fn(conn)`` (synchronous Core statements): on
-        SQLite in ONE call to a worker thread, elsewhere through ``run_sync``."""
-        if self._sync_engine is None:
-            async with self._read() as conn:
-                return await conn.run_sync(fn)
-        try:
-            return await asyncio.get_running_loop().run_in_executor(
-                self._db_threads, self._read_sync, fn)
-        except DB_ERRORS as exc:
-            raise unavailable(exc) from exc
-
-    def _read_sync(self, fn: Callable[[Connection], T]) -> T:
-        assert self._sync_engine is not None
-        with self._sync_engine.connect() as conn:
-            return fn(conn)
 
     # --- blobs ---------------------------------------------------------------------
     def free_bytes(self) -> int:

@@ -21,8 +21,7 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from sqlalchemy import Connection, Engine, event, insert, inspect, make_url, select, text
-from sqlalchemy import create_engine as sa_create_engine
+from sqlalchemy import Connection, event, insert, inspect, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from . import schema
@@ -143,26 +142,9 @@ def create_engine(url: str) -> AsyncEngine:
                                connect_args=connect_args)
 
 
-def create_sync_sqlite_engine(url: str) -> Engine | None:
-    """A synchronous (pysqlite) engine on the same SQLite file as ``url``'s async one,
-    with the same settings, for transactions run whole in a worker thread (one hop:
-    ``StoreBase._write_call``/``_read_call``); None for an in-memory database (a
-    second engine would see another database)."""
-    parsed = make_url(url)
-    if not parsed.database or parsed.database == ":memory:" or parsed.database.startswith(
-            "file:"):
-        return None
-    engine = sa_create_engine(parsed.set(drivername="sqlite+pysqlite"),
-                              connect_args={"timeout": 30, "check_same_thread": False})
-    _sqlite_events(engine)
-    return engine
-
-
 def _sqlite_setup(engine: AsyncEngine) -> None:
-    _sqlite_events(engine.sync_engine)
+    sync_engine = engine.sync_engine
 
-
-def _sqlite_events(sync_engine: Engine) -> None:
     @event.listens_for(sync_engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
         # Let us emit BEGIN ourselves (pysqlite's implicit transactions get in the way).

@@ -23,11 +23,7 @@ Implementation notes (invariants):
   writers never lock folders in opposite orders); each copy still gets its own UID and
   its own MODSEQ, in the order the callers queued, exactly as if each had committed
   alone. The rows go in with one multi-row INSERT: a group costs a handful of
-  statements whatever its size. On SQLite the whole group transaction (BEGIN
-  IMMEDIATE, the statements, the fsynced COMMIT) is ONE call to a worker thread on a
-  synchronous connection (``StoreBase._write_call``), not three or four thread hops
-  per statement through the async driver; PostgreSQL runs the same code through
-  ``run_sync``.
+  statements whatever its size (each statement is a thread hop on SQLite).
 - Local mailboxes may be given by key (``inboxes``): their INBOX folders are resolved
   inside the write transaction with one query for the whole group, so the routing
   done at RCPT time is not repeated with extra read transactions; a key whose
@@ -38,7 +34,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import functools
 import logging
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -51,7 +46,7 @@ from . import schema as t
 from .accounts import _address_cols, _to_address, split_address
 from .base import Address, Domain, Message, NotFound, flags_from_db, flags_to_db
 from .events import Event, MessagesAdded
-from .mailbox import DeliveryTarget, MailboxMixin, add_usages_sync
+from .mailbox import DeliveryTarget, MailboxMixin
 from .queue import NO_DSN, DsnRequest, QueueMixin, queue_row
 
 log = logging.getLogger("mailstack.store")
@@ -172,10 +167,9 @@ class SmtpMixin(MailboxMixin, QueueMixin):
 
     async def _accept_group(self, batch: list[_Job]) -> None:
         if len(batch) > 1:
-            reqs = [j.req for j in batch]
             try:
-                outcomes = await self._write_call(
-                    lambda conn, events: self._write_group(conn, events, reqs))
+                async with self._write() as (conn, events):
+                    outcomes = await self._write_group(conn, events, [j.req for j in batch])
             except Exception as exc:  # one member may be bad: retry each alone
                 self.accept_stats.fallbacks += 1
                 log.warning("group of %d messages failed (%s); committing one by one",
@@ -189,8 +183,8 @@ class SmtpMixin(MailboxMixin, QueueMixin):
                 return
         for job in batch:
             try:
-                outcome = (await self._write_call(
-                    functools.partial(self._write_group_of, job.req)))[0]
+                async with self._write() as (conn, events):
+                    outcome = (await self._write_group(conn, events, [job.req]))[0]
             except Exception as exc:
                 _settle(job, exc)
             else:
@@ -200,17 +194,13 @@ class SmtpMixin(MailboxMixin, QueueMixin):
                         self._queued_now()
                 _settle(job, outcome)
 
-    def _write_group_of(self, req: AcceptRequest, conn: Any, events: list[Event]
-                        ) -> list[list[Message] | Exception]:
-        return self._write_group(conn, events, [req])
-
-    def _write_group(self, conn: Any, events: list[Event], reqs: Sequence[AcceptRequest]
-                     ) -> list[list[Message] | Exception]:
-        """Write every request of a group inside the caller's transaction (synchronous:
-        on SQLite the whole transaction runs in one worker-thread call, see
-        ``StoreBase._write_call``). Returns per request its copies, or the ``NotFound``
-        for one that has nothing to store (and for which nothing was written)."""
-        found = _resolve_inboxes(conn, {k for r in reqs for k in r.inboxes})
+    async def _write_group(self, conn: Any, events: list[Event],
+                           reqs: Sequence[AcceptRequest]
+                           ) -> list[list[Message] | Exception]:
+        """Write every request of a group inside the caller's transaction. Returns per
+        request its copies, or the ``NotFound`` for one that has nothing to store (and
+        for which nothing was written)."""
+        found = await _resolve_inboxes(conn, {k for r in reqs for k in r.inboxes})
         copies: list[_Copy] = []
         live: list[int] = []
         outcomes: list[list[Message] | Exception] = []
@@ -230,7 +220,7 @@ class SmtpMixin(MailboxMixin, QueueMixin):
             outcomes.append([])
             copies += [_Copy(i, f, p, fl) for f, p, fl in mine]
         if copies:
-            placed = self._insert_group_copies(conn, events, reqs, copies)
+            placed = await self._insert_group_copies(conn, events, reqs, copies)
             for i in live:
                 out = outcomes[i]
                 assert isinstance(out, list)
@@ -241,17 +231,17 @@ class SmtpMixin(MailboxMixin, QueueMixin):
                                 lifetime=reqs[i].queue_lifetime, dsn=reqs[i].dsn)
                       for i in live for rcpt in reqs[i].remote]
         if queue_rows:
-            conn.execute(insert(t.outbound_queue), queue_rows)
+            await conn.execute(insert(t.outbound_queue), queue_rows)
         sends = [{"address_id": reqs[i].sender_address_id, "at": reqs[i].at,
                   "recipients": reqs[i].counted_recipients} for i in live
                  if reqs[i].sender_address_id is not None and reqs[i].counted_recipients > 0]
         if sends:
-            conn.execute(insert(t.send_log), sends)
+            await conn.execute(insert(t.send_log), sends)
         return outcomes
 
-    def _insert_group_copies(self, conn: Any, events: list[Event],
-                             reqs: Sequence[AcceptRequest], copies: list[_Copy]
-                             ) -> dict[int, list[Message]]:
+    async def _insert_group_copies(self, conn: Any, events: list[Event],
+                                   reqs: Sequence[AcceptRequest], copies: list[_Copy]
+                                   ) -> dict[int, list[Message]]:
         """One UID and one MODSEQ per copy, allocated per folder (folders locked in id
         order), then one multi-row INSERT. Returns each job's copies in the order it listed them."""
         by_folder: dict[int, list[_Copy]] = defaultdict(list)
@@ -260,10 +250,10 @@ class SmtpMixin(MailboxMixin, QueueMixin):
         fids = sorted(by_folder)
         f = t.folders.c
         if not self.is_sqlite:  # PostgreSQL: take the row locks in id order (no deadlock)
-            conn.execute(select(f.id).where(f.id.in_(fids)).order_by(f.id)
-                         .with_for_update())
+            await conn.execute(select(f.id).where(f.id.in_(fids)).order_by(f.id)
+                               .with_for_update())
         inc = case({fid: len(by_folder[fid]) for fid in fids}, value=f.id)
-        got = {int(r.id): r for r in (conn.execute(
+        got = {int(r.id): r for r in (await conn.execute(
             update(t.folders).where(f.id.in_(fids))
             .values(uidnext=f.uidnext + inc, highestmodseq=f.highestmodseq + inc)
             .returning(f.id, f.uidnext, f.highestmodseq, f.address_id))).all()}
@@ -291,12 +281,12 @@ class SmtpMixin(MailboxMixin, QueueMixin):
                          "blob_id": msg.blob_id, "prefix": msg.prefix,
                          "created_at": msg.internal_date})
         # One executemany, then the ids by (folder, uid): two statements for the group.
-        conn.execute(insert(t.messages), rows)
+        await conn.execute(insert(t.messages), rows)
         m = t.messages.c
         ids: dict[tuple[int, int], int] = {}
         for i in range(0, len(planned), _IN_CHUNK):
             pairs = [(p.folder_id, p.uid) for p in planned[i:i + _IN_CHUNK]]
-            for r in (conn.execute(select(m.id, m.folder_id, m.uid).where(
+            for r in (await conn.execute(select(m.id, m.folder_id, m.uid).where(
                     tuple_(m.folder_id, m.uid).in_(pairs)))).all():
                 ids[(int(r.folder_id), int(r.uid))] = int(r.id)
         placed: dict[int, list[Message]] = defaultdict(list)
@@ -311,7 +301,7 @@ class SmtpMixin(MailboxMixin, QueueMixin):
             used = usage[int(got[msg.folder_id].address_id)]
             used[0] += msg.size
             used[1] += 1
-        add_usages_sync(conn, self.is_sqlite, {a: (b, n) for a, (b, n) in usage.items()})
+        await self._add_usages(conn, {a: (b, n) for a, (b, n) in usage.items()})
         return placed
 
     async def route_facts(self, domain: str, key: str) -> tuple[Domain | None, Address | None]:
@@ -335,13 +325,14 @@ class SmtpMixin(MailboxMixin, QueueMixin):
         a, q = t.addresses, t.quota_usage
         on = and_(a.c.domain_id == t.domains.c.id, a.c.local_key == local.lower(),
                   literal(key_domain == name))
-        stmt = (select(t.domains.c.id.label("d_id"), t.domains.c.name.label("d_name"),
+        async with self._read() as conn:
+            row = (await conn.execute(
+                select(t.domains.c.id.label("d_id"), t.domains.c.name.label("d_name"),
                        t.domains.c.plan.label("d_plan"), *_address_cols(),
                        q.c.bytes.label("q_bytes"), q.c.messages.label("q_messages"))
                 .select_from(t.domains.outerjoin(a, on).outerjoin(
                     q, q.c.address_id == a.c.id))
-                .where(t.domains.c.name == name))
-        row = await self._read_call(lambda conn: conn.execute(stmt).first())
+                .where(t.domains.c.name == name))).first()
         if row is None:
             return None, None, (0, 0)
         found = Domain(row.d_id, row.d_name, row.d_plan)
@@ -369,7 +360,7 @@ def _settle(job: _Job, outcome: list[Message] | Exception) -> None:
         job.future.set_result(outcome)
 
 
-def _resolve_inboxes(conn: Any, keys: set[str]) -> dict[str, tuple[int, str]]:
+async def _resolve_inboxes(conn: Any, keys: set[str]) -> dict[str, tuple[int, str]]:
     """key -> (INBOX folder id, the address as written) for the keys still hosted,
     with the same matching as ``get_address`` (local part case-insensitive)."""
     wanted: dict[tuple[str, str], list[str]] = defaultdict(list)
@@ -382,7 +373,7 @@ def _resolve_inboxes(conn: Any, keys: set[str]) -> dict[str, tuple[int, str]]:
     found: dict[str, tuple[int, str]] = {}
     pairs = list(wanted)
     for i in range(0, len(pairs), _IN_CHUNK):
-        rows = (conn.execute(
+        rows = (await conn.execute(
             select(t.folders.c.id, t.addresses.c.local_part, t.addresses.c.local_key,
                    t.domains.c.name)
             .select_from(t.folders.join(t.addresses).join(t.domains))
