@@ -151,6 +151,9 @@ class Autoresponder:
         mailboxes reached only through a catchall. Never raises, never waits."""
         if not self.settings.enabled or not mailboxes:
             return
+        keys = self._fresh_keys()
+        if keys is not None and not any(m.lower() in keys for m in mailboxes):
+            return  # the usual case: nobody here is away; no task, no header scan
         try:
             task = asyncio.get_running_loop().create_task(self._run(
                 sender, header_block(content), tuple(mailboxes), frozenset(catchall_only)))
@@ -168,6 +171,14 @@ class Autoresponder:
             task.cancel()
         with contextlib.suppress(Exception):
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    def _fresh_keys(self) -> frozenset[str] | None:
+        """The cached set of who has an active responder while it is still valid (the
+        same rule as ``_active_keys``), else None (a query is due)."""
+        if (self._keys is None or self.store.autoresponder_changes != self._keys_changes
+                or time.monotonic() - self._keys_at > ACTIVE_KEYS_TTL):
+            return None
+        return self._keys
 
     async def _active_keys(self) -> frozenset[str]:
         """Who has an active responder: one query per ``ACTIVE_KEYS_TTL`` seconds, and at

@@ -229,8 +229,14 @@ class SmtpSettings:
                                      min=1)
     max_inflight_message_bytes: int = _f(512 * 1024 * 1024, "Message octets all SMTP "
                                          "connections together may hold in memory while "
-                                         "receiving and storing; past it DATA/BDAT get "
-                                         "452 4.3.1 (try again later).", min=1024 * 1024)
+                                         "receiving and storing; past it a message goes "
+                                         "to a spool file (or, with spooling off, DATA/"
+                                         "BDAT get 452 4.3.1: try again later).",
+                                         min=1024 * 1024)
+    spool_threshold_bytes: int = _f(1024 * 1024, "A message (DATA or BDAT) larger than "
+                                    "this is written to a temporary file under the data "
+                                    "directory while it arrives, instead of held in "
+                                    "memory; 0 keeps every message in memory.", min=0)
     min_free_bytes: int = _f(64 * 1024 * 1024, "Refuse new mail at MAIL with 452 4.3.1 "
                              "while the free space under the data directory is below "
                              "this plus the announced SIZE (like Postfix's "

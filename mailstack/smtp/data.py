@@ -10,56 +10,48 @@ Invariants (docs/behaviour.md §12 "SMTP smuggling", CVE-2023-51764 class):
 - Memory stays bounded: past ``max_size`` octets, or on a line longer than the stream
   limit, the bytes are read and dropped until the end marker, then refused
   (RFC 5321 §4.2.5: reply only after the end of data).
-- The content accumulates in one ``bytearray`` (no object per line), and every octet
-  kept is reserved from the server-wide ``budget`` of in-flight message octets; when
-  the budget is spent the rest is read and dropped and the DATA is refused as
-  ``NO_MEMORY`` (452 4.3.1: the client retries later). The caller releases
-  ``DataResult.reserved`` when it is done with the content.
+- The content goes to a ``spool.MessageSink``: in one ``bytearray`` (no object per
+  line) while it is small, every octet kept reserved from the server-wide ``budget`` of
+  in-flight message octets; past the sink's threshold (or when the budget is spent) to
+  a spool file (``smtp/spool.py``). Without spooling, a spent budget means the rest is
+  read and dropped and the DATA is refused as ``NO_MEMORY`` (452 4.3.1: the client
+  retries later). The caller releases the sink (``release``) when it is done with the
+  content, and discards a spooled file it did not hand to the store.
 """
 
 from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from enum import Enum
 
 from ..memory import MessageBudget
+from .spool import DataState, MessageContent, MessageSink
 
-
-class DataState(Enum):
-    OK = "ok"
-    TOO_BIG = "too_big"
-    LINE_TOO_LONG = "line_too_long"
-    NO_MEMORY = "no_memory"  # the server-wide in-flight budget is spent
+__all__ = ["DataResult", "DataState", "read_data"]
 
 
 @dataclass(frozen=True)
 class DataResult:
     state: DataState
-    content: bytes  # dot-unstuffed, without the end marker; empty unless OK
+    message: MessageContent  # empty unless OK
     size: int  # octets received (before unstuffing), marker excluded
-    reserved: int = 0  # octets of the budget held for ``content``: release when done
+
+    @property
+    def content(self) -> bytes:
+        """The content held in memory (b"" for a refused or a spooled message)."""
+        return self.message.data or b""
 
 
 async def read_data(reader: asyncio.StreamReader, max_size: int, max_line: int,
-                    budget: MessageBudget | None = None) -> DataResult:
+                    budget: MessageBudget | None = None, *,
+                    sink: MessageSink | None = None) -> DataResult:
     """Read up to the end marker. ``max_line``: longest line incl. CRLF (plus the
-    transparency dot). Raises ``asyncio.IncompleteReadError`` on EOF (the budget
-    reserved so far is given back)."""
-    content = bytearray()
+    transparency dot). Raises ``asyncio.IncompleteReadError`` on EOF (the sink is
+    aborted: budget given back, spool file removed)."""
+    if sink is None:
+        sink = MessageSink(budget, max_size=max_size, max_line=max_line)
     size = 0
-    reserved = 0
-    state = DataState.OK
     at_line_start = True
-
-    def drop(new_state: DataState) -> None:
-        nonlocal state, reserved
-        state = new_state
-        content.clear()
-        if budget is not None:
-            budget.release(reserved)
-        reserved = 0
-
     try:
         while True:
             try:
@@ -70,29 +62,26 @@ async def read_data(reader: asyncio.StreamReader, max_size: int, max_line: int,
                 chunk = await reader.readexactly(exc.consumed)
                 size += len(chunk)
                 at_line_start = False
-                if state is DataState.OK:
-                    drop(DataState.LINE_TOO_LONG)
+                if sink.ok:
+                    sink.drop(DataState.LINE_TOO_LONG)
                 continue
             if at_line_start and chunk == b".\r\n":
                 break
             size += len(chunk)
-            if state is DataState.OK:
+            if sink.ok:
                 if size > max_size:
-                    drop(DataState.TOO_BIG)
+                    sink.drop(DataState.TOO_BIG)
                 elif at_line_start and len(chunk) > max_line + 1:
-                    drop(DataState.LINE_TOO_LONG)
-                elif budget is not None and not budget.try_reserve(len(chunk)):
-                    drop(DataState.NO_MEMORY)
+                    sink.drop(DataState.LINE_TOO_LONG)
                 else:
-                    if budget is not None:
-                        reserved += len(chunk)
                     # RFC 5321 §4.5.2: remove one leading dot of a line.
-                    content += chunk[1:] if at_line_start and chunk[:1] == b"." else chunk
+                    if at_line_start and chunk[:1] == b".":
+                        chunk = chunk[1:]
+                    if not sink.push(chunk):
+                        await sink.feed(chunk)
             at_line_start = True
+        message = await sink.finish()
     except BaseException:
-        if budget is not None:
-            budget.release(reserved)
+        sink.abort()
         raise
-    if state is not DataState.OK:
-        return DataResult(state, b"", size)
-    return DataResult(state, bytes(content), size, reserved)
+    return DataResult(sink.state, message, size)

@@ -16,24 +16,35 @@ class StoreDirectory:
     """``relay.Directory`` over the store, with a per-transaction domain cache: one
     directory lives as long as one mail transaction (its envelope), so every RCPT of a
     transaction looks a domain or an address up once, and the RCPT size check
-    (``domain``) reuses the record routing fetched. ``prefetch`` gets a RCPT's domain
-    and address in one statement."""
+    (``domain``) reuses the record routing fetched. ``prefetch`` gets a RCPT's domain,
+    its address and that address's storage counter in one statement (the quota check
+    of the same RCPT reads the counter from here, fetched at that moment)."""
 
     def __init__(self, store: Store) -> None:
         self.store = store
         self._domains: dict[str, Domain | None] = {}
         self._addresses: dict[str, Address | None] = {}
+        self._usage: dict[int, tuple[int, int]] = {}  # address id -> (octets, messages)
 
     async def prefetch(self, domain: str, key: str) -> None:
         """Fetch the domain and the address a RCPT names in one read (the two
         look-ups ``route_recipient`` starts with)."""
         if domain in self._domains and key in self._addresses:
             return
-        found_domain, found_address = await self.store.route_facts(domain, key)
+        found_domain, found_address, usage = await self.store.rcpt_facts(domain, key)
         self._domains[domain] = found_domain
         if found_domain is not None and (found_address is not None
                                          or key.rpartition("@")[2] == found_domain.name):
             self._addresses[key] = found_address
+        if found_address is not None:
+            self._usage[found_address.id] = usage
+
+    async def quota_usage(self, address_id: int) -> tuple[int, int]:
+        """(octets, messages) the address keeps: as read by ``prefetch`` in this
+        transaction, else from the store (an alias's or forward's target)."""
+        if address_id not in self._usage:
+            self._usage[address_id] = await self.store.quota_usage(address_id)
+        return self._usage[address_id]
 
     async def domain(self, name: str, /) -> Domain | None:
         if name not in self._domains:

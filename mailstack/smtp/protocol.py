@@ -80,6 +80,7 @@ from . import replies
 from .data import DataState, read_data
 from .delivery import Transaction, accept
 from .directory import StoreDirectory, allowed_senders, postmaster_domain
+from .spool import BIG_WORK, MessageContent, MessageSink
 
 if TYPE_CHECKING:
     from .server import SmtpFrontEnd
@@ -116,10 +117,9 @@ class MEnvelope(Envelope):
         self.rcpt_params: list[RcptParams] = []  # DSN NOTIFY/ORCPT per recipient
         self.size_limit: int = 0
         self.directory: StoreDirectory | None = None  # per transaction: domain cache
-        self.chunks: list[bytes] = []  # BDAT chunks received so far (RFC 3030 §2)
+        self.sink: MessageSink | None = None  # BDAT chunks received so far (RFC 3030 §2)
         self.chunked_size = 0
         self.chunking = False  # a BDAT was seen: DATA is refused in this transaction
-        self.reserved = 0  # octets of the server-wide message budget held by ``chunks``
 
 
 class _NoHooks:
@@ -232,12 +232,24 @@ class MailstackSMTP(SMTP):
 
     def _set_post_data_state(self) -> None:
         """A transaction ends (RSET, EHLO, DATA done, STARTTLS, connection lost): the
-        BDAT chunks it held go, and so does their share of the message budget."""
-        env = self.envelope
-        if isinstance(env, MEnvelope) and env.reserved:
-            self.fe.services.message_budget.release(env.reserved)
-            env.reserved = 0
+        BDAT chunks it held go (memory and spool file), and so does their share of the
+        message budget."""
+        self._drop_chunks()
         super()._set_post_data_state()
+
+    def _drop_chunks(self) -> None:
+        env = self.envelope
+        if isinstance(env, MEnvelope) and env.sink is not None:
+            env.sink.abort()
+            env.sink = None
+
+    def _new_sink(self, max_size: int) -> MessageSink:
+        """Where one message's octets go (smtp/spool.py): memory, then a spool file."""
+        s = self.fe.services.settings.smtp
+        return MessageSink(self.fe.services.message_budget, max_size=max_size,
+                           max_line=s.max_line_length, threshold=s.spool_threshold_bytes,
+                           spool_dir=self.fe.services.store.spool_dir(),
+                           head_limit=s.max_header_bytes + 2 * s.max_line_length)
 
     def _after_tls(self) -> None:
         # RFC 3207 §4.2: discard pipelined plaintext; the session starts over.
@@ -257,10 +269,7 @@ class MailstackSMTP(SMTP):
             self.fe.services.handshakes.trimmer.note_closed()
         self.fe.sessions.discard(self)
         self._stop_watcher()
-        env = self.envelope
-        if isinstance(env, MEnvelope) and env.reserved:
-            self.fe.services.message_budget.release(env.reserved)
-            env.reserved = 0
+        self._drop_chunks()
         super().connection_lost(error)
 
     # --- the login's credentials (docs/behaviour.md §2) -------------------------------
@@ -637,7 +646,7 @@ class MailstackSMTP(SMTP):
             plan = settings.plan(addr.plan)
             if not plan.storage_quota and not plan.message_quota:
                 continue
-            used_bytes, used_msgs = await self.fe.services.store.quota_usage(addr.id)
+            used_bytes, used_msgs = await directory.quota_usage(addr.id)
             reply = rcpt_reply(key, used_bytes, used_msgs, plan.storage_quota,
                                plan.message_quota, settings.quota.over_quota_permanent)
             if reply is not None:
@@ -662,13 +671,15 @@ class MailstackSMTP(SMTP):
         s = self.fe.services.settings.smtp
         await self.push(replies.DATA_START)
         self._reset_timeout(s.data_timeout)
-        budget = self.fe.services.message_budget
-        result = await read_data(self._reader, self.fe.max_size, s.max_line_length, budget)
+        sink = self._new_sink(self.fe.max_size)
+        result = await read_data(self._reader, self.fe.max_size, s.max_line_length,
+                                 sink=sink)
         self._reset_timeout()
         try:
-            reply = await self._finish_data(result.state, result.content, result.size)
+            reply = await self._finish_data(result.state, result.message, result.size)
         finally:
-            budget.release(result.reserved)
+            sink.release()
+            result.message.discard()  # a spool file not taken by the store
         self._set_rset_state()
         await self.push(reply)
 
@@ -698,8 +709,6 @@ class MailstackSMTP(SMTP):
         elif env.chunked_size + size > min(env.size_limit, self.fe.max_size):
             refusal = (f"552 5.3.4 Message exceeds the maximum size of {env.size_limit} "
                        "octets")
-        elif not self.fe.services.message_budget.try_reserve(size):
-            refusal = replies.NO_STORAGE  # every connection's messages together: full
         self._reset_timeout(s.data_timeout)
         if refusal is not None:
             await _discard(self._reader, size)
@@ -709,22 +718,47 @@ class MailstackSMTP(SMTP):
             self._set_rset_state()
             await self.push(refusal)
             return
-        env.reserved += size  # released with the transaction (_set_post_data_state)
-        chunk = await self._reader.readexactly(size)
+        # Released with the transaction (_set_post_data_state); read in pieces, so a
+        # big chunk goes to the spool file as it arrives (smtp/spool.py).
+        sink = env.sink
+        if sink is None:
+            sink = env.sink = self._new_sink(min(env.size_limit, self.fe.max_size))
+        left = size
+        while left > 0:
+            piece = await self._reader.read(min(left, DISCARD_PIECE))
+            if not piece:
+                raise asyncio.IncompleteReadError(b"", left)
+            left -= len(piece)
+            await sink.feed(piece)
         self._reset_timeout()
         env.chunking = True
-        env.chunks.append(chunk)
         env.chunked_size += size
+        if not sink.ok:
+            # RFC 3030 §2: after a failed chunk the transaction is over.
+            state = sink.state
+            self._set_rset_state()
+            await self.push(replies.NO_STORAGE if state is DataState.NO_MEMORY else
+                            f"552 5.3.4 Message exceeds the maximum size of "
+                            f"{self.fe.max_size} octets")
+            return
         if not last:
             await self.push(f"250 2.0.0 {size} octets received")
             return
-        content = b"".join(env.chunks)
-        env.chunks.clear()
-        reply = await self._finish_data(DataState.OK, content, env.chunked_size)
+        message = await sink.finish()
+        try:
+            reply = await self._finish_data(sink.state, message, env.chunked_size)
+        finally:
+            sink.release()
+            message.discard()
         self._set_rset_state()
         await self.push(reply)
 
-    async def _finish_data(self, state: DataState, content: bytes, size: int) -> str:
+    async def _finish_data(self, state: DataState, message: MessageContent, size: int
+                           ) -> str:
+        """The end of DATA/BDAT: refusals by how the transfer went, the content checks,
+        the sender checks, then ``accept`` (durable store, then the reply). ``message``
+        is in memory or spooled (smtp/spool.py); the caller removes a spool file that
+        was not taken over by the store."""
         env, sess = self.env, self.sess
         s = self.fe.services.settings.smtp
         if state is DataState.TOO_BIG or size > env.size_limit:
@@ -733,25 +767,23 @@ class MailstackSMTP(SMTP):
             return replies.NO_STORAGE
         if state is DataState.LINE_TOO_LONG:
             return f"554 5.6.0 Line longer than {s.max_line_length} octets (RFC 5321 §4.5.3.1.6)"
-        check = check_message(content, MessageLimits(
-            max_line=s.max_line_length, max_header_fields=s.max_header_lines,
-            max_header_bytes=s.max_header_bytes))
-        if not check.ok:
-            return check.reply
-        # Linear, ~1 µs per KiB: small messages are checked on the loop (a thread hop
-        # costs more than the check); big ones in a thread, so the loop never stalls.
-        if (exceeds_depth(content, s.max_mime_depth) if len(content) <= INLINE_MIME_CHECK
-                else await asyncio.to_thread(exceeds_depth, content, s.max_mime_depth)):
-            return f"554 5.6.0 MIME parts nested deeper than {s.max_mime_depth} levels"
+        refusal = await self._check_content(message)
+        if refusal is not None:
+            return refusal
+        content = message.data if message.data is not None else b""
+        extra = b""  # header lines the server adds in front (submission, RFC 6409 §8)
         if sess.address_id is not None:  # docs/behaviour.md §4: From: must be a sendable address
             if self.fe.role == "submission":
                 # RFC 6409 §8: Date, Message-ID and (for a minimal client) From are added.
-                content = msa_additions(
-                    content, login=sess.email, hostname=self.hostname,
+                extra = msa_additions(
+                    message.head, login=sess.email, hostname=self.hostname,
                     now=self.fe.services.clock(),
-                    unique=f"{self.fe.make_id()}.{secrets.token_hex(6)}") + content
+                    unique=f"{self.fe.make_id()}.{secrets.token_hex(6)}")
+            if extra and not message.spooled:
+                content, extra = extra + content, b""
             try:
-                froms = extract_from_addresses(content)
+                froms = extract_from_addresses(
+                    content if not message.spooled else extra + message.head)
             except HeaderError as exc:
                 return exc.reply
             verdict = check_header_senders([f.address for f in froms], sess.allowed)
@@ -761,13 +793,22 @@ class MailstackSMTP(SMTP):
         queue_id = self.fe.make_id()
         auth = None
         if self.fe.sender_auth is not None and sess.address_id is None:
-            # docs/behaviour.md §5 "sender authentication" (smtp/senderauth.py)
-            auth = await self.fe.sender_auth.check(
-                content=content, client_ip=self.client_ip, helo=sess.host_name,
-                sender=env.mail.sender, verdicts=env.verdicts, queue_id=queue_id)
+            # docs/behaviour.md §5 "sender authentication" (smtp/senderauth.py). A spooled
+            # message is read whole for DKIM, one big message at a time; its forged
+            # results are removed when its header is rewritten (delivery.accept).
+            if message.spooled:
+                async with BIG_WORK:
+                    auth = await self.fe.sender_auth.check(
+                        content=await message.read(), client_ip=self.client_ip,
+                        helo=sess.host_name, sender=env.mail.sender, verdicts=env.verdicts,
+                        queue_id=queue_id)
+            else:
+                auth = await self.fe.sender_auth.check(
+                    content=content, client_ip=self.client_ip, helo=sess.host_name,
+                    sender=env.mail.sender, verdicts=env.verdicts, queue_id=queue_id)
+                content = auth.content
             if auth.reply is not None:
                 return auth.reply
-            content = auth.content
         tx = Transaction(
             queue_id=queue_id, helo=sess.host_name, esmtp=sess.extended_smtp,
             client_ip=self.client_ip, tls=self.tls_info(), sender=env.mail.sender,
@@ -775,7 +816,9 @@ class MailstackSMTP(SMTP):
             verdicts=list(env.verdicts), content=content, auth_address_id=sess.address_id,
             mail_params=env.mail.params, rcpt_params=list(env.rcpt_params),
             trace=auth.trace if auth else b"", client_host=auth.client_host if auth else None,
-            junk=auth.junk if auth else frozenset())
+            junk=auth.junk if auth else frozenset(),
+            strip_forged=auth is not None,
+            spooled=message if message.spooled else None, added_header=extra)
         done: asyncio.Future[None] = self.loop.create_future()
         self.fe.in_flight.add(done)
         self._storing = done
@@ -785,6 +828,43 @@ class MailstackSMTP(SMTP):
             done.set_result(None)
             self.fe.in_flight.discard(done)
             self._storing = None
+
+    async def _check_content(self, message: MessageContent) -> str | None:
+        """The refusal for content that breaks the rules (RFC 5321 §2.3.8, §4.5.3.1.6,
+        header limits, MIME depth), or None. A spooled message was checked piece by
+        piece while it arrived; its header limits are checked on the head."""
+        s = self.fe.services.settings.smtp
+        limits = MessageLimits(max_line=s.max_line_length, max_header_fields=s.max_header_lines,
+                               max_header_bytes=s.max_header_bytes)
+        if message.data is not None:
+            content = message.data
+            check = check_message(content, limits)
+            if not check.ok:
+                return check.reply
+            # Linear, ~1 µs per KiB: small messages are checked on the loop (a thread hop
+            # costs more than the check); big ones in a thread, so the loop never stalls.
+            if (exceeds_depth(content, s.max_mime_depth) if len(content) <= INLINE_MIME_CHECK
+                    else await asyncio.to_thread(exceeds_depth, content, s.max_mime_depth)):
+                return f"554 5.6.0 MIME parts nested deeper than {s.max_mime_depth} levels"
+            return None
+        if message.defect is not None:
+            return message.defect.reply
+        head = message.head
+        if len(head) < message.size:  # only whole lines: the cut is not a line of its own
+            head = head[:head.rfind(b"\r\n") + 2]
+        check = check_message(head, limits)
+        if not check.ok:
+            return check.reply
+        if message.content_types * 2 + 2 >= s.max_mime_depth:
+            # Enough Content-Type fields to reach the limit: parse the whole message,
+            # one such message at a time (smtp/spool.py, BIG_WORK).
+            async with BIG_WORK:
+                data = await message.read()
+                deep = await asyncio.to_thread(exceeds_depth, data, s.max_mime_depth)
+                del data
+            if deep:
+                return f"554 5.6.0 MIME parts nested deeper than {s.max_mime_depth} levels"
+        return None
 
 
 BDAT_ARG = re.compile(r"([0-9]{1,18})(?: +(LAST))?", re.IGNORECASE)

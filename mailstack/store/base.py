@@ -433,6 +433,21 @@ class StoreBase:
         st = os.statvfs(self.blobs.root)
         return st.f_bavail * st.f_frsize
 
+    def spool_dir(self) -> Path:
+        """Where a message that is still arriving may be written (the blob store's temp
+        directory: same file system, so ``put_blob_file`` is a rename)."""
+        return self.blobs.tmp
+
+    async def put_blob_file(self, path: Path, blob_id: str) -> str:
+        """Take over the complete file ``path`` (in ``spool_dir``) whose SHA-256 is
+        ``blob_id`` as a blob: fsynced, renamed into place, directory fsynced."""
+        try:
+            return await self.blobs.put_file(path, blob_id)
+        except BlobError as exc:
+            if exc.errno == _ENOSPC:
+                raise InsufficientStorage(str(exc)) from exc
+            raise Unavailable(str(exc)) from exc
+
     async def put_blob(self, data: bytes) -> str:
         try:
             return await self.blobs.put(data)

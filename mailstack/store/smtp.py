@@ -301,8 +301,7 @@ class SmtpMixin(MailboxMixin, QueueMixin):
             used = usage[int(got[msg.folder_id].address_id)]
             used[0] += msg.size
             used[1] += 1
-        for address_id, (dbytes, dmsgs) in usage.items():
-            await self._add_usage(conn, address_id, dbytes, dmsgs)
+        await self._add_usages(conn, {a: (b, n) for a, (b, n) in usage.items()})
         return placed
 
     async def route_facts(self, domain: str, key: str) -> tuple[Domain | None, Address | None]:
@@ -310,24 +309,36 @@ class SmtpMixin(MailboxMixin, QueueMixin):
         (what routing one RCPT asks first; same matching as ``get_domain`` and
         ``get_address``). The address is None when the domain is not hosted, when it
         has no such address, or when ``key`` is not in ``domain``."""
+        found, address, _ = await self.rcpt_facts(domain, key)
+        return found, address
+
+    async def rcpt_facts(self, domain: str, key: str
+                         ) -> tuple[Domain | None, Address | None, tuple[int, int]]:
+        """``route_facts`` plus the address's storage counter (octets, messages; as
+        ``quota_usage``), still ONE statement: the RCPT quota check (RFC 9208) needs no
+        read of its own for a recipient addressed directly."""
         name = domain.lower().rstrip(".")
         try:
             local, key_domain = split_address(key)
         except NotFound:
             local, key_domain = "", ""
-        a = t.addresses
+        a, q = t.addresses, t.quota_usage
         on = and_(a.c.domain_id == t.domains.c.id, a.c.local_key == local.lower(),
                   literal(key_domain == name))
         async with self._read() as conn:
             row = (await conn.execute(
                 select(t.domains.c.id.label("d_id"), t.domains.c.name.label("d_name"),
-                       t.domains.c.plan.label("d_plan"), *_address_cols())
-                .select_from(t.domains.outerjoin(a, on))
+                       t.domains.c.plan.label("d_plan"), *_address_cols(),
+                       q.c.bytes.label("q_bytes"), q.c.messages.label("q_messages"))
+                .select_from(t.domains.outerjoin(a, on).outerjoin(
+                    q, q.c.address_id == a.c.id))
                 .where(t.domains.c.name == name))).first()
         if row is None:
-            return None, None
+            return None, None, (0, 0)
         found = Domain(row.d_id, row.d_name, row.d_plan)
-        return found, (_to_address(row) if row._mapping["id"] is not None else None)
+        if row._mapping["id"] is None:
+            return found, None, (0, 0)
+        return found, _to_address(row), (int(row.q_bytes or 0), int(row.q_messages or 0))
 
     async def addresses_granted_to(self, login: str, permission: str) -> list[str]:
         """Addresses a user whose login is ``login`` holds ``permission`` on."""

@@ -1,7 +1,9 @@
 """The octets of message content all SMTP connections hold in memory are bounded
 (``smtp.max_inflight_message_bytes``): past it DATA and BDAT get 452 4.3.1, nothing is
 stored, the budget is given back when a transaction ends, and other clients are served
-(docs/behaviour.md §12)."""
+(docs/behaviour.md §12). Spooling is off here (``spool_threshold_bytes = 0``): with it
+on, a message the budget cannot hold goes to a spool file instead (tests/faults/
+test_spool.py)."""
 
 from __future__ import annotations
 
@@ -36,7 +38,8 @@ async def _data(c: Lines, octets: int) -> bytes:
 
 
 async def test_inflight_message_budget(app_factory: Callable[..., Any]) -> None:
-    app: App = await app_factory(smtp={"max_inflight_message_bytes": 1024 * KB})
+    app: App = await app_factory(smtp={"max_inflight_message_bytes": 1024 * KB,
+                                           "spool_threshold_bytes": 0})
     assert app.store is not None and app.services is not None
     budget = app.services.message_budget
     addr = await add_mailbox(app, ADDR, "secret")

@@ -231,3 +231,28 @@ async def test_blob_directory_fsync_failure_answers_451(
     assert await env.total_stored() == 0
     assert (await _mx_send(env, "anna@example.com", "later"))[0] == 250
     assert await env.total_stored() == 1
+
+
+async def test_group_updates_every_quota_counter_in_one_statement(store: Store) -> None:
+    """RFC 9208 storage counters: a group to several addresses adds each one's octets
+    and messages (one upsert executemany), and ``rcpt_facts`` reads the counter with
+    the routing facts (the RCPT quota check needs no read of its own)."""
+    hosted = await _hosted(store, "anna", "bob", "carl")
+    bodies = [f"Subject: q{i}\r\n\r\n{'x' * (100 * i)}\r\n".encode() for i in range(4)]
+    keys = [["anna@example.com"], ["bob@example.com"], ["anna@example.com", "bob@example.com"],
+            ["anna@example.com"]]
+    results = await _accept_together(store, *((b, k, {}) for b, k in zip(bodies, keys,
+                                                                          strict=True)))
+    assert all(isinstance(r, list) for r in results), results
+    for lp in ("anna", "bob", "carl"):
+        msgs = await _inbox(store, f"{lp}@example.com")
+        expected = (sum(m.size for m in msgs), len(msgs))
+        assert await store.quota_usage(hosted[lp].id) == expected
+        domain, address, usage = await store.rcpt_facts("example.com", f"{lp}@example.com")
+        assert domain is not None and address is not None and address.id == hosted[lp].id
+        assert usage == expected
+    assert (await store.quota_usage(hosted["anna"].id))[1] == 3
+    assert await store.rcpt_facts("example.com", "nobody@example.com") == (
+        await store.get_domain("example.com"), None, (0, 0))
+    assert await store.rcpt_facts("elsewhere.example", "x@elsewhere.example") == (
+        None, None, (0, 0))

@@ -367,6 +367,35 @@ async def test_forged_authentication_results_are_removed(mx: Env) -> None:
     assert any(f.startswith("Authentication-Results: other.example;") for f in fields)
 
 
+async def test_a_spooled_message_is_checked_whole_and_loses_forged_results(
+        app_factory: Callable[..., Any], client_ssl: Any, dns_rig: DnsRig,  # noqa: F811
+        zones: Keys) -> None:
+    """A message past smtp.spool_threshold_bytes arrives in a spool file
+    (docs/behaviour.md §12): DKIM is verified over all of it, and the forged results are
+    removed from the stored header all the same."""
+    host, port = dns_rig.resolver
+    app: App = await app_factory(
+        sender_auth={"enabled": True, "dns_budget_seconds": 4.0},
+        outbound_tls={"dns_resolver": f"{host}:{port}", "dns_timeout_seconds": 3.0},
+        smtp={"spool_threshold_bytes": 4096})
+    await populate(app)
+    env = Env(app, client_ssl)
+    forged = f"Authentication-Results: {HOST}; dmarc=pass header.from=reject.test\r\n"
+    body = "".join(f"line {i} of a long message\r\n" for i in range(20000))
+    msg = sign(message("a@pass.test", extra=forged, body=body), "pass.test", zones)
+    assert len(msg) > 4096 * 100
+    assert (await send(env, "a@pass.test", msg))[0] == 250
+    raw = await only_in(env, "INBOX")
+    assert ours(raw) == ar(
+        "spf=pass smtp.mailfrom=a@pass.test",
+        f"dkim=pass header.d=pass.test header.s=sel header.b={b_of(msg)}",
+        "dmarc=pass (p=reject) header.from=pass.test", "arc=none")
+    assert "reject.test" not in raw.decode()
+    assert raw.endswith(body.encode())
+    assert not [p for p in (Path(app.settings.server.data_dir) / "blobs" / "tmp").rglob("*")
+                if p.is_file()]
+
+
 # --- ARC ----------------------------------------------------------------------------------
 
 
