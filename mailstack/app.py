@@ -27,6 +27,7 @@ from .services import Services
 from .store import Store
 from .store.backup import hold_data_dir
 from .tls import ensure_self_signed, load_first_cert, server_context
+from .workers import DNS_NAME, DirChallenges
 
 if TYPE_CHECKING:
     from .web.acme import AcmeManager
@@ -118,10 +119,10 @@ class App:
         if self.worker is not None:  # SQLite: the workers' writes queue in the kernel
             self.store.share_writer_queue(s.data_dir / "sqlite-writers.lock")
         self.services = Services.build(s, self.store, ctx, self.clock, worker=self.worker)
-        if self.worker is not None:  # HTTP-01 answers seen by every worker (port 80)
-            from .workers import DirChallenges
-
-            self.services.acme_challenges = DirChallenges(s.acme_dir / "challenges")
+        # ACME answers as files, seen by every worker (and node sharing the data dir):
+        # HTTP-01 on port 80, TLS-ALPN-01 on the https listener
+        self.services.acme_challenges = DirChallenges(s.acme_dir / "challenges")
+        self.services.acme_alpn = DirChallenges(s.acme_dir / "alpn", DNS_NAME)
         self._dir_lock = hold_data_dir(s.data_dir)
         try:
             for f in fields(s.listeners):

@@ -42,9 +42,9 @@ class Services:
     bound_ports: dict[str, int] = field(default_factory=dict)
     # ACME HTTP-01 (RFC 8555 §8.3): token -> key authorization, served on port 80
     acme_challenges: MutableMapping[str, str] = field(default_factory=dict)
-    # ACME TLS-ALPN-01 (RFC 8737): name -> context with its challenge certificate, served
-    # on the https listener to ClientHellos offering acme-tls/1 (web/tlsalpn.py)
-    acme_alpn: dict[str, ssl.SSLContext] = field(default_factory=dict)
+    # ACME TLS-ALPN-01 (RFC 8737): name -> key authorization; its challenge certificate
+    # is served on the https listener to ClientHellos offering acme-tls/1 (web/tlsalpn.py)
+    acme_alpn: MutableMapping[str, str] = field(default_factory=dict)
     handshakes: HandshakeLimiter = field(default_factory=lambda: HandshakeLimiter(256))
     message_budget: MessageBudget = field(default_factory=lambda: MessageBudget(512 << 20))
     # ``serve --workers N``: this worker's place (sockets bound by the supervisor, the

@@ -281,20 +281,23 @@ def bind_listeners(settings: Settings, workers: int) -> dict[str, list[socket.so
 
 # --- ACME HTTP-01 answers every worker can give -----------------------------------------
 
-_TOKEN = re.compile(r"[A-Za-z0-9_-]{1,200}")  # base64url (RFC 8555 §8.3)
+TOKEN = re.compile(r"[A-Za-z0-9_-]{1,200}")  # base64url (RFC 8555 §8.3)
+DNS_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{0,252}")  # TLS-ALPN-01 names (RFC 8737 §3)
 
 
 class DirChallenges(MutableMapping[str, str]):
-    """``Services.acme_challenges`` of a worker: token -> key authorization kept as
-    files in the data dir, so the CA's validation request is answered whichever worker
-    the kernel gives it to (RFC 8555 §8.3). Names that are not base64url are never
-    looked up."""
+    """``Services.acme_challenges`` (HTTP-01 token -> key authorization) and
+    ``Services.acme_alpn`` (TLS-ALPN-01 name -> key authorization), kept as files in
+    the data dir, so the CA's validation request is answered whichever worker the
+    kernel gives it to (RFC 8555 §8.3, RFC 8737 §3). Keys that do not match ``key``
+    (base64url tokens by default) are never looked up."""
 
-    def __init__(self, root: pathlib.Path) -> None:
+    def __init__(self, root: pathlib.Path, key: re.Pattern[str] = TOKEN) -> None:
         self.root = root
+        self.key = key
 
     def _path(self, token: str) -> pathlib.Path:
-        if not _TOKEN.fullmatch(token):
+        if not self.key.fullmatch(token):
             raise KeyError(token)
         return self.root / token
 
@@ -322,7 +325,7 @@ class DirChallenges(MutableMapping[str, str]):
             names = [p.name for p in self.root.iterdir()]
         except OSError:
             names = []
-        return iter([n for n in names if _TOKEN.fullmatch(n)])
+        return iter([n for n in names if self.key.fullmatch(n)])
 
     def __len__(self) -> int:
         return sum(1 for _ in self)

@@ -41,7 +41,6 @@ from .. import metrics
 from ..config import Settings, acme_methods
 from ..store import Store
 from ..tls import cert_names, reload_context, write_private
-from . import tlsalpn
 
 log = logging.getLogger("mailstack.acme")
 
@@ -105,11 +104,11 @@ class AcmeManager:
     def __init__(self, settings: Settings, store: Store,
                  challenges: MutableMapping[str, str], contexts: Callable[[], list[ssl.SSLContext]],
                  *, clock: Callable[[], float] = time.time,
-                 alpn: MutableMapping[str, ssl.SSLContext] | None = None) -> None:
+                 alpn: MutableMapping[str, str] | None = None) -> None:
         self.settings = settings
         self.store = store
         self.challenges = challenges  # HTTP-01: token -> key authorization
-        self.alpn = alpn if alpn is not None else {}  # TLS-ALPN-01: name -> context
+        self.alpn = alpn if alpn is not None else {}  # TLS-ALPN-01: name -> key authz
         self._alpn_names: set[str] = set()  # the names this manager put in ``alpn``
         self.contexts = contexts
         self.clock = clock
@@ -261,8 +260,7 @@ class AcmeManager:
                 thumbprint = jose.b64encode(jwk.public_key().thumbprint(
                     hash_function=hashes.SHA256)).decode()
                 key_authorization = f"{token}.{thumbprint}"
-                self.alpn[name.lower()] = tlsalpn.challenge_context(name.lower(),
-                                                                    key_authorization)
+                self.alpn[name.lower()] = key_authorization
                 self._alpn_names.add(name.lower())
                 response = _tls_alpn_response(key_authorization)
             acme.answer_challenge(challb, response)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import functools
 import hashlib
 import logging
 import os
@@ -68,6 +69,13 @@ def challenge_cert(name: str, key_authorization: str) -> tuple[bytes, bytes]:
     return (cert.public_bytes(serialization.Encoding.PEM),
             key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                               serialization.NoEncryption()))
+
+
+@functools.lru_cache(maxsize=32)
+def _cached_context(name: str, key_authorization: str) -> ssl.SSLContext:
+    """One context per pending challenge, made on the first validation handshake (the
+    CA connects several times, from several places)."""
+    return challenge_context(name, key_authorization)
 
 
 def challenge_context(name: str, key_authorization: str) -> ssl.SSLContext:
@@ -209,7 +217,7 @@ class AlpnRouter(asyncio.Protocol):
     would."""
 
     def __init__(self, app_factory: Callable[[], asyncio.Protocol],
-                 server_ctx: ssl.SSLContext, challenges: Mapping[str, ssl.SSLContext],
+                 server_ctx: ssl.SSLContext, challenges: Mapping[str, str],
                  handshake_timeout: float) -> None:
         self.app_factory = app_factory
         self.server_ctx = server_ctx
@@ -237,9 +245,11 @@ class AlpnRouter(asyncio.Protocol):
             if self.challenges:
                 sock = transport.get_extra_info("socket")
                 hello = await peek_client_hello(sock.fileno(), self.timeout)
-                if (hello is not None and ACME_TLS_1 in hello.alpn
-                        and hello.server_name in self.challenges):
-                    ctx, acme_name = self.challenges[hello.server_name], hello.server_name
+                authz = (self.challenges.get(hello.server_name)
+                         if hello is not None and ACME_TLS_1 in hello.alpn else None)
+                if hello is not None and authz:
+                    ctx = await asyncio.to_thread(_cached_context, hello.server_name, authz)
+                    acme_name = hello.server_name
             app = asyncio.Protocol() if acme_name else self.app_factory()
             tls = await loop.start_tls(transport, app, ctx, server_side=True,
                                        ssl_handshake_timeout=self.timeout)

@@ -35,9 +35,9 @@ from mailstack.web.tlsalpn import (
     ACME_IDENTIFIER,
     ClientHello,
     NotTls,
-    challenge_context,
     parse_client_hello,
 )
+from mailstack.workers import DNS_NAME, DirChallenges
 from tests.conftest import add_mailbox
 
 from .conftest import ADDR
@@ -347,8 +347,11 @@ async def test_alpn_router_serves_the_challenge_only_to_acme_tls_1(
     await add_mailbox(app, ADDR)
     port = app.ports["https"]
     authz = "tokentokentoken.thumbprintthumbprint"
-    app.services.acme_alpn["autoconfig.example.com"] = await asyncio.to_thread(
-        challenge_context, "autoconfig.example.com", authz)
+    app.services.acme_alpn["autoconfig.example.com"] = authz
+    # what another worker of `serve --workers N` (or a node sharing the data dir) put
+    # there: the pending challenges are files, so this listener answers it too
+    other = DirChallenges(app.settings.acme_dir / "alpn", DNS_NAME)
+    other["mta-sts.example.com"] = "othertoken.thumbprintthumbprint"
 
     async def handshake(name: str, alpn: list[str]) -> tuple[x509.Certificate, str | None,
                                                              asyncio.StreamReader]:
@@ -368,6 +371,11 @@ async def test_alpn_router_serves_the_challenge_only_to_acme_tls_1(
     assert ext.critical
     assert ext.value.value == b"\x04\x20" + hashlib.sha256(authz.encode()).digest()
     assert await asyncio.wait_for(reader.read(), 10) == b""  # closed after the handshake
+    cert, chosen, _ = await handshake("mta-sts.example.com", ["acme-tls/1"])
+    assert chosen == "acme-tls/1" and cert_names(cert) == ["mta-sts.example.com"]
+    assert cert.extensions.get_extension_for_oid(ACME_IDENTIFIER).value.value == (
+        b"\x04\x20" + hashlib.sha256(b"othertoken.thumbprintthumbprint").digest())
+    del other["mta-sts.example.com"]
 
     server_serial = load_first_cert(app.settings.cert_path).serial_number
     for name, alpn in (("autoconfig.example.com", ["http/1.1"]),  # not ACME
