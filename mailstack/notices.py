@@ -11,8 +11,14 @@ access to it when that login is elsewhere (hosted here: its INBOX; otherwise the
 outbound queue). Notices are ``Auto-Submitted: auto-generated`` (RFC 3834 §5) with a
 null return path, so autoresponders never answer them.
 
-Sending runs in the background: a login reply never waits for it. ``drain()`` waits for
-pending notices (tests, shutdown).
+Storage warnings (docs/behaviour.md §8): when a delivery or an APPEND/COPY takes an
+address's storage past ``[quota] warning_percent`` of its plan's storage quota, one
+warning goes to that address's INBOX. The store claims it with one conditional UPDATE
+(concurrent deliveries: exactly one wins); deleting mail below
+``warning_rearm_percent`` re-arms it.
+
+Sending runs in the background: a login reply or a 250 never waits for it. ``drain()``
+waits for pending notices (tests, shutdown).
 """
 
 from __future__ import annotations
@@ -23,19 +29,21 @@ import email.utils
 import logging
 import time
 import uuid
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
-from .config import AuthSettings
+from .config import AuthSettings, PlanSettings, QuotaSettings
+from .policy.quota import warning_due, warning_levels
 from .store import DeliveryTarget, Store
 
 log = logging.getLogger("mailstack.notices")
 
 
-def compose_notice(*, hostname: str, to: str, subject: str, body: str, now: float) -> bytes:
+def compose_notice(*, hostname: str, to: str, subject: str, body: str, now: float,
+                   from_name: str = "Mail security") -> bytes:
     """A plain-text notice. Only ASCII header values; the body is UTF-8."""
     headers = [
-        f"From: Mail security <postmaster@{hostname}>",
+        f"From: {from_name} <postmaster@{hostname}>",
         f"To: <{to}>",
         f"Subject: {subject}",
         f"Date: {email.utils.formatdate(now, usegmt=True)}",
@@ -49,17 +57,25 @@ def compose_notice(*, hostname: str, to: str, subject: str, body: str, now: floa
     return ("\r\n".join(headers) + "\r\n\r\n" + text + "\r\n").encode()
 
 
+def _mib(octets: int) -> str:
+    return f"{octets / (1 << 20):.1f} MiB"
+
+
 def _when(now: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(now))
 
 
 class Notifier:
     def __init__(self, store: Store, hostname: str, settings: AuthSettings,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, *,
+                 quota: QuotaSettings | None = None,
+                 plan_of: Callable[[str], PlanSettings] | None = None) -> None:
         self.store = store
         self.hostname = hostname
         self.settings = settings
         self.clock = clock
+        self.quota = quota or QuotaSettings()
+        self.plan_of = plan_of
         self._tasks: set[asyncio.Task[None]] = set()
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
@@ -80,6 +96,48 @@ class Notifier:
                      protocol: str) -> None:
         if self.settings.notify_failed_logins:
             self._spawn(self._failed(address_id, email_addr, client_ip, protocol))
+
+    def after_storing(self, emails: Sequence[str]) -> None:
+        """Mail was stored for these addresses (delivery, APPEND, COPY): send the storage
+        warning to each one that just went past its level. Never raises, never waits."""
+        if self.quota.warning_percent and self.plan_of is not None and emails:
+            self._spawn(self._storage_warnings(list(emails)))
+
+    async def _storage_warnings(self, emails: list[str]) -> None:
+        assert self.plan_of is not None
+        for email_addr in emails:
+            try:
+                addr = await self.store.get_address(email_addr)
+                if addr is None:
+                    continue
+                levels = warning_levels(self.plan_of(addr.plan).storage_quota,
+                                        self.quota.warning_percent,
+                                        self.quota.warning_rearm_percent)
+                if levels is None:
+                    continue
+                used, armed = await self.store.quota_warning_armed(addr.id)
+                if not warning_due(used, levels, armed):
+                    continue
+                if not await self.store.claim_quota_warning(addr.id, levels.over,
+                                                            levels.rearm):
+                    continue  # another delivery sent it
+                quota = self.plan_of(addr.plan).storage_quota
+                body = (f"Your mailbox {addr.email} uses {_mib(used)} of its "
+                        f"{_mib(quota)} ({used * 100 // quota} %).\n\nWhen it is full, new "
+                        "mail to it is refused (senders are told to try again later) "
+                        "and messages cannot be saved to it. Delete messages you no longer "
+                        "need, and empty the Trash and Junk folders, to make room.\n\n"
+                        "You get this warning once; another one only after the usage has "
+                        f"dropped below {self.quota.warning_rearm_percent} % and risen "
+                        "again.\n")
+                data = compose_notice(hostname=self.hostname, to=addr.email,
+                                      subject="Your mailbox is almost full", body=body,
+                                      now=self.clock(), from_name="Mail storage")
+                await self._deliver(addr.email, data)
+                log.info("storage warning sent to %s (%d of %d octets)", addr.email, used,
+                         quota)
+            except Exception:  # a warning must never break a delivery
+                log.exception("storage warning for %s failed", email_addr)
 
     async def _new_network(self, address_id: int, email_addr: str, client_ip: str,
                            protocol: str) -> None:

@@ -142,6 +142,7 @@ async def copy(s: Session, c: t.Copy) -> str | None:
     pairs = await s.store.copy_messages(view.folder_id, uids, dst.id)
     if not pairs:
         return None
+    s.services.notifier.after_storing([s.email])  # the 90 % warning (behaviour.md §8)
     return f"[{_copyuid(dst, pairs)}] COPY completed"
 
 

@@ -2,7 +2,8 @@
 subject extraction, and the ORDEREDSUBJECT and REFERENCES threading algorithms. No I/O.
 
 Implementation notes (invariants):
-- Keys are taken from the message's header block (:func:`keys_from_header`); strings
+- Keys are taken from the message's header block (:func:`keys_from_header`) and stored
+  with the message (``mailstack.store.sortkeys``), so a SORT is an ORDER BY; strings
   compare with i;ascii-casemap (ASCII letters folded to upper case, RFC 5256 §2.2 /
   RFC 4790 §9.2); the final tie-breaker is always the message sequence number
   (RFC 5256 §3: "ties ... are broken by the order of the messages in the mailbox").
@@ -21,11 +22,10 @@ from __future__ import annotations
 import datetime
 import email.header
 import email.utils
-import json
 import re
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import NamedTuple
 
 from mailstack import mime
 
@@ -41,9 +41,9 @@ _REFWD = re.compile(r"(?:re|fwd?)[ \t]*", re.IGNORECASE)
 _MSGID = re.compile(r"<[^<>\s]*>")
 
 
-@dataclass(frozen=True)
-class SortKeys:
-    """What SORT and THREAD need of one message (RFC 5256 §3)."""
+class SortKeys(NamedTuple):
+    """What SORT and THREAD need of one message (RFC 5256 §3). A named tuple: THREAD
+    builds one per message of the mailbox, 100,000s per command."""
 
     uid: int
     seq: int
@@ -158,40 +158,6 @@ def keys_from_header(uid: int, seq: int, arrival: float, size: int, header: byte
                     is_reply=reply, from_=frm, to=to, cc=cc, display_from=dfrm,
                     display_to=dto, message_id=mid.group() if mid else "",
                     references=refs)
-
-
-KEYS_VERSION = "sk1"
-
-
-def keys_json(k: SortKeys) -> str:
-    """The header-derived keys, as cached in the store (RFC 5256 keys of one message)."""
-    return json.dumps([KEYS_VERSION, k.date, k.subject, k.is_reply, k.from_, k.to, k.cc,
-                       k.display_from, k.display_to, k.message_id, list(k.references)])
-
-
-def keys_from_json(uid: int, seq: int, arrival: float, size: int, text: str
-                   ) -> SortKeys | None:
-    """Cached keys back; None when stale (another version) or damaged."""
-    try:
-        value = json.loads(text)
-    except ValueError:
-        return None
-    return keys_from_value(uid, seq, arrival, size, value)
-
-
-def keys_from_value(uid: int, seq: int, arrival: float, size: int, v: Any
-                    ) -> SortKeys | None:
-    """``keys_from_json`` of an already decoded value."""
-    try:
-        if v[0] != KEYS_VERSION:
-            return None
-        return SortKeys(uid=uid, seq=seq, arrival=arrival, size=size, date=float(v[1]),
-                        subject=str(v[2]), is_reply=bool(v[3]), from_=str(v[4]),
-                        to=str(v[5]), cc=str(v[6]), display_from=str(v[7]),
-                        display_to=str(v[8]), message_id=str(v[9]),
-                        references=tuple(str(x) for x in v[10]))
-    except (ValueError, TypeError, IndexError, KeyError):
-        return None
 
 
 def _key(name: str, k: SortKeys) -> float | str:

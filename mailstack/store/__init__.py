@@ -49,12 +49,14 @@ from .importer import FolderProgress, ImportedMessage, ImportJob, ImportMixin, N
 from .mailbox import DeliveryTarget, MailboxMixin, normalize_folder_name
 from .queue import NO_DSN, DsnRequest, QueuedMessage, QueueMixin
 from .smtp import SmtpMixin
+from .sortkeys import SortKeyRow, SortKeysMixin, Unkeyed
 from .throttle import NETWORK_WIDE, ThrottleFacts, ThrottleMixin
 from .transport import CachedStsPolicy, TlsResultKey, TransportMixin
 
 
-class Store(SmtpMixin, AccountsMixin, ImapMixin, ImportMixin, MailboxMixin, QueueMixin,
-            GcMixin, TransportMixin, CertsMixin, DkimMixin, AutoresponderMixin, ThrottleMixin):
+class Store(SmtpMixin, AccountsMixin, ImapMixin, SortKeysMixin, ImportMixin, MailboxMixin,
+            QueueMixin, GcMixin, TransportMixin, CertsMixin, DkimMixin, AutoresponderMixin,
+            ThrottleMixin):
     @classmethod
     async def open_from_settings(cls, settings: Settings,
                                  clock: Callable[[], float] = time.time, *,
@@ -106,6 +108,7 @@ __all__ = [
     "NotFound",
     "QueuedMessage",
     "Resync",
+    "SortKeyRow",
     "Store",
     "StoreError",
     "StoredCertificate",
@@ -113,6 +116,7 @@ __all__ = [
     "ThrottleFacts",
     "TlsResultKey",
     "Unavailable",
+    "Unkeyed",
     "normalize_folder_name",
     "split_address",
 ]

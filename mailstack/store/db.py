@@ -21,7 +21,7 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from sqlalchemy import Connection, event, insert, inspect, select, text
+from sqlalchemy import Connection, bindparam, event, insert, inspect, select, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from . import schema
@@ -101,6 +101,46 @@ def _m_imap(conn: Connection) -> None:
         "JOIN folders f ON f.id = m.folder_id GROUP BY f.address_id")
 
 
+def _m_imap_ext(conn: Connection) -> None:
+    """The storage warning's re-arm level (docs/behaviour.md §8) and the SORT/THREAD keys
+    as columns (RFC 5256), so that SORT is an ORDER BY; keys already cached as JSON are
+    moved into the columns, the others are computed on first use."""
+    import json
+
+    _add_columns(conn, "quota_usage", ["warn_rearm_below BIGINT NOT NULL DEFAULT 0"])
+    _add_columns(conn, "messages", [
+        "sort_date FLOAT", "sort_subject TEXT", "sort_reply INTEGER", "sort_from TEXT",
+        "sort_to TEXT", "sort_cc TEXT", "sort_dfrom TEXT", "sort_dto TEXT",
+        "thread_id TEXT", "thread_refs TEXT"])
+    conn.exec_driver_sql("CREATE INDEX IF NOT EXISTS ix_messages_sort_date "
+                         "ON messages (folder_id, sort_date, uid)")
+    m = schema.messages
+    rows = conn.execute(select(m.c.id, m.c.sort_keys).where(
+        m.c.sort_keys.is_not(None))).all()
+    stmt = update(m).where(m.c.id == bindparam("_id")).values(
+        sort_date=bindparam("d"), sort_subject=bindparam("s"), sort_reply=bindparam("r"),
+        sort_from=bindparam("f"), sort_to=bindparam("t"), sort_cc=bindparam("c"),
+        sort_dfrom=bindparam("df"), sort_dto=bindparam("dt"), thread_id=bindparam("i"),
+        thread_refs=bindparam("rf"), sort_keys=None)
+    batch: list[dict[str, Any]] = []
+    for id_, text_ in rows:
+        try:  # "sk1" JSON (mailstack/imap/sorting.py before the columns)
+            v = json.loads(text_)
+            if v[0] != "sk1":
+                continue
+            batch.append({"_id": id_, "d": float(v[1]), "s": str(v[2]), "r": int(bool(v[3])),
+                          "f": str(v[4]), "t": str(v[5]), "c": str(v[6]), "df": str(v[7]),
+                          "dt": str(v[8]), "i": str(v[9]),
+                          "rf": " ".join(str(x) for x in v[10])})
+        except (ValueError, TypeError, IndexError):
+            continue  # computed again on first use
+        if len(batch) >= 500:
+            conn.execute(stmt, batch)
+            batch = []
+    if batch:
+        conn.execute(stmt, batch)
+
+
 MIGRATIONS: list[Migration] = [
     lambda conn: None,  # 1: initial schema (created by create_all on a fresh database)
     _m2_queue_dsn,  # 2: DSN parameters on queue rows (RFC 3461)
@@ -113,6 +153,7 @@ MIGRATIONS: list[Migration] = [
     _m_reliability_throttle,  # 9: reliability: login_throttle table; activity network, count
     _m_imap,  # 10: imap: \Recent, deleted-mailbox subscriptions, METADATA, QUOTA, sort keys
     _m10_queue_delivery,  # 11: outbound: delivery state, lease, attempt history, report owed
+    _m_imap_ext,  # 12: imap-ext: storage warning re-arm level; SORT/THREAD key columns
 ]
 LATEST = len(MIGRATIONS)
 

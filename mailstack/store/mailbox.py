@@ -24,6 +24,7 @@ from sqlalchemy import (
     Integer,
     and_,
     bindparam,
+    case,
     delete,
     func,
     insert,
@@ -100,9 +101,32 @@ class MailboxMixin(StoreBase):
         q = t.quota_usage
         ins = sqlite_insert if self.is_sqlite else pg_insert
         stmt = ins(q).values(address_id=address_id, bytes=dbytes, messages=dmsgs)
-        await conn.execute(stmt.on_conflict_do_update(
-            index_elements=[q.c.address_id],
-            set_={"bytes": q.c.bytes + dbytes, "messages": q.c.messages + dmsgs}))
+        set_: dict[str, Any] = {"bytes": q.c.bytes + dbytes, "messages": q.c.messages + dmsgs}
+        if dbytes < 0:  # the storage warning is re-armed below its level
+            set_["warn_rearm_below"] = case(
+                (q.c.bytes + dbytes < q.c.warn_rearm_below, 0), else_=q.c.warn_rearm_below)
+        await conn.execute(stmt.on_conflict_do_update(index_elements=[q.c.address_id],
+                                                      set_=set_))
+
+    async def quota_warning_armed(self, address_id: int) -> tuple[int, bool]:
+        """(octets used, whether a storage warning may be sent) of an address."""
+        q = t.quota_usage.c
+        async with self._read() as conn:
+            row = (await conn.execute(select(q.bytes, q.warn_rearm_below).where(
+                q.address_id == address_id))).first()
+        return (int(row[0]), not row[1]) if row is not None else (0, True)
+
+    async def claim_quota_warning(self, address_id: int, over: int, rearm_below: int
+                                  ) -> bool:
+        """Claim the storage warning of an address whose usage is above ``over``: True
+        for exactly one caller per crossing (one UPDATE, so concurrent deliveries
+        cannot both win); deletes bringing usage under ``rearm_below`` re-arm it."""
+        q = t.quota_usage
+        async with self._write() as (conn, _):
+            res = await conn.execute(update(q).where(and_(
+                q.c.address_id == address_id, q.c.warn_rearm_below == 0,
+                q.c.bytes > over)).values(warn_rearm_below=max(1, rearm_below)))
+        return bool(res.rowcount)
 
     async def deleted_storage(self, folder_id: int) -> int:
         """Octets of the messages flagged \\Deleted (STATUS DELETED-STORAGE, RFC 9208)."""
