@@ -184,7 +184,7 @@ def sort(msgs: list[SortKeys], criteria: tuple[tuple[str, bool], ...]) -> list[S
 # --------------------------------------------------------------------------- threads
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Node:
     msg: SortKeys | None = None
     parent: Node | None = None
