@@ -11,14 +11,16 @@ Implementation notes (invariants):
 - ``SORT ... ALL`` takes the view's UIDs without evaluating a search.
 - With a MODSEQ search key the reply carries (MODSEQ n) like SEARCH (RFC 7162 §3.1.5).
 - ESORT (RFC 5267 §3.2): MIN/MAX are the first/last message in sort order, ALL lists
-  them in sort order (ranges only for ascending runs), COUNT their number.
+  them in sort order (ranges only for ascending runs), COUNT their number, PARTIAL a
+  window of positions of the sorted result (RFC 5267 §4.4); UPDATE keeps the result
+  live (``mailstack.imap.contexts``, CONTEXT=SORT).
 """
 
 from __future__ import annotations
 
 import asyncio
 
-from mailstack.imap import respond, sorting
+from mailstack.imap import contexts, respond, sorting
 from mailstack.imap import search as k
 from mailstack.imap import types as t
 from mailstack.imap.search_exec import evaluate
@@ -89,35 +91,61 @@ def _ordered_set(numbers: list[int]) -> str:
     return ",".join(out)
 
 
+async def ordered_uids(s: Session, key: k.SearchKey,
+                       criteria: tuple[tuple[str, bool], ...]) -> list[int]:
+    """The UIDs of the view matching ``key``, in sort order (RFC 5256 §3)."""
+    wanted, _ = await _matching(s, key)
+    return await _ordered(s, wanted, criteria)
+
+
+async def _ordered(s: Session, wanted: set[int], criteria: tuple[tuple[str, bool], ...]
+                   ) -> list[int]:
+    view = s.require_view()
+    await fill_keys(s.store, view.folder_id)
+    ordered = await s.store.sorted_uids(view.folder_id, criteria)
+    return [u for u in ordered if u in wanted]
+
+
 async def sort(s: Session, c: t.Sort) -> str | None:
     view = s.require_view()
+    opts = c.return_options
+    update = opts is not None and "UPDATE" in opts  # RFC 5267 §4 (CONTEXT=SORT)
+    if update:
+        contexts.check_tag(s, c.tag)
     wanted, found = await _matching(s, c.key)
     if k.modseq_required(c.key):
         s.enable_condstore()
-    await fill_keys(s.store, view.folder_id)
-    ordered = await s.store.sorted_uids(view.folder_id, c.criteria)
+    uids = await _ordered(s, wanted, c.criteria)
     if c.uid:
-        numbers = [u for u in ordered if u in wanted]
+        numbers = uids
     else:
         seq = view.seq_of
-        numbers = [seq(u) or 0 for u in ordered if u in wanted]
-    if c.return_options is None:
+        numbers = [seq(u) or 0 for u in uids]
+    if opts is None:
         s.send(respond.untagged("SORT" + "".join(f" {n}" for n in numbers)
                                 + _modseq_suffix(c, found)))
         return None
-    opts = c.return_options or frozenset({"ALL"})
+    shown = opts - {"CONTEXT", "UPDATE"}
+    if not shown:
+        shown = frozenset({"ALL"})
     parts = [f'(TAG "{c.tag}")'] + (["UID"] if c.uid else [])
-    if "MIN" in opts and numbers:
+    if "MIN" in shown and numbers:
         parts.append(f"MIN {numbers[0]}")
-    if "MAX" in opts and numbers:
+    if "MAX" in shown and numbers:
         parts.append(f"MAX {numbers[-1]}")
-    if "ALL" in opts and numbers:
+    if "ALL" in shown and numbers:
         parts.append(f"ALL {_ordered_set(numbers)}")
-    if "COUNT" in opts:
+    if c.partial is not None:  # RFC 5267 §4.4: positions low..high of the sorted result
+        window = numbers[c.partial[0] - 1:c.partial[1]]
+        parts.append(f"PARTIAL ({c.partial[0]}:{c.partial[1]} "
+                     f"{_ordered_set(window) if window else 'NIL'})")
+    if "COUNT" in shown:
         parts.append(f"COUNT {len(numbers)}")
     if k.modseq_required(c.key) and found:
         parts.append(f"MODSEQ {max(ms for _, ms in found)}")
     s.send(respond.untagged("ESEARCH " + " ".join(parts)))
+    if update:
+        contexts.start(s, c.tag, c.uid, c.key, c.criteria, uids)
     return None
 
 
