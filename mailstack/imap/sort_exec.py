@@ -19,15 +19,17 @@ Implementation notes (invariants):
 from __future__ import annotations
 
 import asyncio
+import re
 
 from mailstack.imap import contexts, respond, sorting
 from mailstack.imap import search as k
 from mailstack.imap import types as t
 from mailstack.imap.search_exec import evaluate
 from mailstack.imap.session import Session
-from mailstack.store import SortKeyRow, Store
+from mailstack.store import SortKeyRow, Store, thread_row
 
 BATCH = 1024
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")  # never in stored Message-IDs (thread_rows)
 
 
 def _extract(items: list[tuple[int, int, float, bytes]]) -> list[SortKeyRow]:
@@ -35,8 +37,8 @@ def _extract(items: list[tuple[int, int, float, bytes]]) -> list[SortKeyRow]:
     for id_, uid, arrival, header in items:
         sk = sorting.keys_from_header(uid, uid, arrival, 0, header)
         out.append(SortKeyRow(id_, sk.date, sk.subject, sk.is_reply, sk.from_, sk.to, sk.cc,
-                              sk.display_from, sk.display_to, sk.message_id,
-                              " ".join(sk.references)))
+                              sk.display_from, sk.display_to, _CONTROL.sub("", sk.message_id),
+                              _CONTROL.sub("", " ".join(sk.references))))
     return out
 
 
@@ -63,13 +65,20 @@ async def _matching(s: Session, key: k.SearchKey) -> tuple[set[int], list[tuple[
     return {u for u, _ in found}, found
 
 
-def _thread_keys(rows: list[tuple[int, float, str, bool, str, str]], wanted: set[int]
-                 ) -> list[sorting.SortKeys]:
-    """THREAD's keys of the wanted messages; the UID stands in for the sequence number
-    (same order, RFC 5256 §4 ties)."""
-    return [sorting.SortKeys(uid, uid, date, 0, date, subject, bool(reply), "", "", "",
-                             "", "", mid, tuple(refs.split()))
-            for uid, date, subject, reply, mid, refs in rows if uid in wanted]
+def _thread_keys(rows: list[str | None], wanted: set[int]) -> list[sorting.SortKeys]:
+    """THREAD's keys of the wanted messages, by UID; the UID stands in for the sequence
+    number (same order, RFC 5256 §4 ties)."""
+    out = []
+    keys = sorting.SortKeys
+    for text in rows:
+        if text is None:
+            continue
+        uid, date, subject, reply, mid, refs = thread_row(text)
+        if uid in wanted:
+            out.append(keys(uid, uid, date, 0, date, subject, reply, "", "", "", "", "",
+                            mid, tuple(refs.split()) if refs else ()))
+    out.sort(key=lambda x: x.uid)
+    return out
 
 
 def _modseq_suffix(c: t.Sort | t.Thread, found: list[tuple[int, int]]) -> str:

@@ -23,8 +23,8 @@ import datetime
 import email.header
 import email.utils
 import re
-from dataclasses import dataclass, field
 from functools import partial
+from operator import attrgetter
 from typing import NamedTuple
 
 from mailstack import mime
@@ -184,11 +184,17 @@ def sort(msgs: list[SortKeys], criteria: tuple[tuple[str, bool], ...]) -> list[S
 # --------------------------------------------------------------------------- threads
 
 
-@dataclass(eq=False, slots=True)
 class Node:
-    msg: SortKeys | None = None
-    parent: Node | None = None
-    children: list[Node] = field(default_factory=list)
+    """A message in a thread tree, or a dummy for a referenced message that is not in
+    the mailbox (RFC 5256 §4). Plain slots: THREAD builds one per message."""
+
+    __slots__ = ("children", "key", "msg", "parent")
+
+    def __init__(self, msg: SortKeys | None = None, parent: Node | None = None) -> None:
+        self.msg = msg
+        self.parent = parent
+        self.children: list[Node] = []
+        self.key = (0.0, 0)  # (sent date, seq) as sorted by _sort_tree
 
     def date(self) -> tuple[float, int]:
         if self.msg is not None:
@@ -278,9 +284,10 @@ def references(msgs: list[SortKeys]) -> list[Node]:
 def _prune(nodes: list[Node], top: bool) -> list[Node]:
     out: list[Node] = []
     for n in nodes:
-        n.children = _prune(n.children, top=False)
-        for c in n.children:
-            c.parent = n
+        if n.children:
+            n.children = _prune(n.children, top=False)
+            for c in n.children:
+                c.parent = n
         if n.msg is None:
             if not n.children:
                 continue  # an empty dummy
@@ -299,8 +306,16 @@ def _sort_tree(nodes: list[Node]) -> None:
     while i < len(levels):
         levels.extend(n.children for n in levels[i] if n.children)
         i += 1
-    for level in reversed(levels):
-        level.sort(key=Node.date)
+    for level in reversed(levels):  # children before their parents
+        for n in level:
+            m = n.msg
+            n.key = (m.date, m.seq) if m is not None else (
+                n.children[0].key if n.children else (0.0, 0))
+        if len(level) > 1:
+            level.sort(key=_NODE_KEY)
+
+
+_NODE_KEY = attrgetter("key")
 
 
 def _group_by_subject(roots: list[Node]) -> list[Node]:

@@ -49,7 +49,7 @@ from .importer import FolderProgress, ImportedMessage, ImportJob, ImportMixin, N
 from .mailbox import DeliveryTarget, MailboxMixin, normalize_folder_name
 from .queue import NO_DSN, DsnRequest, QueuedMessage, QueueMixin
 from .smtp import SmtpMixin
-from .sortkeys import SortKeyRow, SortKeysMixin, Unkeyed
+from .sortkeys import SortKeyRow, SortKeysMixin, Unkeyed, thread_row
 from .throttle import NETWORK_WIDE, ThrottleFacts, ThrottleMixin
 from .transport import CachedStsPolicy, TlsResultKey, TransportMixin
 
@@ -119,4 +119,5 @@ __all__ = [
     "Unkeyed",
     "normalize_folder_name",
     "split_address",
+    "thread_row",
 ]
