@@ -107,21 +107,22 @@ class Notifier:
         assert self.plan_of is not None
         for email_addr in emails:
             try:
-                addr = await self.store.get_address(email_addr)
-                if addr is None:
+                state = await self.store.storage_state(email_addr)
+                if state is None:
                     continue
-                levels = warning_levels(self.plan_of(addr.plan).storage_quota,
-                                        self.quota.warning_percent,
+                address_id, plan, used, armed = state
+                quota = self.plan_of(plan).storage_quota
+                levels = warning_levels(quota, self.quota.warning_percent,
                                         self.quota.warning_rearm_percent)
-                if levels is None:
-                    continue
-                used, armed = await self.store.quota_warning_armed(addr.id)
                 if not warning_due(used, levels, armed):
                     continue
-                if not await self.store.claim_quota_warning(addr.id, levels.over,
+                assert levels is not None
+                if not await self.store.claim_quota_warning(address_id, levels.over,
                                                             levels.rearm):
                     continue  # another delivery sent it
-                quota = self.plan_of(addr.plan).storage_quota
+                addr = await self.store.get_address_by_id(address_id)
+                if addr is None:
+                    continue
                 body = (f"Your mailbox {addr.email} uses {_mib(used)} of its "
                         f"{_mib(quota)} ({used * 100 // quota} %).\n\nWhen it is full, new "
                         "mail to it is refused (senders are told to try again later) "

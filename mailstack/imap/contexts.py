@@ -64,7 +64,7 @@ def start(s: Session, tag: str, uid: bool, key: k.SearchKey,
 
 
 async def cancelupdate(s: Session, c: t.CancelUpdate) -> str | None:
-    """RFC 5267 §4.3: CANCELUPDATE stops the named contexts; an unknown tag is a NO and
+    """RFC 5267 §4.3.5: CANCELUPDATE stops the named contexts; an unknown tag is a NO and
     cancels nothing."""
     view = s.require_view()
     unknown = [tag for tag in c.tags if tag not in view.contexts]

@@ -73,7 +73,7 @@ def return_options(lx: Lexer, allowed: frozenset[str]
 
 
 def parse_cancelupdate(lx: Lexer, tag: str) -> t.Command:
-    """RFC 5267 §4.3: CANCELUPDATE 1*(SP quoted)."""
+    """RFC 5267 §4.3.5: CANCELUPDATE 1*(SP quoted)."""
     tags: list[str] = []
     while lx.maybe_sp():
         tags.append(lx.quoted().decode("ascii", "replace"))

@@ -296,7 +296,7 @@ class Sort(Command):
 
 @dataclass(frozen=True, kw_only=True)
 class CancelUpdate(Command):
-    """CANCELUPDATE "tag" ... (RFC 5267 §4.3): stop the updates of those contexts."""
+    """CANCELUPDATE "tag" ... (RFC 5267 §4.3.5): stop the updates of those contexts."""
 
     NAME: ClassVar[str] = "CANCELUPDATE"
     tags: tuple[str, ...]

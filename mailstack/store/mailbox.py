@@ -116,6 +116,26 @@ class MailboxMixin(StoreBase):
                 q.address_id == address_id))).first()
         return (int(row[0]), not row[1]) if row is not None else (0, True)
 
+    async def storage_state(self, address: str) -> tuple[int, str, int, bool] | None:
+        """(address id, its domain's plan, octets used, storage warning armed) of a
+        hosted address, in ONE query (checked after every delivery); None if unknown."""
+        from .accounts import split_address
+
+        try:
+            local, domain = split_address(address)
+        except NotFound:
+            return None
+        a, d, q = t.addresses.c, t.domains.c, t.quota_usage.c
+        async with self._read() as conn:
+            row = (await conn.execute(
+                select(a.id, d.plan, q.bytes, q.warn_rearm_below)
+                .select_from(t.addresses.join(t.domains).outerjoin(
+                    t.quota_usage, q.address_id == a.id))
+                .where(and_(d.name == domain, a.local_key == local.lower())))).first()
+        if row is None:
+            return None
+        return int(row[0]), str(row[1]), int(row[2] or 0), not row[3]
+
     async def claim_quota_warning(self, address_id: int, over: int, rearm_below: int
                                   ) -> bool:
         """Claim the storage warning of an address whose usage is above ``over``: True
