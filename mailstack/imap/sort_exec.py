@@ -32,13 +32,24 @@ BATCH = 1024
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")  # never in stored Message-IDs (thread_rows)
 
 
+def _storable(text: str) -> str:
+    """Text any backend stores: raw 8-bit header bytes that are not UTF-8 (kept as
+    surrogates when parsed) become U+FFFD, NUL is dropped (PostgreSQL text has none)."""
+    if text.isascii():
+        return text.replace("\x00", "")
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace").replace(
+        "\x00", "")
+
+
 def _extract(items: list[tuple[int, int, float, bytes]]) -> list[SortKeyRow]:
     out = []
+    s = _storable
     for id_, uid, arrival, header in items:
         sk = sorting.keys_from_header(uid, uid, arrival, 0, header)
-        out.append(SortKeyRow(id_, sk.date, sk.subject, sk.is_reply, sk.from_, sk.to, sk.cc,
-                              sk.display_from, sk.display_to, _CONTROL.sub("", sk.message_id),
-                              _CONTROL.sub("", " ".join(sk.references))))
+        out.append(SortKeyRow(id_, sk.date, s(sk.subject), sk.is_reply, s(sk.from_),
+                              s(sk.to), s(sk.cc), s(sk.display_from), s(sk.display_to),
+                              _CONTROL.sub("", s(sk.message_id)),
+                              _CONTROL.sub("", s(" ".join(sk.references)))))
     return out
 
 

@@ -154,3 +154,23 @@ async def test_sort_keys_cached_after_first_use(imap_app: App,
     assert out[0] == b"* SORT 4 5 2 3 1\r\n", out
     assert reads == [1]
     await raw.close()
+
+
+async def test_sort_odd_header_bytes(imap_app: App) -> None:
+    """Raw 8-bit (not UTF-8) subjects and an encoded NUL are stored and sorted, on both
+    backends; the command never fails on them."""
+    assert imap_app.store is not None
+    fid = await inbox_id(imap_app)
+    await imap_app.store.append(fid, b"Subject: \xe9t\xe9\r\nFrom: \xff <a@x.org>\r\n"
+                                     b"Message-ID: <x\x01y@z>\r\n\r\nx\r\n")
+    await imap_app.store.append(fid, b"Subject: =?utf-8?q?a=00b?=\r\nFrom: b@x.org\r\n\r\n"
+                                     b"y\r\n")
+    await imap_app.store.append(fid, b"Subject: Zed\r\nFrom: c@x.org\r\n\r\nz\r\n")
+    raw = await Raw.connect(imap_app.ports["imap"])
+    await raw.login()
+    await raw.cmd(b"s", b"SELECT INBOX")
+    out = await raw.cmd(b"a", b"SORT (SUBJECT) UTF-8 ALL")
+    assert out[0] == b"* SORT 2 3 1\r\n", out  # "AB" < "ZED" < U+FFFD...
+    out = await raw.cmd(b"t", b"THREAD REFERENCES UTF-8 ALL")
+    assert out[-1].startswith(b"t OK"), out
+    await raw.close()
