@@ -122,16 +122,21 @@ def _m_imap_ext(conn: Connection) -> None:
         sort_from=bindparam("f"), sort_to=bindparam("t"), sort_cc=bindparam("c"),
         sort_dfrom=bindparam("df"), sort_dto=bindparam("dt"), thread_id=bindparam("i"),
         thread_refs=bindparam("rf"), sort_keys=None)
+    def s(x: Any) -> str:  # storable: raw 8-bit bytes were kept as surrogates; no NUL
+        return str(x).encode("utf-8", "surrogateescape").decode("utf-8", "replace") \
+            .replace("\x00", "")
+
     batch: list[dict[str, Any]] = []
     for id_, text_ in rows:
         try:  # "sk1" JSON (mailstack/imap/sorting.py before the columns)
             v = json.loads(text_)
             if v[0] != "sk1":
                 continue
-            batch.append({"_id": id_, "d": float(v[1]), "s": str(v[2]), "r": int(bool(v[3])),
-                          "f": str(v[4]), "t": str(v[5]), "c": str(v[6]), "df": str(v[7]),
-                          "dt": str(v[8]), "i": str(v[9]),
-                          "rf": " ".join(str(x) for x in v[10])})
+            refs = " ".join(s(x) for x in v[10])
+            batch.append({"_id": id_, "d": float(v[1]), "s": s(v[2]), "r": int(bool(v[3])),
+                          "f": s(v[4]), "t": s(v[5]), "c": s(v[6]), "df": s(v[7]),
+                          "dt": s(v[8]), "i": "".join(c for c in s(v[9]) if c >= " "),
+                          "rf": "".join(c for c in refs if c >= " ")})
         except (ValueError, TypeError, IndexError):
             continue  # computed again on first use
         if len(batch) >= 500:

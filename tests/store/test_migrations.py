@@ -87,8 +87,8 @@ async def test_sort_keys_move_from_json_to_columns(db_url: str, tmp_path: Path) 
     one = await store.append(inbox.id, b"Subject: a\r\n\r\nx\r\n")
     two = await store.append(inbox.id, b"Subject: b\r\n\r\ny\r\n")
     m = current.messages
-    old = ["sk1", 1704103200.0, "HELLO", True, "ANN", "BOB", "", "ANN X", "BOB", "<a@x>",
-           ["<r1@x>", "<r2@x>"]]
+    old = ["sk1", 1704103200.0, "HELLO\udce9\x00", True, "ANN", "BOB", "", "ANN X", "BOB",
+           "<a@x>", ["<r1@x>", "<r2@x>"]]
     async with store.engine.begin() as conn:
         await conn.execute(update(m).where(m.c.id == one.id).values(sort_keys=json.dumps(old)))
         await conn.execute(update(m).where(m.c.id == two.id).values(sort_keys="damaged"))
@@ -99,7 +99,7 @@ async def test_sort_keys_move_from_json_to_columns(db_url: str, tmp_path: Path) 
     r1, r2 = rows[one.id], rows[two.id]
     assert (r1.sort_date, r1.sort_subject, r1.sort_reply, r1.sort_from, r1.sort_to,
             r1.sort_cc, r1.sort_dfrom, r1.sort_dto, r1.thread_id, r1.thread_refs) == (
-        1704103200.0, "HELLO", 1, "ANN", "BOB", "", "ANN X", "BOB", "<a@x>",
+        1704103200.0, "HELLO\ufffd", 1, "ANN", "BOB", "", "ANN X", "BOB", "<a@x>",
         "<r1@x> <r2@x>")
     assert r1.sort_keys is None
     assert r2.sort_date is None and r2.sort_keys == "damaged"
