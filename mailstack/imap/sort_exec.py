@@ -29,6 +29,7 @@ from mailstack.imap.session import Session
 from mailstack.store import SortKeyRow, Store, thread_row
 
 BATCH = 1024
+WRITE_BATCH = 16384
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")  # never in stored Message-IDs (thread_rows)
 
 
@@ -55,15 +56,21 @@ def _extract(items: list[tuple[int, int, float, bytes]]) -> list[SortKeyRow]:
 
 async def fill_keys(store: Store, folder_id: int) -> None:
     """Compute and store the keys of the folder's messages that have none yet: only
-    their header blocks are read, ``BATCH`` per thread hop, one write per batch."""
+    their header blocks are read, ``BATCH`` per thread hop; written ``WRITE_BATCH`` at a
+    time (each write is a transaction with its fsync and a hold of the writer lock:
+    few, but none so long that deliveries wait on it for long)."""
     missing = await store.unkeyed_messages(folder_id)
+    pending: list[SortKeyRow] = []
     for i in range(0, len(missing), BATCH):
         batch = missing[i:i + BATCH]
         heads = await store.read_messages([(r.blob_id, r.prefix) for r in batch],
                                           header_only=True)
-        rows = await asyncio.to_thread(_extract, [
+        pending += await asyncio.to_thread(_extract, [
             (r.id, r.uid, r.internal_date, h) for r, h in zip(batch, heads, strict=True)])
-        await store.set_sort_key_rows(rows)
+        if len(pending) >= WRITE_BATCH:
+            await store.set_sort_key_rows(pending)
+            pending = []
+    await store.set_sort_key_rows(pending)
 
 
 async def _matching(s: Session, key: k.SearchKey) -> tuple[set[int], list[tuple[int, int]]]:

@@ -71,6 +71,8 @@ _UPPER = {c: c - 32 for c in range(ord("a"), ord("z") + 1)}
 
 def decode_words(value: str) -> str:
     """RFC 2047 encoded words to text; undecodable input stays as it is."""
+    if "=?" not in value:
+        return value  # no encoded word (the common case): nothing to decode
     try:
         return str(email.header.make_header(email.header.decode_header(value)))
     except Exception:  # malformed encoded words
