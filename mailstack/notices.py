@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import email.utils
 import logging
+import math
 import time
 import uuid
 from collections.abc import Callable, Coroutine, Sequence
@@ -37,6 +38,9 @@ from .policy.quota import warning_due, warning_levels
 from .store import DeliveryTarget, Store
 
 log = logging.getLogger("mailstack.notices")
+
+HEADROOM_SECONDS = 60.0  # how long a looked-up distance to the warning level is trusted
+HEADROOM_MARGIN = 4096  # counted per stored message beyond its size (per-copy headers)
 
 
 def compose_notice(*, hostname: str, to: str, subject: str, body: str, now: float,
@@ -76,6 +80,8 @@ class Notifier:
         self.clock = clock
         self.quota = quota or QuotaSettings()
         self.plan_of = plan_of
+        # address -> (until, octets left below the warning level), see after_storing
+        self._headroom: dict[str, tuple[float, float]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
@@ -97,11 +103,36 @@ class Notifier:
         if self.settings.notify_failed_logins:
             self._spawn(self._failed(address_id, email_addr, client_ip, protocol))
 
-    def after_storing(self, emails: Sequence[str]) -> None:
-        """Mail was stored for these addresses (delivery, APPEND, COPY): send the storage
-        warning to each one that just went past its level. Never raises, never waits."""
-        if self.quota.warning_percent and self.plan_of is not None and emails:
-            self._spawn(self._storage_warnings(list(emails)))
+    def after_storing(self, emails: Sequence[str], size: int) -> None:
+        """``size`` octets were stored for each of these addresses (delivery, APPEND,
+        COPY): send the storage warning to each one that just went past its level.
+        Never raises, never waits.
+
+        The store is asked only when an address may be near its level: after each look
+        the octets left below it are remembered for ``HEADROOM_SECONDS`` and counted
+        down by what this process stores (with a margin), so a mailbox far from full
+        costs one query per minute, not one per delivery. Stores by other processes
+        are seen at the latest when the remembered figure expires."""
+        if not (self.quota.warning_percent and self.plan_of is not None and emails):
+            return
+        now = self.clock()
+        cost = size + HEADROOM_MARGIN
+        due = []
+        for email_addr in emails:
+            key = email_addr.lower()
+            left = self._headroom.get(key)
+            if left is not None and left[0] > now and left[1] > cost:
+                self._headroom[key] = (left[0], left[1] - cost)
+                continue
+            self._headroom.pop(key, None)
+            due.append(email_addr)
+        if due:
+            self._spawn(self._storage_warnings(due))
+
+    def _remember(self, email_addr: str, left: float) -> None:
+        if len(self._headroom) >= 100_000:
+            self._headroom.clear()
+        self._headroom[email_addr.lower()] = (self.clock() + HEADROOM_SECONDS, left)
 
     async def _storage_warnings(self, emails: list[str]) -> None:
         assert self.plan_of is not None
@@ -114,9 +145,16 @@ class Notifier:
                 quota = self.plan_of(plan).storage_quota
                 levels = warning_levels(quota, self.quota.warning_percent,
                                         self.quota.warning_rearm_percent)
+                # what must be added before a warning can be due: up to the level, or
+                # once warned, from below the re-arm level up to it again (deletes in
+                # between only make that more)
+                if levels is None:
+                    self._remember(email_addr, math.inf)
+                    continue
+                self._remember(email_addr, levels.over - used if armed and used <= levels.over
+                               else levels.over - levels.rearm)
                 if not warning_due(used, levels, armed):
                     continue
-                assert levels is not None
                 if not await self.store.claim_quota_warning(address_id, levels.over,
                                                             levels.rearm):
                     continue  # another delivery sent it
