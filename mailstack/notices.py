@@ -11,7 +11,7 @@ access to it when that login is elsewhere (hosted here: its INBOX; otherwise the
 outbound queue). Notices are ``Auto-Submitted: auto-generated`` (RFC 3834 §5) with a
 null return path, so autoresponders never answer them.
 
-Storage warnings (docs/behaviour.md §8): when a delivery or an APPEND/COPY takes an
+Storage warnings (docs/behaviour.md §3): when a delivery or an APPEND/COPY takes an
 address's storage past ``[quota] warning_percent`` of its plan's storage quota, one
 warning goes to that address's INBOX. The store claims it with one conditional UPDATE
 (concurrent deliveries: exactly one wins); deleting mail below

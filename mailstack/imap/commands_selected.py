@@ -143,7 +143,7 @@ async def copy(s: Session, c: t.Copy) -> str | None:
     pairs = await s.store.copy_messages(view.folder_id, uids, dst.id)
     if not pairs:
         return None
-    # the 90 % warning (behaviour.md §8)
+    # the 90 % warning (behaviour.md §3)
     s.services.notifier.after_storing([s.email], sum(r.size for r in rows))
     return f"[{_copyuid(dst, pairs)}] COPY completed"
 

@@ -47,7 +47,7 @@ def usage_kib(octets: int) -> int:
 
 @dataclass(frozen=True)
 class WarningLevels:
-    """When a storage warning is due (docs/behaviour.md §8): usage above ``over``
+    """When a storage warning is due (docs/behaviour.md §3): usage above ``over``
     octets warns once; the warning is re-armed when usage drops below ``rearm``."""
 
     over: int

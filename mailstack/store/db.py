@@ -102,7 +102,7 @@ def _m_imap(conn: Connection) -> None:
 
 
 def _m_imap_ext(conn: Connection) -> None:
-    """The storage warning's re-arm level (docs/behaviour.md §8) and the SORT/THREAD keys
+    """The storage warning's re-arm level (docs/behaviour.md §3) and the SORT/THREAD keys
     as columns (RFC 5256), so that SORT is an ORDER BY; keys already cached as JSON are
     moved into the columns, the others are computed on first use."""
     import json

@@ -191,7 +191,7 @@ quota_usage = Table(
            primary_key=True),
     Column("bytes", BigInteger, nullable=False, default=0),
     Column("messages", BigInteger, nullable=False, default=0),
-    # storage warning (docs/behaviour.md §8): 0 = armed; else the octet level usage must
+    # storage warning (docs/behaviour.md §3): 0 = armed; else the octet level usage must
     # drop below before the next warning (set when one is sent, cleared by deletes)
     Column("warn_rearm_below", BigInteger, nullable=False, default=0, server_default="0"),
 )

@@ -1,4 +1,4 @@
-"""The storage warning (docs/behaviour.md §8): when a delivery (SMTP) or an APPEND takes
+"""The storage warning (docs/behaviour.md §3): when a delivery (SMTP) or an APPEND takes
 an address past 90 % of its plan's storage quota, ONE warning mail reaches its INBOX;
 further mail sends no second one until usage has dropped below 85 % and risen again.
 Concurrent deliveries crossing the line together still send one."""
