@@ -307,6 +307,13 @@ class QuotaSettings:
     over_quota_permanent: bool = _f(False, "SMTP RCPT to an address over its storage quota "
                                     "gets 552 5.2.2 (permanent) instead of 452 4.2.2 "
                                     "(temporary: the sender retries; RFC 3463).")
+    warning_percent: int = _f(90, "When a delivery or APPEND takes an address's storage "
+                              "past this share of its plan's storage quota, one warning "
+                              "mail goes to that address (once per crossing); 0: never.",
+                              min=0, max=100)
+    warning_rearm_percent: int = _f(85, "The warning is sent again only after usage has "
+                                    "dropped below this share of the quota.", min=0,
+                                    max=100)
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,14 @@ access to it when that login is elsewhere (hosted here: its INBOX; otherwise the
 outbound queue). Notices are ``Auto-Submitted: auto-generated`` (RFC 3834 §5) with a
 null return path, so autoresponders never answer them.
 
-Sending runs in the background: a login reply never waits for it. ``drain()`` waits for
-pending notices (tests, shutdown).
+Storage warnings (docs/behaviour.md §3): when a delivery or an APPEND/COPY takes an
+address's storage past ``[quota] warning_percent`` of its plan's storage quota, one
+warning goes to that address's INBOX. The store claims it with one conditional UPDATE
+(concurrent deliveries: exactly one wins); deleting mail below
+``warning_rearm_percent`` re-arms it.
+
+Sending runs in the background: a login reply or a 250 never waits for it. ``drain()``
+waits for pending notices (tests, shutdown).
 """
 
 from __future__ import annotations
@@ -21,21 +27,27 @@ import asyncio
 import contextlib
 import email.utils
 import logging
+import math
 import time
 import uuid
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
-from .config import AuthSettings
+from .config import AuthSettings, PlanSettings, QuotaSettings
+from .policy.quota import warning_due, warning_levels
 from .store import DeliveryTarget, Store
 
 log = logging.getLogger("mailstack.notices")
 
+HEADROOM_SECONDS = 60.0  # how long a looked-up distance to the warning level is trusted
+HEADROOM_MARGIN = 4096  # counted per stored message beyond its size (per-copy headers)
 
-def compose_notice(*, hostname: str, to: str, subject: str, body: str, now: float) -> bytes:
+
+def compose_notice(*, hostname: str, to: str, subject: str, body: str, now: float,
+                   from_name: str = "Mail security") -> bytes:
     """A plain-text notice. Only ASCII header values; the body is UTF-8."""
     headers = [
-        f"From: Mail security <postmaster@{hostname}>",
+        f"From: {from_name} <postmaster@{hostname}>",
         f"To: <{to}>",
         f"Subject: {subject}",
         f"Date: {email.utils.formatdate(now, usegmt=True)}",
@@ -49,17 +61,27 @@ def compose_notice(*, hostname: str, to: str, subject: str, body: str, now: floa
     return ("\r\n".join(headers) + "\r\n\r\n" + text + "\r\n").encode()
 
 
+def _mib(octets: int) -> str:
+    return f"{octets / (1 << 20):.1f} MiB"
+
+
 def _when(now: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(now))
 
 
 class Notifier:
     def __init__(self, store: Store, hostname: str, settings: AuthSettings,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, *,
+                 quota: QuotaSettings | None = None,
+                 plan_of: Callable[[str], PlanSettings] | None = None) -> None:
         self.store = store
         self.hostname = hostname
         self.settings = settings
         self.clock = clock
+        self.quota = quota or QuotaSettings()
+        self.plan_of = plan_of
+        # address -> (until, octets left below the warning level), see after_storing
+        self._headroom: dict[str, tuple[float, float]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
@@ -80,6 +102,81 @@ class Notifier:
                      protocol: str) -> None:
         if self.settings.notify_failed_logins:
             self._spawn(self._failed(address_id, email_addr, client_ip, protocol))
+
+    def after_storing(self, emails: Sequence[str], size: int) -> None:
+        """``size`` octets were stored for each of these addresses (delivery, APPEND,
+        COPY): send the storage warning to each one that just went past its level.
+        Never raises, never waits.
+
+        The store is asked only when an address may be near its level: after each look
+        the octets left below it are remembered for ``HEADROOM_SECONDS`` and counted
+        down by what this process stores (with a margin), so a mailbox far from full
+        costs one query per minute, not one per delivery. Stores by other processes
+        are seen at the latest when the remembered figure expires."""
+        if not (self.quota.warning_percent and self.plan_of is not None and emails):
+            return
+        now = self.clock()
+        cost = size + HEADROOM_MARGIN
+        due = []
+        for email_addr in emails:
+            key = email_addr.lower()
+            left = self._headroom.get(key)
+            if left is not None and left[0] > now and left[1] > cost:
+                self._headroom[key] = (left[0], left[1] - cost)
+                continue
+            self._headroom.pop(key, None)
+            due.append(email_addr)
+        if due:
+            self._spawn(self._storage_warnings(due))
+
+    def _remember(self, email_addr: str, left: float) -> None:
+        if len(self._headroom) >= 100_000:
+            self._headroom.clear()
+        self._headroom[email_addr.lower()] = (self.clock() + HEADROOM_SECONDS, left)
+
+    async def _storage_warnings(self, emails: list[str]) -> None:
+        assert self.plan_of is not None
+        for email_addr in emails:
+            try:
+                state = await self.store.storage_state(email_addr)
+                if state is None:
+                    continue
+                address_id, plan, used, armed = state
+                quota = self.plan_of(plan).storage_quota
+                levels = warning_levels(quota, self.quota.warning_percent,
+                                        self.quota.warning_rearm_percent)
+                # what must be added before a warning can be due: up to the level, or
+                # once warned, from below the re-arm level up to it again (deletes in
+                # between only make that more)
+                if levels is None:
+                    self._remember(email_addr, math.inf)
+                    continue
+                self._remember(email_addr, levels.over - used if armed and used <= levels.over
+                               else levels.over - levels.rearm)
+                if not warning_due(used, levels, armed):
+                    continue
+                if not await self.store.claim_quota_warning(address_id, levels.over,
+                                                            levels.rearm):
+                    continue  # another delivery sent it
+                addr = await self.store.get_address_by_id(address_id)
+                if addr is None:
+                    continue
+                body = (f"Your mailbox {addr.email} uses {_mib(used)} of its "
+                        f"{_mib(quota)} ({used * 100 // quota} %).\n\nWhen it is full, new "
+                        "mail to it is refused (senders are told to try again later) "
+                        "and messages cannot be saved to it. Delete messages you no longer "
+                        "need, and empty the Trash and Junk folders, to make room.\n\n"
+                        "You get this warning once; another one only after the usage has "
+                        f"dropped below {self.quota.warning_rearm_percent} % and risen "
+                        "again.\n")
+                data = compose_notice(hostname=self.hostname, to=addr.email,
+                                      subject="Your mailbox is almost full", body=body,
+                                      now=self.clock(), from_name="Mail storage")
+                await self._deliver(addr.email, data)
+                log.info("storage warning sent to %s (%d of %d octets)", addr.email, used,
+                         quota)
+            except Exception:  # a warning must never break a delivery
+                log.exception("storage warning for %s failed", email_addr)
 
     async def _new_network(self, address_id: int, email_addr: str, client_ip: str,
                            protocol: str) -> None:

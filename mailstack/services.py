@@ -89,7 +89,8 @@ class Services:
                               cache_seconds=a.credential_cache_seconds,
                               cache_size=a.credential_cache_size)
         guard = LoginGuard(a, store, clock)
-        notifier = Notifier(store, settings.server.hostname, a, clock)
+        notifier = Notifier(store, settings.server.hostname, a, clock,
+                            quota=settings.quota, plan_of=settings.plan)
         auth = CountingAuthenticator(store, passwords, guard, a, notifier)
         # replies that leave for the internet are DKIM-signed like all outbound mail
         autoreplies = Autoresponder(store, settings.autoresponder, settings.server.hostname,

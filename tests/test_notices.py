@@ -93,3 +93,54 @@ async def test_notice_to_granted_user_elsewhere(store: Store) -> None:
     assert len(await store.list_messages(inbox)) == 1
     (queued,) = await store.list_queue()
     assert queued.recipient == "boss@remote.org" and queued.sender == ""
+
+
+async def test_storage_warning_asks_the_store_only_near_the_level(store: Store) -> None:
+    """docs/behaviour.md §3: far below the 90 % level, deliveries are counted down
+    locally (one store query per minute per address); near it every delivery is
+    checked, and the warning goes out once the store's usage is past it."""
+    from typing import Any
+
+    from mailstack.config import PlanSettings, QuotaSettings
+    from mailstack.store import DeliveryTarget
+
+    _, _, clock, inbox = await setup(store)
+    plan = PlanSettings(storage_quota=100_000)
+    notifier = Notifier(store, "mail.example.net", SETTINGS, clock, quota=QuotaSettings(),
+                        plan_of=lambda _name: plan)
+    looks: list[str] = []
+    real = store.storage_state
+
+    async def storage_state(address: str) -> Any:
+        looks.append(address)
+        return await real(address)
+
+    store.storage_state = storage_state  # type: ignore[method-assign]
+
+    async def deliver(size: int) -> None:
+        data = b"Subject: x\r\n\r\n" + b"y" * (size - 14)
+        blob = await store.put_blob(data)
+        await store.deliver(blob, len(data), [DeliveryTarget(inbox)])
+        notifier.after_storing(["anna@example.com"], len(data))
+        await notifier.drain()
+
+    for _ in range(5):
+        await deliver(1000)
+    assert len(looks) == 1  # 5 kB used: 85 kB of room remembered
+    clock.now += 61
+    await deliver(1000)
+    assert len(looks) == 2  # the remembered figure expired
+    for _ in range(9):
+        await deliver(9000)  # 87 kB: the countdown (with its margin) reaches the level
+    assert 3 <= len(looks) <= 9
+    async def warnings() -> int:
+        n = 0
+        for m in await store.list_messages(inbox):
+            n += b"Subject: Your mailbox is almost full" in await store.message_bytes(m)
+        return n
+
+    assert await warnings() == 0
+    await deliver(4000)  # 91 kB: past 90 %
+    assert await warnings() == 1
+    await deliver(1000)
+    assert await warnings() == 1

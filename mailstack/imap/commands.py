@@ -13,6 +13,7 @@ from mailstack.imap import commands_quota as quota
 from mailstack.imap import commands_selected as sel
 from mailstack.imap import types as t
 from mailstack.imap.commands_notify import notify
+from mailstack.imap.contexts import cancelupdate
 from mailstack.imap.fetch import fetch
 from mailstack.imap.search_exec import search
 from mailstack.imap.session import AUTH, LOGOUT, NOT_AUTH, SELECTED, Handler
@@ -65,6 +66,7 @@ SELECTED_STATE: dict[type[t.Command], Handler] = {
     t.Search: search,
     t.Sort: sort,
     t.Thread: thread,
+    t.CancelUpdate: cancelupdate,
     t.Fetch: fetch,
     t.Store: sel.store,
     t.Copy: sel.copy,

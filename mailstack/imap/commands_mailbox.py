@@ -354,5 +354,7 @@ async def append(s: Session, c: t.Append) -> str | None:
         msgs = [await s.store.append(folder.id, data, flags=flags, internal_date=when)]
     else:
         msgs = await s.store.append_many(folder.id, items)
+    # the 90 % warning (behaviour.md §3)
+    s.services.notifier.after_storing([s.email], sum(len(d) for d, _, _ in items))
     uids = respond.seq_set(m.uid for m in msgs)
     return f"[APPENDUID {folder.uidvalidity} {uids}] APPEND completed"  # RFC 4315 §3

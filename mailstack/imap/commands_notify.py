@@ -27,6 +27,7 @@ import logging
 
 from mailstack.imap import respond
 from mailstack.imap import types as t
+from mailstack.imap.contexts import flush_view
 from mailstack.imap.sequence import SeqRange, SequenceSet
 from mailstack.imap.session import Session
 from mailstack.store import (
@@ -145,7 +146,7 @@ class Notifier:
         view = s.view
         assert view is not None
         before = len(view.uids)
-        for line in await view.flush(allow_expunge=g.filter == "selected"):
+        for line in await flush_view(s, view, allow_expunge=g.filter == "selected"):
             s.send(line)
         fresh = view.uids[before:] if len(view.uids) > before else []
         if g.fetch and fresh:

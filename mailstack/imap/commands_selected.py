@@ -21,6 +21,7 @@ import asyncio
 from mailstack.imap import respond
 from mailstack.imap import types as t
 from mailstack.imap.commands_quota import check as check_quota
+from mailstack.imap.contexts import flush_view, removing
 from mailstack.imap.mailbox_view import MailboxView
 from mailstack.imap.parser import is_idle_done
 from mailstack.imap.session import Session
@@ -61,7 +62,7 @@ async def expunge(s: Session, c: t.Expunge) -> str | None:
     if uids is not None and not uids:
         return None
     gone = await s.store.expunge(view.folder_id, uids)
-    for line in view.remove(gone):
+    for line in removing(view, gone) + view.remove(gone):  # RFC 5267 §4.3 first
         s.send(line)
     return await _with_highestmodseq(s, view, bool(gone), "EXPUNGE completed")
 
@@ -73,7 +74,7 @@ async def _with_highestmodseq(s: Session, view: MailboxView, changed: bool,
     told first, so the value never skips a change the client has not seen."""
     if not changed or not view.condstore:
         return text
-    for line in await view.flush(allow_expunge=True):
+    for line in await flush_view(s, view, allow_expunge=True):
         s.send(line)
     return f"[HIGHESTMODSEQ {view.reported_modseq}] {text}"
 
@@ -142,6 +143,8 @@ async def copy(s: Session, c: t.Copy) -> str | None:
     pairs = await s.store.copy_messages(view.folder_id, uids, dst.id)
     if not pairs:
         return None
+    # the 90 % warning (behaviour.md §3)
+    s.services.notifier.after_storing([s.email], sum(r.size for r in rows))
     return f"[{_copyuid(dst, pairs)}] COPY completed"
 
 
@@ -154,7 +157,8 @@ async def move(s: Session, c: t.Move) -> str | None:
     pairs = await s.store.move_messages(view.folder_id, uids, dst.id)
     if pairs:
         s.send(respond.untagged(f"OK [{_copyuid(dst, pairs)}] Moved"))
-        for line in view.remove(a for a, _ in pairs):
+        moved = [a for a, _ in pairs]
+        for line in removing(view, moved) + view.remove(moved):  # RFC 5267 §4.3 first
             s.send(line)
     return await _with_highestmodseq(s, view, bool(pairs), "MOVE completed")
 
@@ -170,7 +174,7 @@ async def idle(s: Session, c: t.Idle) -> str | None:
         while True:
             view = s.view
             if view is not None:
-                for out in await view.flush(allow_expunge=True):
+                for out in await flush_view(s, view, allow_expunge=True):
                     s.send(out)
                 await s.conn.drain()
             waiter = asyncio.ensure_future(s.sub.queue.get()) if s.sub is not None else None

@@ -30,6 +30,7 @@ import asyncio
 import bisect
 import logging
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from mailstack.imap import respond
 from mailstack.imap.sequence import SequenceSet
@@ -45,6 +46,9 @@ from mailstack.store import (
     Subscription,
 )
 from mailstack.store.base import flags_from_db
+
+if TYPE_CHECKING:
+    from mailstack.imap.contexts import LiveContext
 
 log = logging.getLogger("mailstack.imap")
 
@@ -81,6 +85,7 @@ class MailboxView:
         self.rev1 = False
         self.recent: set[int] = set()
         self.keywords: dict[str, str] = {}  # lower-case -> spelling, as announced
+        self.contexts: dict[str, LiveContext] = {}  # RFC 5267 live results (contexts.py)
 
     # --- \Recent and keywords (RFC 3501 §2.3.2, §7.2.6) ---------------------------
     @property

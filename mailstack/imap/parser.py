@@ -33,6 +33,7 @@ from mailstack.imap import types as t
 from mailstack.imap.fetch_items import parse_fetch_atts
 from mailstack.imap.lexer import Lexer, LiteralData, ParseError, TooBig
 from mailstack.imap.parser_ext import (
+    parse_cancelupdate,
     parse_cat_parts,
     parse_compress,
     parse_getmetadata,
@@ -43,6 +44,7 @@ from mailstack.imap.parser_ext import (
     parse_setquota,
     parse_sort,
     parse_thread,
+    return_options,
 )
 from mailstack.imap.search import SearchParser
 from mailstack.imap.sequence import SequenceSet
@@ -555,19 +557,17 @@ def _append(lx: Lexer, tag: str) -> t.Command:
     return t.Append(tag=tag, mailbox=mailbox, messages=tuple(messages))
 
 
-SEARCH_RETURN = frozenset({"MIN", "MAX", "ALL", "COUNT", "SAVE"})
+SEARCH_RETURN = frozenset({"MIN", "MAX", "ALL", "COUNT", "SAVE", "CONTEXT", "UPDATE",
+                           "PARTIAL"})
 
 
 def _search(lx: Lexer, tag: str, uid: bool = False) -> t.Command:
     lx.sp()
     returns: frozenset[str] | None = None
-    if lx.maybe_word(b"RETURN"):  # RFC 4731 §3 / RFC 9051 §6.4.4.1
+    partial: tuple[int, int] | None = None
+    if lx.maybe_word(b"RETURN"):  # RFC 4731 §3 / RFC 9051 §6.4.4.1 / RFC 5267 §4
         lx.sp()
-        opts = lx.paren_list()
-        for opt in opts:
-            if opt not in SEARCH_RETURN:
-                raise lx.error(f"unknown SEARCH return option {opt}")
-        returns = frozenset(opts)
+        returns, partial = return_options(lx, SEARCH_RETURN)
         lx.sp()
     charset: str | None = None
     if lx.maybe_word(b"CHARSET"):
@@ -576,7 +576,8 @@ def _search(lx: Lexer, tag: str, uid: bool = False) -> t.Command:
         charset = lx.utf8_text(raw).upper()
         lx.sp()
     key = SearchParser(lx, charset).program()
-    return t.Search(tag=tag, uid=uid, return_options=returns, charset=charset, key=key)
+    return t.Search(tag=tag, uid=uid, return_options=returns, charset=charset, key=key,
+                    partial=partial)
 
 
 def _fetch(lx: Lexer, tag: str, uid: bool = False) -> t.Command:
@@ -684,6 +685,7 @@ COMMANDS: dict[str, Handler] = {
     "COMPRESS": parse_compress,
     "GETMETADATA": parse_getmetadata,
     "NOTIFY": parse_notify,
+    "CANCELUPDATE": parse_cancelupdate,
     "GETQUOTA": parse_getquota,
     "GETQUOTAROOT": parse_getquotaroot,
     "SETQUOTA": parse_setquota,

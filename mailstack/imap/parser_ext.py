@@ -10,7 +10,7 @@ import re
 
 from mailstack.imap import types as t
 from mailstack.imap.fetch_items import FetchAtt, parse_fetch_atts
-from mailstack.imap.lexer import Lexer
+from mailstack.imap.lexer import MAX_NUMBER, Lexer
 from mailstack.imap.search import SearchParser
 
 
@@ -38,7 +38,50 @@ def parse_cat_parts(lx: Lexer) -> tuple[tuple[str, bytes | str], ...]:
         lx.sp()
 
 
-ESORT_RETURN = frozenset({"MIN", "MAX", "ALL", "COUNT"})
+ESORT_RETURN = frozenset({"MIN", "MAX", "ALL", "COUNT", "CONTEXT", "UPDATE", "PARTIAL"})
+_RANGE = re.compile(r"([0-9]{1,10}):([0-9]{1,10})\Z")
+
+
+def return_options(lx: Lexer, allowed: frozenset[str]
+                   ) -> tuple[frozenset[str], tuple[int, int] | None]:
+    """``RETURN (...)`` of SEARCH/SORT (RFC 4731 §3, RFC 5267 §3, §4): the option names
+    and the PARTIAL range (RFC 5267 §4.4: ``PARTIAL nz-number:nz-number``, low first)."""
+    opts = lx.paren_list()
+    names: set[str] = set()
+    partial: tuple[int, int] | None = None
+    i = 0
+    while i < len(opts):
+        opt = opts[i]
+        if opt not in allowed:
+            raise lx.error(f"unknown return option {opt}")
+        if opt in names:
+            raise lx.error(f"return option {opt} given twice")
+        names.add(opt)
+        if opt == "PARTIAL":
+            m = _RANGE.match(opts[i + 1]) if i + 1 < len(opts) else None
+            if m is None:
+                raise lx.error("PARTIAL needs a range low:high")
+            a, b = int(m.group(1)), int(m.group(2))
+            if not (0 < a <= MAX_NUMBER and 0 < b <= MAX_NUMBER):
+                raise lx.error("PARTIAL range out of bounds")
+            partial = (min(a, b), max(a, b))
+            i += 1
+        i += 1
+    if "PARTIAL" in names and "ALL" in names:
+        raise lx.error("PARTIAL conflicts with ALL")  # one or the other (RFC 5267 §4.4)
+    return frozenset(names), partial
+
+
+def parse_cancelupdate(lx: Lexer, tag: str) -> t.Command:
+    """RFC 5267 §4.3.5: CANCELUPDATE 1*(SP quoted)."""
+    tags: list[str] = []
+    while lx.maybe_sp():
+        tags.append(lx.quoted().decode("ascii", "replace"))
+        if len(tags) > 100:
+            raise lx.error("too many tags")
+    if not tags:
+        raise lx.error("CANCELUPDATE needs a tag")
+    return t.CancelUpdate(tag=tag, tags=tuple(tags))
 THREAD_ALGORITHMS = frozenset({"ORDEREDSUBJECT", "REFERENCES"})
 
 
@@ -53,13 +96,10 @@ def parse_sort(lx: Lexer, tag: str, uid: bool = False) -> t.Command:
 
     lx.sp()
     returns: frozenset[str] | None = None
+    partial: tuple[int, int] | None = None
     if lx.maybe_word(b"RETURN"):
         lx.sp()
-        opts = lx.paren_list()
-        for opt in opts:
-            if opt not in ESORT_RETURN:
-                raise lx.error(f"unknown SORT return option {opt}")
-        returns = frozenset(opts)
+        returns, partial = return_options(lx, ESORT_RETURN)
         lx.sp()
     lx.char(b"(")
     criteria: list[tuple[str, bool]] = []
@@ -81,7 +121,7 @@ def parse_sort(lx: Lexer, tag: str, uid: bool = False) -> t.Command:
     lx.sp()
     key = SearchParser(lx, charset).program()
     return t.Sort(tag=tag, uid=uid, criteria=tuple(criteria), charset=charset, key=key,
-                  return_options=returns)
+                  return_options=returns, partial=partial)
 
 
 def parse_thread(lx: Lexer, tag: str, uid: bool = False) -> t.Command:

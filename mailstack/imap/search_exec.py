@@ -18,6 +18,8 @@ Implementation notes (invariants):
 - String matching is case-insensitive substring matching on decoded text: RFC 2047
   encoded words in headers and transfer encodings / charsets of text parts are decoded.
 - ``$`` is kept as UIDs; a failed SEARCH ... SAVE leaves it empty (RFC 5182 §2.1).
+- RETURN (PARTIAL low:high) answers that window of the ascending result; RETURN
+  (UPDATE) keeps the result live (``mailstack.imap.contexts``, RFC 5267 §4).
 """
 
 from __future__ import annotations
@@ -307,8 +309,13 @@ async def evaluate(s: Session, key: k.SearchKey) -> list[tuple[int, int]]:
 
 
 async def search(s: Session, c: t.Search) -> str | None:
+    from mailstack.imap import contexts
+
     view = s.require_view()
     opts = c.return_options
+    update = opts is not None and "UPDATE" in opts  # RFC 5267 §4 (CONTEXT=SEARCH)
+    if update:
+        contexts.check_tag(s, c.tag)
     if opts is not None and "SAVE" in opts:
         view.saved = []  # RFC 5182 §2.1: a failing SEARCH leaves "$" empty
     found = await evaluate(s, c.key)
@@ -329,13 +336,17 @@ async def search(s: Session, c: t.Search) -> str | None:
         view.saved = sorted({uid for uid, _ in chosen})
         if opts == {"SAVE"}:
             return None
+    if update:
+        contexts.start(s, c.tag, c.uid, c.key, None, [uid for uid, _ in found])
     if opts is None and not s.rev2:
         line = "SEARCH" + "".join(f" {n}" for n in numbers)
         if modseq and found:
             line += f" (MODSEQ {top})"
         s.send(respond.untagged(line))
         return None
-    effective = (opts or frozenset()) - {"SAVE"} or frozenset({"ALL"})
+    effective = (opts or frozenset()) - {"SAVE", "CONTEXT", "UPDATE"}
+    if not effective:
+        effective = frozenset({"ALL"})
     parts = [f'(TAG "{c.tag}")'] + (["UID"] if c.uid else [])
     if "MIN" in effective and numbers:
         parts.append(f"MIN {min(numbers)}")
@@ -343,6 +354,10 @@ async def search(s: Session, c: t.Search) -> str | None:
         parts.append(f"MAX {max(numbers)}")
     if "ALL" in effective and numbers:
         parts.append(f"ALL {respond.seq_set(numbers)}")
+    if c.partial is not None:  # RFC 5267 §4.4: positions low..high of the result
+        window = numbers[c.partial[0] - 1:c.partial[1]]
+        parts.append(f"PARTIAL ({c.partial[0]}:{c.partial[1]} "
+                     f"{respond.seq_set(window) if window else 'NIL'})")
     if "COUNT" in effective:
         parts.append(f"COUNT {len(numbers)}")
     if modseq and found:

@@ -86,6 +86,8 @@ BASE_CAPS = (
     "SORT",
     "SORT=DISPLAY",
     "ESORT",
+    "CONTEXT=SEARCH",
+    "CONTEXT=SORT",
     "THREAD=ORDEREDSUBJECT",
     "THREAD=REFERENCES",
     "CATENATE",
@@ -324,7 +326,11 @@ class Session:
 
     async def _flush(self, cmd: t.Command) -> None:
         if self.view is not None and self.state == SELECTED:
-            for line in await self.view.flush(allow_expunge=self.expunge_allowed(cmd)):
+            from mailstack.imap.contexts import flush_view  # + RFC 5267 live results
+
+            for line in await flush_view(self, self.view,
+                                         allow_expunge=self.expunge_allowed(cmd),
+                                         force=isinstance(cmd, t.Store)):
                 self.send(line)
         elif self.sub is not None:
             while not self.sub.queue.empty():  # nothing selected: nothing to report

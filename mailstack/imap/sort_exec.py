@@ -4,68 +4,99 @@ UID THREAD (RFC 5256 §4) over the session's view.
 Implementation notes (invariants):
 - The messages are chosen by the SEARCH evaluator (same keys, same charset rules).
 - Sort keys are computed once per message from its header block (only the header is
-  read, in batches of ``BATCH``, one thread hop each) and cached in the store (one write
-  per command); later commands decode the cache. Extraction, decoding, sorting and
-  threading run off the event loop, so a big mailbox never blocks other clients.
+  read, in batches of ``BATCH``, one thread hop and one write each) and stored as
+  columns (``mailstack.store.sortkeys``); a SORT is then ONE ``ORDER BY`` query, the
+  matching UIDs kept in that order. THREAD reads the stored keys as plain rows and
+  threads off the event loop, so a big mailbox never blocks other clients.
+- ``SORT ... ALL`` takes the view's UIDs without evaluating a search.
 - With a MODSEQ search key the reply carries (MODSEQ n) like SEARCH (RFC 7162 §3.1.5).
 - ESORT (RFC 5267 §3.2): MIN/MAX are the first/last message in sort order, ALL lists
-  them in sort order (ranges only for ascending runs), COUNT their number.
+  them in sort order (ranges only for ascending runs), COUNT their number, PARTIAL a
+  window of positions of the sorted result (RFC 5267 §4.4); UPDATE keeps the result
+  live (``mailstack.imap.contexts``, CONTEXT=SORT).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
+import re
 
-from mailstack.imap import respond, sorting
+from mailstack.imap import contexts, respond, sorting
 from mailstack.imap import search as k
 from mailstack.imap import types as t
 from mailstack.imap.search_exec import evaluate
 from mailstack.imap.session import Session
+from mailstack.store import SortKeyRow, Store, thread_row
 
 BATCH = 1024
+WRITE_BATCH = 16384
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")  # never in stored Message-IDs (thread_rows)
 
 
-def _extract(items: list[tuple[int, int, float, int, bytes]]) -> list[sorting.SortKeys]:
-    return [sorting.keys_from_header(*x) for x in items]
+def _storable(text: str) -> str:
+    """Text any backend stores: raw 8-bit header bytes that are not UTF-8 (kept as
+    surrogates when parsed) become U+FFFD, NUL is dropped (PostgreSQL text has none)."""
+    if text.isascii():
+        return text.replace("\x00", "")
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace").replace(
+        "\x00", "")
 
 
-def _decode(items: list[tuple[int, int, float, int, str]]) -> list[sorting.SortKeys | None]:
-    try:  # one parse for all (fast); a damaged entry sends us the slow way
-        values = json.loads("[" + ",".join(x[4] for x in items) + "]")
-    except ValueError:
-        return [sorting.keys_from_json(*x) for x in items]
-    return [sorting.keys_from_value(*x[:4], v) for x, v in zip(items, values, strict=True)]
+def _extract(items: list[tuple[int, int, float, bytes]]) -> list[SortKeyRow]:
+    out = []
+    s = _storable
+    for id_, uid, arrival, header in items:
+        sk = sorting.keys_from_header(uid, uid, arrival, 0, header)
+        out.append(SortKeyRow(id_, sk.date, s(sk.subject), sk.is_reply, s(sk.from_),
+                              s(sk.to), s(sk.cc), s(sk.display_from), s(sk.display_to),
+                              _CONTROL.sub("", s(sk.message_id)),
+                              _CONTROL.sub("", s(" ".join(sk.references)))))
+    return out
 
 
-def _encode(keys: list[tuple[int, sorting.SortKeys]]) -> list[tuple[int, str]]:
-    return [(i, sorting.keys_json(k)) for i, k in keys]
-
-
-async def _keys(s: Session, found: list[tuple[int, int]]) -> list[sorting.SortKeys]:
-    """Keys of the matching messages: cached ones decoded, the others computed from the
-    header blocks and cached in ONE write (off the event loop throughout)."""
-    view = s.require_view()
-    pairs = await s.store.sort_rows(view.folder_id, [u for u, _ in found])
-    rows = [r for r, _ in pairs]
-    have = [(r.uid, view.seq_of(r.uid) or 0, r.internal_date, r.size, k)
-            for r, k in pairs if k is not None]
-    decoded = await asyncio.to_thread(_decode, have)
-    out = [k for k in decoded if k is not None]
-    done = {k.uid for k in out}
-    missing = [r for r in rows if r.uid not in done]
-    computed: list[tuple[int, sorting.SortKeys]] = []
+async def fill_keys(store: Store, folder_id: int) -> None:
+    """Compute and store the keys of the folder's messages that have none yet: only
+    their header blocks are read, ``BATCH`` per thread hop; written ``WRITE_BATCH`` at a
+    time (each write is a transaction with its fsync and a hold of the writer lock:
+    few, but none so long that deliveries wait on it for long)."""
+    missing = await store.unkeyed_messages(folder_id)
+    pending: list[SortKeyRow] = []
     for i in range(0, len(missing), BATCH):
         batch = missing[i:i + BATCH]
-        heads = await s.store.read_messages([(r.blob_id, r.prefix) for r in batch],
-                                            header_only=True)
-        items = [(r.uid, view.seq_of(r.uid) or 0, r.internal_date, r.size, h)
-                 for r, h in zip(batch, heads, strict=True)]
-        keys = await asyncio.to_thread(_extract, items)
-        computed += [(r.id, k) for r, k in zip(batch, keys, strict=True)]
-    if computed:
-        await s.store.set_sort_keys(await asyncio.to_thread(_encode, computed))
-    return out + [k for _, k in computed]
+        heads = await store.read_messages([(r.blob_id, r.prefix) for r in batch],
+                                          header_only=True)
+        pending += await asyncio.to_thread(_extract, [
+            (r.id, r.uid, r.internal_date, h) for r, h in zip(batch, heads, strict=True)])
+        if len(pending) >= WRITE_BATCH:
+            await store.set_sort_key_rows(pending)
+            pending = []
+    await store.set_sort_key_rows(pending)
+
+
+async def _matching(s: Session, key: k.SearchKey) -> tuple[set[int], list[tuple[int, int]]]:
+    """The UIDs of the view matching ``key`` (ALL: the view, without a query), and the
+    (uid, modseq) pairs when the reply needs MODSEQ."""
+    view = s.require_view()
+    if isinstance(key, k.All):
+        return set(view.uids), []
+    found = await evaluate(s, key)
+    return {u for u, _ in found}, found
+
+
+def _thread_keys(rows: list[str | None], wanted: set[int]) -> list[sorting.SortKeys]:
+    """THREAD's keys of the wanted messages, by UID; the UID stands in for the sequence
+    number (same order, RFC 5256 §4 ties)."""
+    out = []
+    keys = sorting.SortKeys
+    for text in rows:
+        if text is None:
+            continue
+        uid, date, subject, reply, mid, refs = thread_row(text)
+        if uid in wanted:
+            out.append(keys(uid, uid, date, 0, date, subject, reply, "", "", "", "", "",
+                            mid, tuple(refs.split()) if refs else ()))
+    out.sort(key=lambda x: x.uid)
+    return out
 
 
 def _modseq_suffix(c: t.Sort | t.Thread, found: list[tuple[int, int]]) -> str:
@@ -87,41 +118,78 @@ def _ordered_set(numbers: list[int]) -> str:
     return ",".join(out)
 
 
+async def ordered_uids(s: Session, key: k.SearchKey,
+                       criteria: tuple[tuple[str, bool], ...]) -> list[int]:
+    """The UIDs of the view matching ``key``, in sort order (RFC 5256 §3)."""
+    wanted, _ = await _matching(s, key)
+    return await _ordered(s, wanted, criteria)
+
+
+async def _ordered(s: Session, wanted: set[int], criteria: tuple[tuple[str, bool], ...]
+                   ) -> list[int]:
+    view = s.require_view()
+    await fill_keys(s.store, view.folder_id)
+    ordered = await s.store.sorted_uids(view.folder_id, criteria)
+    return [u for u in ordered if u in wanted]
+
+
 async def sort(s: Session, c: t.Sort) -> str | None:
-    s.require_view()
-    found = await evaluate(s, c.key)
+    view = s.require_view()
+    opts = c.return_options
+    update = opts is not None and "UPDATE" in opts  # RFC 5267 §4 (CONTEXT=SORT)
+    if update:
+        contexts.check_tag(s, c.tag)
+    wanted, found = await _matching(s, c.key)
     if k.modseq_required(c.key):
         s.enable_condstore()
-    keys = await _keys(s, found)
-    ordered = await asyncio.to_thread(sorting.sort, keys, c.criteria)
-    numbers = [m.uid if c.uid else m.seq for m in ordered]
-    if c.return_options is None:
+    uids = await _ordered(s, wanted, c.criteria)
+    if c.uid:
+        numbers = uids
+    else:
+        seq = view.seq_of
+        numbers = [seq(u) or 0 for u in uids]
+    if opts is None:
         s.send(respond.untagged("SORT" + "".join(f" {n}" for n in numbers)
                                 + _modseq_suffix(c, found)))
         return None
-    opts = c.return_options or frozenset({"ALL"})
+    shown = opts - {"CONTEXT", "UPDATE"}
+    if not shown:
+        shown = frozenset({"ALL"})
     parts = [f'(TAG "{c.tag}")'] + (["UID"] if c.uid else [])
-    if "MIN" in opts and numbers:
+    if "MIN" in shown and numbers:
         parts.append(f"MIN {numbers[0]}")
-    if "MAX" in opts and numbers:
+    if "MAX" in shown and numbers:
         parts.append(f"MAX {numbers[-1]}")
-    if "ALL" in opts and numbers:
+    if "ALL" in shown and numbers:
         parts.append(f"ALL {_ordered_set(numbers)}")
-    if "COUNT" in opts:
+    if c.partial is not None:  # RFC 5267 §4.4: positions low..high of the sorted result
+        window = numbers[c.partial[0] - 1:c.partial[1]]
+        parts.append(f"PARTIAL ({c.partial[0]}:{c.partial[1]} "
+                     f"{_ordered_set(window) if window else 'NIL'})")
+    if "COUNT" in shown:
         parts.append(f"COUNT {len(numbers)}")
     if k.modseq_required(c.key) and found:
         parts.append(f"MODSEQ {max(ms for _, ms in found)}")
     s.send(respond.untagged("ESEARCH " + " ".join(parts)))
+    if update:
+        contexts.start(s, c.tag, c.uid, c.key, c.criteria, uids)
     return None
 
 
 async def thread(s: Session, c: t.Thread) -> str | None:
     view = s.require_view()
-    found = await evaluate(s, c.key)
-    keys = await _keys(s, found)
+    wanted, _ = await _matching(s, c.key)
+    await fill_keys(s.store, view.folder_id)
+    rows = await s.store.thread_rows(view.folder_id)
     algo = sorting.references if c.algorithm == "REFERENCES" else sorting.ordered_subject
-    roots = await asyncio.to_thread(algo, keys)
-    number = {m.uid: (m.uid if c.uid else view.seq_of(m.uid) or 0) for m in keys}
-    text = await asyncio.to_thread(sorting.render, roots, number)
+
+    def run() -> str:
+        keys = _thread_keys(rows, wanted)
+        roots = algo(keys)
+        number = {m.uid: m.uid for m in keys} if c.uid else \
+            {m.uid: view.seq_of(m.uid) or 0 for m in keys}
+        return sorting.render(roots, number)
+
+    text = await asyncio.to_thread(run)
     s.send(respond.untagged(("THREAD " + text).rstrip()))
     return None

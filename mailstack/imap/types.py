@@ -238,6 +238,7 @@ class Search(Command):
     return_options: frozenset[str] | None = None
     charset: str | None = None
     key: SearchKey
+    partial: tuple[int, int] | None = None  # RETURN (PARTIAL low:high), RFC 5267 §4.4
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -290,6 +291,15 @@ class Sort(Command):
     charset: str
     key: SearchKey
     return_options: frozenset[str] | None = None
+    partial: tuple[int, int] | None = None  # RETURN (PARTIAL low:high), RFC 5267 §4.4
+
+
+@dataclass(frozen=True, kw_only=True)
+class CancelUpdate(Command):
+    """CANCELUPDATE "tag" ... (RFC 5267 §4.3.5): stop the updates of those contexts."""
+
+    NAME: ClassVar[str] = "CANCELUPDATE"
+    tags: tuple[str, ...]
 
 
 @dataclass(frozen=True, kw_only=True)

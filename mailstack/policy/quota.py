@@ -43,3 +43,27 @@ def rcpt_reply(key: str, used_bytes: int, used_messages: int, storage_quota: int
 def usage_kib(octets: int) -> int:
     """RFC 9208 §5.1: STORAGE is counted in units of 1024 octets (rounded up)."""
     return (octets + 1023) // 1024
+
+
+@dataclass(frozen=True)
+class WarningLevels:
+    """When a storage warning is due (docs/behaviour.md §3): usage above ``over``
+    octets warns once; the warning is re-armed when usage drops below ``rearm``."""
+
+    over: int
+    rearm: int
+
+
+def warning_levels(storage_quota: int, percent: int, rearm_percent: int
+                   ) -> WarningLevels | None:
+    """The octet levels of the storage warning for a plan, or None (no quota, or
+    warnings off)."""
+    if not storage_quota or not percent:
+        return None
+    over = storage_quota * percent // 100
+    return WarningLevels(over, min(over, storage_quota * rearm_percent // 100))
+
+
+def warning_due(used_bytes: int, levels: WarningLevels | None, armed: bool) -> bool:
+    """Is a warning owed now? (The store then claims it atomically.)"""
+    return levels is not None and armed and used_bytes > levels.over

@@ -187,6 +187,8 @@ async def accept(services: Services, tx: Transaction,
     services.autoreplies.after_delivery(
         sender=str(tx.sender) if tx.sender else None, content=head,
         mailboxes=inboxes, catchall_only=dest.catchall_only)
+    # docs/behaviour.md §3: the storage warning at 90 % (background, never raises)
+    services.notifier.after_storing(dest.mailboxes, size)
     return f"250 2.0.0 OK: queued as {tx.queue_id}"
 
 

@@ -50,14 +50,15 @@ from .mailbox import DeliveryTarget, MailboxMixin, normalize_folder_name
 from .queue import NO_DSN, DsnRequest, QueuedMessage, QueueMixin
 from .senderauth import DMARC_ACTIONS, SenderAuthMixin
 from .smtp import SmtpMixin
+from .sortkeys import SortKeyRow, SortKeysMixin, Unkeyed, thread_row
 from .throttle import NETWORK_WIDE, ThrottleFacts, ThrottleMixin
 from .transport import CachedStsPolicy, TlsResultKey, TransportMixin
 from .users import Grant, User, UsersMixin, WebSession
 
 
-class Store(SmtpMixin, AccountsMixin, ImapMixin, ImportMixin, MailboxMixin, QueueMixin,
-            GcMixin, TransportMixin, CertsMixin, DkimMixin, AutoresponderMixin, ThrottleMixin,
-            UsersMixin, SenderAuthMixin):
+class Store(SmtpMixin, AccountsMixin, ImapMixin, SortKeysMixin, ImportMixin, MailboxMixin,
+            QueueMixin, GcMixin, TransportMixin, CertsMixin, DkimMixin, AutoresponderMixin,
+            ThrottleMixin, UsersMixin, SenderAuthMixin):
     @classmethod
     async def open_from_settings(cls, settings: Settings,
                                  clock: Callable[[], float] = time.time, *,
@@ -111,6 +112,7 @@ __all__ = [
     "NotFound",
     "QueuedMessage",
     "Resync",
+    "SortKeyRow",
     "Store",
     "StoreError",
     "StoredCertificate",
@@ -118,8 +120,10 @@ __all__ = [
     "ThrottleFacts",
     "TlsResultKey",
     "Unavailable",
+    "Unkeyed",
     "User",
     "WebSession",
     "normalize_folder_name",
     "split_address",
+    "thread_row",
 ]

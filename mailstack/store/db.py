@@ -21,7 +21,7 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from sqlalchemy import Connection, event, insert, inspect, select, text
+from sqlalchemy import Connection, bindparam, event, insert, inspect, select, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from . import schema
@@ -121,6 +121,51 @@ def _m_tls_report_days(conn: Connection) -> None:
     schema.tls_report_days.create(conn, checkfirst=True)
 
 
+def _m_imap_ext(conn: Connection) -> None:
+    """The storage warning's re-arm level (docs/behaviour.md §3) and the SORT/THREAD keys
+    as columns (RFC 5256), so that SORT is an ORDER BY; keys already cached as JSON are
+    moved into the columns, the others are computed on first use."""
+    import json
+
+    _add_columns(conn, "quota_usage", ["warn_rearm_below BIGINT NOT NULL DEFAULT 0"])
+    _add_columns(conn, "messages", [
+        "sort_date FLOAT", "sort_subject TEXT", "sort_reply INTEGER", "sort_from TEXT",
+        "sort_to TEXT", "sort_cc TEXT", "sort_dfrom TEXT", "sort_dto TEXT",
+        "thread_id TEXT", "thread_refs TEXT"])
+    conn.exec_driver_sql("CREATE INDEX IF NOT EXISTS ix_messages_sort_date "
+                         "ON messages (folder_id, sort_date, uid)")
+    m = schema.messages
+    rows = conn.execute(select(m.c.id, m.c.sort_keys).where(
+        m.c.sort_keys.is_not(None))).all()
+    stmt = update(m).where(m.c.id == bindparam("_id")).values(
+        sort_date=bindparam("d"), sort_subject=bindparam("s"), sort_reply=bindparam("r"),
+        sort_from=bindparam("f"), sort_to=bindparam("t"), sort_cc=bindparam("c"),
+        sort_dfrom=bindparam("df"), sort_dto=bindparam("dt"), thread_id=bindparam("i"),
+        thread_refs=bindparam("rf"), sort_keys=None)
+    def s(x: Any) -> str:  # storable: raw 8-bit bytes were kept as surrogates; no NUL
+        return str(x).encode("utf-8", "surrogateescape").decode("utf-8", "replace") \
+            .replace("\x00", "")
+
+    batch: list[dict[str, Any]] = []
+    for id_, text_ in rows:
+        try:  # "sk1" JSON (mailstack/imap/sorting.py before the columns)
+            v = json.loads(text_)
+            if v[0] != "sk1":
+                continue
+            refs = " ".join(s(x) for x in v[10])
+            batch.append({"_id": id_, "d": float(v[1]), "s": s(v[2]), "r": int(bool(v[3])),
+                          "f": s(v[4]), "t": s(v[5]), "c": s(v[6]), "df": s(v[7]),
+                          "dt": s(v[8]), "i": "".join(c for c in s(v[9]) if c >= " "),
+                          "rf": "".join(c for c in refs if c >= " ")})
+        except (ValueError, TypeError, IndexError):
+            continue  # computed again on first use
+        if len(batch) >= 500:
+            conn.execute(stmt, batch)
+            batch = []
+    if batch:
+        conn.execute(stmt, batch)
+
+
 MIGRATIONS: list[Migration] = [
     lambda conn: None,  # 1: initial schema (created by create_all on a fresh database)
     _m2_queue_dsn,  # 2: DSN parameters on queue rows (RFC 3461)
@@ -136,6 +181,7 @@ MIGRATIONS: list[Migration] = [
     _m_accounts_web,  # 12: accounts: TOTP step, unification, emergency codes, web sessions
     _m_domain_auth_settings,  # 13: inbound-auth: per-domain DMARC action override
     _m_tls_report_days,  # 14: tls-rest: which day's TLS reports were sent, and their lock
+    _m_imap_ext,  # 15: imap-ext: storage warning re-arm level; SORT/THREAD key columns
 ]
 LATEST = len(MIGRATIONS)
 

@@ -282,39 +282,3 @@ class ImapMixin(MailboxMixin):
             return await self._metadata_set(address_id, folder_id, items, max_entries)
         except _TooMany:
             return False
-
-    # --- cached SORT / THREAD keys (RFC 5256) ------------------------------------------
-    async def set_sort_keys(self, entries: Sequence[tuple[int, str]]) -> None:
-        """Write back many (id, JSON) sort keys in ONE transaction."""
-        if not entries:
-            return
-        m = t.messages
-        stmt = update(m).where(m.c.id == bindparam("_id")).values(sort_keys=bindparam("_k"))
-        async with self._write() as (conn, _):
-            for i in range(0, len(entries), CHUNK):
-                await conn.execute(stmt, [{"_id": i_, "_k": k}
-                                          for i_, k in entries[i:i + CHUNK]])
-
-    async def sort_rows(self, folder_id: int, uids: Sequence[int]
-                        ) -> list[tuple[MsgRow, str | None]]:
-        """Rows of ``uids`` (with where the bytes are) and their cached sort keys, in as
-        few queries as ``message_rows`` uses: what SORT and THREAD need in one pass."""
-        m = t.messages.c
-        cols = (*_ROW_COLS, *_BLOB_COLS, m.sort_keys)
-        uid_list = sorted(set(uids))
-        if not uid_list:
-            return []
-        out: list[tuple[MsgRow, str | None]] = []
-        async with self._read() as conn:
-            if _dense(uid_list):
-                wanted = set(uid_list)
-                rows = (await conn.execute(select(*cols).where(and_(
-                    m.folder_id == folder_id, m.uid >= uid_list[0], m.uid <= uid_list[-1]))
-                    .order_by(m.uid))).all()
-                return [(_row_blob(r[:-1]), r[-1]) for r in rows if r[1] in wanted]
-            for i in range(0, len(uid_list), CHUNK):
-                rows = (await conn.execute(select(*cols).where(and_(
-                    m.folder_id == folder_id, m.uid.in_(uid_list[i:i + CHUNK])))
-                    .order_by(m.uid))).all()
-                out += [(_row_blob(r[:-1]), r[-1]) for r in rows]
-        return out

@@ -24,6 +24,7 @@ from sqlalchemy import (
     Integer,
     and_,
     bindparam,
+    case,
     delete,
     func,
     insert,
@@ -100,9 +101,52 @@ class MailboxMixin(StoreBase):
         q = t.quota_usage
         ins = sqlite_insert if self.is_sqlite else pg_insert
         stmt = ins(q).values(address_id=address_id, bytes=dbytes, messages=dmsgs)
-        await conn.execute(stmt.on_conflict_do_update(
-            index_elements=[q.c.address_id],
-            set_={"bytes": q.c.bytes + dbytes, "messages": q.c.messages + dmsgs}))
+        set_: dict[str, Any] = {"bytes": q.c.bytes + dbytes, "messages": q.c.messages + dmsgs}
+        if dbytes < 0:  # the storage warning is re-armed below its level
+            set_["warn_rearm_below"] = case(
+                (q.c.bytes + dbytes < q.c.warn_rearm_below, 0), else_=q.c.warn_rearm_below)
+        await conn.execute(stmt.on_conflict_do_update(index_elements=[q.c.address_id],
+                                                      set_=set_))
+
+    async def quota_warning_armed(self, address_id: int) -> tuple[int, bool]:
+        """(octets used, whether a storage warning may be sent) of an address."""
+        q = t.quota_usage.c
+        async with self._read() as conn:
+            row = (await conn.execute(select(q.bytes, q.warn_rearm_below).where(
+                q.address_id == address_id))).first()
+        return (int(row[0]), not row[1]) if row is not None else (0, True)
+
+    async def storage_state(self, address: str) -> tuple[int, str, int, bool] | None:
+        """(address id, its domain's plan, octets used, storage warning armed) of a
+        hosted address, in ONE query (checked after every delivery); None if unknown."""
+        from .accounts import split_address
+
+        try:
+            local, domain = split_address(address)
+        except NotFound:
+            return None
+        a, d, q = t.addresses.c, t.domains.c, t.quota_usage.c
+        async with self._read() as conn:
+            row = (await conn.execute(
+                select(a.id, d.plan, q.bytes, q.warn_rearm_below)
+                .select_from(t.addresses.join(t.domains).outerjoin(
+                    t.quota_usage, q.address_id == a.id))
+                .where(and_(d.name == domain, a.local_key == local.lower())))).first()
+        if row is None:
+            return None
+        return int(row[0]), str(row[1]), int(row[2] or 0), not row[3]
+
+    async def claim_quota_warning(self, address_id: int, over: int, rearm_below: int
+                                  ) -> bool:
+        """Claim the storage warning of an address whose usage is above ``over``: True
+        for exactly one caller per crossing (one UPDATE, so concurrent deliveries
+        cannot both win); deletes bringing usage under ``rearm_below`` re-arm it."""
+        q = t.quota_usage
+        async with self._write() as (conn, _):
+            res = await conn.execute(update(q).where(and_(
+                q.c.address_id == address_id, q.c.warn_rearm_below == 0,
+                q.c.bytes > over)).values(warn_rearm_below=max(1, rearm_below)))
+        return bool(res.rowcount)
 
     async def _add_usages(self, conn: Any, deltas: dict[int, tuple[int, int]]) -> None:
         """``_add_usage`` for several addresses in ONE statement (an executemany of the

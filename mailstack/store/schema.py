@@ -186,10 +186,23 @@ messages = Table(
     Column("prefix", LargeBinary, nullable=False, default=b""),
     Column("envelope", Text),  # cached IMAP structure (JSON), filled lazily
     Column("bodystructure", Text),
-    Column("sort_keys", Text),  # cached SORT/THREAD keys (JSON), filled on first use
+    Column("sort_keys", Text),  # legacy JSON cache of the keys below (no longer written)
+    # SORT / THREAD keys (RFC 5256 §3, RFC 5957), strings already i;ascii-casemapped so
+    # binary order is the RFC's; NULL sort_date: not computed yet (filled on first use)
+    Column("sort_date", Float),  # sent date, the internal date when Date is unusable
+    Column("sort_subject", Text),  # base subject (RFC 5256 §2.1)
+    Column("sort_reply", Integer),  # 1: the subject had a reply/forward marker
+    Column("sort_from", Text),
+    Column("sort_to", Text),
+    Column("sort_cc", Text),
+    Column("sort_dfrom", Text),  # display forms (RFC 5957)
+    Column("sort_dto", Text),
+    Column("thread_id", Text),  # Message-ID (THREAD=REFERENCES)
+    Column("thread_refs", Text),  # References (or In-Reply-To), space separated
     Column("created_at", Float, nullable=False),
     UniqueConstraint("folder_id", "uid", name="uq_message_uid"),
     Index("ix_messages_folder_modseq", "folder_id", "modseq"),
+    Index("ix_messages_sort_date", "folder_id", "sort_date", "uid"),
     Index("ix_messages_blob", "blob_id"),
     sqlite_autoincrement=True,
 )
@@ -219,6 +232,9 @@ quota_usage = Table(
            primary_key=True),
     Column("bytes", BigInteger, nullable=False, default=0),
     Column("messages", BigInteger, nullable=False, default=0),
+    # storage warning (docs/behaviour.md §3): 0 = armed; else the octet level usage must
+    # drop below before the next warning (set when one is sent, cleared by deletes)
+    Column("warn_rearm_below", BigInteger, nullable=False, default=0, server_default="0"),
 )
 
 # METADATA (RFC 5464): server entries (folder_id 0) and mailbox entries of an address;

@@ -101,3 +101,25 @@ def test_references_many_equal_subject_pairs_is_fast() -> None:
     roots = sorting.references(msgs)
     assert len(roots) == 10001  # 10,000 pairs under dummies, and message 20000 alone
     assert sorting.render(roots[:1], {m.uid: m.uid for m in msgs}) == "(1)"
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_references_fast_path_equals_the_full_algorithm(seed: int) -> None:
+    """Messages that nobody references and that reference nothing skip steps 1-4; the
+    threads are exactly those of every message through every step (duplicate and
+    missing Message-IDs, shared subjects, replies, dummies, loops included)."""
+    import random
+
+    rnd = random.Random(seed)
+    n = rnd.randint(1, 60)
+    ids = [f"<{i}@x>" for i in range(n + 10)]
+    subjects = ["", "a", "b", "c", "Re: a", "Fwd: b", "d", "e"] + [f"u{i}" for i in range(n)]
+    msgs = []
+    for uid in range(1, n + 1):
+        refs = tuple(rnd.choice(ids) for _ in range(rnd.choice([0, 0, 0, 1, 2, 3])))
+        mid = rnd.choice(["", rnd.choice(ids), ids[uid], ids[uid]])
+        subj = rnd.choice(subjects)
+        msgs.append(_k(uid, subj, float(rnd.randint(1, 20)), mid, refs))
+    number = {m.uid: m.uid for m in msgs}
+    assert sorting.render(sorting.references(msgs), number) == \
+        sorting.render(sorting.references_all(msgs), number)

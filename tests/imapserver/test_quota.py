@@ -89,7 +89,8 @@ async def test_quota_imap(app_factory: Callable[..., Any]) -> None:
 
 @pytest.mark.parametrize("permanent", [False, True])
 async def test_quota_smtp_rcpt(app_factory: Callable[..., Any], permanent: bool) -> None:
-    app = await _app(app_factory, quota={"over_quota_permanent": permanent})
+    app = await _app(app_factory, quota={"over_quota_permanent": permanent,
+                                         "warning_percent": 0})
     assert app.store is not None
     async with aiosmtplib.SMTP(hostname="127.0.0.1", port=app.ports["smtp"],
                                start_tls=False) as c:

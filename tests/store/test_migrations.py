@@ -67,3 +67,39 @@ async def test_v1_database_upgrades_to_the_fresh_shape(db_url: str, tmp_path: Pa
     await fresh.close()
     assert upgraded == await _shape_of(fresh_url)
     assert LATEST >= 2
+
+
+async def test_sort_keys_move_from_json_to_columns(db_url: str, tmp_path: Path) -> None:
+    """Migration 12 (imap-ext): SORT/THREAD keys cached as JSON become the new columns;
+    a damaged entry is left for the first SORT to compute; re-running is harmless."""
+    import json
+
+    from sqlalchemy import select, update
+
+    from mailstack.store.db import _m_imap_ext
+
+    store = Store(db_url, tmp_path / "blobs")
+    await store.open(listen=False)
+    await store.add_domain("example.com", "standard")
+    addr = await store.add_address("a", "example.com", password_hash="x")
+    inbox = await store.get_folder(addr.id, "INBOX")
+    assert inbox is not None
+    one = await store.append(inbox.id, b"Subject: a\r\n\r\nx\r\n")
+    two = await store.append(inbox.id, b"Subject: b\r\n\r\ny\r\n")
+    m = current.messages
+    old = ["sk1", 1704103200.0, "HELLO\udce9\x00", True, "ANN", "BOB", "", "ANN X", "BOB",
+           "<a@x>", ["<r1@x>", "<r2@x>"]]
+    async with store.engine.begin() as conn:
+        await conn.execute(update(m).where(m.c.id == one.id).values(sort_keys=json.dumps(old)))
+        await conn.execute(update(m).where(m.c.id == two.id).values(sort_keys="damaged"))
+        await conn.run_sync(_m_imap_ext)
+        await conn.run_sync(_m_imap_ext)
+        rows = {r.id: r for r in (await conn.execute(select(m))).all()}
+    await store.close()
+    r1, r2 = rows[one.id], rows[two.id]
+    assert (r1.sort_date, r1.sort_subject, r1.sort_reply, r1.sort_from, r1.sort_to,
+            r1.sort_cc, r1.sort_dfrom, r1.sort_dto, r1.thread_id, r1.thread_refs) == (
+        1704103200.0, "HELLO\ufffd", 1, "ANN", "BOB", "", "ANN X", "BOB", "<a@x>",
+        "<r1@x> <r2@x>")
+    assert r1.sort_keys is None
+    assert r2.sort_date is None and r2.sort_keys == "damaged"

@@ -1,0 +1,128 @@
+"""SORT and THREAD keys of messages (RFC 5256, RFC 5957) as columns of ``messages``.
+
+Implementation notes (invariants):
+- The keys are derived data, computed by the IMAP layer from a message's header block
+  (``mailstack.imap.sorting``) and written here in ONE transaction per batch; a NULL
+  ``sort_date`` means "not computed yet". Strings are stored already
+  i;ascii-casemapped (RFC 5256 §2.2), so binary comparison is the RFC's order.
+- A sort is ONE query: ``ORDER BY`` on the key columns, the UID last (RFC 5256 §3: ties
+  are broken by the order in the mailbox, i.e. by UID). Text compares byte-wise: SQLite's
+  default BINARY collation, PostgreSQL ``COLLATE "C"`` (never the database's locale).
+  ``ix_messages_sort_date`` (folder, sent date, UID) answers ``SORT (DATE)`` from the
+  index alone.
+- Rows come back as plain tuples or strings; no per-message objects are built here.
+  Message-IDs and References never hold the \\x01 that separates ``thread_rows``
+  fields (:mod:`mailstack.imap.sort_exec` drops control characters from them).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+from sqlalchemy import String, and_, bindparam, cast, select, update
+
+from . import schema as t
+from .base import StoreBase
+
+CHUNK = 500
+
+_TEXT_KEYS = {"CC": "sort_cc", "FROM": "sort_from", "SUBJECT": "sort_subject",
+              "TO": "sort_to", "DISPLAYFROM": "sort_dfrom", "DISPLAYTO": "sort_dto"}
+_NUMBER_KEYS = {"ARRIVAL": "internal_date", "DATE": "sort_date", "SIZE": "size"}
+
+
+class SortKeyRow(NamedTuple):
+    """The stored keys of one message (see ``schema.messages``)."""
+
+    id: int
+    date: float
+    subject: str
+    reply: bool
+    from_: str
+    to: str
+    cc: str
+    display_from: str
+    display_to: str
+    message_id: str
+    references: str  # space separated
+
+
+def thread_row(text: str) -> tuple[int, float, str, bool, str, str]:
+    """(uid, sent date, base subject, reply, Message-ID, References) from a
+    ``thread_rows`` string (the subject is last: it may hold any character)."""
+    uid, reply, date, mid, refs, subject = text.split("\x01", 5)
+    return int(uid), float(date), subject, reply == "1", mid, refs
+
+
+class Unkeyed(NamedTuple):
+    """A message whose keys are not computed yet, and where its header is."""
+
+    id: int
+    uid: int
+    internal_date: float
+    blob_id: str
+    prefix: bytes
+
+
+class SortKeysMixin(StoreBase):
+    async def unkeyed_messages(self, folder_id: int) -> list[Unkeyed]:
+        """Messages of a folder without stored sort keys (an index seek when none)."""
+        m = t.messages.c
+        async with self._read() as conn:
+            rows = (await conn.execute(select(m.id, m.uid, m.internal_date, m.blob_id,
+                                              m.prefix).where(and_(
+                m.folder_id == folder_id, m.sort_date.is_(None))).order_by(m.uid))).all()
+        return [Unkeyed(r[0], r[1], r[2], r[3], r[4] or b"") for r in rows]
+
+    async def set_sort_key_rows(self, rows: Sequence[SortKeyRow]) -> None:
+        """Store many messages' keys in ONE write transaction."""
+        if not rows:
+            return
+        m = t.messages
+        stmt = update(m).where(m.c.id == bindparam("_id")).values(
+            sort_date=bindparam("_d"), sort_subject=bindparam("_s"),
+            sort_reply=bindparam("_r"), sort_from=bindparam("_f"), sort_to=bindparam("_t"),
+            sort_cc=bindparam("_c"), sort_dfrom=bindparam("_df"), sort_dto=bindparam("_dt"),
+            thread_id=bindparam("_i"), thread_refs=bindparam("_rf"))
+        async with self._write() as (conn, _):
+            for i in range(0, len(rows), CHUNK):
+                await conn.execute(stmt, [
+                    {"_id": r.id, "_d": r.date, "_s": r.subject, "_r": int(r.reply),
+                     "_f": r.from_, "_t": r.to, "_c": r.cc, "_df": r.display_from,
+                     "_dt": r.display_to, "_i": r.message_id, "_rf": r.references}
+                    for r in rows[i:i + CHUNK]])
+
+    async def sorted_uids(self, folder_id: int, criteria: Sequence[tuple[str, bool]]
+                          ) -> list[int]:
+        """Every UID of the folder ordered by ``criteria`` ((RFC 5256 key, reverse),
+        most significant first), then by UID. Keys must have been stored."""
+        m = t.messages.c
+        order: list[Any] = []
+        for name, reverse in criteria:
+            if name in _TEXT_KEYS:
+                col: Any = getattr(m, _TEXT_KEYS[name])
+                if not self.is_sqlite:
+                    col = col.collate("C")
+            else:
+                col = getattr(m, _NUMBER_KEYS[name])
+            order.append(col.desc() if reverse else col.asc())
+        order.append(m.uid.asc())
+        async with self._read() as conn:
+            result = await conn.execute(select(m.uid).where(m.folder_id == folder_id)
+                                        .order_by(*order))
+            return list(result.scalars())
+
+    async def thread_rows(self, folder_id: int) -> list[str | None]:
+        """What THREAD needs of every message of the folder (RFC 5256 §4), one string per
+        message (one column: a tenth of the cost of six per row on 100,000 messages),
+        in no particular order; None for a message without stored keys. Decode with
+        :func:`thread_row` (off the event loop: it is per-message work)."""
+        m = t.messages.c
+        sep = "\x01"
+        row = (cast(m.uid, String) + sep + cast(m.sort_reply, String) + sep
+               + cast(m.sort_date, String) + sep + m.thread_id + sep + m.thread_refs + sep
+               + m.sort_subject)
+        async with self._read() as conn:
+            result = await conn.execute(select(row).where(m.folder_id == folder_id))
+            return list(result.scalars())
