@@ -31,9 +31,12 @@ from .base import (
     Unavailable,
 )
 from .certs import CertsMixin, StoredCertificate
+from .credentials import MAIN_PASSWORD, CredentialsMixin
 from .dkim import DkimKey, DkimMixin, NewDkimKey
 from .events import (
     AddressDeleted,
+    AutorespondersChanged,
+    CredentialRevoked,
     CredentialsChanged,
     Event,
     FlagsChanged,
@@ -41,6 +44,7 @@ from .events import (
     MessagesAdded,
     MessagesExpunged,
     Resync,
+    SendersChanged,
     Subscription,
 )
 from .gc import GcMixin
@@ -53,8 +57,9 @@ from .throttle import NETWORK_WIDE, ThrottleFacts, ThrottleMixin
 from .transport import CachedStsPolicy, TlsResultKey, TransportMixin
 
 
-class Store(SmtpMixin, AccountsMixin, ImapMixin, ImportMixin, MailboxMixin, QueueMixin,
-            GcMixin, TransportMixin, CertsMixin, DkimMixin, AutoresponderMixin, ThrottleMixin):
+class Store(SmtpMixin, CredentialsMixin, AccountsMixin, ImapMixin, ImportMixin, MailboxMixin,
+            QueueMixin, GcMixin, TransportMixin, CertsMixin, DkimMixin, AutoresponderMixin,
+            ThrottleMixin):
     @classmethod
     async def open_from_settings(cls, settings: Settings,
                                  clock: Callable[[], float] = time.time, *,
@@ -69,6 +74,7 @@ class Store(SmtpMixin, AccountsMixin, ImapMixin, ImportMixin, MailboxMixin, Queu
 
 
 __all__ = [
+    "MAIN_PASSWORD",
     "NETWORK_WIDE",
     "NO_DSN",
     "SPECIAL_FOLDERS",
@@ -79,8 +85,10 @@ __all__ = [
     "Alias",
     "AlreadyExists",
     "AutoResponder",
+    "AutorespondersChanged",
     "CachedStsPolicy",
     "Conflict",
+    "CredentialRevoked",
     "CredentialsChanged",
     "DeliveryTarget",
     "DkimKey",
@@ -106,6 +114,7 @@ __all__ = [
     "NotFound",
     "QueuedMessage",
     "Resync",
+    "SendersChanged",
     "Store",
     "StoreError",
     "StoredCertificate",

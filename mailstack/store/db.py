@@ -101,6 +101,11 @@ def _m_imap(conn: Connection) -> None:
         "JOIN folders f ON f.id = m.folder_id GROUP BY f.address_id")
 
 
+def _m_user_epoch(conn: Connection) -> None:
+    """users.credential_epoch: a user's password change ends their web sessions."""
+    _add_columns(conn, "users", ["credential_epoch INTEGER NOT NULL DEFAULT 0"])
+
+
 MIGRATIONS: list[Migration] = [
     lambda conn: None,  # 1: initial schema (created by create_all on a fresh database)
     _m2_queue_dsn,  # 2: DSN parameters on queue rows (RFC 3461)
@@ -113,6 +118,7 @@ MIGRATIONS: list[Migration] = [
     _m_reliability_throttle,  # 9: reliability: login_throttle table; activity network, count
     _m_imap,  # 10: imap: \Recent, deleted-mailbox subscriptions, METADATA, QUOTA, sort keys
     _m10_queue_delivery,  # 11: outbound: delivery state, lease, attempt history, report owed
+    _m_user_epoch,  # 12: accounts-support: users.credential_epoch
 ]
 LATEST = len(MIGRATIONS)
 

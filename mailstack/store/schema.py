@@ -89,6 +89,8 @@ users = Table(
     Column("password_hash", Text, nullable=False),
     Column("totp_secret", Text),
     Column("created_at", Float, nullable=False),
+    # Bumped by a change of the user's password: web sessions of an older epoch end.
+    Column("credential_epoch", Integer, nullable=False, default=0),
     sqlite_autoincrement=True,
 )
 
