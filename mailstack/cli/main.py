@@ -15,12 +15,24 @@ from ..config import ConfigError, find_config_file, load_settings, render_exampl
 from ..logs import setup_logging
 from ..policy.addresses import AddressRuleError
 from ..store import StoreError
-from . import admin, auth, autoresponder, backup, dns, importer, queue, serve, tls, tlsa
+from . import (
+    accounts,
+    admin,
+    auth,
+    autoresponder,
+    backup,
+    dns,
+    importer,
+    queue,
+    serve,
+    tls,
+    tlsa,
+)
 from .common import CliError, Ctx, Handler, Parsers
 from .serve import check_config, cmd_check_config, cmd_config_example, cmd_serve
 
 # One module per command group, registered in this order (the order of --help).
-COMMAND_MODULES = (serve, admin, importer, autoresponder, auth, dns, tls, tlsa, backup,
+COMMAND_MODULES = (serve, admin, accounts, importer, autoresponder, auth, dns, tls, tlsa, backup,
                    queue)
 
 
