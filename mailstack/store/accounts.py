@@ -79,7 +79,6 @@ class AccountsMixin(StoreBase):
     # Credentials of sessions (app password revoke, app-only switch), user support
     # operations and the failed-notice claim live in store/credentials.py.
 
-
     # --- domains -------------------------------------------------------------------
     async def add_domain(self, name: str, plan: str) -> Domain:
         name = name.lower().rstrip(".")
