@@ -3,8 +3,10 @@
 - A successful login from a network never seen for the address (not the first login
   ever: that one sets the baseline).
 - Failed password attempts: at most one notice per address per
-  ``auth.failed_notice_interval_seconds`` (default one hour); the activity log records
-  each notice sent, so the limit holds across restarts and nodes.
+  ``auth.failed_notice_interval_seconds`` (default one hour), whatever the concurrency:
+  ``Store.claim_failed_notice`` decides and records it (in the activity log) in one
+  transaction holding the address's row, so the limit holds across restarts, processes
+  and nodes.
 
 A notice goes to the address's INBOX and to the login address of every user granted
 access to it when that login is elsewhere (hosted here: its INBOX; otherwise the
@@ -192,8 +194,15 @@ class Notifier:
     async def _failed(self, address_id: int, email_addr: str, client_ip: str,
                       protocol: str) -> None:
         now = self.clock()
-        last = await self.store.last_event_at(email_addr, "notice_failed")
-        if last is not None and now - last < self.settings.failed_notice_interval_seconds:
+        try:
+            # decided and recorded in one transaction: one notice per interval however
+            # many failures arrive at once, on however many processes
+            won = await self.store.claim_failed_notice(
+                address_id, email_addr, self.settings.failed_notice_interval_seconds)
+        except Exception:  # a notice must never break a login
+            log.exception("security notice for %s failed", email_addr)
+            return
+        if not won:
             return
         body = (f"Someone tried to sign in to {email_addr} with a wrong password.\n\n"
                 f"  When:     {_when(now)}\n  From:     {client_ip}\n"
@@ -201,13 +210,15 @@ class Notifier:
                 "then refused for a while. If these attempts were not yours, choose a "
                 "strong password. You get at most one such notice per hour.\n")
         await self._send(address_id, email_addr, "Failed sign-in attempts on your mailbox",
-                         body, "notice_failed")
+                         body, None)
 
     async def _send(self, address_id: int, email_addr: str, subject: str, body: str,
-                    event: str) -> None:
+                    event: str | None) -> None:
+        """Deliver a notice; ``event``: the activity entry to log (None: already logged
+        by the claim that decided to send it)."""
         try:
-            # log first: concurrent failures then see the notice as already sent
-            await self.store.log_activity(event, address=email_addr, protocol="notice")
+            if event is not None:
+                await self.store.log_activity(event, address=email_addr, protocol="notice")
             recipients = [email_addr]
             for login, _perms in await self.store.grants_for_address(address_id):
                 if login.lower() != email_addr.lower() and "@" in login:

@@ -3,14 +3,23 @@ hour) reach the address's INBOX, and a granted user's login address elsewhere.""
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import email
 import email.policy
+import smtplib
+import ssl
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
+from mailstack.app import App
 from mailstack.config import AuthSettings
 from mailstack.notices import Notifier
 from mailstack.policy.auth import Authenticator, LoginGuard
 from mailstack.policy.passwords import Passwords
 from mailstack.store import Store
+from tests.conftest import add_mailbox
 
 
 class Clock:
@@ -99,7 +108,6 @@ async def test_storage_warning_asks_the_store_only_near_the_level(store: Store) 
     """docs/behaviour.md §3: far below the 90 % level, deliveries are counted down
     locally (one store query per minute per address); near it every delivery is
     checked, and the warning goes out once the store's usage is past it."""
-    from typing import Any
 
     from mailstack.config import PlanSettings, QuotaSettings
     from mailstack.store import DeliveryTarget
@@ -144,3 +152,61 @@ async def test_storage_warning_asks_the_store_only_near_the_level(store: Store) 
     assert await warnings() == 1
     await deliver(1000)
     assert await warnings() == 1
+async def test_parallel_wrong_auth_on_465_gives_exactly_one_notice(
+        app_factory: Callable[..., Any], client_ssl: ssl.SSLContext) -> None:
+    """Two rounds of six parallel wrong AUTH PLAIN on the submissions port (the
+    guard set not to lock, so all twelve are failures): the notice is decided and
+    recorded in one transaction, so one notice reaches the INBOX, and one
+    ``notice_failed`` entry is in the activity log."""
+    app: App = await app_factory(auth={"lock_after_failures": 100,
+                                       "network_lock_after_failures": 1000,
+                                       "max_delay_seconds": 0})
+    anna = await add_mailbox(app, "anna@example.com", "right-secret")
+    assert app.store is not None and app.services is not None
+    inbox = await app.store.get_folder(anna.id, "INBOX")
+    assert inbox is not None
+    port = app.ports["submissions"]
+
+    def wrong_auth(n: int) -> int:
+        with smtplib.SMTP_SSL("127.0.0.1", port, context=client_ssl, timeout=30) as c:
+            c.ehlo("client.example")
+            try:
+                c.login("anna@example.com", f"wrong-{n}")
+            except smtplib.SMTPAuthenticationError as exc:
+                return exc.smtp_code
+            raise AssertionError("a wrong password was accepted")
+
+    loop = asyncio.get_running_loop()
+    # the clients' own threads: the server's Argon2 runs in the default executor
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        for start in (0, 6):
+            codes = await asyncio.gather(*(loop.run_in_executor(pool, wrong_auth, n)
+                                           for n in range(start, start + 6)))
+            assert codes == [535] * 6
+    await app.services.notifier.drain()
+    assert await inbox_subjects(app.store, inbox.id) == [
+        "Failed sign-in attempts on your mailbox"]
+    events = [e.event for e in await app.store.list_activity("anna@example.com", limit=200)]
+    assert events.count("notice_failed") == 1
+
+
+async def test_failed_notice_claim_across_two_stores(store: Store, db_url: str,
+                                                     tmp_path: Path) -> None:
+    """Two processes' stores on one database claim at once: exactly one wins, and the
+    next claim within the interval loses."""
+    await store.add_domain("example.com", "standard")
+    a = await store.add_address("anna", "example.com", password_hash="x")
+    other = Store(db_url, tmp_path / "blobs")
+    await other.open(listen=False)
+    try:
+        results = await asyncio.gather(*(
+            s.claim_failed_notice(a.id, "Anna@example.com", 3600)
+            for _ in range(8) for s in (store, other)))
+        assert results.count(True) == 1
+        assert not await other.claim_failed_notice(a.id, "anna@example.com", 3600)
+        entries = await store.list_activity("anna@example.com")
+        assert [e.event for e in entries] == ["notice_failed"]
+        # a removed address claims nothing
+        assert not await store.claim_failed_notice(a.id + 999, "ghost@example.com", 3600)
+    finally:
+        await other.close()

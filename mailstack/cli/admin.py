@@ -18,17 +18,19 @@ import string
 from ..config import dev_settings
 from ..policy.addresses import AddressRuleError, address_key, check_domain, parse_new_address
 from ..policy.envelope import AddressError, parse_mailbox
-from ..store import Address, NotFound, Store
-from .common import CliError, Ctx, Parsers, read_password, with_store
+from ..store import NotFound, Store
+from .common import (
+    CliError,
+    Ctx,
+    Parsers,
+    check_login,
+    need_address,
+    need_user,
+    read_password,
+    with_store,
+)
 
 # --- helpers -------------------------------------------------------------------------
-
-
-async def need_address(store: Store, address: str) -> Address:
-    found = await store.get_address(address)
-    if found is None:
-        raise CliError(f"no address {address} is hosted here")
-    return found
 
 
 def check_target(target: str) -> str:
@@ -163,9 +165,11 @@ async def address_passwd(ctx: Ctx, store: Store, args: argparse.Namespace) -> in
     password = read_password(ctx, args, required=True)
     assert password is not None
     pw_hash = await ctx.passwords().hash(password)
-    await store.set_password(addr.id, pw_hash)
+    # docs/behaviour.md §2: a unified user's password changes with it
+    unified = await store.set_address_password_unified(addr.id, pw_hash)
     await store.log_activity("password_changed", address=addr.email, protocol="cli")
-    ctx.print(f"password of {addr.email} changed; open sessions are cut off")
+    ctx.print(f"password of {addr.email} changed; open sessions are cut off"
+              + ("; the unified user's password too" if unified is not None else ""))
     return 0
 
 
@@ -386,18 +390,6 @@ async def client_settings(ctx: Ctx, store: Store, args: argparse.Namespace) -> i
 PERMISSIONS = ("read", "passwd", "autoresponder", "send")
 
 
-def check_login(login: str) -> str:
-    """A user's login: usually an email address, hosted here or anywhere."""
-    login = login.strip()
-    if not login or len(login) > 320:
-        raise CliError("a login is 1 to 320 characters")
-    for i, ch in enumerate(login, start=1):
-        if ord(ch) <= 0x20 or ord(ch) == 0x7F or ch in '<>()[],;:\\"':
-            raise CliError(f"login {login!r}: character {ch!r} at position {i} is not "
-                           "allowed")
-    return login.lower()
-
-
 def check_permissions(text: str) -> list[str]:
     perms = [p.strip().lower() for p in text.split(",") if p.strip()]
     unknown = [p for p in perms if p not in PERMISSIONS]
@@ -405,13 +397,6 @@ def check_permissions(text: str) -> list[str]:
         raise CliError(f"unknown permission {', '.join(unknown) or '(none)'}; "
                        f"choose from {', '.join(PERMISSIONS)}")
     return sorted(set(perms))
-
-
-async def need_user(store: Store, login: str) -> int:
-    user_id = await store.get_user_id(login)
-    if user_id is None:
-        raise CliError(f"no user {login}")
-    return user_id
 
 
 @with_store

@@ -29,7 +29,7 @@ from sqlalchemy.engine import make_url
 
 from ..config import Settings
 from ..policy.passwords import Passwords
-from ..store import Store
+from ..store import Address, Store
 
 MIN_PASSWORD_LENGTH = 8
 
@@ -82,6 +82,35 @@ def with_store(fn: StoreHandler) -> Handler:
 
     run.__name__ = getattr(fn, "__name__", "handler")
     return run
+
+
+# --- lookups shared by command modules ----------------------------------------------
+
+
+async def need_address(store: Store, address: str) -> Address:
+    found = await store.get_address(address)
+    if found is None:
+        raise CliError(f"no address {address} is hosted here")
+    return found
+
+
+def check_login(login: str) -> str:
+    """A user's login: usually an email address, hosted here or anywhere."""
+    login = login.strip()
+    if not login or len(login) > 320:
+        raise CliError("a login is 1 to 320 characters")
+    for i, ch in enumerate(login, start=1):
+        if ord(ch) <= 0x20 or ord(ch) == 0x7F or ch in '<>()[],;:\\"':
+            raise CliError(f"login {login!r}: character {ch!r} at position {i} is not "
+                           "allowed")
+    return login.lower()
+
+
+async def need_user(store: Store, login: str) -> int:
+    user_id = await store.get_user_id(login)
+    if user_id is None:
+        raise CliError(f"no user {login}")
+    return user_id
 
 
 # --- passwords ---------------------------------------------------------------------
@@ -144,14 +173,13 @@ class Parsers:
         sp.set_defaults(handler=handler)
         return sp
 
-    def group(self, name: str, help_text: str) -> Any:
-        """A command group; asking again for a registered group returns it, so several
-        modules can add actions to one group (``user``: admin.py and user.py)."""
-        if name in self._groups:
-            return self._groups[name]
-        gp = self.sub.add_parser(name, help=help_text, description=help_text)
-        self._groups[name] = gp.add_subparsers(dest=f"{name}_command", metavar="ACTION",
-                                               required=True)
+    def group(self, name: str, help_text: str = "") -> Any:
+        """The sub-commands of ``name``; a second module asking for a group that exists
+        adds its commands to it (``help_text`` is used only when it is created)."""
+        if name not in self._groups:
+            gp = self.sub.add_parser(name, help=help_text, description=help_text)
+            self._groups[name] = gp.add_subparsers(dest=f"{name}_command", metavar="ACTION",
+                                                   required=True)
         return self._groups[name]
 
 

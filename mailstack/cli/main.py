@@ -16,6 +16,7 @@ from ..logs import setup_logging
 from ..policy.addresses import AddressRuleError
 from ..store import StoreError
 from . import (
+    accounts,
     admin,
     auth,
     autoresponder,
@@ -33,8 +34,8 @@ from .common import CliError, Ctx, Handler, Parsers
 from .serve import check_config, cmd_check_config, cmd_config_example, cmd_serve
 
 # One module per command group, registered in this order (the order of --help).
-COMMAND_MODULES = (serve, admin, user, importer, autoresponder, auth, dns, tls, tlsa, tlsrpt,
-                   backup, queue)
+COMMAND_MODULES = (serve, admin, accounts, user, importer, autoresponder, auth, dns, tls,
+                   tlsa, tlsrpt, backup, queue)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -57,7 +57,7 @@ async def _auth(s: Session, username: str, password: str, authzid: str | None) -
         raise respond.No(res.refusal_text(), "UNAVAILABLE")
     if not res.ok:
         raise respond.No("Authentication failed", "AUTHENTICATIONFAILED")
-    await s.logged_in(res.address_id, res.email, res.credential_epoch)
+    await s.logged_in(res.address_id, res.email, res.credential_epoch, res.credential)
     return f"[CAPABILITY {s.capabilities()}] Logged in"
 
 

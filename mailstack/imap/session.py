@@ -16,9 +16,11 @@ Implementation notes (invariants):
   for the connection; QRESYNC implies CONDSTORE (RFC 7162 §3.2.3).
 - Every command runs holding ``busy``; NOTIFY (RFC 5465) writes its unsolicited
   updates only while holding it too, so they never land inside a command's responses.
-- A password change (CredentialsChanged with a newer epoch) or the deletion of the
-  address ends the session at once with ``* BYE`` (docs/behaviour.md §2), via a watcher task on
-  its own event subscription, so an idle connection is cut too.
+- A password change (CredentialsChanged with a newer epoch), the deletion of the
+  address, or the revocation of the very credential the session logged in with (its
+  app password; the password itself when "app passwords only" is turned on) ends the
+  session at once with ``* BYE`` (docs/behaviour.md §2), via a watcher task on its own
+  event subscription, so an idle connection (or one in IDLE) is cut too.
 """
 
 from __future__ import annotations
@@ -35,12 +37,11 @@ from mailstack.imap import types as t
 from mailstack.imap.mailbox_view import MailboxView
 from mailstack.imap.parser import CommandReader, Limits
 from mailstack.netio import Conn
+from mailstack.policy.auth import credential_holds, session_ended_by
 from mailstack.services import Services
 from mailstack.store import (
-    AddressDeleted,
     AlreadyExists,
     Conflict,
-    CredentialsChanged,
     LimitReached,
     NotFound,
     Resync,
@@ -135,6 +136,7 @@ class Session:
         self.address_id = 0
         self.email = ""
         self.epoch = 0
+        self.credential = 0  # 0: logged in with the address's password, else app password id
         self.max_message_size = 0
         self.plan = self.settings.plan(self.settings.smtp.default_plan)
         self.enabled: set[str] = set()
@@ -207,13 +209,16 @@ class Session:
         return self.view
 
     # --- login / logout ------------------------------------------------------------
-    async def logged_in(self, address_id: int, email: str, epoch: int) -> None:
+    async def logged_in(self, address_id: int, email: str, epoch: int,
+                        credential: int = 0) -> None:
         self.address_id, self.email, self.epoch = address_id, email, epoch
+        self.credential = credential
         self.conn.login = email  # for the connection's close line (mailstack.logs)
         self.sub = self.store.events.subscribe(address_id)
         self._watch_sub = self.store.events.subscribe(address_id)
+        # read after subscribing: a change in between is not missed
         addr = await self.store.get_address_by_id(address_id)
-        if addr is None or addr.credential_epoch > epoch:
+        if addr is None or not await credential_holds(self.store, addr, epoch, credential):
             raise SessionEnd("Credentials changed; log in again")
         plan = self.settings.plans.get(addr.plan) or self.settings.plan(
             self.settings.smtp.default_plan
@@ -232,21 +237,22 @@ class Session:
         self._watcher = asyncio.create_task(self._watch(self._watch_sub))
 
     async def _watch(self, sub: Subscription) -> None:
-        """Cut the session when the address's credentials change (docs/behaviour.md §2).
-        After ``Resync`` (change events may have been missed during a database outage)
-        the epoch is read again from the store."""
+        """Cut the session when the credential it logged in with stops working: a new
+        password, the address deleted, its app password revoked, "app passwords only"
+        for a password login (docs/behaviour.md §2). After ``Resync`` (change events may
+        have been missed during a database outage) the credential is checked again."""
         while True:
             ev = await sub.queue.get()
-            stale = (isinstance(ev, CredentialsChanged) and ev.epoch > self.epoch) or isinstance(
-                ev, AddressDeleted
-            )
+            stale = session_ended_by(ev, self.epoch, self.credential)
             if isinstance(ev, Resync):
                 try:
                     addr = await self.store.get_address_by_id(self.address_id)
+                    stale = not await credential_holds(
+                        self.store, addr, self.epoch, self.credential
+                    )
                 except Unavailable as exc:
                     log.warning("imap: cannot re-check %s after resync: %s", self.email, exc)
                     continue
-                stale = addr is None or addr.credential_epoch > self.epoch
             if stale:
                 log.info(
                     "imap: %s credentials changed; closing session from %s",

@@ -29,6 +29,7 @@ from typing import Protocol, TypeVar
 
 from ..config import AuthSettings
 from ..store.base import Address, InsufficientStorage
+from ..store.events import AddressDeleted, CredentialRevoked, CredentialsChanged, Event
 from ..store.throttle import NETWORK_WIDE, ThrottleFacts
 from .passwords import Passwords
 
@@ -164,6 +165,37 @@ class LoginGuard:
         await self.store.clear_login_failures(network, address)
 
 
+def session_ended_by(event: Event, epoch: int, credential: int) -> bool:
+    """Does ``event`` end a session that logged in at credential ``epoch`` with
+    ``credential`` (0: the address's password, else an app password id)? A new password
+    ends every session of the address; a revoked app password only those that used it;
+    "app passwords only" only those that used the address's password. docs/behaviour.md §2."""
+    if isinstance(event, AddressDeleted):
+        return True
+    if isinstance(event, CredentialsChanged):
+        return event.epoch > epoch
+    if isinstance(event, CredentialRevoked):
+        return event.app_password_id == credential
+    return False
+
+
+class CredentialCheck(Protocol):
+    async def session_credential_valid(self, address_id: int, epoch: int,
+                                       credential: int) -> bool: ...
+
+
+async def credential_holds(store: CredentialCheck, addr: Address | None, epoch: int,
+                           credential: int) -> bool:
+    """Re-check of a session's credential against ``addr`` as just read (after
+    subscribing to events, after a ``Resync``, periodically): the same rule as
+    ``session_ended_by``; one more read only for app-password sessions."""
+    if addr is None or addr.credential_epoch > epoch:
+        return False
+    if credential == 0:
+        return not addr.app_passwords_only
+    return await store.session_credential_valid(addr.id, epoch, credential)
+
+
 class AuthDirectory(Protocol):
     """What authentication needs from the store (mailstack.store.Store provides it)."""
 
@@ -184,6 +216,7 @@ class AuthResult:
     address_id: int = 0
     email: str = ""
     credential_epoch: int = 0
+    credential: int = 0  # which secret: 0 the address's password, else the app password id
     retry_at: float = 0.0
     new_network: bool = False
 
@@ -251,7 +284,7 @@ class Authenticator:
         if new_net and self.notices is not None:
             self.notices.login_from_new_network(addr.id, addr.email, client_ip, protocol)
         return AuthResult("ok", addr.id, addr.email, addr.credential_epoch,
-                          new_network=new_net)
+                          credential=app_id or 0, new_network=new_net)
 
     @staticmethod
     async def _best_effort(write: Awaitable[T]) -> T | None:

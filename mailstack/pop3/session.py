@@ -30,10 +30,9 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from ..netio import Conn, LineTooLong
-from ..policy.auth import may_send_password
+from ..policy.auth import credential_holds, may_send_password, session_ended_by
 from ..store import (
     AddressDeleted,
-    CredentialsChanged,
     InsufficientStorage,
     Resync,
     Subscription,
@@ -81,6 +80,7 @@ class Session:
         self.address_id = 0
         self.email = ""
         self.epoch = 0
+        self.credential = 0  # 0: the address's password, else the app password id
         # node / instance / session: a restarted node drops its previous instance's locks
         self.holder = f"{server.holder_prefix}{secrets.token_hex(8)}"
         self.locked = False
@@ -275,13 +275,15 @@ class Session:
             self._sub = self.store.events.subscribe(result.address_id)
             # re-check after subscribing: a password change in between is not missed
             addr = await self.store.get_address_by_id(result.address_id)
-            if addr is None or addr.credential_epoch != result.credential_epoch:
+            if not await credential_holds(self.store, addr, result.credential_epoch,
+                                          result.credential):
                 raise Pop3Error("credentials changed; log in again", "AUTH")
             self.drop = await Maildrop.load(self.store, inbox.id, self.server.shapes)
         except BaseException:
             await self.release()
             raise
         self.epoch = result.credential_epoch
+        self.credential = result.credential
         self.state = TRANSACTION
         self._watching = True
         self._watcher = asyncio.create_task(self._watch())
@@ -303,11 +305,11 @@ class Session:
                 event = await asyncio.wait_for(self._sub.queue.get(), interval)
             except TimeoutError:
                 event = None
-            if isinstance(event, CredentialsChanged) and event.epoch != self.epoch:
-                self.stop("credentials changed; log in again", "AUTH")
-                return
             if isinstance(event, AddressDeleted):
                 self.stop("this address was deleted", "SYS/PERM")
+                return
+            if event is not None and session_ended_by(event, self.epoch, self.credential):
+                self.stop("credentials changed; log in again", "AUTH")
                 return
             if event is not None and not isinstance(event, Resync):
                 continue
@@ -323,7 +325,12 @@ class Session:
                 self.lock_lost = True
                 self.stop("maildrop lock lost; log in again", "SYS/TEMP")
                 return
-            if addr is None or addr.credential_epoch != self.epoch:
+            try:
+                holds = await credential_holds(self.store, addr, self.epoch, self.credential)
+            except Unavailable as exc:
+                log.warning("pop3: cannot re-check %s: %s", self.email, exc)
+                continue
+            if not holds:
                 self.stop("credentials changed; log in again", "AUTH")
                 return
 

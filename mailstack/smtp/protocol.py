@@ -24,10 +24,13 @@ Implementation notes (invariants):
   transaction is 503. The content goes through the same checks as DATA (bare CR/LF,
   line length, headers, MIME depth, From: on submission). Exception: on 587 before
   STARTTLS aiosmtpd refuses BDAT itself (530) without consuming its chunk.
-- A password change (``CredentialsChanged`` with a newer epoch) or the deletion of the
-  logged-in address ends the session with ``421 4.7.0`` (docs/behaviour.md §2), via a
-  watcher task on its own event subscription, so an idle connection is cut too; a
-  message being stored at that moment still gets its reply first.
+- A password change (``CredentialsChanged`` with a newer epoch), the deletion of the
+  logged-in address or the revocation of the credential the session used (its app
+  password; the password when "app passwords only" is turned on) ends the session with
+  ``421 4.7.0`` (docs/behaviour.md §2), via a watcher task on its own event
+  subscription, so an idle connection is cut too; a message being stored at that
+  moment still gets its reply first. A grant change (``SendersChanged``) makes the
+  session read what it may send as again.
 - Three kinds of error per command: syntax (5xx from the parsers), a policy refusal
   (the verdict's reply), a server error (logged, ``451 4.3.0``; see ``handle_exception``).
 """
@@ -49,7 +52,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from .. import metrics
 from ..logs import conn_event, new_session_id
 from ..mime import exceeds_depth
-from ..policy.auth import may_send_password
+from ..policy.auth import credential_holds, may_send_password, session_ended_by
 from ..policy.envelope import (
     AddressError,
     EnvelopeAddress,
@@ -75,7 +78,7 @@ from ..policy.relay import (
     route_recipient,
 )
 from ..policy.submission import msa_additions
-from ..store import Address, AddressDeleted, CredentialsChanged, Subscription, Unavailable
+from ..store import Address, Resync, SendersChanged, Subscription, Unavailable
 from . import replies
 from .data import DataState, read_data
 from .delivery import Transaction, accept
@@ -281,13 +284,26 @@ class MailstackSMTP(SMTP):
             self._watch_sub.close()
             self._watch_sub = None
 
-    async def _watch_credentials(self, sub: Subscription, epoch: int) -> None:
-        """End the session when the login's password changes or the address goes."""
+    async def _watch_credentials(self, sub: Subscription, epoch: int,
+                                 credential: int) -> None:
+        """End the session when the credential it logged in with stops working (a new
+        password, the address gone, its app password revoked, "app passwords only" for
+        a password login); read what it may send as again when a grant changes."""
+        store = self.fe.services.store
         while True:
             ev = await sub.queue.get()
-            if (isinstance(ev, CredentialsChanged) and ev.epoch > epoch) or isinstance(
-                    ev, AddressDeleted):
+            if session_ended_by(ev, epoch, credential):
                 break
+            try:
+                if isinstance(ev, Resync):  # events may have been missed: read again
+                    addr = await store.get_address_by_id(self.sess.address_id or 0)
+                    if not await credential_holds(store, addr, epoch, credential):
+                        break
+                if isinstance(ev, SendersChanged | Resync) and self.sess.email:
+                    self.sess.allowed = await allowed_senders(store, self.sess.email)
+            except Unavailable as exc:
+                log.warning("smtp %s: cannot re-read %s: %s", self.client_ip,
+                            self.sess.email, exc)
         sub.close()
         log.info("smtp %s: credentials of %s changed; closing the session",
                  self.client_ip, self.sess.email)
@@ -445,14 +461,15 @@ class MailstackSMTP(SMTP):
         sub = store.events.subscribe(result.address_id)
         # read after subscribing: a password change in between is not missed
         addr = await store.get_address_by_id(result.address_id)
-        if addr is None or addr.credential_epoch != result.credential_epoch:
+        if addr is None or not await credential_holds(store, addr, result.credential_epoch,
+                                                      result.credential):
             sub.close()
             await self.push(replies.AUTH_INVALID)
             return
         self._stop_watcher()
         self._watch_sub = sub
         self._watcher = asyncio.create_task(
-            self._watch_credentials(sub, addr.credential_epoch))
+            self._watch_credentials(sub, addr.credential_epoch, result.credential))
         self.sess.address_id = addr.id
         self.sess.email = self.login = addr.email
         self.sess.plan = addr.plan

@@ -31,9 +31,12 @@ from .base import (
     Unavailable,
 )
 from .certs import CertsMixin, StoredCertificate
+from .credentials import MAIN_PASSWORD, CredentialsMixin
 from .dkim import DkimKey, DkimMixin, NewDkimKey
 from .events import (
     AddressDeleted,
+    AutorespondersChanged,
+    CredentialRevoked,
     CredentialsChanged,
     Event,
     FlagsChanged,
@@ -41,6 +44,7 @@ from .events import (
     MessagesAdded,
     MessagesExpunged,
     Resync,
+    SendersChanged,
     Subscription,
 )
 from .gc import GcMixin
@@ -56,9 +60,9 @@ from .transport import CachedStsPolicy, TlsResultKey, TransportMixin
 from .users import Grant, User, UsersMixin, WebSession
 
 
-class Store(SmtpMixin, AccountsMixin, ImapMixin, SortKeysMixin, ImportMixin, MailboxMixin,
-            QueueMixin, GcMixin, TransportMixin, CertsMixin, DkimMixin, AutoresponderMixin,
-            ThrottleMixin, UsersMixin, SenderAuthMixin):
+class Store(SmtpMixin, CredentialsMixin, AccountsMixin, ImapMixin, SortKeysMixin,
+            ImportMixin, MailboxMixin, QueueMixin, GcMixin, TransportMixin, CertsMixin,
+            DkimMixin, AutoresponderMixin, ThrottleMixin, UsersMixin, SenderAuthMixin):
     @classmethod
     async def open_from_settings(cls, settings: Settings,
                                  clock: Callable[[], float] = time.time, *,
@@ -74,6 +78,7 @@ class Store(SmtpMixin, AccountsMixin, ImapMixin, SortKeysMixin, ImportMixin, Mai
 
 __all__ = [
     "DMARC_ACTIONS",
+    "MAIN_PASSWORD",
     "NETWORK_WIDE",
     "NO_DSN",
     "SPECIAL_FOLDERS",
@@ -84,8 +89,10 @@ __all__ = [
     "Alias",
     "AlreadyExists",
     "AutoResponder",
+    "AutorespondersChanged",
     "CachedStsPolicy",
     "Conflict",
+    "CredentialRevoked",
     "CredentialsChanged",
     "DeliveryTarget",
     "DkimKey",
@@ -112,6 +119,7 @@ __all__ = [
     "NotFound",
     "QueuedMessage",
     "Resync",
+    "SendersChanged",
     "SortKeyRow",
     "Store",
     "StoreError",

@@ -30,6 +30,7 @@ from .base import (
     StoreBase,
     StoreError,
 )
+from .credentials import senders_changed
 from .events import AddressDeleted, CredentialsChanged
 from .users import end_broken_unification
 
@@ -76,6 +77,9 @@ def _to_address(row: Any) -> Address:
 
 
 class AccountsMixin(StoreBase):
+    # Credentials of sessions (app password revoke, app-only switch), user support
+    # operations and the failed-notice claim live in store/credentials.py.
+
     # --- domains -------------------------------------------------------------------
     async def add_domain(self, name: str, plan: str) -> Domain:
         name = name.lower().rstrip(".")
@@ -271,9 +275,6 @@ class AccountsMixin(StoreBase):
             events.append(CredentialsChanged(address_id, int(epoch)))
             return int(epoch)
 
-    async def set_app_passwords_only(self, address_id: int, only: bool) -> None:
-        await self._bump_epoch(address_id, app_passwords_only=only)
-
     async def set_forwarding(self, address_id: int, targets: list[str], keep_copy: bool) -> None:
         async with self._write() as (conn, _):
             await conn.execute(update(t.addresses).where(t.addresses.c.id == address_id)
@@ -354,7 +355,8 @@ class AccountsMixin(StoreBase):
             return int(res.scalar_one())
 
     async def grant(self, user_id: int, address_id: int, permissions: list[str]) -> None:
-        async with self._write() as (conn, _):
+        async with self._write() as (conn, events):
+            await senders_changed(conn, events, user_id)
             await conn.execute(delete(t.grants).where(and_(
                 t.grants.c.user_id == user_id, t.grants.c.address_id == address_id)))
             await conn.execute(insert(t.grants).values(
@@ -383,7 +385,8 @@ class AccountsMixin(StoreBase):
         return [(u.login, sorted(by_user.get(u.id, []))) for u in users]
 
     async def revoke_grant(self, user_id: int, address_id: int) -> None:
-        async with self._write() as (conn, _):
+        async with self._write() as (conn, events):
+            await senders_changed(conn, events, user_id)
             res = await conn.execute(delete(t.grants).where(and_(
                 t.grants.c.user_id == user_id, t.grants.c.address_id == address_id)))
             if res.rowcount == 0:
@@ -419,14 +422,6 @@ class AccountsMixin(StoreBase):
                 t.app_passwords.c.address_id == address_id).order_by(
                 t.app_passwords.c.name))).all()
         return [(r.name, r.created_at, r.last_used_at) for r in rows]
-
-    async def revoke_app_password(self, address_id: int, name: str) -> None:
-        async with self._write() as (conn, _):
-            res = await conn.execute(delete(t.app_passwords).where(and_(
-                t.app_passwords.c.address_id == address_id, t.app_passwords.c.name == name)))
-            if res.rowcount == 0:
-                raise NotFound(f"no app password named {name!r}")
-        await self._bump_epoch(address_id)
 
     async def touch_app_password(self, app_id: int) -> None:
         async with self._write() as (conn, _):

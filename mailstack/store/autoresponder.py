@@ -30,6 +30,7 @@ from sqlalchemy.exc import IntegrityError
 
 from . import schema as t
 from .base import AlreadyExists, NotFound, StoreBase
+from .events import AutorespondersChanged
 
 
 @dataclass(frozen=True)
@@ -93,9 +94,10 @@ V = TypeVar("V", bound=HasReply)
 
 
 class AutoresponderMixin(StoreBase):
-    # Responder changes made by this process: a cache of who has an active responder
-    # (mailstack/autoreplies.py) re-reads at once after one (others': within a second).
-    autoresponder_changes = 0
+    # Responder changes: a cache of who has an active responder (mailstack/autoreplies.py)
+    # re-reads at once after one of this process, and when another process's change
+    # arrives (``AutorespondersChanged`` through the change log or LISTEN/NOTIFY, which
+    # bumps the counter too: StoreBase.publish_remote).
 
     async def add_autoresponder(self, address_id: int, name: str, *, subject: str,
                                 body: str, **fields: Any) -> AutoResponder:
@@ -103,7 +105,8 @@ class AutoresponderMixin(StoreBase):
         self.autoresponder_changes += 1
         now = self.clock()
         values = _values({"subject": subject, "body": body, **fields})
-        async with self._write() as (conn, _):
+        async with self._write() as (conn, events):
+            events.append(AutorespondersChanged(address_id))
             try:
                 res = await conn.execute(insert(t.autoresponders).values(
                     address_id=address_id, name=name, active=False, generation=0,
@@ -118,7 +121,8 @@ class AutoresponderMixin(StoreBase):
         self.autoresponder_changes += 1
         values = _values(fields)
         a = t.autoresponders.c
-        async with self._write() as (conn, _):
+        async with self._write() as (conn, events):
+            events.append(AutorespondersChanged(address_id))
             res = await conn.execute(update(t.autoresponders).where(and_(
                 a.address_id == address_id, a.name == name)).values(
                 updated_at=self.clock(), **values).returning(*t.autoresponders.c))
@@ -144,7 +148,8 @@ class AutoresponderMixin(StoreBase):
     async def remove_autoresponder(self, address_id: int, name: str) -> None:
         self.autoresponder_changes += 1
         a = t.autoresponders.c
-        async with self._write() as (conn, _):
+        async with self._write() as (conn, events):
+            events.append(AutorespondersChanged(address_id))
             res = await conn.execute(delete(t.autoresponders).where(and_(
                 a.address_id == address_id, a.name == name)))
             if res.rowcount == 0:
@@ -164,7 +169,8 @@ class AutoresponderMixin(StoreBase):
         self.autoresponder_changes += 1
         a = t.autoresponders.c
         now = self.clock()
-        async with self._write() as (conn, _):
+        async with self._write() as (conn, events):
+            events.append(AutorespondersChanged(address_id))
             await self._lock_address(conn, address_id)
             found = (await conn.execute(select(a.id, a.active).where(and_(
                 a.address_id == address_id, a.name == name)))).first()
@@ -188,7 +194,8 @@ class AutoresponderMixin(StoreBase):
         cond = and_(a.address_id == address_id, a.active)
         if name is not None:
             cond = and_(cond, a.name == name)
-        async with self._write() as (conn, _):
+        async with self._write() as (conn, events):
+            events.append(AutorespondersChanged(address_id))
             if name is not None and (await conn.execute(select(a.id).where(and_(
                     a.address_id == address_id, a.name == name)))).first() is None:
                 raise NotFound(f"no responder named {name!r}")

@@ -38,7 +38,14 @@ from .blobs import BlobError, BlobStore
 from .changes import ChangeFollower
 from .changes import record as record_changes
 from .db import _split_schema, create_engine, migrate_sync, schema_of
-from .events import Event, EventHub, Resync, decode_event, encode_event
+from .events import (
+    AutorespondersChanged,
+    Event,
+    EventHub,
+    Resync,
+    decode_event,
+    encode_event,
+)
 
 log = logging.getLogger("mailstack.store")
 _ENOSPC = errno.ENOSPC
@@ -235,6 +242,10 @@ class ActivityEntry:
 
 
 class StoreBase:
+    # Bumped by every responder change of this process and by each one another process
+    # made (``publish_remote``): mailstack/autoreplies.py re-reads its cache then.
+    autoresponder_changes = 0
+
     def __init__(self, url: str, blob_root: Path, *, clock: Callable[[], float] = time.time,
                  engine: AsyncEngine | None = None) -> None:
         self.url = url
@@ -273,6 +284,12 @@ class StoreBase:
         elif listen:
             await self._listen()
 
+    def publish_remote(self, event: Event) -> None:
+        """Publish an event another process or node committed (change log, NOTIFY)."""
+        if isinstance(event, AutorespondersChanged):
+            self.autoresponder_changes += 1
+        self.events.publish(event)
+
     async def _listen(self) -> None:
         """A dedicated asyncpg connection (outside the pool) LISTENs on our channel; a
         supervisor task reconnects it after an outage, with exponential backoff, and
@@ -289,7 +306,7 @@ class StoreBase:
         def on_notify(_conn: Any, _pid: int, _channel: str, payload: str) -> None:
             decoded = decode_event(payload)
             if decoded is not None and decoded[0] != self.node_id:
-                self.events.publish(decoded[1])
+                self.publish_remote(decoded[1])
 
         lost = asyncio.Event()
         conn = await asyncpg.connect(dsn, timeout=10)

@@ -73,7 +73,7 @@ class ChangeFollower:
                 continue
             decoded = decode_event(row.payload)
             if decoded is not None:
-                self.hub.publish(decoded[1])
+                self.store.publish_remote(decoded[1])
                 n += 1
         return n
 

@@ -166,6 +166,11 @@ def _m_imap_ext(conn: Connection) -> None:
         conn.execute(stmt, batch)
 
 
+def _m_user_epoch(conn: Connection) -> None:
+    """users.credential_epoch: a user's password change ends their web sessions."""
+    _add_columns(conn, "users", ["credential_epoch INTEGER NOT NULL DEFAULT 0"])
+
+
 MIGRATIONS: list[Migration] = [
     lambda conn: None,  # 1: initial schema (created by create_all on a fresh database)
     _m2_queue_dsn,  # 2: DSN parameters on queue rows (RFC 3461)
@@ -182,6 +187,7 @@ MIGRATIONS: list[Migration] = [
     _m_domain_auth_settings,  # 13: inbound-auth: per-domain DMARC action override
     _m_tls_report_days,  # 14: tls-rest: which day's TLS reports were sent, and their lock
     _m_imap_ext,  # 15: imap-ext: storage warning re-arm level; SORT/THREAD key columns
+    _m_user_epoch,  # 16: accounts-support: users.credential_epoch
 ]
 LATEST = len(MIGRATIONS)
 

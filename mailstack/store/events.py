@@ -61,6 +61,28 @@ class AddressDeleted(Event):
 
 
 @dataclass(frozen=True)
+class CredentialRevoked(Event):
+    """One credential of the address stopped working without the others changing: an
+    app password was revoked (``app_password_id``), or the address was set to accept
+    app passwords only (``app_password_id`` 0: the main password). Only the sessions
+    that logged in with that credential end (docs/behaviour.md §2)."""
+
+    app_password_id: int
+
+
+@dataclass(frozen=True)
+class SendersChanged(Event):
+    """What the login ``address_id`` may send as changed (a grant with ``send`` of the
+    user whose login is this address): SMTP sessions read it again."""
+
+
+@dataclass(frozen=True)
+class AutorespondersChanged(Event):
+    """A responder of the address was created, changed, (de)activated or removed:
+    processes drop their cached list of who has an active responder."""
+
+
+@dataclass(frozen=True)
 class Resync(Event):
     """Events may have been missed (the cross-node channel was down for a while):
     every session must treat what it holds as possibly stale, re-check the credential
@@ -120,7 +142,8 @@ class EventHub:
 
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.__name__: cls for cls in (MessagesAdded, FlagsChanged, MessagesExpunged,
-                                  FolderChanged, CredentialsChanged, AddressDeleted)
+                                  FolderChanged, CredentialsChanged, AddressDeleted,
+                                  CredentialRevoked, SendersChanged, AutorespondersChanged)
 }
 
 

@@ -95,6 +95,8 @@ users = Table(
     # Unification (docs/behaviour.md §2): the address whose password changes together
     # with this user's; NULL: none. Cleared when the rule stops holding.
     Column("unified_address_id", PK, ForeignKey("addresses.id", ondelete="SET NULL")),
+    # Bumped by a change of the user's password: web sessions of an older epoch end.
+    Column("credential_epoch", Integer, nullable=False, default=0),
     sqlite_autoincrement=True,
 )
 

@@ -133,21 +133,25 @@ class UsersMixin(StoreBase):
                                        .where(t.grants.c.address_id == address_id))).all()
         return [(int(r.user_id), _perms(r.permissions)) for r in rows]
 
-    async def set_user_password(self, user_id: int, password_hash: str) -> None:
+    async def set_user_password(self, user_id: int, password_hash: str) -> int:
         """Replace the user's password and sign it out everywhere; a unified address
-        gets the same password in the same transaction (its sessions end)."""
+        gets the same password in the same transaction (its sessions end). Returns the
+        user's new credential epoch."""
         async with self._write() as (conn, events):
             row = (await conn.execute(select(t.users.c.unified_address_id).where(
                 t.users.c.id == user_id))).first()
             if row is None:
                 raise NotFound("no such user")
-            await conn.execute(update(t.users).where(t.users.c.id == user_id)
-                               .values(password_hash=password_hash))
+            epoch = (await conn.execute(update(t.users).where(t.users.c.id == user_id)
+                                        .values(password_hash=password_hash,
+                                                credential_epoch=t.users.c.credential_epoch + 1)
+                                        .returning(t.users.c.credential_epoch))).scalar_one()
             await conn.execute(delete(t.web_sessions).where(
                 t.web_sessions.c.user_id == user_id))
             if row.unified_address_id is not None:
                 await self._set_address_password(conn, events, int(row.unified_address_id),
                                                  password_hash)
+            return int(epoch)
 
     async def set_address_password_unified(self, address_id: int, password_hash: str
                                            ) -> int | None:
@@ -160,7 +164,8 @@ class UsersMixin(StoreBase):
                 t.users.c.unified_address_id == address_id))).scalar_one_or_none()
             if user_id is not None:
                 await conn.execute(update(t.users).where(t.users.c.id == user_id)
-                                   .values(password_hash=password_hash))
+                                   .values(password_hash=password_hash,
+                                           credential_epoch=t.users.c.credential_epoch + 1))
                 await conn.execute(delete(t.web_sessions).where(
                     t.web_sessions.c.user_id == user_id))
             return int(user_id) if user_id is not None else None
