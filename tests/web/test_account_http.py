@@ -332,6 +332,34 @@ async def test_2fa_reset_from_the_command_line_signs_out_everywhere(
         assert (await b.sign_in(login, "carol-pass-1")).has(ANNA)
 
 
+async def test_user_passwd_from_the_command_line_signs_out_everywhere(
+        site: App, client_ssl: ssl.SSLContext, tmp_path: Any) -> None:
+    """`mailstack user passwd` (another process) ends the user's browser sessions; the
+    old password no longer signs in, the new one does."""
+    import asyncio
+    import sys
+
+    from tests.cli.conftest import cli_env, write_config
+
+    assert site.store is not None
+    login = "carol@elsewhere.org"
+    await add_user(site, login, "carol-pass-1", {ANNA: "read"})
+    async with browser(site, client_ssl) as b:
+        await b.sign_in(login, "carol-pass-1")
+        assert (await b.get("/account/", allow_redirects=False)).status == 200
+        cfg = write_config(tmp_path / "cli.toml", site.settings.server.data_dir,
+                           site.settings.server.database_url)
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "mailstack", "--config", str(cfg), "user", "passwd",
+            login, "--password-stdin", env=cli_env(), stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        _, err = await proc.communicate(b"carol-pass-2\n")
+        assert proc.returncode == 0, err
+        assert (await b.get("/account/", allow_redirects=False)).status == 303
+    async with browser(site, client_ssl) as b:
+        assert (await b.sign_in(login, "carol-pass-2")).has(ANNA)
+
+
 # --- CSRF and permissions on address pages ---------------------------------------------------
 
 
