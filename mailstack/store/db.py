@@ -101,6 +101,13 @@ def _m_imap(conn: Connection) -> None:
         "JOIN folders f ON f.id = m.folder_id GROUP BY f.address_id")
 
 
+def _m_keyword_index(conn: Connection) -> None:
+    """A partial index over the messages that carry keywords: SELECT lists a mailbox's
+    keywords (RFC 3501 §7.2.6) without reading every message row."""
+    ix = next(i for i in schema.messages.indexes if i.name == "ix_messages_keywords")
+    ix.create(conn, checkfirst=True)
+
+
 MIGRATIONS: list[Migration] = [
     lambda conn: None,  # 1: initial schema (created by create_all on a fresh database)
     _m2_queue_dsn,  # 2: DSN parameters on queue rows (RFC 3461)
@@ -113,6 +120,7 @@ MIGRATIONS: list[Migration] = [
     _m_reliability_throttle,  # 9: reliability: login_throttle table; activity network, count
     _m_imap,  # 10: imap: \Recent, deleted-mailbox subscriptions, METADATA, QUOTA, sort keys
     _m10_queue_delivery,  # 11: outbound: delivery state, lease, attempt history, report owed
+    _m_keyword_index,  # 12: imap-perf: partial index of messages with keywords
 ]
 LATEST = len(MIGRATIONS)
 

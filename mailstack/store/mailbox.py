@@ -29,6 +29,7 @@ from sqlalchemy import (
     insert,
     or_,
     select,
+    text,
     true,
     update,
 )
@@ -79,6 +80,7 @@ def _message(row: Any) -> Message:
 _MSG_COLS = (t.messages.c.id, t.messages.c.folder_id, t.messages.c.uid, t.messages.c.modseq,
              t.messages.c.flags, t.messages.c.keywords, t.messages.c.internal_date,
              t.messages.c.size, t.messages.c.blob_id, t.messages.c.prefix)
+_HAS_KEYWORDS = text("messages.keywords <> ''")
 
 
 @dataclass(frozen=True)
@@ -297,10 +299,18 @@ class MailboxMixin(StoreBase):
     async def folder_keywords(self, folder_id: int, uid_min: int = 1) -> set[str]:
         """The keywords set on messages of a folder (from ``uid_min`` on): what
         SELECT's FLAGS lists (RFC 3501 §7.2.6)."""
-        m = t.messages.c
         async with self._read() as conn:
-            rows = (await conn.execute(select(m.keywords).distinct().where(and_(
-                m.folder_id == folder_id, m.uid >= uid_min, m.keywords != "")))).all()
+            return await self._keywords(conn, folder_id, uid_min)
+
+    async def _keywords(self, conn: Any, folder_id: int, uid_min: int) -> set[str]:
+        m = t.messages.c
+        # the literal '' (not a bound value) lets SQLite use the partial index
+        # ix_messages_keywords, which holds only the messages that have keywords; the
+        # whole folder (SELECT) reads that index alone, a few new UIDs the UID index
+        q = select(m.keywords).distinct().where(m.folder_id == folder_id, _HAS_KEYWORDS)
+        if uid_min > 1:
+            q = q.where(m.uid >= uid_min)
+        rows = (await conn.execute(q)).all()
         return {k for r in rows for k in r[0].split(" ") if k}
 
     async def folder_status(self, folder_id: int) -> FolderStatus:

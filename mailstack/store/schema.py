@@ -150,6 +150,9 @@ messages = Table(
     UniqueConstraint("folder_id", "uid", name="uq_message_uid"),
     Index("ix_messages_folder_modseq", "folder_id", "modseq"),
     Index("ix_messages_blob", "blob_id"),
+    # the few messages with keywords, for SELECT's FLAGS list (RFC 3501 §7.2.6)
+    Index("ix_messages_keywords", "folder_id", "keywords",
+          sqlite_where=text("keywords <> ''"), postgresql_where=text("keywords <> ''")),
     sqlite_autoincrement=True,
 )
 
