@@ -32,9 +32,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from .. import metrics
 from .blobs import BlobError, BlobStore
 from .changes import ChangeFollower
-from .changes import record as record_changes
 from .db import _split_schema, create_engine, migrate_sync, schema_of
 from .events import Event, EventHub, Resync, decode_event, encode_event
+from .writer import GroupWriter
 
 log = logging.getLogger("mailstack.store")
 _ENOSPC = errno.ENOSPC
@@ -240,6 +240,7 @@ class StoreBase:
         self.events = EventHub()
         self.clock = clock
         self._write_lock = asyncio.Lock()
+        self.writer = GroupWriter(self)  # SQLite: group commit of all write transactions
         # Across nodes (PostgreSQL): events also go out with pg_notify inside the
         # transaction, so other nodes get them exactly when the commit happens.
         self.node_id = uuid.uuid4().hex
@@ -334,6 +335,7 @@ class StoreBase:
             self.events.publish_all(Resync(0))
 
     async def close(self) -> None:
+        await self.writer.close()
         if self._follower is not None:
             await self._follower.stop()
             self._follower = None
@@ -359,22 +361,18 @@ class StoreBase:
     @asynccontextmanager
     async def _write(self) -> AsyncIterator[tuple[AsyncConnection, list[Event]]]:
         """A write transaction; events appended to the list are published after commit."""
+        if self.is_sqlite:  # grouped with concurrent writers, one commit (writer.py)
+            async with self.writer.transaction() as (sq_conn, sq_events):
+                yield sq_conn, sq_events
+            return
         events: list[Event] = []
         started = time.perf_counter()
         try:
-            if self.is_sqlite:
-                async with self._write_lock, self.engine.connect() as conn:
-                    conn = await conn.execution_options(sqlite_begin="IMMEDIATE")
-                    async with conn.begin():
-                        yield conn, events
-                        # other processes on this box follow the log (store/changes.py)
-                        await record_changes(conn, self.node_id, events)
-            else:
-                async with self.engine.begin() as conn:
-                    yield conn, events
-                    for ev in events:  # delivered by PostgreSQL only if we commit
-                        await conn.execute(text("SELECT pg_notify(:c, :p)"), {
-                            "c": self.channel, "p": encode_event(self.node_id, ev)})
+            async with self.engine.begin() as conn:
+                yield conn, events
+                for ev in events:  # delivered by PostgreSQL only if we commit
+                    await conn.execute(text("SELECT pg_notify(:c, :p)"), {
+                        "c": self.channel, "p": encode_event(self.node_id, ev)})
         except DB_ERRORS as exc:
             raise unavailable(exc) from exc
         metrics.observe_store_transaction(time.perf_counter() - started)
