@@ -593,6 +593,13 @@ class MailboxMixin(StoreBase):
         if only_deleted:
             cond.append(t.messages.c.flags.op("&")(DELETED_BIT) != 0)
         async with self._write() as (conn, events):
+            if not self.is_sqlite:
+                # concurrent EXPUNGEs of one folder (PostgreSQL, read committed): the
+                # second waits here for the first and then no longer finds its messages,
+                # instead of expunging the same UIDs twice (unique violation). The folder
+                # row first, as every other write path locks it before message rows.
+                await conn.execute(select(t.folders.c.id).where(
+                    t.folders.c.id == folder_id).with_for_update())
             q = select(t.messages.c.uid).where(and_(*cond)).order_by(t.messages.c.uid)
             found = [r.uid for r in (await conn.execute(q)).all()]
             if uids is not None:
