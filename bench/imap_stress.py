@@ -6,15 +6,16 @@
     LOGIN, SELECT INBOX, UID FETCH 1:* (UID FLAGS), APPEND (one message with the client's
     own keyword), NOOP, UID FETCH of the appended UID, UID STORE +FLAGS (\\Seen) on a
     random message, UID STORE +FLAGS.SILENT (\\Deleted) on the message it appended in its
-    previous session, EXPUNGE, FETCH 1:* (UID), LOGOUT
+    previous session, EXPUNGE, FETCH 1:* (UID), NOOP, LOGOUT
 
 and compares what it has been told with what the server answers. The client keeps the
 mailbox as it must look to it (sequence number -> UID), applying every untagged EXISTS
 and EXPUNGE it receives, and counts an **inconsistency** when:
 
 - ``UID FETCH 1:*`` after SELECT (or the final ``FETCH 1:*``) leaves out a message the
-  client was told exists, or UIDVALIDITY changes, or UIDNEXT goes down, or a UID is not
-  below UIDNEXT;
+  client was told exists and the server does not report its EXPUNGE by the NOOP before
+  LOGOUT (RFC 2180 §4.1 lets a server skip a message another session expunged), or
+  UIDVALIDITY changes, or UIDNEXT goes down, or a UID is not below UIDNEXT;
 - UIDs are not strictly ascending in sequence order;
 - an APPENDUID is not above every UID the client has seen, or its message (which no one
   else deletes) is missing or lacks the client's keyword after the NOOP;
@@ -79,7 +80,11 @@ class Checker:
     def __init__(self, name: str, problems: list[str]) -> None:
         self.name = name
         self.problems = problems
-        self.model: list[int | None] = []  # sequence number - 1 -> UID (None: not known)
+        # sequence number - 1 -> UID; a message announced by EXISTS whose UID is not
+        # known yet holds a unique negative placeholder
+        self.model: list[int] = []
+        self._placeholder = 0
+        self.unresolved: set[int] = set()  # placeholders FETCH 1:* did not fill
         self.max_uid = 0
         self.uidvalidity: int | None = None
         self.uidnext = 0
@@ -103,7 +108,9 @@ class Checker:
                 if n < len(self.model):
                     self.bad(f"EXISTS went down from {len(self.model)} to {n}")
                     del self.model[n:]
-                self.model.extend([None] * (n - len(self.model)))
+                while len(self.model) < n:
+                    self._placeholder -= 1
+                    self.model.append(self._placeholder)
             elif (m := _FETCH.match(line)) is not None:
                 seq = int(m.group(1))
                 u = _UID.search(m.group(2))
@@ -114,22 +121,31 @@ class Checker:
                     self.bad(f"FETCH for sequence {seq} of {len(self.model)}")
                     continue
                 known = self.model[seq - 1]
-                if known is None:
+                if known < 0:
                     self.model[seq - 1] = uid
                 elif known != uid:
                     self.bad(f"sequence {seq} is UID {uid} for the server, {known} here")
                 self.max_uid = max(self.max_uid, uid)
 
     def check_all_known(self, announced: int) -> None:
-        """After ``FETCH 1:*``: a UID for each of the first ``announced`` messages."""
-        missing = [i + 1 for i, u in enumerate(self.model[:announced]) if u is None]
-        if missing:
-            self.bad(f"FETCH 1:* left out sequence numbers {missing[:5]} of {announced}")
+        """After ``FETCH 1:*``: the first ``announced`` messages without a UID. A server
+        may return nothing for a message another session expunged meanwhile (RFC 2180
+        §4.1); then it must report that EXPUNGE later: ``check_resolved``."""
+        self.unresolved |= {u for u in self.model[:announced] if u < 0}
+
+    def check_resolved(self) -> None:
+        """After a NOOP: every message FETCH 1:* left out has been expunged since."""
+        left = self.unresolved & set(self.model)
+        if left:
+            seqs = [i + 1 for i, u in enumerate(self.model) if u in left]
+            self.bad(f"sequence numbers {seqs[:5]} neither returned by FETCH 1:* nor "
+                     "expunged")
+        self.unresolved.clear()
 
     def check_ascending(self) -> None:
         prev = 0
         for uid in self.model:
-            if uid is not None:
+            if uid > 0:
                 if uid <= prev:
                     self.bad(f"UIDs not ascending: {prev} then {uid}")
                 prev = uid
@@ -169,7 +185,7 @@ async def session(c: Imap, ck: Checker, rng: random.Random, user: str, data: byt
     # every message announced before the command must have come back (one announced by
     # an EXISTS in the same response may have arrived after 1:* was evaluated)
     ck.check_all_known(exists)
-    if any(u is not None and u >= uidnext for u in ck.model[:exists]):
+    if any(u >= uidnext for u in ck.model[:exists]):
         ck.bad(f"a UID at or above UIDNEXT {uidnext}")
     ck.check_ascending()
     # APPEND: a UID above all seen, present after NOOP with our keyword
@@ -194,7 +210,7 @@ async def session(c: Imap, ck: Checker, rng: random.Random, user: str, data: byt
                                      else b""):
             ck.bad(f"appended UID {uid} lacks {keyword!r}: {mine[0][:120]!r}")
     # STORE \Seen on a random known message: the reply agrees with the map
-    known = [u for u in ck.model if u is not None]
+    known = [u for u in ck.model if u > 0]
     if known:
         target = rng.choice(known)
         out = await cmd("STORE", b"UID STORE %d +FLAGS (\\Seen)" % target)
@@ -217,6 +233,8 @@ async def session(c: Imap, ck: Checker, rng: random.Random, user: str, data: byt
     await cmd("FETCH CHECK", b"FETCH 1:* (UID)", expunge_allowed=False)
     ck.check_all_known(before)
     ck.check_ascending()
+    await cmd("NOOP", b"NOOP")  # pending EXPUNGEs of others arrive here at the latest
+    ck.check_resolved()
     await cmd("LOGOUT", b"LOGOUT", expect_ok=False)
     return done
 

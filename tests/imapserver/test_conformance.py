@@ -367,3 +367,28 @@ async def test_list_extended_recursivematch(imap_app: App) -> None:
     assert not any(x.endswith(b'"Foo"\r\n') for x in out), out
     await raw.close()
     assert await folder_of(imap_app, "Foo/Bar")
+
+
+async def test_expunge_reports_removals_committed_just_before(
+        imap_app: App, monkeypatch: pytest.MonkeyPatch) -> None:
+    """RFC 3501 §6.4.3: after EXPUNGE no \\Deleted message is left in the client's view,
+    even when another session (or process: its notice arrives up to a second later)
+    expunged them just before this EXPUNGE found nothing left to remove."""
+    assert imap_app.store is not None
+    fid = await inbox_id(imap_app)
+    for i in range(4):
+        await imap_app.store.append(fid, message(f"m{i}"))
+    a = await _raw(imap_app)
+    out = await a.cmd(b"d", b"STORE 2:3 +FLAGS.SILENT (\\Deleted)")
+    assert out[-1].startswith(b"d OK"), out
+    # another process expunges them; its notice has not reached this process yet
+    publish = imap_app.store.events.publish
+    monkeypatch.setattr(imap_app.store.events, "publish", lambda ev: None)
+    assert await imap_app.store.expunge(fid) == [2, 3]
+    monkeypatch.setattr(imap_app.store.events, "publish", publish)
+    out = await a.cmd(b"x", b"EXPUNGE")
+    assert out[-1].startswith(b"x OK"), out
+    assert b"* 3 EXPUNGE\r\n" in out and b"* 2 EXPUNGE\r\n" in out, out
+    out = await a.cmd(b"f", b"FETCH 1:* (UID)")
+    assert out[:-1] == [b"* 1 FETCH (UID 1)\r\n", b"* 2 FETCH (UID 4)\r\n"], out
+    await a.close()
