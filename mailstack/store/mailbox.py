@@ -585,10 +585,13 @@ class MailboxMixin(StoreBase):
                 {"folder_id": folder_id, "uid": u, "modseq": modseq} for u in chunk])
 
     async def expunge(self, folder_id: int, uids: Iterable[int] | None = None,
-                      *, only_deleted: bool = True) -> list[int]:
+                      *, only_deleted: bool = True, others_since: int | None = None
+                      ) -> list[int]:
         """Remove messages flagged \\Deleted (restricted to ``uids`` if given: UID
         EXPUNGE, RFC 4315 §2.1); ``only_deleted=False`` removes ``uids`` regardless
-        (POP3 DELE at QUIT). Returns the expunged UIDs in ascending order."""
+        (POP3 DELE at QUIT). Returns the expunged UIDs in ascending order; with
+        ``others_since`` (a MODSEQ) also those expunged by others after it, read in
+        the same transaction (IMAP EXPUNGE tells them too, RFC 3501 §6.4.3)."""
         cond = [t.messages.c.folder_id == folder_id]
         if only_deleted:
             cond.append(t.messages.c.flags.op("&")(DELETED_BIT) != 0)
@@ -605,9 +608,14 @@ class MailboxMixin(StoreBase):
             if uids is not None:
                 wanted = set(uids)
                 found = [u for u in found if u in wanted]
+            others: list[int] = []
+            if others_since is not None:
+                others = [r.uid for r in (await conn.execute(select(t.expunged.c.uid).where(
+                    t.expunged.c.folder_id == folder_id,
+                    t.expunged.c.modseq > others_since))).all()]
             if not found:
-                return []
+                return sorted(others)
             modseq, address_id = await self._bump_modseq(conn, folder_id)
             await self._expunge_rows(conn, folder_id, found, modseq)
             events.append(MessagesExpunged(address_id, folder_id, tuple(found), modseq))
-        return found
+        return sorted(set(found).union(others))
