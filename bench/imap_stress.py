@@ -181,12 +181,17 @@ async def session(c: Imap, ck: Checker, rng: random.Random, user: str, data: byt
     if uidnext < ck.uidnext:
         ck.bad(f"UIDNEXT went down {ck.uidnext} -> {uidnext}")
     ck.uidnext = uidnext
-    await cmd("FETCH ALL", b"UID FETCH 1:* (UID FLAGS)")
+    out = await cmd("FETCH ALL", b"UID FETCH 1:* (UID FLAGS)")
     # every message announced before the command must have come back (one announced by
     # an EXISTS in the same response may have arrived after 1:* was evaluated)
     ck.check_all_known(exists)
-    if any(u >= uidnext for u in ck.model[:exists]):
-        ck.bad(f"a UID at or above UIDNEXT {uidnext}")
+    for line in out:  # the messages SELECT counted (numbers valid until an EXPUNGE)
+        if _EXPUNGE.match(line):
+            break
+        if (fm := _FETCH.match(line)) and int(fm.group(1)) <= exists and \
+                (u := _UID.search(line)) and int(u.group(1)) >= uidnext:
+            ck.bad(f"UID {int(u.group(1))} of message {fm.group(1)!r} at or above the "
+                   f"UIDNEXT {uidnext} of SELECT")
     ck.check_ascending()
     # APPEND: a UID above all seen, present after NOOP with our keyword
     seen_before = ck.max_uid

@@ -63,14 +63,17 @@ async def expunge(s: Session, c: t.Expunge) -> str | None:
     # RFC 3501 §6.4.3: once EXPUNGE is done no \\Deleted message is left. Another
     # session's EXPUNGE of the same messages may have committed just before ours (found
     # by bench/imap_stress.py on PostgreSQL), its event not noted here yet: the store
-    # also returns removals after the MODSEQ this client was told, in the same
-    # transaction, and they are told now too
+    # also returns removals by others since this mailbox was selected, in the same
+    # transaction, and they are told now too. From the MODSEQ of SELECT: notices of
+    # concurrent transactions may arrive out of MODSEQ order, so a later one already
+    # told says nothing about an earlier one (UIDs no longer in the view are skipped)
     view.drain()
     gone = await s.store.expunge(
-        view.folder_id, uids, others_since=view.reported_modseq if uids is None else None)
-    for line in view.remove(gone):  # UIDs no longer in the view are skipped
+        view.folder_id, uids, others_since=view.folder.highestmodseq if uids is None else None)
+    lines = view.remove(gone)  # UIDs no longer in the view are skipped
+    for line in lines:
         s.send(line)
-    return await _with_highestmodseq(s, view, bool(gone), "EXPUNGE completed")
+    return await _with_highestmodseq(s, view, bool(lines), "EXPUNGE completed")
 
 
 async def _with_highestmodseq(s: Session, view: MailboxView, changed: bool,
