@@ -174,3 +174,51 @@ class Imap:
         except (OSError, ProtocolError, TimeoutError, asyncio.IncompleteReadError):
             pass
         self.w.close()
+
+
+class Pop3:
+    """One POP3 session (RFC 1939): single-line and multi-line replies, bytes kept."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.r, self.w = reader, writer
+
+    @classmethod
+    async def connect(cls, port: int, timeout: float = 30.0) -> Pop3:
+        r, w = await asyncio.wait_for(asyncio.open_connection(HOST, port, limit=1 << 22),
+                                      timeout)
+        c = cls(r, w)
+        greeting = await asyncio.wait_for(r.readline(), timeout)
+        if not greeting.startswith(b"+OK"):
+            w.close()
+            raise ProtocolError(f"greeting {greeting!r}")
+        return c
+
+    async def cmd(self, line: bytes) -> bytes:
+        self.w.write(line + b"\r\n")
+        reply = await self.r.readline()
+        if not reply.startswith(b"+OK"):
+            raise ProtocolError(f"{line.split(b' ')[0]!r} -> {reply[:120]!r}")
+        return reply
+
+    async def multi(self, line: bytes) -> list[bytes]:
+        """A command with a multi-line reply; the lines (dot-unstuffed, CRLF kept)."""
+        await self.cmd(line)
+        lines = []
+        while True:
+            x = await self.r.readline()
+            if not x:
+                raise ProtocolError("connection closed in a multi-line reply")
+            if x == b".\r\n":
+                return lines
+            lines.append(x[1:] if x.startswith(b"..") else x)
+
+    async def login(self, user: str, password: str) -> None:
+        await self.cmd(f"USER {user}".encode())
+        await self.cmd(f"PASS {password}".encode())
+
+    async def quit(self) -> None:
+        try:
+            await asyncio.wait_for(self.cmd(b"QUIT"), 5)
+        except (OSError, ProtocolError, TimeoutError):
+            pass
+        self.w.close()

@@ -151,6 +151,36 @@ def install_sql_trace(app: App, out_path: str) -> Any:
     return dump
 
 
+def install_gc_trace(out_path: str) -> Any:
+    """BENCH_GC_TRACE=FILE: count the cyclic GC's collections per generation and the
+    time they took (the process's pauses); ``dump()`` writes them."""
+    import gc
+    import time
+
+    stats = {g: [0, 0.0, 0.0] for g in range(3)}  # count, total s, longest s
+    t0 = [0.0]
+
+    def cb(phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            t0[0] = time.perf_counter()
+            return
+        dt = time.perf_counter() - t0[0]
+        st = stats[info["generation"]]
+        st[0] += 1
+        st[1] += dt
+        st[2] = max(st[2], dt)
+
+    gc.callbacks.append(cb)
+
+    def dump() -> None:
+        with open(out_path, "w") as f:
+            for g, (n, total, longest) in stats.items():
+                f.write(f"gen{g} {int(n)} collections {total * 1000:.1f} ms total "
+                        f"{longest * 1000:.1f} ms longest\n")
+
+    return dump
+
+
 async def main(spec: dict[str, Any]) -> None:
     raise_nofile(int(spec.get("nofile", 4096)))
     logging.basicConfig(level=logging.WARNING)
@@ -162,6 +192,9 @@ async def main(spec: dict[str, Any]) -> None:
         dump = None
         if os.environ.get("BENCH_SQL_TRACE"):
             dump = install_sql_trace(app, os.environ["BENCH_SQL_TRACE"])
+        gc_dump = None
+        if os.environ.get("BENCH_GC_TRACE"):
+            gc_dump = install_gc_trace(os.environ["BENCH_GC_TRACE"])
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -171,6 +204,8 @@ async def main(spec: dict[str, Any]) -> None:
         await stop.wait()
         if dump is not None:
             dump()
+        if gc_dump is not None:
+            gc_dump()
     finally:
         with contextlib.suppress(Exception):
             await app.stop(grace=0.5)

@@ -218,10 +218,11 @@ async def _mailstack(name: str, dataset: DataSet, protocols: set[str],
                                                    3600.0 if auth_cache else 0.0}},
                             "dns_resolver": dns_resolver}
     try:
-        # filling the store takes time: 120 s plus 2 s per 1,000 messages (100k: ~5 min)
+        # filling the store takes time: 120 s plus 8 s per 1,000 messages (100k: ~15 min;
+        # a loaded machine needed more than 5 min for 100k)
         total = sum(dataset.messages.values())
         proc, info = await asyncio.to_thread(_start_runner, base, spec,
-                                             120.0 + total / 500)
+                                             120.0 + total / 125)
         try:
             yield Running(name, {**ports, **info["ports"]}, lambda: descendants(proc.pid),
                           {"log": base / "mailstack.log"})

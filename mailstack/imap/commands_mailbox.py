@@ -71,17 +71,18 @@ async def select(s: Session, c: t.Select) -> str | None:
     s.view = None
     s.sub.close()
     s.sub = s.store.events.subscribe(s.address_id)  # fresh queue: no stale events
-    opened = await s.store.open_folder(s.address_id, c.mailbox)  # one read transaction
+    opened = await s.store.select_folder(s.address_id, c.mailbox)  # one read transaction
     if opened is None:
         raise respond.No(f"No such mailbox: {c.mailbox}", "NONEXISTENT")
-    folder, uids, first = opened
+    folder, uids, first = opened.folder, opened.uids, opened.first_unseen
     view = MailboxView(s.store, folder, uids, readonly=c.readonly, subscription=s.sub)
     if c.condstore or c.qresync is not None:
         s.enable_condstore()  # RFC 7162 §3.1.8
     view.condstore, view.qresync = s.condstore, s.qresync
     view.rev1 = not s.rev2
-    await view.claim_recent(uids)  # RFC 3501 §2.3.2: only rev1 sessions see \\Recent
-    view.note_keywords(await s.store.folder_keywords(folder.id))  # RFC 3501 §7.2.6
+    # RFC 3501 §2.3.2: only rev1 sessions see \\Recent; a write only if some are unclaimed
+    await view.claim_recent(uids, opened.first_recent)
+    view.note_keywords(opened.keywords)  # RFC 3501 §7.2.6
     s.send(respond.untagged(f"{view.exists} EXISTS"))
     if not s.rev2:
         s.send(respond.untagged(f"{len(view.recent)} RECENT"))  # RFC 3501 §6.3.1
@@ -349,11 +350,14 @@ async def append(s: Session, c: t.Append) -> str | None:
         when = m.internal_date.timestamp() if m.internal_date is not None else None
         items.append((data, flags, when))
     await check_quota(s, sum(len(d) for d, _, _ in items), len(items))  # RFC 9208 §4.6
-    if len(items) == 1:
-        data, flags, when = items[0]
-        msgs = [await s.store.append(folder.id, data, flags=flags, internal_date=when)]
-    else:
-        msgs = await s.store.append_many(folder.id, items)
+    # appending to its own selected mailbox, an IMAP4rev1 session claims the new
+    # messages as \\Recent (RFC 3501 §2.3.2) in the APPEND's transaction, not in a
+    # second write when it is told about them
+    view = s.view
+    claim = view is not None and view.folder_id == folder.id and view.claims_recent
+    msgs, old = await s.store.append_claiming(folder.id, items, claim_recent=claim)
+    if view is not None and old is not None and msgs:
+        view.claimed.append((old, msgs[-1].uid + 1))
     # the 90 % warning (behaviour.md §3)
     s.services.notifier.after_storing([s.email], sum(len(d) for d, _, _ in items))
     uids = respond.seq_set(m.uid for m in msgs)

@@ -84,6 +84,9 @@ class MailboxView:
         # mailbox claims new messages as recent (exactly one session gets each one)
         self.rev1 = False
         self.recent: set[int] = set()
+        # [from, upto) UID ranges this session claimed in the transaction of its own
+        # APPEND to this mailbox (Store.append_claiming), not all in the view yet
+        self.claimed: list[tuple[int, int]] = []
         self.keywords: dict[str, str] = {}  # lower-case -> spelling, as announced
         self.contexts: dict[str, LiveContext] = {}  # RFC 5267 live results (contexts.py)
 
@@ -121,12 +124,23 @@ class MailboxView:
         announced (FLAGS, PERMANENTFLAGS) before a FETCH shows it."""
         return self.flags_response() if self.note_keywords(flags) else []
 
-    async def claim_recent(self, uids: list[int]) -> None:
-        """Claim the not yet claimed messages among ``uids`` (ascending) as recent."""
+    async def claim_recent(self, uids: list[int], first_recent: int | None = None) -> None:
+        """Claim the not yet claimed messages among ``uids`` (ascending) as recent.
+        ``first_recent``: the folder's first unclaimed UID, read with ``uids``; a write
+        transaction is needed only when some of ``uids`` are at or above it and this
+        session did not claim them already when it appended them."""
         if not self.claims_recent or not uids:
             return
+        upto = uids[-1] + 1
+        covered = 0
+        for lo, hi in self.claimed:
+            self.recent.update(u for u in uids if lo <= u < hi)
+            covered = max(covered, hi)
+        self.claimed = [(lo, hi) for lo, hi in self.claimed if hi > upto]
+        if covered >= upto or (first_recent is not None and first_recent >= upto):
+            return  # every one of them is claimed (by this session or another)
         try:
-            first = await self.store.claim_recent(self.folder_id, uids[-1] + 1)
+            first = await self.store.claim_recent(self.folder_id, upto)
         except InsufficientStorage as exc:
             # reading mail keeps working on a full disk (docs/behaviour.md §12 "Faults"):
             # the messages are then simply not \Recent for this session
@@ -237,15 +251,16 @@ class MailboxView:
         if self.new_mail:
             self.new_mail = False
             last = self.uids[-1] if self.uids else 0
-            fresh = await self.store.folder_uids(self.folder_id, uid_min=last + 1)
+            # one read transaction: the new UIDs, the \Recent mark, their keywords
+            fresh, first_recent, keywords = await self.store.fresh_messages(
+                self.folder_id, last + 1)
             if fresh:
                 self.uids.extend(fresh)
                 out.append(respond.untagged(f"{len(self.uids)} EXISTS"))
-                await self.claim_recent(fresh)
+                await self.claim_recent(fresh, first_recent)
                 if self.rev1:  # RFC 3501 §7.3.2
                     out.append(respond.untagged(f"{len(self.recent)} RECENT"))
-                out += self.announce(await self.store.folder_keywords(self.folder_id,
-                                                                      fresh[0]))
+                out += self.announce(keywords)
         if self.pending_flags:
             wanted = [u for u in sorted(self.pending_flags) if u not in self.pending_expunge]
             self.pending_flags.clear()

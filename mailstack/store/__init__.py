@@ -48,7 +48,7 @@ from .events import (
     Subscription,
 )
 from .gc import GcMixin
-from .imap import ImapMixin, MsgRow
+from .imap import ImapMixin, MsgRow, OpenedFolder
 from .importer import FolderProgress, ImportedMessage, ImportJob, ImportMixin, NewImportJob
 from .mailbox import DeliveryTarget, MailboxMixin, normalize_folder_name
 from .queue import NO_DSN, DsnRequest, QueuedMessage, QueueMixin
@@ -117,6 +117,7 @@ __all__ = [
     "NewDkimKey",
     "NewImportJob",
     "NotFound",
+    "OpenedFolder",
     "QueuedMessage",
     "Resync",
     "SendersChanged",

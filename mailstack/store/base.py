@@ -36,7 +36,6 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from .. import metrics
 from .blobs import BlobError, BlobStore
 from .changes import ChangeFollower
-from .changes import record as record_changes
 from .db import _split_schema, create_engine, migrate_sync, schema_of
 from .events import (
     AutorespondersChanged,
@@ -46,6 +45,7 @@ from .events import (
     decode_event,
     encode_event,
 )
+from .writer import GroupWriter
 
 log = logging.getLogger("mailstack.store")
 _ENOSPC = errno.ENOSPC
@@ -256,6 +256,7 @@ class StoreBase:
         self.clock = clock
         self._write_lock = asyncio.Lock()
         self._writers_fd: int | None = None  # share_writer_queue
+        self.writer = GroupWriter(self)  # SQLite: group commit of all write transactions
         # Across nodes (PostgreSQL): events also go out with pg_notify inside the
         # transaction, so other nodes get them exactly when the commit happens.
         self.node_id = uuid.uuid4().hex
@@ -380,12 +381,24 @@ class StoreBase:
             raise
         return True
 
+    @asynccontextmanager
+    async def writers_queued(self) -> AsyncIterator[None]:
+        """Hold the writers' lock shared by the workers' processes (when there is one)
+        for one write transaction (writer.py)."""
+        queued = await self._queue_writer()
+        try:
+            yield
+        finally:
+            if queued:
+                self._dequeue_writer()
+
     def _dequeue_writer(self) -> None:
         if self._writers_fd is not None:
             with contextlib.suppress(OSError):
                 fcntl.lockf(self._writers_fd, fcntl.LOCK_UN)
 
     async def close(self) -> None:
+        await self.writer.close()
         if self._writers_fd is not None:
             os.close(self._writers_fd)
             self._writers_fd = None
@@ -414,29 +427,18 @@ class StoreBase:
     @asynccontextmanager
     async def _write(self) -> AsyncIterator[tuple[AsyncConnection, list[Event]]]:
         """A write transaction; events appended to the list are published after commit."""
+        if self.is_sqlite:  # grouped with concurrent writers, one commit (writer.py)
+            async with self.writer.transaction() as (sq_conn, sq_events):
+                yield sq_conn, sq_events
+            return
         events: list[Event] = []
         started = time.perf_counter()
         try:
-            if self.is_sqlite:
-                async with self._write_lock:
-                    queued = await self._queue_writer()
-                    try:
-                        async with self.engine.connect() as conn:
-                            conn = await conn.execution_options(sqlite_begin="IMMEDIATE")
-                            async with conn.begin():
-                                yield conn, events
-                                # other processes on this box follow the log
-                                # (store/changes.py)
-                                await record_changes(conn, self.node_id, events)
-                    finally:
-                        if queued:
-                            self._dequeue_writer()
-            else:
-                async with self.engine.begin() as conn:
-                    yield conn, events
-                    for ev in events:  # delivered by PostgreSQL only if we commit
-                        await conn.execute(text("SELECT pg_notify(:c, :p)"), {
-                            "c": self.channel, "p": encode_event(self.node_id, ev)})
+            async with self.engine.begin() as conn:
+                yield conn, events
+                for ev in events:  # delivered by PostgreSQL only if we commit
+                    await conn.execute(text("SELECT pg_notify(:c, :p)"), {
+                        "c": self.channel, "p": encode_event(self.node_id, ev)})
         except DB_ERRORS as exc:
             raise unavailable(exc) from exc
         metrics.observe_store_transaction(time.perf_counter() - started)

@@ -171,6 +171,13 @@ def _m_user_epoch(conn: Connection) -> None:
     _add_columns(conn, "users", ["credential_epoch INTEGER NOT NULL DEFAULT 0"])
 
 
+def _m_keyword_index(conn: Connection) -> None:
+    """A partial index over the messages that carry keywords: SELECT lists a mailbox's
+    keywords (RFC 3501 §7.2.6) without reading every message row."""
+    ix = next(i for i in schema.messages.indexes if i.name == "ix_messages_keywords")
+    ix.create(conn, checkfirst=True)
+
+
 MIGRATIONS: list[Migration] = [
     lambda conn: None,  # 1: initial schema (created by create_all on a fresh database)
     _m2_queue_dsn,  # 2: DSN parameters on queue rows (RFC 3461)
@@ -188,6 +195,7 @@ MIGRATIONS: list[Migration] = [
     _m_tls_report_days,  # 14: tls-rest: which day's TLS reports were sent, and their lock
     _m_imap_ext,  # 15: imap-ext: storage warning re-arm level; SORT/THREAD key columns
     _m_user_epoch,  # 16: accounts-support: users.credential_epoch
+    _m_keyword_index,  # 17: imap-perf: partial index of messages with keywords
 ]
 LATEST = len(MIGRATIONS)
 

@@ -43,6 +43,16 @@ class _TooMany(Exception):
     """Rolls back a METADATA change that would exceed the entry limit."""
 
 
+class OpenedFolder(NamedTuple):
+    """What SELECT reads (``select_folder``)."""
+
+    folder: Folder
+    uids: list[int]
+    first_unseen: int | None
+    first_recent: int  # folders.first_recent_uid: UIDs from here on are not claimed yet
+    keywords: set[str]
+
+
 class MsgRow(NamedTuple):
     """A message's metadata, as SEARCH and FETCH of flags/sizes/dates need it (a named
     tuple, not a dataclass: built 10,000s of times per command, tuple creation is ~5x
@@ -92,9 +102,16 @@ class ImapMixin(MailboxMixin):
 
     async def open_folder(self, address_id: int, name: str
                           ) -> tuple[Folder, list[int], int | None] | None:
-        """SELECT in one read transaction: the folder, its UIDs and the first unseen
-        UID; None if there is no such folder. The folder row is read after the UIDs on
-        PostgreSQL (read committed), so UIDNEXT is above every listed UID."""
+        """SELECT's folder, UIDs and first unseen UID (see ``select_folder``)."""
+        opened = await self.select_folder(address_id, name)
+        return None if opened is None else (opened.folder, opened.uids, opened.first_unseen)
+
+    async def select_folder(self, address_id: int, name: str) -> OpenedFolder | None:
+        """SELECT in ONE read transaction: the folder, its UIDs, the first unseen UID,
+        the first UID no session has seen as \\Recent yet (RFC 3501 §2.3.2) and the
+        keywords in use (RFC 3501 §7.2.6); None if there is no such folder. The folder
+        row is read after the UIDs on PostgreSQL (read committed), so UIDNEXT is above
+        every listed UID."""
         f, m = t.folders.c, t.messages.c
         by_name = select(t.folders).where(and_(
             f.address_id == address_id, f.name == normalize_folder_name(name)))
@@ -106,11 +123,58 @@ class ImapMixin(MailboxMixin):
                 m.folder_id == row.id).order_by(m.uid))).all()]
             first = (await conn.execute(select(func.min(m.uid)).where(and_(
                 m.folder_id == row.id, m.flags.op("&")(SEEN_BIT) == 0)))).scalar()
+            keywords = await self._keywords(conn, row.id, 1)
             if not self.is_sqlite:
                 row = (await conn.execute(select(t.folders).where(f.id == row.id))).first()
                 if row is None:
                     return None
-        return _folder(row), uids, int(first) if first is not None else None
+        return OpenedFolder(_folder(row), uids, int(first) if first is not None else None,
+                            int(row.first_recent_uid), keywords)
+
+    async def fresh_messages(self, folder_id: int, uid_min: int
+                             ) -> tuple[list[int], int, set[str]]:
+        """New mail for a selected mailbox in ONE read transaction: the UIDs from
+        ``uid_min`` on, the folder's first not yet claimed \\Recent UID and the keywords
+        of those messages (RFC 3501 §7.2.6)."""
+        m, f = t.messages.c, t.folders.c
+        async with self._read() as conn:
+            uids = [r[0] for r in (await conn.execute(select(m.uid).where(and_(
+                m.folder_id == folder_id, m.uid >= uid_min)).order_by(m.uid))).all()]
+            if not uids:
+                return [], 0, set()
+            keywords = await self._keywords(conn, folder_id, uid_min)
+            first_recent = (await conn.execute(select(f.first_recent_uid).where(
+                f.id == folder_id))).scalar()
+        return uids, int(first_recent or 0), keywords
+
+    async def append_claiming(self, folder_id: int,
+                              items: Sequence[tuple[bytes, Iterable[str], float | None]],
+                              *, claim_recent: bool) -> tuple[list[Message], int | None]:
+        """``append_many``; with ``claim_recent`` the same transaction also makes the
+        caller (an IMAP4rev1 session with this folder selected) the session that sees
+        the new messages as \\Recent (RFC 3501 §2.3.2), instead of a second write
+        transaction when it is told about them. Returns the messages and the folder's
+        previous first-recent UID: the UIDs from it up to the last appended one are
+        recent for the caller and for no other session (None without ``claim_recent``)."""
+        blob_ids = [await self.put_blob(data) for data, _, _ in items]
+        now = self.clock()
+        out: list[Message] = []
+        old: int | None = None
+        f = t.folders.c
+        async with self._write() as (conn, events):
+            for (data, flags, when), blob_id in zip(items, blob_ids, strict=True):
+                out += await self._insert_copies(
+                    conn, events, blob_id, len(data),
+                    [DeliveryTarget(folder_id, b"", frozenset(flags))],
+                    when if when is not None else now, now)
+            if claim_recent and out:
+                upto = out[-1].uid + 1
+                old = int((await conn.execute(select(f.first_recent_uid).where(
+                    f.id == folder_id))).scalar_one())
+                if upto > old:
+                    await conn.execute(update(t.folders).where(f.id == folder_id)
+                                       .values(first_recent_uid=upto))
+        return out, old
 
     async def append_many(self, folder_id: int,
                           items: Sequence[tuple[bytes, Iterable[str], float | None]]
@@ -118,16 +182,7 @@ class ImapMixin(MailboxMixin):
         """Store several messages ((data, flags, internal date) each) atomically:
         blobs fsynced first, then one transaction for all rows (RFC 3502 §6.3.11:
         all or none). Returns them in order, with ascending UIDs."""
-        blob_ids = [await self.put_blob(data) for data, _, _ in items]
-        now = self.clock()
-        out: list[Message] = []
-        async with self._write() as (conn, events):
-            for (data, flags, when), blob_id in zip(items, blob_ids, strict=True):
-                out += await self._insert_copies(
-                    conn, events, blob_id, len(data),
-                    [DeliveryTarget(folder_id, b"", frozenset(flags))],
-                    when if when is not None else now, now)
-        return out
+        return (await self.append_claiming(folder_id, items, claim_recent=False))[0]
 
     # --- metadata rows -----------------------------------------------------------------
     async def message_rows(self, folder_id: int, uids: Iterable[int] | None = None, *,

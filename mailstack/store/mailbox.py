@@ -30,6 +30,7 @@ from sqlalchemy import (
     insert,
     or_,
     select,
+    text,
     true,
     update,
 )
@@ -80,6 +81,7 @@ def _message(row: Any) -> Message:
 _MSG_COLS = (t.messages.c.id, t.messages.c.folder_id, t.messages.c.uid, t.messages.c.modseq,
              t.messages.c.flags, t.messages.c.keywords, t.messages.c.internal_date,
              t.messages.c.size, t.messages.c.blob_id, t.messages.c.prefix)
+_HAS_KEYWORDS = text("messages.keywords <> ''")
 
 
 @dataclass(frozen=True)
@@ -355,10 +357,18 @@ class MailboxMixin(StoreBase):
     async def folder_keywords(self, folder_id: int, uid_min: int = 1) -> set[str]:
         """The keywords set on messages of a folder (from ``uid_min`` on): what
         SELECT's FLAGS lists (RFC 3501 §7.2.6)."""
-        m = t.messages.c
         async with self._read() as conn:
-            rows = (await conn.execute(select(m.keywords).distinct().where(and_(
-                m.folder_id == folder_id, m.uid >= uid_min, m.keywords != "")))).all()
+            return await self._keywords(conn, folder_id, uid_min)
+
+    async def _keywords(self, conn: Any, folder_id: int, uid_min: int) -> set[str]:
+        m = t.messages.c
+        # the literal '' (not a bound value) lets SQLite use the partial index
+        # ix_messages_keywords, which holds only the messages that have keywords; the
+        # whole folder (SELECT) reads that index alone, a few new UIDs the UID index
+        q = select(m.keywords).distinct().where(m.folder_id == folder_id, _HAS_KEYWORDS)
+        if uid_min > 1:
+            q = q.where(m.uid >= uid_min)
+        rows = (await conn.execute(q)).all()
         return {k for r in rows for k in r[0].split(" ") if k}
 
     async def folder_status(self, folder_id: int) -> FolderStatus:
@@ -633,22 +643,37 @@ class MailboxMixin(StoreBase):
                 {"folder_id": folder_id, "uid": u, "modseq": modseq} for u in chunk])
 
     async def expunge(self, folder_id: int, uids: Iterable[int] | None = None,
-                      *, only_deleted: bool = True) -> list[int]:
+                      *, only_deleted: bool = True, others_since: int | None = None
+                      ) -> list[int]:
         """Remove messages flagged \\Deleted (restricted to ``uids`` if given: UID
         EXPUNGE, RFC 4315 §2.1); ``only_deleted=False`` removes ``uids`` regardless
-        (POP3 DELE at QUIT). Returns the expunged UIDs in ascending order."""
+        (POP3 DELE at QUIT). Returns the expunged UIDs in ascending order; with
+        ``others_since`` (a MODSEQ) also those expunged by others after it, read in
+        the same transaction (IMAP EXPUNGE tells them too, RFC 3501 §6.4.3)."""
         cond = [t.messages.c.folder_id == folder_id]
         if only_deleted:
             cond.append(t.messages.c.flags.op("&")(DELETED_BIT) != 0)
         async with self._write() as (conn, events):
+            if not self.is_sqlite:
+                # concurrent EXPUNGEs of one folder (PostgreSQL, read committed): the
+                # second waits here for the first and then no longer finds its messages,
+                # instead of expunging the same UIDs twice (unique violation). The folder
+                # row first, as every other write path locks it before message rows.
+                await conn.execute(select(t.folders.c.id).where(
+                    t.folders.c.id == folder_id).with_for_update())
             q = select(t.messages.c.uid).where(and_(*cond)).order_by(t.messages.c.uid)
             found = [r.uid for r in (await conn.execute(q)).all()]
             if uids is not None:
                 wanted = set(uids)
                 found = [u for u in found if u in wanted]
+            others: list[int] = []
+            if others_since is not None:
+                others = [r.uid for r in (await conn.execute(select(t.expunged.c.uid).where(
+                    t.expunged.c.folder_id == folder_id,
+                    t.expunged.c.modseq > others_since))).all()]
             if not found:
-                return []
+                return sorted(others)
             modseq, address_id = await self._bump_modseq(conn, folder_id)
             await self._expunge_rows(conn, folder_id, found, modseq)
             events.append(MessagesExpunged(address_id, folder_id, tuple(found), modseq))
-        return found
+        return sorted(set(found).union(others))

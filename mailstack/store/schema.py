@@ -206,6 +206,9 @@ messages = Table(
     Index("ix_messages_folder_modseq", "folder_id", "modseq"),
     Index("ix_messages_sort_date", "folder_id", "sort_date", "uid"),
     Index("ix_messages_blob", "blob_id"),
+    # the few messages with keywords, for SELECT's FLAGS list (RFC 3501 §7.2.6)
+    Index("ix_messages_keywords", "folder_id", "keywords",
+          sqlite_where=text("keywords <> ''"), postgresql_where=text("keywords <> ''")),
     sqlite_autoincrement=True,
 )
 

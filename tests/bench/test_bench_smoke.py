@@ -46,7 +46,7 @@ def test_smoke_run_all(tmp_path: Path) -> None:
     rows = json.loads(out.read_text())["rows"]
     assert rows
     benches = {r["bench"] for r in rows}
-    assert benches == {"smtp", "imap_mixed", "mailbox_size", "idle"}
+    assert benches == {"smtp", "imap_mixed", "imap_stress", "pop3", "mailbox_size", "idle"}
 
     sink = [r for r in rows if r["server"] == "aiosmtpd-sink" and r["metric"] == "msgs/s"]
     assert sink and all(r["value"] and r["value"] > 0 and not r["note"] for r in sink)
@@ -58,6 +58,8 @@ def test_smoke_run_all(tmp_path: Path) -> None:
             assert "not available yet" in r["note"] or "does not import" in r["note"], r
         if r["metric"] in ("msgs/s", "ops/s") and r["value"] is not None:
             assert "error" not in r["note"], r  # every message/command succeeded
+        if r["metric"] == "inconsistencies" and r["value"] is not None:
+            assert r["value"] == 0, r  # the stress mix saw what the server said
     peers = {"postfix": postfix_missing(), "dovecot": dovecot_missing()}
     for r in rows:
         if r["server"] in peers:

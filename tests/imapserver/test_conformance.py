@@ -173,6 +173,48 @@ async def test_recent_for_imap4rev1_sessions(imap_app: App) -> None:
         await r.close()
 
 
+async def test_recent_claimed_by_own_append(imap_app: App) -> None:
+    """A rev1 session APPENDing to its selected mailbox claims the new message as
+    \\Recent in the APPEND's own transaction (one write, not two); a message that
+    arrived before it and that no session saw yet is claimed with it; a session that
+    selects afterwards sees neither as recent (RFC 3501 §2.3.2)."""
+    assert imap_app.store is not None
+    fid = await inbox_id(imap_app)
+    await imap_app.store.append(fid, message("one"))
+    a = await _raw(imap_app)  # claims UID 1
+    await imap_app.store.append(fid, message("two"))  # not yet told to anyone
+    data = message("three")
+    await a.send(b"ap APPEND INBOX {%d}\r\n" % len(data))
+    assert (await a.line()).startswith(b"+")
+    await a.send(data + b"\r\n")
+    appended = await a.until(b"ap")
+    assert appended[-1].startswith(b"ap OK [APPENDUID"), appended
+    # the claim was stored with the message: the mark is above UID 3 already
+    rows = await imap_app.store.fresh_messages(fid, 1)
+    assert rows[0] == [1, 2, 3] and rows[1] == 4
+    told = appended + await a.cmd(b"n", b"NOOP")  # EXISTS with the APPEND or after it
+    assert b"* 3 EXISTS\r\n" in told and b"* 3 RECENT\r\n" in told, told
+    out = await a.cmd(b"f", b"FETCH 1:* (FLAGS)")
+    assert out[:3] == [b"* 1 FETCH (FLAGS (\\Recent))\r\n", b"* 2 FETCH (FLAGS (\\Recent))\r\n",
+                       b"* 3 FETCH (FLAGS (\\Recent))\r\n"], out
+    assert (await a.cmd(b"r", b"SEARCH RECENT"))[0] == b"* SEARCH 1 2 3\r\n"
+    b = await _raw(imap_app, None)
+    out = await b.cmd(b"s", b"SELECT INBOX")
+    assert b"* 3 EXISTS\r\n" in out and b"* 0 RECENT\r\n" in out
+    # an APPEND to another mailbox, or by a session that has it only examined, claims
+    # nothing: the next session to select it gets the message as recent
+    out = await b.cmd(b"x", b"EXAMINE INBOX")
+    await b.send(b"ap APPEND INBOX {%d}\r\n" % len(data))
+    assert (await b.line()).startswith(b"+")
+    await b.send(data + b"\r\n")
+    assert (await b.until(b"ap"))[-1].startswith(b"ap OK"), out
+    assert (await imap_app.store.fresh_messages(fid, 1))[1] == 4
+    out = await a.cmd(b"n2", b"NOOP")
+    assert b"* 4 EXISTS\r\n" in out and b"* 4 RECENT\r\n" in out, out
+    for r in (a, b):
+        await r.close()
+
+
 # --- 4: new keywords are announced -----------------------------------------------------
 async def test_new_keywords_announced_before_fetch(imap_app: App) -> None:
     assert imap_app.store is not None
@@ -325,3 +367,28 @@ async def test_list_extended_recursivematch(imap_app: App) -> None:
     assert not any(x.endswith(b'"Foo"\r\n') for x in out), out
     await raw.close()
     assert await folder_of(imap_app, "Foo/Bar")
+
+
+async def test_expunge_reports_removals_committed_just_before(
+        imap_app: App, monkeypatch: pytest.MonkeyPatch) -> None:
+    """RFC 3501 §6.4.3: after EXPUNGE no \\Deleted message is left in the client's view,
+    even when another session (or process: its notice arrives up to a second later)
+    expunged them just before this EXPUNGE found nothing left to remove."""
+    assert imap_app.store is not None
+    fid = await inbox_id(imap_app)
+    for i in range(4):
+        await imap_app.store.append(fid, message(f"m{i}"))
+    a = await _raw(imap_app)
+    out = await a.cmd(b"d", b"STORE 2:3 +FLAGS.SILENT (\\Deleted)")
+    assert out[-1].startswith(b"d OK"), out
+    # another process expunges them; its notice has not reached this process yet
+    publish = imap_app.store.events.publish
+    monkeypatch.setattr(imap_app.store.events, "publish", lambda ev: None)
+    assert await imap_app.store.expunge(fid) == [2, 3]
+    monkeypatch.setattr(imap_app.store.events, "publish", publish)
+    out = await a.cmd(b"x", b"EXPUNGE")
+    assert out[-1].startswith(b"x OK"), out
+    assert b"* 3 EXPUNGE\r\n" in out and b"* 2 EXPUNGE\r\n" in out, out
+    out = await a.cmd(b"f", b"FETCH 1:* (UID)")
+    assert out[:-1] == [b"* 1 FETCH (UID 1)\r\n", b"* 2 FETCH (UID 4)\r\n"], out
+    await a.close()
