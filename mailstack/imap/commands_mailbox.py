@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 
+from mailstack.headerkeys import header_keys_async
 from mailstack.imap import respond
 from mailstack.imap import types as t
 from mailstack.imap.append_convert import convert_binary, needs_conversion
@@ -349,11 +350,13 @@ async def append(s: Session, c: t.Append) -> str | None:
         when = m.internal_date.timestamp() if m.internal_date is not None else None
         items.append((data, flags, when))
     await check_quota(s, sum(len(d) for d, _, _ in items), len(items))  # RFC 9208 §4.6
+    keys = [await header_keys_async(d) for d, _, _ in items]  # RFC 5256 sort keys
     if len(items) == 1:
         data, flags, when = items[0]
-        msgs = [await s.store.append(folder.id, data, flags=flags, internal_date=when)]
+        msgs = [await s.store.append(folder.id, data, flags=flags, internal_date=when,
+                                     keys=keys[0])]
     else:
-        msgs = await s.store.append_many(folder.id, items)
+        msgs = await s.store.append_many(folder.id, items, keys)
     # the 90 % warning (behaviour.md §3)
     s.services.notifier.after_storing([s.email], sum(len(d) for d, _, _ in items))
     uids = respond.seq_set(m.uid for m in msgs)

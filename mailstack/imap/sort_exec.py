@@ -19,8 +19,8 @@ Implementation notes (invariants):
 from __future__ import annotations
 
 import asyncio
-import re
 
+from mailstack.headerkeys import header_keys
 from mailstack.imap import contexts, respond, sorting
 from mailstack.imap import search as k
 from mailstack.imap import types as t
@@ -30,27 +30,14 @@ from mailstack.store import SortKeyRow, Store, thread_row
 
 BATCH = 1024
 WRITE_BATCH = 16384
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")  # never in stored Message-IDs (thread_rows)
 
 
-def _storable(text: str) -> str:
-    """Text any backend stores: raw 8-bit header bytes that are not UTF-8 (kept as
-    surrogates when parsed) become U+FFFD, NUL is dropped (PostgreSQL text has none)."""
-    if text.isascii():
-        return text.replace("\x00", "")
-    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace").replace(
-        "\x00", "")
-
-
-def _extract(items: list[tuple[int, int, float, bytes]]) -> list[SortKeyRow]:
+def _extract(items: list[tuple[int, float, bytes]]) -> list[SortKeyRow]:
+    """Keys of messages stored without them (``mailstack.headerkeys``, as at delivery)."""
     out = []
-    s = _storable
-    for id_, uid, arrival, header in items:
-        sk = sorting.keys_from_header(uid, uid, arrival, 0, header)
-        out.append(SortKeyRow(id_, sk.date, s(sk.subject), sk.is_reply, s(sk.from_),
-                              s(sk.to), s(sk.cc), s(sk.display_from), s(sk.display_to),
-                              _CONTROL.sub("", s(sk.message_id)),
-                              _CONTROL.sub("", s(" ".join(sk.references)))))
+    for id_, arrival, header in items:
+        k = header_keys(header)
+        out.append(SortKeyRow(id_, arrival if k.date is None else k.date, *k[1:]))
     return out
 
 
@@ -66,7 +53,7 @@ async def fill_keys(store: Store, folder_id: int) -> None:
         heads = await store.read_messages([(r.blob_id, r.prefix) for r in batch],
                                           header_only=True)
         pending += await asyncio.to_thread(_extract, [
-            (r.id, r.uid, r.internal_date, h) for r, h in zip(batch, heads, strict=True)])
+            (r.id, r.internal_date, h) for r, h in zip(batch, heads, strict=True)])
         if len(pending) >= WRITE_BATCH:
             await store.set_sort_key_rows(pending)
             pending = []

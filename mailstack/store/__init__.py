@@ -50,7 +50,7 @@ from .mailbox import DeliveryTarget, MailboxMixin, normalize_folder_name
 from .queue import NO_DSN, DsnRequest, QueuedMessage, QueueMixin
 from .senderauth import DMARC_ACTIONS, SenderAuthMixin
 from .smtp import SmtpMixin
-from .sortkeys import SortKeyRow, SortKeysMixin, Unkeyed, thread_row
+from .sortkeys import HeaderKeys, SortKeyRow, SortKeysMixin, Unkeyed, thread_row
 from .throttle import NETWORK_WIDE, ThrottleFacts, ThrottleMixin
 from .transport import CachedStsPolicy, TlsResultKey, TransportMixin
 from .users import Grant, User, UsersMixin, WebSession
@@ -98,6 +98,7 @@ __all__ = [
     "FolderProgress",
     "FolderStatus",
     "Grant",
+    "HeaderKeys",
     "ImportJob",
     "ImportedMessage",
     "InsufficientStorage",

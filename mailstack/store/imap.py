@@ -31,6 +31,7 @@ from . import schema as t
 from .base import SEEN_BIT, Folder, InsufficientStorage, Message, Unavailable
 from .blobs import BlobError
 from .mailbox import DeliveryTarget, MailboxMixin, _folder, normalize_folder_name
+from .sortkeys import HeaderKeys
 
 log = logging.getLogger("mailstack.store")
 
@@ -113,19 +114,21 @@ class ImapMixin(MailboxMixin):
         return _folder(row), uids, int(first) if first is not None else None
 
     async def append_many(self, folder_id: int,
-                          items: Sequence[tuple[bytes, Iterable[str], float | None]]
-                          ) -> list[Message]:
+                          items: Sequence[tuple[bytes, Iterable[str], float | None]],
+                          keys: Sequence[HeaderKeys | None] = ()) -> list[Message]:
         """Store several messages ((data, flags, internal date) each) atomically:
         blobs fsynced first, then one transaction for all rows (RFC 3502 §6.3.11:
-        all or none). Returns them in order, with ascending UIDs."""
+        all or none). Returns them in order, with ascending UIDs. ``keys``: their
+        sort/thread keys, in the same order (stored with the rows)."""
         blob_ids = [await self.put_blob(data) for data, _, _ in items]
         now = self.clock()
         out: list[Message] = []
+        all_keys = list(keys) or [None] * len(items)
         async with self._write() as (conn, events):
-            for (data, flags, when), blob_id in zip(items, blob_ids, strict=True):
+            for (data, flags, when), blob_id, k in zip(items, blob_ids, all_keys, strict=True):
                 out += await self._insert_copies(
                     conn, events, blob_id, len(data),
-                    [DeliveryTarget(folder_id, b"", frozenset(flags))],
+                    [DeliveryTarget(folder_id, b"", frozenset(flags), k)],
                     when if when is not None else now, now)
         return out
 

@@ -1,10 +1,13 @@
 """SORT and THREAD keys of messages (RFC 5256, RFC 5957) as columns of ``messages``.
 
 Implementation notes (invariants):
-- The keys are derived data, computed by the IMAP layer from a message's header block
-  (``mailstack.imap.sorting``) and written here in ONE transaction per batch; a NULL
-  ``sort_date`` means "not computed yet". Strings are stored already
-  i;ascii-casemapped (RFC 5256 §2.2), so binary comparison is the RFC's order.
+- The keys are derived data, parsed from a message's header block by whoever stores
+  it (``mailstack.headerkeys``: SMTP delivery, APPEND, the importer) and written with
+  the row, in the transaction that inserts it; COPY/MOVE copy them from the source
+  row. A NULL ``sort_date`` means "not computed yet" (rows stored before, or by a
+  caller without keys): SORT/THREAD fill those first, in ONE transaction per batch.
+  Strings are stored already i;ascii-casemapped (RFC 5256 §2.2), so binary
+  comparison is the RFC's order.
 - A sort is ONE query: ``ORDER BY`` on the key columns, the UID last (RFC 5256 §3: ties
   are broken by the order in the mailbox, i.e. by UID). Text compares byte-wise: SQLite's
   default BINARY collation, PostgreSQL ``COLLATE "C"`` (never the database's locale).
@@ -30,6 +33,40 @@ CHUNK = 500
 _TEXT_KEYS = {"CC": "sort_cc", "FROM": "sort_from", "SUBJECT": "sort_subject",
               "TO": "sort_to", "DISPLAYFROM": "sort_dfrom", "DISPLAYTO": "sort_dto"}
 _NUMBER_KEYS = {"ARRIVAL": "internal_date", "DATE": "sort_date", "SIZE": "size"}
+
+
+class HeaderKeys(NamedTuple):
+    """A message's keys as parsed from its header (``mailstack.headerkeys``), given
+    by the caller that stores it; ``date`` None: the Date is unusable, the internal
+    date stands in (RFC 5256 §2.2)."""
+
+    date: float | None
+    subject: str
+    reply: bool
+    from_: str
+    to: str
+    cc: str
+    display_from: str
+    display_to: str
+    message_id: str
+    references: str  # space separated
+
+
+KEY_COLUMNS = ("sort_date", "sort_subject", "sort_reply", "sort_from", "sort_to", "sort_cc",
+               "sort_dfrom", "sort_dto", "thread_id", "thread_refs")
+_NO_KEYS = dict.fromkeys(KEY_COLUMNS)
+
+
+def key_values(keys: HeaderKeys | None, internal_date: float) -> dict[str, Any]:
+    """The key columns of a new ``messages`` row (all NULL without ``keys``: computed
+    on the first SORT or THREAD instead)."""
+    if keys is None:
+        return _NO_KEYS
+    return {"sort_date": internal_date if keys.date is None else keys.date,
+            "sort_subject": keys.subject, "sort_reply": int(keys.reply),
+            "sort_from": keys.from_, "sort_to": keys.to, "sort_cc": keys.cc,
+            "sort_dfrom": keys.display_from, "sort_dto": keys.display_to,
+            "thread_id": keys.message_id, "thread_refs": keys.references}
 
 
 class SortKeyRow(NamedTuple):
@@ -74,6 +111,18 @@ class SortKeysMixin(StoreBase):
                                               m.prefix).where(and_(
                 m.folder_id == folder_id, m.sort_date.is_(None))).order_by(m.uid))).all()
         return [Unkeyed(r[0], r[1], r[2], r[3], r[4] or b"") for r in rows]
+
+    async def stored_sort_keys(self, folder_id: int, uid: int) -> SortKeyRow | None:
+        """The stored keys of one message (None: not computed yet, or no such message)."""
+        m = t.messages.c
+        async with self._read() as conn:
+            r = (await conn.execute(select(
+                m.id, m.sort_date, m.sort_subject, m.sort_reply, m.sort_from, m.sort_to,
+                m.sort_cc, m.sort_dfrom, m.sort_dto, m.thread_id, m.thread_refs).where(
+                and_(m.folder_id == folder_id, m.uid == uid)))).first()
+        if r is None or r[1] is None:
+            return None
+        return SortKeyRow(r[0], r[1], r[2], bool(r[3]), *r[4:])
 
     async def set_sort_key_rows(self, rows: Sequence[SortKeyRow]) -> None:
         """Store many messages' keys in ONE write transaction."""
