@@ -13,7 +13,7 @@ Implementation notes (invariants):
   date, which the caller may not know yet.
 - Stored text holds what every backend stores: 8-bit header octets that are not
   UTF-8 become U+FFFD, NUL is dropped; Message-IDs and References hold no control
-  characters (``store.sortkeys.thread_rows`` separates fields with \\x01).
+  characters.
 - A header block above ``INLINE_LIMIT`` octets is parsed in a thread
   (:func:`header_keys_async`): a hostile header never holds the event loop.
 """
