@@ -149,10 +149,23 @@ class SortKeysMixin(StoreBase):
                 col = getattr(m, _NUMBER_KEYS[name])
             order.append(col.desc() if reverse else col.asc())
         order.append(m.uid.asc())
+        stmt = select(m.uid).where(m.folder_id == int(folder_id)).order_by(*order)
+        sql = str(stmt.compile(dialect=self.engine.dialect,
+                               compile_kwargs={"literal_binds": True}))  # ints only
+        return [r[0] for r in await self._driver_rows(sql)]
+
+    async def _driver_rows(self, sql: str, *params: Any) -> list[Any]:
+        """Rows of one SELECT through the driver's own cursor (``$1``-style parameters):
+        the driver's plain tuples (asyncpg: Records), no per-row SQLAlchemy object."""
         async with self._read() as conn:
-            result = await conn.execute(select(m.uid).where(m.folder_id == folder_id)
-                                        .order_by(*order))
-            return list(result.scalars())
+            raw = await conn.get_raw_connection()
+            driver: Any = raw.driver_connection
+            if self.is_sqlite:  # aiosqlite: fetched in its own thread
+                for i in range(len(params), 0, -1):
+                    sql = sql.replace(f"${i}", "?")
+                async with driver.execute(sql, params) as cur:
+                    return list(await cur.fetchall())
+            return list(await driver.fetch(sql, *params))  # asyncpg
 
     async def thread_rows(self, folder_id: int) -> list[ThreadRow]:
         """What THREAD needs of every message of the folder with stored keys
@@ -161,14 +174,7 @@ class SortKeysMixin(StoreBase):
         row is the driver's plain tuple (asyncpg: a Record, unpacked the same way) and
         no per-row object of SQLAlchemy is built: on 100,000 messages that is most of
         the cost of reading them."""
-        async with self._read() as conn:
-            raw = await conn.get_raw_connection()
-            driver: Any = raw.driver_connection
-            if self.is_sqlite:  # aiosqlite: fetched in its own thread
-                async with driver.execute(_THREAD_SQL.replace("$1", "?"),
-                                          (folder_id,)) as cur:
-                    return list(await cur.fetchall())
-            return list(await driver.fetch(_THREAD_SQL, folder_id))  # asyncpg
+        return await self._driver_rows(_THREAD_SQL, folder_id)
 
 
 ThreadRow = tuple[int, float, str, int, str, str]
