@@ -3,10 +3,12 @@ SPEC.json``. The spec (written by bench/servers.py) gives the data dir, database
 ports, Argon2 parameters and the data set; this script starts ``App(settings)`` with
 plaintext listeners on loopback, creates the users and mailbox contents through the
 Store API (messages share one fsynced blob per size and differ in their per-copy header
-prefix, so a 10k mailbox loads in seconds), writes ``ready_file`` (JSON: pid, ports)
-and runs until SIGTERM. ``"workers": N`` (N > 1) in the spec: the data is created
-first, then ``serve --workers N``'s supervisor (mailstack/workers.py) forks N workers on
-the same ports, and the ready file names the supervisor.
+prefix, so a 10k mailbox loads in seconds; like SMTP delivery, the loader stores each
+message's sort/thread keys with it when the commit under test does so), writes
+``ready_file`` (JSON: pid, ports) and runs until SIGTERM. ``"workers": N`` (N > 1) in
+the spec: the data is created first, then ``serve --workers N``'s supervisor
+(mailstack/workers.py) forks N workers on the same ports, and the ready file names the
+supervisor.
 """
 
 from __future__ import annotations
@@ -29,6 +31,11 @@ from mailstack import config as mconfig
 from mailstack.app import App
 from mailstack.config import settings_from_dict
 from mailstack.store import DeliveryTarget
+
+try:  # a commit that stores sort/thread keys at delivery: the loader stores them too
+    from mailstack.headerkeys import header_keys
+except ImportError:  # an older commit (bench.compare): keys are computed on first use
+    header_keys = None
 
 BIG = 10**9
 
@@ -105,7 +112,8 @@ async def populate(store: Any, ds: DataSet) -> None:
             for i in range(start, min(count, start + 1000)):
                 head, _b = message_parts(user, i, ds.body_size)
                 flags = frozenset({"\\Seen"}) if is_seen(i, ds.seen_ratio) else frozenset()
-                targets.append(DeliveryTarget(inbox.id, head, flags))
+                extra = {"keys": header_keys(head)} if header_keys is not None else {}
+                targets.append(DeliveryTarget(inbox.id, head, flags, **extra))
             await store.deliver(blob, body_len, targets)
 
 

@@ -40,6 +40,7 @@ from email.parser import BytesHeaderParser
 from email.policy import compat32
 
 from .config import AutoresponderSettings
+from .headerkeys import header_keys_async
 from .outbound.autoreply import ReplyFacts, build_reply
 from .policy.autoresponder import (
     DAY,
@@ -299,7 +300,7 @@ class Autoresponder:
             await self.store.accept_message(
                 blob_id, len(data), sender="", remote=list(verdict.remote),
                 remote_prefix=remote_prefix, at=self.clock(),
-                inboxes=verdict.mailboxes,
+                inboxes=verdict.mailboxes, keys=await header_keys_async(data),
                 inbox_prefix=lambda email_addr: prefix + delivered_to_header(email_addr))
         except NotFound:
             log.info("autoreply to <%s>: mailbox gone; not sent", to)

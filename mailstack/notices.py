@@ -36,6 +36,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from .config import AuthSettings, PlanSettings, QuotaSettings
+from .headerkeys import header_keys_async
 from .policy.quota import warning_due, warning_levels
 from .store import DeliveryTarget, Store
 
@@ -238,7 +239,8 @@ class Notifier:
             if inbox is None:  # a no-reply address keeps no mail
                 return
             blob = await self.store.put_blob(data)
-            await self.store.deliver(blob, len(data), [DeliveryTarget(inbox.id, prefix)])
+            await self.store.deliver(blob, len(data), [DeliveryTarget(
+                inbox.id, prefix, keys=await header_keys_async(data))])
         elif await self.store.get_domain(rcpt.rpartition("@")[2]) is None:
             blob = await self.store.put_blob(data)
             await self.store.enqueue("", [rcpt], blob, len(data))

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 
+from mailstack.headerkeys import header_keys_async
 from mailstack.imap import respond
 from mailstack.imap import types as t
 from mailstack.imap.append_convert import convert_binary, needs_conversion
@@ -355,7 +356,8 @@ async def append(s: Session, c: t.Append) -> str | None:
     # second write when it is told about them
     view = s.view
     claim = view is not None and view.folder_id == folder.id and view.claims_recent
-    msgs, old = await s.store.append_claiming(folder.id, items, claim_recent=claim)
+    keys = [await header_keys_async(d) for d, _, _ in items]  # RFC 5256 sort keys
+    msgs, old = await s.store.append_claiming(folder.id, items, keys, claim_recent=claim)
     if view is not None and old is not None and msgs:
         view.claimed.append((old, msgs[-1].uid + 1))
     # the 90 % warning (behaviour.md §3)

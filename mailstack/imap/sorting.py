@@ -2,13 +2,13 @@
 subject extraction, and the ORDEREDSUBJECT and REFERENCES threading algorithms. No I/O.
 
 Implementation notes (invariants):
-- Keys are taken from the message's header block (:func:`keys_from_header`) and stored
-  with the message (``mailstack.store.sortkeys``), so a SORT is an ORDER BY; strings
+- Keys are parsed from the message's header block when it is stored
+  (``mailstack.headerkeys``) and kept with it (``mailstack.store.sortkeys``), so a
+  SORT is an ORDER BY; strings
   compare with i;ascii-casemap (ASCII letters folded to upper case, RFC 5256 §2.2 /
   RFC 4790 §9.2); the final tie-breaker is always the message sequence number
   (RFC 5256 §3: "ties ... are broken by the order of the messages in the mailbox").
-- The base subject follows RFC 5256 §2.1 step by step; it works on at most
-  ``MAX_SUBJECT`` characters and every step is linear (no backtracking patterns).
+- The base subject follows RFC 5256 §2.1 step by step (``mailstack.headerkeys``).
 - A Date that cannot be parsed counts as the internal date (RFC 5256 §2.2, §3).
 - REFERENCES threads nest at most ``MAX_DEPTH`` deep and use the last
   ``MAX_REFERENCES`` ids of a References field: hostile chains cannot make threading
@@ -19,27 +19,30 @@ Implementation notes (invariants):
 
 from __future__ import annotations
 
-import datetime
-import email.header
-import email.utils
-import re
 from collections.abc import Sequence
 from functools import partial
 from operator import attrgetter
 from typing import NamedTuple
 
 from mailstack import mime
+from mailstack.headerkeys import (
+    MAX_REFERENCES,
+    MAX_SUBJECT,
+    base_subject,
+    casemap,
+    decode_words,
+    first_mailbox,
+    message_ids,
+    sent_date,
+)
 
-MAX_SUBJECT = 2000
+__all__ = ["MAX_REFERENCES", "MAX_SUBJECT", "SortKeys", "base_subject", "casemap",
+           "decode_words", "keys_from_header", "ordered_subject", "references", "render",
+           "sort"]
+
 MAX_DEPTH = 256  # thread nesting (REFERENCES)
-MAX_REFERENCES = 128  # the last ones of a References field are kept
 SORT_KEYS = frozenset({"ARRIVAL", "CC", "DATE", "FROM", "SIZE", "SUBJECT", "TO",
                        "DISPLAYFROM", "DISPLAYTO"})
-_WS = re.compile(r"[ \t\r\n]+")
-_TRAILER = re.compile(r"(?:[ \t]|\(fwd\))+\Z", re.IGNORECASE)
-_BLOB = re.compile(r"\[[^\[\]]*\][ \t]*")
-_REFWD = re.compile(r"(?:re|fwd?)[ \t]*", re.IGNORECASE)
-_MSGID = re.compile(r"<[^<>\s]*>")
 
 
 class SortKeys(NamedTuple):
@@ -62,105 +65,21 @@ class SortKeys(NamedTuple):
     references: tuple[str, ...] = ()
 
 
-def casemap(text: str) -> str:
-    """i;ascii-casemap: only ASCII a-z are folded (RFC 4790 §9.2)."""
-    return text.translate(_UPPER)
-
-
-_UPPER = {c: c - 32 for c in range(ord("a"), ord("z") + 1)}
-
-
-def decode_words(value: str) -> str:
-    """RFC 2047 encoded words to text; undecodable input stays as it is."""
-    if "=?" not in value:
-        return value  # no encoded word (the common case): nothing to decode
-    try:
-        return str(email.header.make_header(email.header.decode_header(value)))
-    except Exception:  # malformed encoded words
-        return value
-
-
-def base_subject(subject: str) -> tuple[str, bool]:
-    """RFC 5256 §2.1: (base subject, whether it was a reply or forward)."""
-    s = _WS.sub(" ", decode_words(subject[:MAX_SUBJECT]))  # step 1
-    reply = False
-    while True:
-        s = _TRAILER.sub("", s)  # step 2: trailing "(fwd)" and white space
-        while True:
-            before = s
-            s = s.lstrip(" \t")  # step 3: subj-leader (white space, blobs + re/fwd)
-            pos = 0
-            while (m := _BLOB.match(s, pos)) is not None:
-                pos = m.end()
-            m = _REFWD.match(s, pos)
-            if m is not None:
-                end = m.end()
-                b = _BLOB.match(s, end)
-                if b is not None:
-                    end = b.end()
-                if s[end:end + 1] == ":":
-                    s = s[end + 1:]
-                    reply = True
-            b = _BLOB.match(s)  # step 4: a leading blob, if something remains
-            if b is not None and s[b.end():].strip(" \t"):
-                s = s[b.end():]
-            if s == before:
-                break
-        # step 5: "[fwd:" ... "]"
-        if s[:5].lower() == "[fwd:" and s.endswith("]"):
-            s = s[5:-1]
-            reply = True
-            continue
-        return casemap(s.strip(" \t")), reply
-
-
-def _first_mailbox(value: str | None) -> tuple[str, str]:
-    """(addr-mailbox, display form) of the first address (RFC 5256 §3, RFC 5957 §3)."""
-    if not value:
-        return "", ""
-    for a in mime.parse_addresses(value):
-        if a.mailbox is None or a.host is None:
-            continue
-        name = decode_words(a.name) if a.name else ""
-        spec = f"{a.mailbox}@{a.host}"
-        return casemap(a.mailbox), casemap(name or spec)
-    return "", ""
-
-
-def _sent_date(value: str | None, fallback: float) -> float:
-    if not value:
-        return fallback
-    try:
-        dt = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return fallback
-    if dt is None:
-        return fallback
-    if dt.tzinfo is None:  # "-0000": no zone information, taken as UTC
-        dt = dt.replace(tzinfo=datetime.UTC)
-    try:
-        return dt.timestamp()
-    except (OverflowError, ValueError, OSError):
-        return fallback
-
-
 def keys_from_header(uid: int, seq: int, arrival: float, size: int, header: bytes
                      ) -> SortKeys:
+    """The keys of one message from its header block (``mailstack.headerkeys``); an
+    unusable Date counts as ``arrival`` (RFC 5256 §2.2)."""
     f = mime.first_fields(header)
     subject, reply = base_subject(f.get("subject", ""))
-    frm, dfrm = _first_mailbox(f.get("from"))
-    to, dto = _first_mailbox(f.get("to"))
-    cc, _ = _first_mailbox(f.get("cc"))
-    mid = _MSGID.search(f.get("message-id", ""))
-    refs = tuple(_MSGID.findall(f.get("references", ""))[-MAX_REFERENCES:])
-    if not refs:
-        irt = _MSGID.search(f.get("in-reply-to", ""))
-        refs = (irt.group(),) if irt else ()
+    frm, dfrm = first_mailbox(f.get("from"))
+    to, dto = first_mailbox(f.get("to"))
+    cc, _ = first_mailbox(f.get("cc"))
+    mid, refs = message_ids(f)
+    date = sent_date(f.get("date"))
     return SortKeys(uid=uid, seq=seq, arrival=arrival, size=size,
-                    date=_sent_date(f.get("date"), arrival), subject=subject,
+                    date=arrival if date is None else date, subject=subject,
                     is_reply=reply, from_=frm, to=to, cc=cc, display_from=dfrm,
-                    display_to=dto, message_id=mid.group() if mid else "",
-                    references=refs)
+                    display_to=dto, message_id=mid, references=refs)
 
 
 def _key(name: str, k: SortKeys) -> float | str:

@@ -34,6 +34,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ..config import Settings
+from ..headerkeys import header_keys_async
 from ..store import AlreadyExists, DeliveryTarget, ImportedMessage, ImportJob, Store
 from . import plan, report, secret
 from .source import Source, SourceError, SourceSpec
@@ -258,7 +259,8 @@ class ImportRunner:
             present.add(digest)
             blob_id = await self.store.put_blob(body)
             items.append(ImportedMessage(f.uid, blob_id, len(body), f.flags,
-                                         f.internal_date if f.internal_date else now))
+                                         f.internal_date if f.internal_date else now,
+                                         await header_keys_async(body)))
         await self.store.import_batch(job.id, fp.source.name, folder_id, items,
                                       last_uid=max(uids), skipped=skipped,
                                       duplicates=duplicates)
@@ -296,7 +298,8 @@ class ImportRunner:
                                        now=self.clock(), state=state, error=error)
             blob = await self.store.put_blob(data)
             prefix = f"Delivered-To: {job.address}\r\n".encode()
-            await self.store.deliver(blob, len(data), [DeliveryTarget(inbox.id, prefix)])
+            await self.store.deliver(blob, len(data), [DeliveryTarget(
+                inbox.id, prefix, keys=await header_keys_async(data))])
         except Exception as exc:
             log.warning("import %d: confirmation message not delivered: %s", job_id, exc)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
+from ..headerkeys import header_keys_async
 from ..policy.headers import delivered_to_header, return_path_header
 from ..store import NotFound, Store
 from ..store.queue import QueueRow
@@ -71,6 +72,7 @@ async def deliver_report(store: Store, to: str, data: bytes, *, lifetime: float)
         try:
             await store.accept_message(
                 blob_id, len(data), sender="", remote=[], inboxes=[address.key],
+                keys=await header_keys_async(data),
                 inbox_prefix=lambda email: return_path_header("") + delivered_to_header(
                     email))
             return "local"

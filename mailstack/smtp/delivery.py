@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from .. import metrics
+from ..headerkeys import header_keys_async
 from ..outbound.dkim import DkimSigner, SigningError
 from ..policy.authres.results import remove_forged
 from ..policy.envelope import EnvelopeAddress, MailParams, RcptParams
@@ -146,6 +147,8 @@ async def accept(services: Services, tx: Transaction,
             head = front + await _without_bcc(
                 spooled, services.hostname if tx.strip_forged else None)
             size = len(front) + spooled.size
+        # sort/thread keys (RFC 5256), stored with the rows: parsed once, header only
+        keys = await header_keys_async(head)
         remote_prefix = b""
         if signer is not None and tx.auth_address_id is not None and dest.remote:
             try:
@@ -171,7 +174,7 @@ async def accept(services: Services, tx: Transaction,
             remote=list(dest.remote), remote_prefix=remote_prefix + front,
             sender_address_id=tx.auth_address_id,
             dsn=dsn_request(tx, dest.remote),
-            counted_recipients=len(tx.recipients), at=now, inboxes=inboxes,
+            counted_recipients=len(tx.recipients), at=now, inboxes=inboxes, keys=keys,
             inbox_prefix=lambda email: return_path + delivered_to_header(email) + front)
     except NotFound:
         log.warning("smtp %s: every mailbox vanished before delivery", tx.queue_id)

@@ -54,7 +54,7 @@ from .mailbox import DeliveryTarget, MailboxMixin, normalize_folder_name
 from .queue import NO_DSN, DsnRequest, QueuedMessage, QueueMixin
 from .senderauth import DMARC_ACTIONS, SenderAuthMixin
 from .smtp import SmtpMixin
-from .sortkeys import SortKeyRow, SortKeysMixin, Unkeyed, thread_row
+from .sortkeys import HeaderKeys, SortKeyRow, SortKeysMixin, ThreadRow, Unkeyed
 from .throttle import NETWORK_WIDE, ThrottleFacts, ThrottleMixin
 from .transport import CachedStsPolicy, TlsResultKey, TransportMixin
 from .users import Grant, User, UsersMixin, WebSession
@@ -105,6 +105,7 @@ __all__ = [
     "FolderProgress",
     "FolderStatus",
     "Grant",
+    "HeaderKeys",
     "ImportJob",
     "ImportedMessage",
     "InsufficientStorage",
@@ -126,6 +127,7 @@ __all__ = [
     "StoreError",
     "StoredCertificate",
     "Subscription",
+    "ThreadRow",
     "ThrottleFacts",
     "TlsResultKey",
     "Unavailable",
@@ -134,5 +136,4 @@ __all__ = [
     "WebSession",
     "normalize_folder_name",
     "split_address",
-    "thread_row",
 ]

@@ -31,6 +31,7 @@ from . import schema as t
 from .base import SEEN_BIT, Folder, InsufficientStorage, Message, Unavailable
 from .blobs import BlobError
 from .mailbox import DeliveryTarget, MailboxMixin, _folder, normalize_folder_name
+from .sortkeys import HeaderKeys
 
 log = logging.getLogger("mailstack.store")
 
@@ -149,23 +150,26 @@ class ImapMixin(MailboxMixin):
 
     async def append_claiming(self, folder_id: int,
                               items: Sequence[tuple[bytes, Iterable[str], float | None]],
-                              *, claim_recent: bool) -> tuple[list[Message], int | None]:
+                              keys: Sequence[HeaderKeys | None] = (), *,
+                              claim_recent: bool) -> tuple[list[Message], int | None]:
         """``append_many``; with ``claim_recent`` the same transaction also makes the
         caller (an IMAP4rev1 session with this folder selected) the session that sees
         the new messages as \\Recent (RFC 3501 §2.3.2), instead of a second write
         transaction when it is told about them. Returns the messages and the folder's
         previous first-recent UID: the UIDs from it up to the last appended one are
-        recent for the caller and for no other session (None without ``claim_recent``)."""
+        recent for the caller and for no other session (None without ``claim_recent``).
+        ``keys``: the messages' sort/thread keys, in the same order (stored with them)."""
         blob_ids = [await self.put_blob(data) for data, _, _ in items]
         now = self.clock()
         out: list[Message] = []
         old: int | None = None
         f = t.folders.c
+        all_keys = list(keys) or [None] * len(items)
         async with self._write() as (conn, events):
-            for (data, flags, when), blob_id in zip(items, blob_ids, strict=True):
+            for (data, flags, when), blob_id, k in zip(items, blob_ids, all_keys, strict=True):
                 out += await self._insert_copies(
                     conn, events, blob_id, len(data),
-                    [DeliveryTarget(folder_id, b"", frozenset(flags))],
+                    [DeliveryTarget(folder_id, b"", frozenset(flags), k)],
                     when if when is not None else now, now)
             if claim_recent and out:
                 upto = out[-1].uid + 1
@@ -177,12 +181,13 @@ class ImapMixin(MailboxMixin):
         return out, old
 
     async def append_many(self, folder_id: int,
-                          items: Sequence[tuple[bytes, Iterable[str], float | None]]
-                          ) -> list[Message]:
+                          items: Sequence[tuple[bytes, Iterable[str], float | None]],
+                          keys: Sequence[HeaderKeys | None] = ()) -> list[Message]:
         """Store several messages ((data, flags, internal date) each) atomically:
         blobs fsynced first, then one transaction for all rows (RFC 3502 §6.3.11:
-        all or none). Returns them in order, with ascending UIDs."""
-        return (await self.append_claiming(folder_id, items, claim_recent=False))[0]
+        all or none). Returns them in order, with ascending UIDs. ``keys``: their
+        sort/thread keys, in the same order (stored with the rows)."""
+        return (await self.append_claiming(folder_id, items, keys, claim_recent=False))[0]
 
     # --- metadata rows -----------------------------------------------------------------
     async def message_rows(self, folder_id: int, uids: Iterable[int] | None = None, *,

@@ -25,6 +25,7 @@ from sqlalchemy import and_, delete, func, insert, or_, select, update
 from . import schema as t
 from .base import StoreBase
 from .mailbox import DeliveryTarget, MailboxMixin
+from .sortkeys import HeaderKeys
 
 ACTIVE = ("queued", "running")
 
@@ -86,6 +87,7 @@ class ImportedMessage:
     size: int
     flags: frozenset[str]
     internal_date: float
+    keys: HeaderKeys | None = None  # sort/thread keys (``mailstack.headerkeys``)
 
 
 def _job(row: Any, email: str, progress: Sequence[FolderProgress] = ()) -> ImportJob:
@@ -241,7 +243,7 @@ class ImportMixin(MailboxMixin, StoreBase):
         async with self._write() as (conn, events):
             for msg in messages:
                 await self._insert_copies(conn, events, msg.blob_id, msg.size,
-                                          [DeliveryTarget(folder_id, b"", msg.flags)],
+                                          [DeliveryTarget(folder_id, b"", msg.flags, msg.keys)],
                                           msg.internal_date, now)
             await conn.execute(update(t.import_folders).where(and_(
                 f.job_id == job_id, f.source == source)).values(

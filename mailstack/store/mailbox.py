@@ -53,6 +53,7 @@ from .base import (
     flags_to_db,
 )
 from .events import FlagsChanged, FolderChanged, MessagesAdded, MessagesExpunged
+from .sortkeys import KEY_COLUMNS, HeaderKeys, key_values
 
 
 def normalize_folder_name(name: str) -> str:
@@ -91,6 +92,7 @@ class DeliveryTarget:
     folder_id: int
     prefix: bytes = b""
     flags: frozenset[str] = frozenset()
+    keys: HeaderKeys | None = None  # sort/thread keys (None: computed on first use)
 
 
 class MailboxMixin(StoreBase):
@@ -445,11 +447,13 @@ class MailboxMixin(StoreBase):
         return int(row.highestmodseq), int(row.address_id)
 
     async def append(self, folder_id: int, data: bytes, *, flags: Iterable[str] = (),
-                     internal_date: float | None = None) -> Message:
-        """Store one message durably (blob fsynced, then commit); returns it with its UID."""
+                     internal_date: float | None = None,
+                     keys: HeaderKeys | None = None) -> Message:
+        """Store one message durably (blob fsynced, then commit); returns it with its UID.
+        ``keys``: its sort/thread keys (``mailstack.headerkeys``), stored with it."""
         blob_id = await self.put_blob(data)
         msgs = await self.deliver(blob_id, len(data),
-                                  [DeliveryTarget(folder_id, b"", frozenset(flags))],
+                                  [DeliveryTarget(folder_id, b"", frozenset(flags), keys)],
                                   internal_date=internal_date)
         return msgs[0]
 
@@ -478,7 +482,8 @@ class MailboxMixin(StoreBase):
             res = await conn.execute(insert(t.messages).values(
                 folder_id=tg.folder_id, uid=uid, modseq=modseq, flags=bits,
                 keywords=keywords, internal_date=when, size=size, blob_id=blob_id,
-                prefix=tg.prefix, created_at=now).returning(t.messages.c.id))
+                prefix=tg.prefix, created_at=now, **key_values(tg.keys, when))
+                .returning(t.messages.c.id))
             out[i] = Message(int(res.scalar_one()), tg.folder_id, uid, modseq,
                              flags_from_db(bits, keywords), when, size, blob_id, tg.prefix)
             events.append(MessagesAdded(address_id, tg.folder_id, (uid,)))
@@ -606,10 +611,16 @@ class MailboxMixin(StoreBase):
                     src_modseq, src_addr = modseq, dst_addr
                 elif expunge_source:
                     src_modseq, src_addr = await self._bump_modseq(conn, src)
-            # verify the source rows still exist inside the transaction
-            live = {r.uid for r in (await conn.execute(select(t.messages.c.uid).where(and_(
-                t.messages.c.folder_id == src,
-                t.messages.c.uid.in_([m.uid for m in rows]))))).all()}
+            # verify the source rows still exist inside the transaction, and take
+            # their sort/thread keys (a copy has the same header: same keys)
+            mc = t.messages.c
+            key_cols = [getattr(mc, name) for name in KEY_COLUMNS]
+            live: dict[int, Any] = {}
+            src_uids = [m.uid for m in rows]
+            for i in range(0, len(src_uids), 500):
+                for r in (await conn.execute(select(mc.uid, *key_cols).where(and_(
+                        mc.folder_id == src, mc.uid.in_(src_uids[i:i + 500]))))).all():
+                    live[r[0]] = r[1:]
             new_rows = []
             copied_bytes = 0
             for n, m in enumerate(r for r in rows if r.uid in live):
@@ -618,7 +629,8 @@ class MailboxMixin(StoreBase):
                 new_rows.append({
                     "folder_id": dst, "uid": new_uid, "modseq": modseq, "flags": bits,
                     "keywords": keywords, "internal_date": m.internal_date, "size": m.size,
-                    "blob_id": m.blob_id, "prefix": m.prefix, "created_at": now})
+                    "blob_id": m.blob_id, "prefix": m.prefix, "created_at": now,
+                    **dict(zip(KEY_COLUMNS, live[m.uid], strict=True))})
                 pairs.append((m.uid, new_uid))
                 copied_bytes += m.size
             if new_rows:  # one executemany: one round trip for the whole copy

@@ -22,7 +22,8 @@ Implementation notes (invariants):
   RETURNING`` (on PostgreSQL after ``SELECT ... ORDER BY id FOR UPDATE``, so two
   writers never lock folders in opposite orders); each copy still gets its own UID and
   its own MODSEQ, in the order the callers queued, exactly as if each had committed
-  alone. The rows go in with one multi-row INSERT: a group costs a handful of
+  alone. Each row carries the message's sort/thread keys (parsed by the caller, off
+  the writer). The rows go in with one multi-row INSERT: a group costs a handful of
   statements whatever its size (each statement is a thread hop on SQLite).
 - Local mailboxes may be given by key (``inboxes``): their INBOX folders are resolved
   inside the write transaction with one query for the whole group, so the routing
@@ -48,6 +49,7 @@ from .base import Address, Domain, Message, NotFound, flags_from_db, flags_to_db
 from .events import Event, MessagesAdded
 from .mailbox import DeliveryTarget, MailboxMixin
 from .queue import NO_DSN, DsnRequest, QueueMixin, queue_row
+from .sortkeys import HeaderKeys, key_values
 
 log = logging.getLogger("mailstack.store")
 
@@ -72,6 +74,7 @@ class AcceptRequest:
     queue_lifetime: float
     at: float
     dsn: DsnRequest = NO_DSN
+    keys: HeaderKeys | None = None
 
 
 @dataclass
@@ -103,6 +106,7 @@ class _Copy:
     folder_id: int
     prefix: bytes
     flags: frozenset[str]
+    keys: HeaderKeys | None
 
 
 class SmtpMixin(MailboxMixin, QueueMixin):
@@ -122,6 +126,7 @@ class SmtpMixin(MailboxMixin, QueueMixin):
                              inboxes: Sequence[str] = (),
                              inbox_prefix: Callable[[str], bytes] | None = None,
                              dsn: DsnRequest = NO_DSN,
+                             keys: HeaderKeys | None = None,
                              ) -> list[Message]:
         """Deliver local copies, queue remote recipients and count the send, atomically.
 
@@ -131,12 +136,14 @@ class SmtpMixin(MailboxMixin, QueueMixin):
         found). Raises ``NotFound`` (nothing stored) when no local copy is left and
         there is no remote recipient, ``Unavailable`` on a database failure.
         ``at``: the time to record (the front-end's clock), default the store's.
-        ``dsn``: the DSN parameters kept on the queued rows (RFC 3461)."""
+        ``dsn``: the DSN parameters kept on the queued rows (RFC 3461).
+        ``keys``: the message's sort/thread keys (``mailstack.headerkeys``), stored
+        with every local copy (a target's own ``keys`` win)."""
         req = AcceptRequest(
             blob_id, blob_size, tuple(targets), tuple(inboxes), inbox_prefix, sender,
             tuple(remote), remote_prefix, sender_address_id, counted_recipients,
             self.queue_lifetime if queue_lifetime is None else queue_lifetime,
-            self.clock() if at is None else at, dsn)
+            self.clock() if at is None else at, dsn, keys)
         fut: asyncio.Future[list[Message]] = asyncio.get_running_loop().create_future()
         self._accept_queue.append(_Job(req, fut))
         if self._accept_flusher is None or self._accept_flusher.done():
@@ -205,20 +212,21 @@ class SmtpMixin(MailboxMixin, QueueMixin):
         live: list[int] = []
         outcomes: list[list[Message] | Exception] = []
         for i, req in enumerate(reqs):
-            mine = [(tg.folder_id, tg.prefix, tg.flags) for tg in req.targets]
+            mine = [(tg.folder_id, tg.prefix, tg.flags, tg.keys or req.keys)
+                    for tg in req.targets]
             for key in req.inboxes:
                 hit = found.get(key)
                 if hit is None:  # removed between RCPT and DATA: nothing to deliver to
                     log.warning("mailbox %s vanished before delivery", key)
                     continue
                 prefix = req.inbox_prefix(hit[1]) if req.inbox_prefix else b""
-                mine.append((hit[0], prefix, frozenset()))
+                mine.append((hit[0], prefix, frozenset(), req.keys))
             if not mine and not req.remote:
                 outcomes.append(NotFound("no mailbox left to deliver to"))
                 continue
             live.append(i)
             outcomes.append([])
-            copies += [_Copy(i, f, p, fl) for f, p, fl in mine]
+            copies += [_Copy(i, f, p, fl, k) for f, p, fl, k in mine]
         if copies:
             placed = await self._insert_group_copies(conn, events, reqs, copies)
             for i in live:
@@ -273,13 +281,14 @@ class SmtpMixin(MailboxMixin, QueueMixin):
             planned.append(Message(0, c.folder_id, uid, modseq, c.flags, req.at,
                                    req.blob_size + len(c.prefix), req.blob_id, c.prefix))
         rows = []
-        for msg in planned:
+        for c, msg in zip(copies, planned, strict=True):
             bits, keywords = flags_to_db(msg.flags)
             rows.append({"folder_id": msg.folder_id, "uid": msg.uid, "modseq": msg.modseq,
                          "flags": bits, "keywords": keywords,
                          "internal_date": msg.internal_date, "size": msg.size,
                          "blob_id": msg.blob_id, "prefix": msg.prefix,
-                         "created_at": msg.internal_date})
+                         "created_at": msg.internal_date,
+                         **key_values(c.keys, msg.internal_date)})
         # One executemany, then the ids by (folder, uid): two statements for the group.
         await conn.execute(insert(t.messages), rows)
         m = t.messages.c

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
 import pytest
 
 from mailstack.imap import sorting
@@ -123,3 +126,33 @@ def test_references_fast_path_equals_the_full_algorithm(seed: int) -> None:
     number = {m.uid: m.uid for m in msgs}
     assert sorting.render(sorting.references(msgs), number) == \
         sorting.render(sorting.references_all(msgs), number)
+
+
+async def test_header_keys_of_a_big_header_are_parsed_in_a_thread(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The keys stored at delivery: only the header block is parsed; a big (hostile)
+    header goes to a thread, with the same result as inline; an unusable Date gives
+    None (the store puts the internal date there)."""
+    from mailstack import headerkeys
+
+    small = (b"Subject: Re: [x] Hi\r\nFrom: A <a@x.org>\r\nDate: bogus\r\n"
+             b"References: <1@x>\r\n <2@x>\r\n\r\nFrom: body@x.org\r\n")
+    keys = await headerkeys.header_keys_async(small)
+    assert keys == headerkeys.header_keys(small[:headerkeys.header_end(small)])
+    assert (keys.date, keys.subject, keys.reply, keys.from_, keys.references) == \
+        (None, "HI", True, "A", "<1@x> <2@x>")
+    big = b"X-Pad: " + b"y" * (headerkeys.INLINE_LIMIT + 10) + b"\r\n" + small
+    threads: list[int] = []
+    real = asyncio.to_thread
+
+    async def to_thread(fn: Any, *args: Any) -> Any:
+        threads.append(len(args[0]))
+        return await real(fn, *args)
+
+    monkeypatch.setattr(headerkeys.asyncio, "to_thread", to_thread)
+    assert await headerkeys.header_keys_async(big) == keys
+    assert threads == [len(big) - len(b"From: body@x.org\r\n")]
+    assert await headerkeys.header_keys_async(small) == keys
+    assert len(threads) == 1
+    assert headerkeys.header_end(b"\r\nbody") == 2
+    assert headerkeys.header_end(b"Subject: no body") == len(b"Subject: no body")

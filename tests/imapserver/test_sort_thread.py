@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import aiosmtplib
 import pytest
 from imapclient import IMAPClient
 
 from mailstack.app import App
-from tests.imapserver.conftest import ADDR, PW, Raw, inbox_id, run
+from tests.imapserver.conftest import ADDR, PW, Raw, folder_of, inbox_id, plain, run
 
 
 def _msg(subject: str, frm: str, to: str, date: str | None, mid: str, refs: str = "",
@@ -173,4 +174,79 @@ async def test_sort_odd_header_bytes(imap_app: App) -> None:
     assert out[0] == b"* SORT 2 3 1\r\n", out  # "AB" < "ZED" < U+FFFD...
     out = await raw.cmd(b"t", b"THREAD REFERENCES UTF-8 ALL")
     assert out[-1].startswith(b"t OK"), out
+    await raw.close()
+
+
+async def test_keys_stored_at_delivery_append_and_copy(imap_app: App,
+                                                       monkeypatch: pytest.MonkeyPatch
+                                                       ) -> None:
+    """A message delivered by SMTP and one APPENDed have their sort/thread keys in
+    their rows as soon as they are stored (before any SORT); COPY and MOVE carry them
+    over. SORT and THREAD then read no message bytes and answer as before."""
+    assert imap_app.store is not None
+    store = imap_app.store
+    fid = await inbox_id(imap_app)
+    async with aiosmtplib.SMTP(hostname="127.0.0.1", port=imap_app.ports["smtp"],
+                               start_tls=False) as c:
+        await c.sendmail("zed@x.org", [ADDR], _msg(
+            "Re: [list] Keys (fwd)", "Zed Last <zed@x.org>", "Bob <bob@y.org>",
+            "Wed, 3 Jan 2024 10:00:00 +0000", "<smtp@x>", "<a@x> <appended@x>",
+            cc="carl@z.org"))
+    smtp_row = await store.stored_sort_keys(fid, 1)
+    assert smtp_row is not None
+    assert smtp_row[1:] == (1704276000.0, "KEYS", True, "ZED", "BOB", "CARL",
+                            "ZED LAST", "BOB", "<smtp@x>", "<a@x> <appended@x>")
+
+    appended = _msg("keys", "=?utf-8?q?B=C3=B6b?= <bob@x.org>", "amy@y.org", None,
+                    "<appended@x>")
+
+    def append() -> None:
+        client = plain(imap_app)
+        typ, _ = client.append("INBOX", "", '"01-Jan-2024 09:00:00 +0000"', appended)
+        assert typ == "OK"
+        client.logout()
+
+    await run(append)
+    app_row = await store.stored_sort_keys(fid, 2)
+    assert app_row is not None
+    # no Date: the internal date given with APPEND stands in (RFC 5256 §2.2)
+    assert app_row[1:] == (1704099600.0, "KEYS", False, "BOB", "AMY", "", "BöB",
+                           "AMY@Y.ORG", "<appended@x>", "")
+    assert await store.unkeyed_messages(fid) == []
+
+    reads: list[int] = []
+    real = store.read_messages
+
+    async def read_messages(items: Any, **kw: Any) -> Any:
+        reads.append(len(items))
+        return await real(items, **kw)
+
+    monkeypatch.setattr(store, "read_messages", read_messages)
+    raw = await Raw.connect(imap_app.ports["imap"])
+    await raw.login()
+    await raw.cmd(b"c", b"CREATE Archive")
+    await raw.cmd(b"s", b"SELECT INBOX")
+    out = await raw.cmd(b"a", b"UID SORT (DATE) UTF-8 ALL")
+    assert out[0] == b"* SORT 2 1\r\n", out
+    out = await raw.cmd(b"b", b"SORT (REVERSE SUBJECT FROM) UTF-8 ALL")
+    assert out[0] == b"* SORT 2 1\r\n", out
+    out = await raw.cmd(b"t", b"UID THREAD REFERENCES UTF-8 ALL")
+    assert out[0] == b"* THREAD (2 1)\r\n", out  # 1 references 2
+    out = await raw.cmd(b"o", b"THREAD ORDEREDSUBJECT UTF-8 ALL")
+    assert out[0] == b"* THREAD (2 1)\r\n", out
+    assert reads == []
+    assert (await raw.cmd(b"k", b"UID COPY 1 Archive"))[-1].startswith(b"k OK")
+    assert (await raw.cmd(b"m", b"UID MOVE 2 Archive"))[-1].startswith(b"m OK")
+    archive = await folder_of(imap_app, "Archive")
+    assert await store.unkeyed_messages(archive) == []
+    copied, moved = (await store.stored_sort_keys(archive, 1),
+                     await store.stored_sort_keys(archive, 2))
+    assert copied is not None and moved is not None
+    assert (copied[1:], moved[1:]) == (smtp_row[1:], app_row[1:])
+    await raw.cmd(b"s2", b"SELECT Archive")
+    out = await raw.cmd(b"a2", b"UID SORT (DATE) UTF-8 ALL")
+    assert out[0] == b"* SORT 2 1\r\n", out
+    out = await raw.cmd(b"t2", b"UID THREAD REFERENCES UTF-8 ALL")
+    assert out[0] == b"* THREAD (2 1)\r\n", out
+    assert reads == []
     await raw.close()

@@ -90,6 +90,13 @@ async def test_whole_mailbox_moves_in_once(import_app: App, dovecot: Dovecot,
     assert "Sent Items" not in target
     # the password is forgotten when the job ends
     assert job.secret is None
+    # every message (imported, and the confirmation) got its SORT/THREAD keys when
+    # it was stored (RFC 5256; none is left for the first SORT to compute)
+    assert import_app.store is not None
+    address = await import_app.store.get_address(TARGET)
+    assert address is not None
+    for folder in await import_app.store.list_folders(address.id):
+        assert await import_app.store.unkeyed_messages(folder.id) == [], folder.name
 
     # A second import of the same account copies nothing.
     again = await wait_job(import_app, await start_job(
