@@ -354,7 +354,10 @@ class SmtpMixin(MailboxMixin, QueueMixin):
         async with self._read() as conn:
             rows = (await conn.execute(
                 select(t.addresses.c.local_part, t.domains.c.name, t.grants.c.permissions)
-                .select_from(t.grants.join(t.users).join(t.addresses).join(t.domains))
+                # explicit: users.unified_address_id is a second way to addresses
+                .select_from(t.grants.join(t.users, t.grants.c.user_id == t.users.c.id)
+                             .join(t.addresses, t.grants.c.address_id == t.addresses.c.id)
+                             .join(t.domains))
                 .where(and_(t.users.c.login == login.lower())))).all()
         return [f"{r.local_part}@{r.name}" for r in rows
                 if permission in r.permissions.split(",")]
