@@ -12,12 +12,11 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import secrets
-import string
 
 from ..config import dev_settings
 from ..policy.addresses import AddressRuleError, address_key, check_domain, parse_new_address
 from ..policy.envelope import AddressError, parse_mailbox
+from ..policy.passwords import new_app_password
 from ..store import NotFound, Store
 from .common import (
     CliError,
@@ -263,19 +262,13 @@ async def forward_clear(ctx: Ctx, store: Store, args: argparse.Namespace) -> int
 # --- app passwords -----------------------------------------------------------------------
 
 
-def generate_app_password() -> str:
-    """Four groups of four lowercase letters: easy to type on a phone, ~75 bits."""
-    letters = string.ascii_lowercase
-    return "-".join("".join(secrets.choice(letters) for _ in range(4)) for _ in range(4))
-
-
 @with_store
 async def app_password_add(ctx: Ctx, store: Store, args: argparse.Namespace) -> int:
     addr = await need_address(store, args.address)
     name = args.name.strip()
     if not name or len(name) > 64 or any(ord(c) < 0x20 for c in name):
         raise CliError("the app password name must be 1 to 64 printable characters")
-    secret = generate_app_password()
+    secret = new_app_password()  # the web pages' generator too
     await store.add_app_password(addr.id, name, await ctx.passwords().hash(secret))
     await store.log_activity("app_password_added", address=addr.email, protocol="cli",
                              detail=name)

@@ -28,10 +28,8 @@ from typing import Any, TextIO
 from sqlalchemy.engine import make_url
 
 from ..config import Settings
-from ..policy.passwords import Passwords
+from ..policy.passwords import Passwords, password_problem
 from ..store import Address, Store
-
-MIN_PASSWORD_LENGTH = 8
 
 
 class CliError(Exception):
@@ -116,15 +114,8 @@ async def need_user(store: Store, login: str) -> int:
 # --- passwords ---------------------------------------------------------------------
 
 
-def check_password(password: str) -> str | None:
-    """Why ``password`` may not be used, or None. Never echoes the password."""
-    if not password:
-        return "the password is empty"
-    if len(password) < MIN_PASSWORD_LENGTH:
-        return f"the password is shorter than {MIN_PASSWORD_LENGTH} characters"
-    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in password):
-        return "the password contains a control character"
-    return None
+# one rule for the command line and the web pages (policy/passwords.py)
+check_password = password_problem
 
 
 def read_password(ctx: Ctx, args: argparse.Namespace, *, required: bool,
