@@ -144,7 +144,7 @@ async def accept(services: Services, tx: Transaction,
             head = blob
         else:
             front = tx.trace + received + tx.added_header
-            head = front + await _without_bcc(
+            head = front + await _clean_spooled_header(
                 spooled, services.hostname if tx.strip_forged else None)
             size = len(front) + spooled.size
         # sort/thread keys (RFC 5256), stored with the rows: parsed once, header only
@@ -209,11 +209,11 @@ async def _junk_split(services: Services, tx: Transaction, mailboxes: Sequence[s
     return tuple(k for k in mailboxes if k not in found), targets
 
 
-async def _without_bcc(message: MessageContent, authserv_id: str | None = None) -> bytes:
-    """Remove Bcc:/Resent-Bcc: (docs/behaviour.md §4), and with ``authserv_id`` forged
-    Authentication-Results, from a spooled message: when its
-    header has any, the file is rewritten without them (a copy on disk, hashed again,
-    in a thread). Returns the message's header section as stored."""
+async def _clean_spooled_header(message: MessageContent, authserv_id: str | None = None) -> bytes:
+    """Remove Bcc:/Resent-Bcc: (docs/behaviour.md §4) and, with ``authserv_id``, forged
+    Authentication-Results (RFC 8601 §5) from a spooled message: when its header has
+    any, the file is rewritten without them (a copy on disk, hashed again, in a
+    thread). Returns the message's header section as stored."""
     spool = message.spool
     assert spool is not None
     header, _ = split_header(message.head)
