@@ -56,7 +56,7 @@ def extract(rev: str, dest: Path, harness: bool) -> str:
 def run_once(tree: Path, module: str, args: list[str], out: Path) -> dict[Key, Any]:
     """One run of ``python -m bench.MODULE ARGS`` inside ``tree``; its JSON rows."""
     env = {**os.environ, "PYTHONPATH": str(tree)}
-    cmd = [sys.executable, "-m", f"bench.{module}", *args, "--json", str(out)]
+    cmd = [os.path.abspath(sys.executable), "-m", f"bench.{module}", *args, "--json", str(out)]
     proc = subprocess.run(cmd, cwd=tree, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"bench.compare: {' '.join(cmd)} failed in {tree} "

@@ -27,9 +27,9 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import text
+from sqlalchemy import Connection, text
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -45,7 +45,10 @@ from .events import (
     decode_event,
     encode_event,
 )
+from .threads import SqliteThreads
 from .writer import GroupWriter
+
+T = TypeVar("T")
 
 log = logging.getLogger("mailstack.store")
 _ENOSPC = errno.ENOSPC
@@ -257,6 +260,8 @@ class StoreBase:
         self._write_lock = asyncio.Lock()
         self._writers_fd: int | None = None  # share_writer_queue
         self.writer = GroupWriter(self)  # SQLite: group commit of all write transactions
+        # SQLite: whole transactions in one hop to the database's threads (threads.py)
+        self._threads = SqliteThreads(url) if self.is_sqlite and engine is None else None
         # Across nodes (PostgreSQL): events also go out with pg_notify inside the
         # transaction, so other nodes get them exactly when the commit happens.
         self.node_id = uuid.uuid4().hex
@@ -415,6 +420,8 @@ class StoreBase:
                 await asyncio.wait_for(self._listener.close(), 5)
             self._listener = None
         await self.engine.dispose()
+        if self._threads is not None:
+            await asyncio.to_thread(self._threads.close)
 
     @asynccontextmanager
     async def _read(self) -> AsyncIterator[AsyncConnection]:
@@ -423,6 +430,28 @@ class StoreBase:
                 yield conn
         except DB_ERRORS as exc:
             raise unavailable(exc) from exc
+
+    async def run_read(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(conn, *args)``: a whole read transaction as one plain function over a
+        synchronous connection. SQLite: one hop to a reader thread (threads.py);
+        PostgreSQL: ``run_sync`` on an async connection (same statements, no thread)."""
+        try:
+            if self._threads is not None:
+                return await self._threads.read(fn, *args)
+            async with self.engine.connect() as conn:
+                return await conn.run_sync(lambda c: fn(c, *args))
+        except DB_ERRORS as exc:
+            raise unavailable(exc) from exc
+
+    async def run_write(self, fn: Callable[[Connection, list[Event]], T]) -> T:
+        """``fn(conn, events)``: a whole write transaction as one plain function; events
+        appended to the list are published after the commit. SQLite: a member of a
+        group commit, run on the writer thread (writer.py); PostgreSQL: ``run_sync`` in
+        an ordinary write transaction."""
+        if self._threads is not None:
+            return await self.writer.run(fn)
+        async with self._write() as (conn, events):
+            return await conn.run_sync(lambda c: fn(c, events))
 
     @asynccontextmanager
     async def _write(self) -> AsyncIterator[tuple[AsyncConnection, list[Event]]]:

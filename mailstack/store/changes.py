@@ -34,6 +34,13 @@ async def record(conn: Any, node: str, events: Sequence[Event]) -> None:
             {"node": node, "payload": encode_event(node, ev)} for ev in events])
 
 
+def record_sync(conn: Any, node: str, events: Sequence[Event]) -> None:
+    """``record`` for a transaction running on the store's threads (threads.py)."""
+    if events:
+        conn.execute(insert(t.change_log), [
+            {"node": node, "payload": encode_event(node, ev)} for ev in events])
+
+
 class ChangeFollower:
     def __init__(self, store: Any, *, interval: float = 0.25, keep: int = 10_000,
                  prune_every: int = 240) -> None:

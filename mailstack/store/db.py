@@ -21,7 +21,7 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from sqlalchemy import Connection, bindparam, event, insert, inspect, select, text, update
+from sqlalchemy import Connection, Engine, bindparam, event, insert, inspect, select, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from . import schema
@@ -215,7 +215,7 @@ def schema_of(url: str) -> str | None:
 def create_engine(url: str) -> AsyncEngine:
     if url.startswith("sqlite"):
         engine = create_async_engine(url, connect_args={"timeout": 30})
-        _sqlite_setup(engine)
+        sqlite_connection_setup(engine.sync_engine)
         return engine
     url, schema_name = _split_schema(url)
     connect_args: dict[str, Any] = {}
@@ -225,8 +225,9 @@ def create_engine(url: str) -> AsyncEngine:
                                connect_args=connect_args)
 
 
-def _sqlite_setup(engine: AsyncEngine) -> None:
-    sync_engine = engine.sync_engine
+def sqlite_connection_setup(sync_engine: Engine) -> None:
+    """Every SQLite connection of ``sync_engine`` (the async engine's, or the store's
+    threads' in threads.py): WAL, durable commits, foreign keys, and our own BEGIN."""
 
     @event.listens_for(sync_engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:

@@ -25,7 +25,7 @@ import re
 from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 
-from sqlalchemy import and_, bindparam, delete, func, insert, select, update
+from sqlalchemy import Connection, and_, bindparam, delete, func, insert, select, update
 
 from . import schema as t
 from .base import SEEN_BIT, Folder, InsufficientStorage, Message, Unavailable
@@ -116,21 +116,26 @@ class ImapMixin(MailboxMixin):
         f, m = t.folders.c, t.messages.c
         by_name = select(t.folders).where(and_(
             f.address_id == address_id, f.name == normalize_folder_name(name)))
-        async with self._read() as conn:
-            row = (await conn.execute(by_name)).first()
+        sqlite = self.is_sqlite
+
+        def read(conn: Connection) -> OpenedFolder | None:
+            row = conn.execute(by_name).first()
             if row is None:
                 return None
-            uids = [r[0] for r in (await conn.execute(select(m.uid).where(
-                m.folder_id == row.id).order_by(m.uid))).all()]
-            first = (await conn.execute(select(func.min(m.uid)).where(and_(
-                m.folder_id == row.id, m.flags.op("&")(SEEN_BIT) == 0)))).scalar()
-            keywords = await self._keywords(conn, row.id, 1)
-            if not self.is_sqlite:
-                row = (await conn.execute(select(t.folders).where(f.id == row.id))).first()
+            uids = [r[0] for r in conn.execute(select(m.uid).where(
+                m.folder_id == row.id).order_by(m.uid))]
+            first = conn.execute(select(func.min(m.uid)).where(and_(
+                m.folder_id == row.id, m.flags.op("&")(SEEN_BIT) == 0))).scalar()
+            keywords = self._keywords(conn, row.id, 1)
+            if not sqlite:
+                row = conn.execute(select(t.folders).where(f.id == row.id)).first()
                 if row is None:
                     return None
-        return OpenedFolder(_folder(row), uids, int(first) if first is not None else None,
-                            int(row.first_recent_uid), keywords)
+            return OpenedFolder(_folder(row), uids,
+                                int(first) if first is not None else None,
+                                int(row.first_recent_uid), keywords)
+
+        return await self.run_read(read)
 
     async def fresh_messages(self, folder_id: int, uid_min: int
                              ) -> tuple[list[int], int, set[str]]:
@@ -138,15 +143,18 @@ class ImapMixin(MailboxMixin):
         ``uid_min`` on, the folder's first not yet claimed \\Recent UID and the keywords
         of those messages (RFC 3501 §7.2.6)."""
         m, f = t.messages.c, t.folders.c
-        async with self._read() as conn:
-            uids = [r[0] for r in (await conn.execute(select(m.uid).where(and_(
-                m.folder_id == folder_id, m.uid >= uid_min)).order_by(m.uid))).all()]
+
+        def read(conn: Connection) -> tuple[list[int], int, set[str]]:
+            uids = [r[0] for r in conn.execute(select(m.uid).where(and_(
+                m.folder_id == folder_id, m.uid >= uid_min)).order_by(m.uid))]
             if not uids:
                 return [], 0, set()
-            keywords = await self._keywords(conn, folder_id, uid_min)
-            first_recent = (await conn.execute(select(f.first_recent_uid).where(
-                f.id == folder_id))).scalar()
-        return uids, int(first_recent or 0), keywords
+            keywords = self._keywords(conn, folder_id, uid_min)
+            first_recent = conn.execute(select(f.first_recent_uid).where(
+                f.id == folder_id)).scalar()
+            return uids, int(first_recent or 0), keywords
+
+        return await self.run_read(read)
 
     async def append_claiming(self, folder_id: int,
                               items: Sequence[tuple[bytes, Iterable[str], float | None]],
@@ -161,24 +169,27 @@ class ImapMixin(MailboxMixin):
         ``keys``: the messages' sort/thread keys, in the same order (stored with them)."""
         blob_ids = [await self.put_blob(data) for data, _, _ in items]
         now = self.clock()
-        out: list[Message] = []
-        old: int | None = None
         f = t.folders.c
         all_keys = list(keys) or [None] * len(items)
-        async with self._write() as (conn, events):
-            for (data, flags, when), blob_id, k in zip(items, blob_ids, all_keys, strict=True):
-                out += await self._insert_copies(
-                    conn, events, blob_id, len(data),
-                    [DeliveryTarget(folder_id, b"", frozenset(flags), k)],
+        rows = [(len(data), frozenset(flags), when) for data, flags, when in items]
+
+        def tx(conn: Connection, events: list[Any]) -> tuple[list[Message], int | None]:
+            out: list[Message] = []
+            old: int | None = None
+            for (size, flags, when), blob_id, k in zip(rows, blob_ids, all_keys, strict=True):
+                out += self._insert_copies(
+                    conn, events, blob_id, size, [DeliveryTarget(folder_id, b"", flags, k)],
                     when if when is not None else now, now)
             if claim_recent and out:
                 upto = out[-1].uid + 1
-                old = int((await conn.execute(select(f.first_recent_uid).where(
-                    f.id == folder_id))).scalar_one())
+                old = int(conn.execute(select(f.first_recent_uid).where(
+                    f.id == folder_id)).scalar_one())
                 if upto > old:
-                    await conn.execute(update(t.folders).where(f.id == folder_id)
-                                       .values(first_recent_uid=upto))
-        return out, old
+                    conn.execute(update(t.folders).where(f.id == folder_id)
+                                 .values(first_recent_uid=upto))
+            return out, old
+
+        return await self.run_write(tx)
 
     async def append_many(self, folder_id: int,
                           items: Sequence[tuple[bytes, Iterable[str], float | None]],
@@ -198,24 +209,26 @@ class ImapMixin(MailboxMixin):
         base = select(*_ROW_COLS, *(_BLOB_COLS if with_blob else ())).where(
             m.folder_id == folder_id)
         mk = _row_blob if with_blob else _row
-        async with self._read() as conn:
-            if uids is None:
-                rows = (await conn.execute(base.order_by(m.uid))).all()
-                return [mk(r) for r in rows]
-            uid_list = sorted(set(uids))
-            if not uid_list:
-                return []
+        uid_list = None if uids is None else sorted(set(uids))
+        if uid_list is not None and not uid_list:
+            return []
+
+        def read(conn: Connection) -> list[MsgRow]:
+            if uid_list is None:
+                return [mk(r) for r in conn.execute(base.order_by(m.uid))]
             if _dense(uid_list):
                 wanted = set(uid_list)
-                rows = (await conn.execute(base.where(and_(
-                    m.uid >= uid_list[0], m.uid <= uid_list[-1])).order_by(m.uid))).all()
+                rows = conn.execute(base.where(and_(
+                    m.uid >= uid_list[0], m.uid <= uid_list[-1])).order_by(m.uid))
                 return [mk(r) for r in rows if r[1] in wanted]
             out: list[MsgRow] = []
             for i in range(0, len(uid_list), CHUNK):
                 chunk = uid_list[i:i + CHUNK]
-                rows = (await conn.execute(base.where(m.uid.in_(chunk)).order_by(m.uid))).all()
-                out.extend(mk(r) for r in rows)
-        return out
+                out.extend(mk(r) for r in conn.execute(
+                    base.where(m.uid.in_(chunk)).order_by(m.uid)))
+            return out
+
+        return await self.run_read(read)
 
     async def uids_by_flags(self, folder_id: int, set_bits: int,
                             clear_bits: int) -> list[tuple[int, int]]:
@@ -227,25 +240,25 @@ class ImapMixin(MailboxMixin):
             cond.append(m.flags.op("&")(set_bits) == set_bits)
         if clear_bits:
             cond.append(m.flags.op("&")(clear_bits) == 0)
-        async with self._read() as conn:
-            rows = (await conn.execute(select(m.uid, m.modseq).where(and_(*cond))
-                                       .order_by(m.uid))).all()
-        return [(r[0], r[1]) for r in rows]
+        q = select(m.uid, m.modseq).where(and_(*cond)).order_by(m.uid)
+        return await self.run_read(lambda conn: [(r[0], r[1]) for r in conn.execute(q)])
 
     # --- content: blobs and cached structures -----------------------------------------
     async def cached_structures(self, ids: Sequence[int]) -> dict[int, tuple[str | None,
                                                                              str | None]]:
         """(marker, JSON) of the cached structures of messages by id, in bulk."""
         m = t.messages.c
-        out: dict[int, tuple[str | None, str | None]] = {}
         id_list = sorted(set(ids))
-        async with self._read() as conn:
+
+        def read(conn: Connection) -> dict[int, tuple[str | None, str | None]]:
+            out: dict[int, tuple[str | None, str | None]] = {}
             for i in range(0, len(id_list), CHUNK):
-                rows = (await conn.execute(select(m.id, m.envelope, m.bodystructure).where(
-                    m.id.in_(id_list[i:i + CHUNK])))).all()
-                for r in rows:
+                for r in conn.execute(select(m.id, m.envelope, m.bodystructure).where(
+                        m.id.in_(id_list[i:i + CHUNK]))):
                     out[r[0]] = (r[1], r[2])
-        return out
+            return out
+
+        return await self.run_read(read)
 
     async def set_cached_structures(self, entries: Sequence[tuple[int, str, str]]) -> None:
         """Write back many (id, marker, JSON) cache entries in ONE transaction. Only a

@@ -242,9 +242,10 @@ class ImportMixin(MailboxMixin, StoreBase):
         f, j = t.import_folders.c, t.import_jobs.c
         async with self._write() as (conn, events):
             for msg in messages:
-                await self._insert_copies(conn, events, msg.blob_id, msg.size,
-                                          [DeliveryTarget(folder_id, b"", msg.flags, msg.keys)],
-                                          msg.internal_date, now)
+                await conn.run_sync(
+                    self._insert_copies, events, msg.blob_id, msg.size,
+                    [DeliveryTarget(folder_id, b"", msg.flags, msg.keys)],
+                    msg.internal_date, now)
             await conn.execute(update(t.import_folders).where(and_(
                 f.job_id == job_id, f.source == source)).values(
                 last_uid=last_uid, copied=f.copied + len(messages) + duplicates,

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import (
+    Connection,
     Integer,
     and_,
     bindparam,
@@ -85,6 +86,17 @@ _MSG_COLS = (t.messages.c.id, t.messages.c.folder_id, t.messages.c.uid, t.messag
 _HAS_KEYWORDS = text("messages.keywords <> ''")
 
 
+def _get_messages(conn: Connection, folder_id: int, uid_list: list[int]) -> list[Message]:
+    out: list[Message] = []
+    for i in range(0, len(uid_list), 500):
+        chunk = uid_list[i:i + 500]
+        rows = conn.execute(select(*_MSG_COLS).where(and_(
+            t.messages.c.folder_id == folder_id, t.messages.c.uid.in_(chunk)))
+            .order_by(t.messages.c.uid)).all()
+        out.extend(_message(r) for r in rows)
+    return out
+
+
 @dataclass(frozen=True)
 class DeliveryTarget:
     """One copy of a delivered message: which folder, and its per-copy header prefix."""
@@ -97,7 +109,7 @@ class DeliveryTarget:
 
 class MailboxMixin(StoreBase):
     # --- storage used (RFC 9208 QUOTA) ---------------------------------------------
-    async def _add_usage(self, conn: Any, address_id: int, dbytes: int, dmsgs: int) -> None:
+    def _add_usage(self, conn: Connection, address_id: int, dbytes: int, dmsgs: int) -> None:
         """Change an address's usage counter inside the caller's transaction (an upsert:
         concurrent first writers of one address cannot collide)."""
         if not dbytes and not dmsgs:
@@ -109,8 +121,8 @@ class MailboxMixin(StoreBase):
         if dbytes < 0:  # the storage warning is re-armed below its level
             set_["warn_rearm_below"] = case(
                 (q.c.bytes + dbytes < q.c.warn_rearm_below, 0), else_=q.c.warn_rearm_below)
-        await conn.execute(stmt.on_conflict_do_update(index_elements=[q.c.address_id],
-                                                      set_=set_))
+        conn.execute(stmt.on_conflict_do_update(index_elements=[q.c.address_id],
+                                                set_=set_))
 
     async def quota_warning_armed(self, address_id: int) -> tuple[int, bool]:
         """(octets used, whether a storage warning may be sent) of an address."""
@@ -152,7 +164,7 @@ class MailboxMixin(StoreBase):
                 q.c.bytes > over)).values(warn_rearm_below=max(1, rearm_below)))
         return bool(res.rowcount)
 
-    async def _add_usages(self, conn: Any, deltas: dict[int, tuple[int, int]]) -> None:
+    def _add_usages(self, conn: Connection, deltas: dict[int, tuple[int, int]]) -> None:
         """``_add_usage`` for several addresses in ONE statement (an executemany of the
         same upsert: a group commit of N deliveries costs one, not N)."""
         params = [{"address_id": a, "bytes": b, "messages": n}
@@ -161,7 +173,7 @@ class MailboxMixin(StoreBase):
             return
         q = t.quota_usage
         stmt = (sqlite_insert if self.is_sqlite else pg_insert)(q)
-        await conn.execute(stmt.on_conflict_do_update(
+        conn.execute(stmt.on_conflict_do_update(
             index_elements=[q.c.address_id],
             set_={"bytes": q.c.bytes + stmt.excluded.bytes,
                   "messages": q.c.messages + stmt.excluded.messages}), params)
@@ -182,16 +194,16 @@ class MailboxMixin(StoreBase):
                 q.address_id == address_id))).first()
         return (int(row[0]), int(row[1])) if row is not None else (0, 0)
 
-    async def _subtract_rows(self, conn: Any, folder_id: int, cond: Any) -> None:
+    def _subtract_rows(self, conn: Connection, folder_id: int, cond: Any) -> None:
         """Take the messages of ``folder_id`` matching ``cond`` off the usage counter
         (before they are deleted, in the same transaction)."""
         m = t.messages.c
-        row = (await conn.execute(select(func.coalesce(func.sum(m.size), 0), func.count())
-                                  .where(and_(m.folder_id == folder_id, cond)))).one()
+        row = conn.execute(select(func.coalesce(func.sum(m.size), 0), func.count())
+                           .where(and_(m.folder_id == folder_id, cond))).one()
         if row[1]:
-            addr = (await conn.execute(select(t.folders.c.address_id).where(
-                t.folders.c.id == folder_id))).scalar_one()
-            await self._add_usage(conn, int(addr), -int(row[0]), -int(row[1]))
+            addr = conn.execute(select(t.folders.c.address_id).where(
+                t.folders.c.id == folder_id)).scalar_one()
+            self._add_usage(conn, int(addr), -int(row[0]), -int(row[1]))
 
     # --- folders -------------------------------------------------------------------
     async def list_folders(self, address_id: int) -> list[Folder]:
@@ -248,7 +260,7 @@ class MailboxMixin(StoreBase):
                 and_(t.folders.c.address_id == address_id, t.folders.c.name == name)))).first()
             if row is None:
                 raise NotFound(f"no folder {name!r}")
-            await self._subtract_rows(conn, row.id, true())
+            await conn.run_sync(self._subtract_rows, row.id, true())
             await conn.execute(delete(t.folders).where(t.folders.c.id == row.id))
             await conn.execute(delete(t.metadata_entries).where(  # RFC 5464 §3.2
                 t.metadata_entries.c.folder_id == row.id))
@@ -327,23 +339,25 @@ class MailboxMixin(StoreBase):
         Returns the folder's previous first-recent UID (the UIDs from it up to
         ``upto_uid`` are recent for the caller, and for no other session)."""
         f = t.folders.c
-        async with self._read() as conn:  # the usual case: nothing new, no write
-            seen = (await conn.execute(select(f.first_recent_uid).where(f.id == folder_id))
-                    ).scalar()
+        first_recent = select(f.first_recent_uid).where(f.id == folder_id)
+        # the usual case: nothing new, no write
+        seen = await self.run_read(lambda conn: conn.execute(first_recent).scalar())
         if seen is None:
             raise NotFound("no such folder")
         if int(seen) >= upto_uid:
             return int(seen)
-        async with self._write() as (conn, _):
-            row = (await conn.execute(select(f.first_recent_uid).where(f.id == folder_id)
-                                      .with_for_update())).first()
+
+        def tx(conn: Connection, _events: list[Any]) -> int:
+            row = conn.execute(first_recent.with_for_update()).first()
             if row is None:
                 raise NotFound("no such folder")
             old = int(row[0])
             if upto_uid > old:
-                await conn.execute(update(t.folders).where(f.id == folder_id)
-                                   .values(first_recent_uid=upto_uid))
-        return old
+                conn.execute(update(t.folders).where(f.id == folder_id)
+                             .values(first_recent_uid=upto_uid))
+            return old
+
+        return await self.run_write(tx)
 
     async def recent_count(self, folder_id: int) -> int:
         """Messages no session has seen as recent yet (STATUS RECENT, RFC 3501 §6.3.10)."""
@@ -359,10 +373,10 @@ class MailboxMixin(StoreBase):
     async def folder_keywords(self, folder_id: int, uid_min: int = 1) -> set[str]:
         """The keywords set on messages of a folder (from ``uid_min`` on): what
         SELECT's FLAGS lists (RFC 3501 §7.2.6)."""
-        async with self._read() as conn:
-            return await self._keywords(conn, folder_id, uid_min)
+        return await self.run_read(self._keywords, folder_id, uid_min)
 
-    async def _keywords(self, conn: Any, folder_id: int, uid_min: int) -> set[str]:
+    @staticmethod
+    def _keywords(conn: Connection, folder_id: int, uid_min: int) -> set[str]:
         m = t.messages.c
         # the literal '' (not a bound value) lets SQLite use the partial index
         # ix_messages_keywords, which holds only the messages that have keywords; the
@@ -370,20 +384,23 @@ class MailboxMixin(StoreBase):
         q = select(m.keywords).distinct().where(m.folder_id == folder_id, _HAS_KEYWORDS)
         if uid_min > 1:
             q = q.where(m.uid >= uid_min)
-        rows = (await conn.execute(q)).all()
+        rows = conn.execute(q).all()
         return {k for r in rows for k in r[0].split(" ") if k}
 
     async def folder_status(self, folder_id: int) -> FolderStatus:
         m = t.messages.c
-        async with self._read() as conn:
-            f = (await conn.execute(select(t.folders).where(t.folders.c.id == folder_id))).first()
+
+        def read(conn: Connection) -> tuple[Any, Any]:
+            f = conn.execute(select(t.folders).where(t.folders.c.id == folder_id)).first()
             if f is None:
                 raise NotFound("no such folder")
-            row = (await conn.execute(select(
+            return f, conn.execute(select(
                 func.count(), func.coalesce(func.sum(m.size), 0),
                 func.coalesce(func.sum((m.flags.op("&")(SEEN_BIT) == 0).cast(Integer)), 0),
                 func.coalesce(func.sum((m.flags.op("&")(DELETED_BIT) != 0).cast(Integer)), 0),
-            ).where(m.folder_id == folder_id))).one()
+            ).where(m.folder_id == folder_id)).one()
+
+        f, row = await self.run_read(read)
         return FolderStatus(messages=row[0], size=int(row[1]), unseen=int(row[2]),
                             deleted=int(row[3]), uidnext=f.uidnext, uidvalidity=f.uidvalidity,
                             highestmodseq=f.highestmodseq)
@@ -395,40 +412,29 @@ class MailboxMixin(StoreBase):
                                           t.messages.c.uid >= uid_min))
         if uid_max is not None:
             q = q.where(t.messages.c.uid <= uid_max)
-        async with self._read() as conn:
-            rows = (await conn.execute(q.order_by(t.messages.c.uid))).all()
-        return [_message(r) for r in rows]
+        q = q.order_by(t.messages.c.uid)
+        return await self.run_read(lambda conn: [_message(r) for r in conn.execute(q)])
 
     async def get_messages(self, folder_id: int, uids: Iterable[int]) -> list[Message]:
-        uid_list = sorted(set(uids))
-        out: list[Message] = []
-        async with self._read() as conn:
-            for i in range(0, len(uid_list), 500):
-                chunk = uid_list[i:i + 500]
-                rows = (await conn.execute(select(*_MSG_COLS).where(and_(
-                    t.messages.c.folder_id == folder_id, t.messages.c.uid.in_(chunk)))
-                    .order_by(t.messages.c.uid))).all()
-                out.extend(_message(r) for r in rows)
-        return out
+        return await self.run_read(_get_messages, folder_id, sorted(set(uids)))
 
     async def changed_since(self, folder_id: int, modseq: int) -> list[Message]:
-        async with self._read() as conn:
-            rows = (await conn.execute(select(*_MSG_COLS).where(and_(
-                t.messages.c.folder_id == folder_id, t.messages.c.modseq > modseq))
-                .order_by(t.messages.c.uid))).all()
-        return [_message(r) for r in rows]
+        q = select(*_MSG_COLS).where(and_(
+            t.messages.c.folder_id == folder_id, t.messages.c.modseq > modseq)
+        ).order_by(t.messages.c.uid)
+        return await self.run_read(lambda conn: [_message(r) for r in conn.execute(q)])
 
     async def expunged_since(self, folder_id: int, modseq: int) -> list[int]:
-        async with self._read() as conn:
-            rows = (await conn.execute(select(t.expunged.c.uid).where(and_(
-                t.expunged.c.folder_id == folder_id, t.expunged.c.modseq > modseq))
-                .order_by(t.expunged.c.uid))).all()
-        return [r.uid for r in rows]
+        q = select(t.expunged.c.uid).where(and_(
+            t.expunged.c.folder_id == folder_id, t.expunged.c.modseq > modseq)
+        ).order_by(t.expunged.c.uid)
+        return await self.run_read(lambda conn: [r.uid for r in conn.execute(q)])
 
     # --- writing messages ------------------------------------------------------------
-    async def _allocate(self, conn: Any, folder_id: int, count: int) -> tuple[int, int, int]:
+    @staticmethod
+    def _allocate(conn: Connection, folder_id: int, count: int) -> tuple[int, int, int]:
         """Reserve ``count`` UIDs and one new MODSEQ; returns (first_uid, modseq, addr)."""
-        res = await conn.execute(update(t.folders).where(t.folders.c.id == folder_id).values(
+        res = conn.execute(update(t.folders).where(t.folders.c.id == folder_id).values(
             uidnext=t.folders.c.uidnext + count,
             highestmodseq=t.folders.c.highestmodseq + 1).returning(
             t.folders.c.uidnext, t.folders.c.highestmodseq, t.folders.c.address_id))
@@ -437,8 +443,9 @@ class MailboxMixin(StoreBase):
             raise NotFound("the folder no longer exists")
         return int(row.uidnext) - count, int(row.highestmodseq), int(row.address_id)
 
-    async def _bump_modseq(self, conn: Any, folder_id: int) -> tuple[int, int]:
-        res = await conn.execute(update(t.folders).where(t.folders.c.id == folder_id).values(
+    @staticmethod
+    def _bump_modseq(conn: Connection, folder_id: int) -> tuple[int, int]:
+        res = conn.execute(update(t.folders).where(t.folders.c.id == folder_id).values(
             highestmodseq=t.folders.c.highestmodseq + 1).returning(
             t.folders.c.highestmodseq, t.folders.c.address_id))
         row = res.first()
@@ -463,11 +470,10 @@ class MailboxMixin(StoreBase):
         blob must already be durable. Returns the rows in the order of ``targets``."""
         now = self.clock()
         when = internal_date if internal_date is not None else now
-        async with self._write() as (conn, events):
-            return await self._insert_copies(conn, events, blob_id, blob_size, targets,
-                                             when, now)
+        return await self.run_write(lambda conn, events: self._insert_copies(
+            conn, events, blob_id, blob_size, targets, when, now))
 
-    async def _insert_copies(self, conn: Any, events: list[Any], blob_id: str,
+    def _insert_copies(self, conn: Connection, events: list[Any], blob_id: str,
                              blob_size: int, targets: Sequence[DeliveryTarget],
                              when: float, now: float) -> list[Message]:
         """Insert one row per target inside the caller's transaction, locking folders
@@ -476,10 +482,10 @@ class MailboxMixin(StoreBase):
         usage: dict[int, tuple[int, int]] = {}
         for i in sorted(range(len(targets)), key=lambda i: targets[i].folder_id):
             tg = targets[i]
-            uid, modseq, address_id = await self._allocate(conn, tg.folder_id, 1)
+            uid, modseq, address_id = self._allocate(conn, tg.folder_id, 1)
             bits, keywords = flags_to_db(tg.flags)
             size = blob_size + len(tg.prefix)
-            res = await conn.execute(insert(t.messages).values(
+            res = conn.execute(insert(t.messages).values(
                 folder_id=tg.folder_id, uid=uid, modseq=modseq, flags=bits,
                 keywords=keywords, internal_date=when, size=size, blob_id=blob_id,
                 prefix=tg.prefix, created_at=now, **key_values(tg.keys, when))
@@ -490,7 +496,7 @@ class MailboxMixin(StoreBase):
             used = usage.get(address_id, (0, 0))
             usage[address_id] = (used[0] + size, used[1] + 1)
         for address_id, (dbytes, dmsgs) in usage.items():
-            await self._add_usage(conn, address_id, dbytes, dmsgs)
+            self._add_usage(conn, address_id, dbytes, dmsgs)
         return [out[i] for i in range(len(targets))]
 
     async def store_flags(self, folder_id: int, uids: Iterable[int], flags: Iterable[str],
@@ -518,15 +524,17 @@ class MailboxMixin(StoreBase):
         want_bits, want_kw = flags_to_db(frozenset(flags))
         want_kw_set = {k.lower(): k for k in want_kw.split(" ") if k}
         uid_set = sorted(set(uids))
-        changed: list[Message] = []
-        refused: list[int] = []
-        after: list[Message] = []
         m = t.messages.c
-        async with self._write() as (conn, events):
+
+        def tx(conn: Connection, events: list[Any]
+               ) -> tuple[list[Message], list[int], list[Message]]:
+            changed: list[Message] = []
+            refused: list[int] = []
+            after: list[Message] = []
             current: list[Any] = []
             for i in range(0, len(uid_set), 500):
-                current += (await conn.execute(select(*_MSG_COLS).where(and_(
-                    m.folder_id == folder_id, m.uid.in_(uid_set[i:i + 500]))))).all()
+                current += conn.execute(select(*_MSG_COLS).where(and_(
+                    m.folder_id == folder_id, m.uid.in_(uid_set[i:i + 500])))).all()
             current.sort(key=lambda r: r.uid)
             new_flags: dict[int, tuple[int, str]] = {}  # uid -> (bits, keywords)
             for row in current:
@@ -546,8 +554,8 @@ class MailboxMixin(StoreBase):
                     new_flags[row.uid] = (bits, kw_text)
             modseq = address_id = 0
             if new_flags:
-                modseq, address_id = await self._bump_modseq(conn, folder_id)
-                await self._write_flags(conn, folder_id, current, new_flags, modseq)
+                modseq, address_id = self._bump_modseq(conn, folder_id)
+                self._write_flags(conn, folder_id, current, new_flags, modseq)
             for row in current:
                 if row.uid not in new_flags:
                     if want_after:
@@ -563,17 +571,20 @@ class MailboxMixin(StoreBase):
             if changed:
                 events.append(FlagsChanged(address_id, folder_id,
                                            tuple(m.uid for m in changed), modseq))
-        return changed, refused, after
+            return changed, refused, after
 
-    async def _write_flags(self, conn: Any, folder_id: int, current: list[Any],
-                           new_flags: dict[int, tuple[int, str]], modseq: int) -> None:
+        return await self.run_write(tx)
+
+    @staticmethod
+    def _write_flags(conn: Connection, folder_id: int, current: list[Any],
+                     new_flags: dict[int, tuple[int, str]], modseq: int) -> None:
         """Write the new flags (all with ``modseq``) in as few statements as possible."""
         m = t.messages.c
         if len(set(new_flags.values())) == 1:  # the usual case: one resulting flag set
             bits, kw_text = next(iter(new_flags.values()))
             uids = sorted(new_flags)
             for i in range(0, len(uids), 500):
-                await conn.execute(update(t.messages).where(and_(
+                conn.execute(update(t.messages).where(and_(
                     m.folder_id == folder_id, m.uid.in_(uids[i:i + 500])))
                     .values(flags=bits, keywords=kw_text, modseq=modseq))
             return
@@ -582,7 +593,7 @@ class MailboxMixin(StoreBase):
         params = [{"_id": r.id, "_flags": new_flags[r.uid][0], "_kw": new_flags[r.uid][1]}
                   for r in current if r.uid in new_flags]
         for i in range(0, len(params), 500):
-            await conn.execute(stmt, params[i:i + 500])
+            conn.execute(stmt, params[i:i + 500])
 
     async def copy_messages(self, src_folder_id: int, uids: Iterable[int],
                             dst_folder_id: int) -> list[tuple[int, int]]:
@@ -600,17 +611,18 @@ class MailboxMixin(StoreBase):
         if not rows:
             return []
         now = self.clock()
-        pairs: list[tuple[int, int]] = []
-        async with self._write() as (conn, events):
+
+        def tx(conn: Connection, events: list[Any]) -> list[tuple[int, int]]:
+            pairs: list[tuple[int, int]] = []
             # lock folders in id order
             for fid in sorted({src, dst}):
                 if fid == dst:
-                    first_uid, modseq, dst_addr = await self._allocate(conn, dst, len(rows))
+                    first_uid, modseq, dst_addr = self._allocate(conn, dst, len(rows))
                     # RFC 6851 §3: a MOVE within one folder gives the messages new
                     # UIDs; the expunge shares the allocation's MODSEQ
                     src_modseq, src_addr = modseq, dst_addr
                 elif expunge_source:
-                    src_modseq, src_addr = await self._bump_modseq(conn, src)
+                    src_modseq, src_addr = self._bump_modseq(conn, src)
             # verify the source rows still exist inside the transaction, and take
             # their sort/thread keys (a copy has the same header: same keys)
             mc = t.messages.c
@@ -618,8 +630,8 @@ class MailboxMixin(StoreBase):
             live: dict[int, Any] = {}
             src_uids = [m.uid for m in rows]
             for i in range(0, len(src_uids), 500):
-                for r in (await conn.execute(select(mc.uid, *key_cols).where(and_(
-                        mc.folder_id == src, mc.uid.in_(src_uids[i:i + 500]))))).all():
+                for r in conn.execute(select(mc.uid, *key_cols).where(and_(
+                        mc.folder_id == src, mc.uid.in_(src_uids[i:i + 500])))).all():
                     live[r[0]] = r[1:]
             new_rows = []
             copied_bytes = 0
@@ -634,24 +646,26 @@ class MailboxMixin(StoreBase):
                 pairs.append((m.uid, new_uid))
                 copied_bytes += m.size
             if new_rows:  # one executemany: one round trip for the whole copy
-                await conn.execute(insert(t.messages), new_rows)
-                await self._add_usage(conn, dst_addr, copied_bytes, len(new_rows))
+                conn.execute(insert(t.messages), new_rows)
+                self._add_usage(conn, dst_addr, copied_bytes, len(new_rows))
             if pairs:
                 events.append(MessagesAdded(dst_addr, dst, tuple(p[1] for p in pairs)))
             if expunge_source and pairs:
                 moved = [p[0] for p in pairs]
-                await self._expunge_rows(conn, src, moved, src_modseq)
+                self._expunge_rows(conn, src, moved, src_modseq)
                 events.append(MessagesExpunged(src_addr, src, tuple(moved), src_modseq))
-        return pairs
+            return pairs
 
-    async def _expunge_rows(self, conn: Any, folder_id: int, uids: list[int],
-                            modseq: int) -> None:
+        return await self.run_write(tx)
+
+    def _expunge_rows(self, conn: Connection, folder_id: int, uids: list[int],
+                      modseq: int) -> None:
         for i in range(0, len(uids), 500):
             chunk = uids[i:i + 500]
-            await self._subtract_rows(conn, folder_id, t.messages.c.uid.in_(chunk))
-            await conn.execute(delete(t.messages).where(and_(
+            self._subtract_rows(conn, folder_id, t.messages.c.uid.in_(chunk))
+            conn.execute(delete(t.messages).where(and_(
                 t.messages.c.folder_id == folder_id, t.messages.c.uid.in_(chunk))))
-            await conn.execute(insert(t.expunged), [
+            conn.execute(insert(t.expunged), [
                 {"folder_id": folder_id, "uid": u, "modseq": modseq} for u in chunk])
 
     async def expunge(self, folder_id: int, uids: Iterable[int] | None = None,
@@ -665,27 +679,30 @@ class MailboxMixin(StoreBase):
         cond = [t.messages.c.folder_id == folder_id]
         if only_deleted:
             cond.append(t.messages.c.flags.op("&")(DELETED_BIT) != 0)
-        async with self._write() as (conn, events):
+        wanted = None if uids is None else set(uids)
+
+        def tx(conn: Connection, events: list[Any]) -> list[int]:
             if not self.is_sqlite:
                 # concurrent EXPUNGEs of one folder (PostgreSQL, read committed): the
                 # second waits here for the first and then no longer finds its messages,
                 # instead of expunging the same UIDs twice (unique violation). The folder
                 # row first, as every other write path locks it before message rows.
-                await conn.execute(select(t.folders.c.id).where(
+                conn.execute(select(t.folders.c.id).where(
                     t.folders.c.id == folder_id).with_for_update())
             q = select(t.messages.c.uid).where(and_(*cond)).order_by(t.messages.c.uid)
-            found = [r.uid for r in (await conn.execute(q)).all()]
-            if uids is not None:
-                wanted = set(uids)
+            found = [r.uid for r in conn.execute(q).all()]
+            if wanted is not None:
                 found = [u for u in found if u in wanted]
             others: list[int] = []
             if others_since is not None:
-                others = [r.uid for r in (await conn.execute(select(t.expunged.c.uid).where(
+                others = [r.uid for r in conn.execute(select(t.expunged.c.uid).where(
                     t.expunged.c.folder_id == folder_id,
-                    t.expunged.c.modseq > others_since))).all()]
+                    t.expunged.c.modseq > others_since)).all()]
             if not found:
                 return sorted(others)
-            modseq, address_id = await self._bump_modseq(conn, folder_id)
-            await self._expunge_rows(conn, folder_id, found, modseq)
+            modseq, address_id = self._bump_modseq(conn, folder_id)
+            self._expunge_rows(conn, folder_id, found, modseq)
             events.append(MessagesExpunged(address_id, folder_id, tuple(found), modseq))
-        return sorted(set(found).union(others))
+            return sorted(set(found).union(others))
+
+        return await self.run_write(tx)

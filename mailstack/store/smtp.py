@@ -35,13 +35,14 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import and_, case, insert, literal, select, tuple_, update
+from sqlalchemy import Connection, and_, case, insert, literal, select, tuple_, update
 
 from . import schema as t
 from .accounts import _address_cols, _to_address, split_address
@@ -174,9 +175,10 @@ class SmtpMixin(MailboxMixin, QueueMixin):
 
     async def _accept_group(self, batch: list[_Job]) -> None:
         if len(batch) > 1:
+            reqs = [j.req for j in batch]
             try:
-                async with self._write() as (conn, events):
-                    outcomes = await self._write_group(conn, events, [j.req for j in batch])
+                outcomes = await self.run_write(
+                    lambda conn, events: self._write_group(conn, events, reqs))
             except Exception as exc:  # one member may be bad: retry each alone
                 self.accept_stats.fallbacks += 1
                 log.warning("group of %d messages failed (%s); committing one by one",
@@ -190,8 +192,8 @@ class SmtpMixin(MailboxMixin, QueueMixin):
                 return
         for job in batch:
             try:
-                async with self._write() as (conn, events):
-                    outcome = (await self._write_group(conn, events, [job.req]))[0]
+                outcome = (await self.run_write(functools.partial(
+                    self._write_group, reqs=[job.req])))[0]
             except Exception as exc:
                 _settle(job, exc)
             else:
@@ -201,13 +203,12 @@ class SmtpMixin(MailboxMixin, QueueMixin):
                         self._queued_now()
                 _settle(job, outcome)
 
-    async def _write_group(self, conn: Any, events: list[Event],
-                           reqs: Sequence[AcceptRequest]
-                           ) -> list[list[Message] | Exception]:
+    def _write_group(self, conn: Connection, events: list[Event],
+                     reqs: Sequence[AcceptRequest]) -> list[list[Message] | Exception]:
         """Write every request of a group inside the caller's transaction. Returns per
         request its copies, or the ``NotFound`` for one that has nothing to store (and
         for which nothing was written)."""
-        found = await _resolve_inboxes(conn, {k for r in reqs for k in r.inboxes})
+        found = _resolve_inboxes(conn, {k for r in reqs for k in r.inboxes})
         copies: list[_Copy] = []
         live: list[int] = []
         outcomes: list[list[Message] | Exception] = []
@@ -228,7 +229,7 @@ class SmtpMixin(MailboxMixin, QueueMixin):
             outcomes.append([])
             copies += [_Copy(i, f, p, fl, k) for f, p, fl, k in mine]
         if copies:
-            placed = await self._insert_group_copies(conn, events, reqs, copies)
+            placed = self._insert_group_copies(conn, events, reqs, copies)
             for i in live:
                 out = outcomes[i]
                 assert isinstance(out, list)
@@ -239,17 +240,17 @@ class SmtpMixin(MailboxMixin, QueueMixin):
                                 lifetime=reqs[i].queue_lifetime, dsn=reqs[i].dsn)
                       for i in live for rcpt in reqs[i].remote]
         if queue_rows:
-            await conn.execute(insert(t.outbound_queue), queue_rows)
+            conn.execute(insert(t.outbound_queue), queue_rows)
         sends = [{"address_id": reqs[i].sender_address_id, "at": reqs[i].at,
                   "recipients": reqs[i].counted_recipients} for i in live
                  if reqs[i].sender_address_id is not None and reqs[i].counted_recipients > 0]
         if sends:
-            await conn.execute(insert(t.send_log), sends)
+            conn.execute(insert(t.send_log), sends)
         return outcomes
 
-    async def _insert_group_copies(self, conn: Any, events: list[Event],
-                                   reqs: Sequence[AcceptRequest], copies: list[_Copy]
-                                   ) -> dict[int, list[Message]]:
+    def _insert_group_copies(self, conn: Connection, events: list[Event],
+                             reqs: Sequence[AcceptRequest], copies: list[_Copy]
+                             ) -> dict[int, list[Message]]:
         """One UID and one MODSEQ per copy, allocated per folder (folders locked in id
         order), then one multi-row INSERT. Returns each job's copies in the order it listed them."""
         by_folder: dict[int, list[_Copy]] = defaultdict(list)
@@ -258,13 +259,12 @@ class SmtpMixin(MailboxMixin, QueueMixin):
         fids = sorted(by_folder)
         f = t.folders.c
         if not self.is_sqlite:  # PostgreSQL: take the row locks in id order (no deadlock)
-            await conn.execute(select(f.id).where(f.id.in_(fids)).order_by(f.id)
-                               .with_for_update())
+            conn.execute(select(f.id).where(f.id.in_(fids)).order_by(f.id).with_for_update())
         inc = case({fid: len(by_folder[fid]) for fid in fids}, value=f.id)
-        got = {int(r.id): r for r in (await conn.execute(
+        got = {int(r.id): r for r in conn.execute(
             update(t.folders).where(f.id.in_(fids))
             .values(uidnext=f.uidnext + inc, highestmodseq=f.highestmodseq + inc)
-            .returning(f.id, f.uidnext, f.highestmodseq, f.address_id))).all()}
+            .returning(f.id, f.uidnext, f.highestmodseq, f.address_id)).all()}
         if len(got) != len(fids):
             raise NotFound("the folder no longer exists")
         assigned: dict[int, tuple[int, int]] = {}  # id(copy) -> (uid, modseq)
@@ -290,13 +290,13 @@ class SmtpMixin(MailboxMixin, QueueMixin):
                          "created_at": msg.internal_date,
                          **key_values(c.keys, msg.internal_date)})
         # One executemany, then the ids by (folder, uid): two statements for the group.
-        await conn.execute(insert(t.messages), rows)
+        conn.execute(insert(t.messages), rows)
         m = t.messages.c
         ids: dict[tuple[int, int], int] = {}
         for i in range(0, len(planned), _IN_CHUNK):
             pairs = [(p.folder_id, p.uid) for p in planned[i:i + _IN_CHUNK]]
-            for r in (await conn.execute(select(m.id, m.folder_id, m.uid).where(
-                    tuple_(m.folder_id, m.uid).in_(pairs)))).all():
+            for r in conn.execute(select(m.id, m.folder_id, m.uid).where(
+                    tuple_(m.folder_id, m.uid).in_(pairs))).all():
                 ids[(int(r.folder_id), int(r.uid))] = int(r.id)
         placed: dict[int, list[Message]] = defaultdict(list)
         for c, msg in zip(copies, planned, strict=True):
@@ -310,7 +310,7 @@ class SmtpMixin(MailboxMixin, QueueMixin):
             used = usage[int(got[msg.folder_id].address_id)]
             used[0] += msg.size
             used[1] += 1
-        await self._add_usages(conn, {a: (b, n) for a, (b, n) in usage.items()})
+        self._add_usages(conn, {a: (b, n) for a, (b, n) in usage.items()})
         return placed
 
     async def route_facts(self, domain: str, key: str) -> tuple[Domain | None, Address | None]:
@@ -334,14 +334,12 @@ class SmtpMixin(MailboxMixin, QueueMixin):
         a, q = t.addresses, t.quota_usage
         on = and_(a.c.domain_id == t.domains.c.id, a.c.local_key == local.lower(),
                   literal(key_domain == name))
-        async with self._read() as conn:
-            row = (await conn.execute(
-                select(t.domains.c.id.label("d_id"), t.domains.c.name.label("d_name"),
-                       t.domains.c.plan.label("d_plan"), *_address_cols(),
-                       q.c.bytes.label("q_bytes"), q.c.messages.label("q_messages"))
-                .select_from(t.domains.outerjoin(a, on).outerjoin(
-                    q, q.c.address_id == a.c.id))
-                .where(t.domains.c.name == name))).first()
+        stmt = select(t.domains.c.id.label("d_id"), t.domains.c.name.label("d_name"),
+                      t.domains.c.plan.label("d_plan"), *_address_cols(),
+                      q.c.bytes.label("q_bytes"), q.c.messages.label("q_messages")) \
+            .select_from(t.domains.outerjoin(a, on).outerjoin(q, q.c.address_id == a.c.id)) \
+            .where(t.domains.c.name == name)
+        row = await self.run_read(lambda conn: conn.execute(stmt).first())
         if row is None:
             return None, None, (0, 0)
         found = Domain(row.d_id, row.d_name, row.d_plan)
@@ -372,7 +370,7 @@ def _settle(job: _Job, outcome: list[Message] | Exception) -> None:
         job.future.set_result(outcome)
 
 
-async def _resolve_inboxes(conn: Any, keys: set[str]) -> dict[str, tuple[int, str]]:
+def _resolve_inboxes(conn: Connection, keys: set[str]) -> dict[str, tuple[int, str]]:
     """key -> (INBOX folder id, the address as written) for the keys still hosted,
     with the same matching as ``get_address`` (local part case-insensitive)."""
     wanted: dict[tuple[str, str], list[str]] = defaultdict(list)
@@ -385,13 +383,13 @@ async def _resolve_inboxes(conn: Any, keys: set[str]) -> dict[str, tuple[int, st
     found: dict[str, tuple[int, str]] = {}
     pairs = list(wanted)
     for i in range(0, len(pairs), _IN_CHUNK):
-        rows = (await conn.execute(
+        rows = conn.execute(
             select(t.folders.c.id, t.addresses.c.local_part, t.addresses.c.local_key,
                    t.domains.c.name)
             .select_from(t.folders.join(t.addresses).join(t.domains))
             .where(and_(t.folders.c.name == "INBOX",
                         tuple_(t.domains.c.name, t.addresses.c.local_key).in_(
-                            pairs[i:i + _IN_CHUNK]))))).all()
+                            pairs[i:i + _IN_CHUNK])))).all()
         for r in rows:
             for key in wanted.get((r.name, r.local_key), ()):
                 found[key] = (int(r.id), f"{r.local_part}@{r.name}")

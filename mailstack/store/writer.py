@@ -26,6 +26,13 @@ Implementation notes (invariants):
 - A caller cancelled before its turn is skipped; one cancelled after its turn was
   granted but before its body ran is counted as failed (the writer never waits for a
   body that will not run). At most ``max_members`` bodies share one transaction.
+- Plain-function jobs (``run``, the hot paths: SMTP acceptance, IMAP STORE / APPEND /
+  EXPUNGE / COPY): a group of consecutive ones runs in ONE hop to the writer thread
+  (threads.py): ``BEGIN IMMEDIATE``, each function inside its own SAVEPOINT (a failure
+  undoes only that function's statements and goes back to its caller), the change log,
+  ``COMMIT``. A group holds either kind of job, never both (the two kinds run on
+  different connections). A function must not await anything: it is the whole
+  transaction's SQL for that caller.
 """
 
 from __future__ import annotations
@@ -35,15 +42,17 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
+from sqlalchemy import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from .. import metrics
 from .changes import record as record_changes
+from .changes import record_sync as record_changes_sync
 from .events import Event
 
 if TYPE_CHECKING:
@@ -61,6 +70,21 @@ class _Job:
 
 
 @dataclass
+class _FnJob:
+    """A plain function to run in the group's transaction on the writer thread."""
+
+    fn: Callable[[Connection, list[Event]], Any]
+    future: asyncio.Future[Any]  # its result (or error), set after the COMMIT
+    events: list[Event] = field(default_factory=list)
+    result: Any = None
+    error: BaseException | None = None
+    waiter: asyncio.Future[Any] | None = None  # the caller's (shielded) wait
+
+
+T = TypeVar("T")
+
+
+@dataclass
 class WriterStats:
     groups: int = 0
     members: int = 0
@@ -71,7 +95,7 @@ class GroupWriter:
     def __init__(self, store: StoreBase, *, max_members: int = 64) -> None:
         self.store = store
         self.max_members = max_members
-        self.queue: deque[_Job] = deque()
+        self.queue: deque[_Job | _FnJob] = deque()
         self.stats = WriterStats()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -129,6 +153,28 @@ class GroupWriter:
         except DB_ERRORS as exc:
             raise unavailable(exc) from exc
 
+    async def run(self, fn: Callable[[Connection, list[Event]], T]) -> T:
+        """``fn(conn, events)`` as one member of a group transaction on the writer
+        thread; its result once the group is committed (see the implementation notes).
+        An exception of ``fn`` undoes its statements and is raised here; a database
+        failure is ``Unavailable``."""
+        from .base import DB_ERRORS, unavailable
+
+        loop = asyncio.get_running_loop()
+        job = _FnJob(fn, loop.create_future())
+        self.queue.append(job)
+        if self._task is None or self._task.done():
+            self._task = loop.create_task(self._run())
+        self._wake.set()
+        # shielded: a caller cancelled once its job is in a group still leaves its change
+        # to be committed and published by the writer; it just does not hear about it.
+        # Cancelled before that (its wait is cancelled at once), the job is skipped.
+        job.waiter = asyncio.shield(job.future)
+        try:
+            return await job.waiter
+        except DB_ERRORS as exc:
+            raise unavailable(exc) from exc
+
     async def _run(self) -> None:
         while True:
             await self._wake.wait()
@@ -137,13 +183,87 @@ class GroupWriter:
                 await self._group()
 
     def _next(self) -> _Job | None:
-        while self.queue:
+        """The next async-body job, skipping cancelled ones; None at the end of the
+        queue or before a function job (it belongs to the next group)."""
+        while self.queue and isinstance(self.queue[0], _Job):
             job = self.queue.popleft()
+            assert isinstance(job, _Job)
             if not job.turn.cancelled():
                 return job
         return None
 
     async def _group(self) -> None:
+        if isinstance(self.queue[0], _FnJob):
+            await self._fn_group()
+        else:
+            await self._body_group()
+
+    async def _fn_group(self) -> None:
+        """Consecutive function jobs in one transaction, in one hop to the writer
+        thread."""
+        store = self.store
+        assert store._threads is not None
+        jobs: list[_FnJob] = []
+        while self.queue and isinstance(self.queue[0], _FnJob) \
+                and len(jobs) < self.max_members:
+            job = self.queue.popleft()
+            assert isinstance(job, _FnJob)
+            if job.waiter is None or not job.waiter.cancelled():
+                jobs.append(job)
+        if not jobs:
+            return
+        node = store.node_id
+
+        def transaction(conn: Connection) -> None:
+            with conn.begin():
+                done = []
+                for job in jobs:
+                    savepoint = conn.begin_nested()
+                    try:
+                        job.result = job.fn(conn, job.events)
+                    except Exception as exc:
+                        savepoint.rollback()
+                        job.error, job.events[:] = exc, []
+                    else:
+                        savepoint.commit()
+                        done.append(job)
+                record_changes_sync(conn, node, [ev for j in done for ev in j.events])
+
+        started = time.perf_counter()
+        try:
+            async with store._write_lock, store.writers_queued():
+                await store._threads.write(transaction)
+        except asyncio.CancelledError:
+            self._fail_fn(jobs, RuntimeError("store closed"))
+            raise
+        except Exception as exc:  # BEGIN, COMMIT or the change log: nothing stored
+            self._fail_fn(jobs, exc)
+            return
+        metrics.observe_store_transaction(time.perf_counter() - started)
+        ok = [job for job in jobs if job.error is None]
+        self.stats.groups += 1
+        self.stats.members += len(ok)
+        self.stats.largest = max(self.stats.largest, len(ok))
+        for job in jobs:
+            if job.future.done():
+                continue
+            if job.error is not None:
+                job.future.set_exception(job.error)
+            else:
+                job.future.set_result(job.result)
+        for job in ok:
+            for ev in job.events:
+                store.events.publish(ev)
+
+    @staticmethod
+    def _fail_fn(jobs: list[_FnJob], exc: BaseException) -> None:
+        for job in jobs:
+            if not job.future.done():
+                job.future.set_exception(exc)
+        if jobs:
+            log.warning("store: group commit of %d writes failed: %s", len(jobs), exc)
+
+    async def _body_group(self) -> None:
         """One transaction: grant turns until the queue is empty (or the group full),
         then commit and tell every member."""
         store = self.store

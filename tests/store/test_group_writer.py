@@ -110,8 +110,12 @@ async def test_failed_commit_fails_every_member_and_stores_nothing(
     async def broken(*_a: Any, **_k: Any) -> None:
         raise OperationalError("INSERT INTO change_log", {}, Exception("disk I/O error"))
 
+    def broken_sync(*_a: Any, **_k: Any) -> None:
+        raise OperationalError("INSERT INTO change_log", {}, Exception("disk I/O error"))
+
     blob = await store.put_blob(msg(1))
     monkeypatch.setattr(writer_module, "record_changes", broken)
+    monkeypatch.setattr(writer_module, "record_changes_sync", broken_sync)
     results = await asyncio.gather(
         _deliver(store, inbox.id, blob),
         store.store_flags(inbox.id, [1], ["\\Seen"], "add"),
@@ -139,3 +143,21 @@ async def test_a_cancelled_writer_does_not_block_the_others(sq: Any) -> None:
     assert cancelled.cancelled()
     uids = sorted(m.uid for m in await store.list_messages(inbox.id))
     assert uids == [done[0][0].uid, done[1][0].uid] == [1, 2]
+
+
+async def test_function_jobs_and_async_bodies_alternate_in_queue_order(sq: Any) -> None:
+    """Plain-function jobs (the hot paths, one hop to the writer thread) and async
+    bodies (the rest) are grouped separately, each run keeping the queue's order."""
+    store, addr, inbox = sq
+    blob = await store.put_blob(msg(1))
+    before = store.writer.stats.groups
+    results = await asyncio.gather(
+        _deliver(store, inbox.id, blob),  # function job
+        _deliver(store, inbox.id, blob),  # same group
+        store.create_folder(addr.id, "Work"),  # async body: a group of its own
+        _deliver(store, inbox.id, blob),  # function job again: the third group
+        return_exceptions=True)
+    assert not any(isinstance(r, BaseException) for r in results), results
+    assert store.writer.stats.groups == before + 3
+    assert [r[0].uid for r in (results[0], results[1], results[3])] == [1, 2, 3]
+    assert await store.get_folder(addr.id, "Work") is not None

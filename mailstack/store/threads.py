@@ -1,0 +1,75 @@
+"""SQLite: whole transactions run on the database's own threads, one hop each.
+
+Why (bench/README.md "One hop per transaction"): through SQLAlchemy's async layer and
+aiosqlite every statement costs about four thread round trips (cursor, execute, fetch,
+close), each a queue hand-off to aiosqlite's thread and a wake-up of the event loop
+through its self-pipe. A read of four statements was ~18 hops. Here a store method
+hands ONE plain function over a synchronous SQLAlchemy ``Connection`` to a thread, which
+runs the whole transaction and returns the result: one hop, however many statements.
+
+Implementation notes (invariants):
+- A second, synchronous engine on the same database file, with the same connection
+  set-up as the async one (WAL, ``synchronous=FULL``, foreign keys, busy timeout; our
+  own ``BEGIN``: ``db.sqlite_connection_setup``). Both engines see one database; SQLite's
+  locks and the store's writer lock order them.
+- Reads run on a small pool of reader threads, each transaction ``BEGIN DEFERRED`` (one
+  snapshot for all its statements, WAL readers never wait for the writer) and rolled
+  back at the end. Several reads run in parallel; the event loop only waits.
+- Writes run on ONE writer thread, only ever called by the group writer
+  (``writer.py``), which holds the writer lock around the call; see there for
+  grouping, savepoints and durability.
+- Nothing here knows about events, sessions or front-ends: the functions are the
+  store's, and their SQL stays in ``store/``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from sqlalchemy import Connection, Engine
+from sqlalchemy import create_engine as create_sync_engine
+
+from .db import sqlite_connection_setup
+
+T = TypeVar("T")
+
+READERS = 2  # reader threads (the machine's cores are the other bound: SQLite reads in C)
+
+
+class SqliteThreads:
+    def __init__(self, url: str, *, readers: int = READERS) -> None:
+        sync_url = url.replace("sqlite+aiosqlite://", "sqlite+pysqlite://", 1)
+        self.engine: Engine = create_sync_engine(
+            sync_url, pool_size=readers + 1, max_overflow=readers,
+            connect_args={"timeout": 30, "check_same_thread": False})
+        sqlite_connection_setup(self.engine)
+        self._readers = ThreadPoolExecutor(readers, thread_name_prefix="mailstack-db-read")
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="mailstack-db-write")
+
+    def _read_tx(self, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
+        with self.engine.connect() as conn:
+            return fn(conn, *args)
+
+    async def read(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(conn, *args)`` in one read transaction on a reader thread."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._readers, self._read_tx, fn, args)
+
+    async def write(self, fn: Callable[[Connection], T]) -> T:
+        """``fn(conn)`` on the writer thread, with a connection opened for
+        ``BEGIN IMMEDIATE``; ``fn`` begins and ends the transaction itself."""
+        def run() -> T:
+            with self.engine.connect() as conn:
+                return fn(conn.execution_options(sqlite_begin="IMMEDIATE"))
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._writer, run)
+
+    def close(self) -> None:
+        for pool in (self._readers, self._writer):
+            pool.shutdown(wait=True, cancel_futures=True)
+        with contextlib.suppress(Exception):
+            self.engine.dispose()
