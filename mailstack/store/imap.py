@@ -123,7 +123,7 @@ class ImapMixin(MailboxMixin):
             if row is None:
                 return None
             uids = [r[0] for r in conn.execute(select(m.uid).where(
-                m.folder_id == row.id).order_by(m.uid))]
+                m.folder_id == row.id).order_by(m.uid)).all()]
             first = conn.execute(select(func.min(m.uid)).where(and_(
                 m.folder_id == row.id, m.flags.op("&")(SEEN_BIT) == 0))).scalar()
             keywords = self._keywords(conn, row.id, 1)
@@ -146,7 +146,7 @@ class ImapMixin(MailboxMixin):
 
         def read(conn: Connection) -> tuple[list[int], int, set[str]]:
             uids = [r[0] for r in conn.execute(select(m.uid).where(and_(
-                m.folder_id == folder_id, m.uid >= uid_min)).order_by(m.uid))]
+                m.folder_id == folder_id, m.uid >= uid_min)).order_by(m.uid)).all()]
             if not uids:
                 return [], 0, set()
             keywords = self._keywords(conn, folder_id, uid_min)
@@ -215,17 +215,17 @@ class ImapMixin(MailboxMixin):
 
         def read(conn: Connection) -> list[MsgRow]:
             if uid_list is None:
-                return [mk(r) for r in conn.execute(base.order_by(m.uid))]
+                return [mk(r) for r in conn.execute(base.order_by(m.uid)).all()]
             if _dense(uid_list):
                 wanted = set(uid_list)
                 rows = conn.execute(base.where(and_(
-                    m.uid >= uid_list[0], m.uid <= uid_list[-1])).order_by(m.uid))
+                    m.uid >= uid_list[0], m.uid <= uid_list[-1])).order_by(m.uid)).all()
                 return [mk(r) for r in rows if r[1] in wanted]
             out: list[MsgRow] = []
             for i in range(0, len(uid_list), CHUNK):
                 chunk = uid_list[i:i + CHUNK]
                 out.extend(mk(r) for r in conn.execute(
-                    base.where(m.uid.in_(chunk)).order_by(m.uid)))
+                    base.where(m.uid.in_(chunk)).order_by(m.uid)).all())
             return out
 
         return await self.run_read(read)
@@ -241,7 +241,7 @@ class ImapMixin(MailboxMixin):
         if clear_bits:
             cond.append(m.flags.op("&")(clear_bits) == 0)
         q = select(m.uid, m.modseq).where(and_(*cond)).order_by(m.uid)
-        return await self.run_read(lambda conn: [(r[0], r[1]) for r in conn.execute(q)])
+        return await self.run_read(lambda conn: [(r[0], r[1]) for r in conn.execute(q).all()])
 
     # --- content: blobs and cached structures -----------------------------------------
     async def cached_structures(self, ids: Sequence[int]) -> dict[int, tuple[str | None,
@@ -254,7 +254,7 @@ class ImapMixin(MailboxMixin):
             out: dict[int, tuple[str | None, str | None]] = {}
             for i in range(0, len(id_list), CHUNK):
                 for r in conn.execute(select(m.id, m.envelope, m.bodystructure).where(
-                        m.id.in_(id_list[i:i + CHUNK]))):
+                        m.id.in_(id_list[i:i + CHUNK]))).all():
                     out[r[0]] = (r[1], r[2])
             return out
 

@@ -413,7 +413,7 @@ class MailboxMixin(StoreBase):
         if uid_max is not None:
             q = q.where(t.messages.c.uid <= uid_max)
         q = q.order_by(t.messages.c.uid)
-        return await self.run_read(lambda conn: [_message(r) for r in conn.execute(q)])
+        return await self.run_read(lambda conn: [_message(r) for r in conn.execute(q).all()])
 
     async def get_messages(self, folder_id: int, uids: Iterable[int]) -> list[Message]:
         return await self.run_read(_get_messages, folder_id, sorted(set(uids)))
@@ -422,13 +422,13 @@ class MailboxMixin(StoreBase):
         q = select(*_MSG_COLS).where(and_(
             t.messages.c.folder_id == folder_id, t.messages.c.modseq > modseq)
         ).order_by(t.messages.c.uid)
-        return await self.run_read(lambda conn: [_message(r) for r in conn.execute(q)])
+        return await self.run_read(lambda conn: [_message(r) for r in conn.execute(q).all()])
 
     async def expunged_since(self, folder_id: int, modseq: int) -> list[int]:
         q = select(t.expunged.c.uid).where(and_(
             t.expunged.c.folder_id == folder_id, t.expunged.c.modseq > modseq)
         ).order_by(t.expunged.c.uid)
-        return await self.run_read(lambda conn: [r.uid for r in conn.execute(q)])
+        return await self.run_read(lambda conn: [r.uid for r in conn.execute(q).all()])
 
     # --- writing messages ------------------------------------------------------------
     @staticmethod

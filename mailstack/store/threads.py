@@ -37,7 +37,8 @@ from .db import sqlite_connection_setup
 
 T = TypeVar("T")
 
-READERS = 2  # reader threads (the machine's cores are the other bound: SQLite reads in C)
+READERS = 4  # reader threads: SQLite releases the GIL while it reads, and a long read
+# (FETCH 1:* of a big mailbox) must not hold up the small ones behind it
 
 
 class SqliteThreads:
