@@ -92,14 +92,13 @@ class AccountsMixin(StoreBase):
             return Domain(res.scalar_one(), name, plan)
 
     async def get_domain(self, name: str) -> Domain | None:
-        async with self._read() as conn:
-            row = (await conn.execute(select(t.domains).where(
-                t.domains.c.name == name.lower().rstrip(".")))).first()
+        row = await self.run_read(lambda conn: conn.execute(select(t.domains).where(
+            t.domains.c.name == name.lower().rstrip("."))).first())
         return Domain(row.id, row.name, row.plan) if row else None
 
     async def list_domains(self) -> list[Domain]:
-        async with self._read() as conn:
-            rows = (await conn.execute(select(t.domains).order_by(t.domains.c.name))).all()
+        rows = await self.run_read(lambda conn: conn.execute(
+            select(t.domains).order_by(t.domains.c.name)).all())
         return [Domain(r.id, r.name, r.plan) for r in rows]
 
     async def set_domain_plan(self, name: str, plan: str) -> None:
@@ -232,30 +231,29 @@ class AccountsMixin(StoreBase):
             local, domain = split_address(address)
         except NotFound:
             return None
-        async with self._read() as conn:
-            row = (await conn.execute(select(*_address_cols()).join(t.domains).where(and_(
-                t.domains.c.name == domain, t.addresses.c.local_key == local.lower())))).first()
+        row = await self.run_read(lambda conn: conn.execute(
+            select(*_address_cols()).join(t.domains).where(and_(
+            t.domains.c.name == domain, t.addresses.c.local_key == local.lower()))).first())
         return _to_address(row) if row else None
 
     async def get_address_by_id(self, address_id: int) -> Address | None:
-        async with self._read() as conn:
-            row = (await conn.execute(select(*_address_cols()).join(t.domains).where(
-                t.addresses.c.id == address_id))).first()
+        row = await self.run_read(lambda conn: conn.execute(
+            select(*_address_cols()).join(t.domains).where(
+            t.addresses.c.id == address_id)).first())
         return _to_address(row) if row else None
 
     async def list_addresses(self, domain: str | None = None) -> list[Address]:
         q = select(*_address_cols()).join(t.domains)
         if domain:
             q = q.where(t.domains.c.name == domain.lower())
-        async with self._read() as conn:
-            rows = (await conn.execute(q.order_by(t.domains.c.name,
-                                                  t.addresses.c.local_key))).all()
+        rows = await self.run_read(lambda conn: conn.execute(q.order_by(t.domains.c.name,
+                                              t.addresses.c.local_key)).all())
         return [_to_address(r) for r in rows]
 
     async def catchall_for(self, domain: str) -> Address | None:
-        async with self._read() as conn:
-            row = (await conn.execute(select(*_address_cols()).join(t.domains).where(and_(
-                t.domains.c.name == domain.lower(), t.addresses.c.kind == "catchall")))).first()
+        row = await self.run_read(lambda conn: conn.execute(
+            select(*_address_cols()).join(t.domains).where(and_(
+            t.domains.c.name == domain.lower(), t.addresses.c.kind == "catchall"))).first())
         return _to_address(row) if row else None
 
     async def set_password(self, address_id: int, password_hash: str) -> int:
@@ -313,10 +311,10 @@ class AccountsMixin(StoreBase):
             local, domain = split_address(address)
         except NotFound:
             return None
-        async with self._read() as conn:
-            row = (await conn.execute(select(t.aliases, t.domains.c.name.label("dn")).join(
-                t.domains).where(and_(t.domains.c.name == domain,
-                                      t.aliases.c.local_key == local.lower())))).first()
+        row = await self.run_read(lambda conn: conn.execute(
+            select(t.aliases, t.domains.c.name.label("dn")).join(
+            t.domains).where(and_(t.domains.c.name == domain,
+                                  t.aliases.c.local_key == local.lower()))).first())
         if row is None:
             return None
         return Alias(row.id, row.local_part, row.dn, tuple(json.loads(row.targets)))
@@ -364,9 +362,8 @@ class AccountsMixin(StoreBase):
             await end_broken_unification(conn, address_id, self.clock())  # docs/behaviour.md §2
 
     async def get_user_id(self, login: str) -> int | None:
-        async with self._read() as conn:
-            return (await conn.execute(select(t.users.c.id).where(
-                t.users.c.login == login.lower()))).scalar_one_or_none()
+        return await self.run_read(lambda conn: conn.execute(select(t.users.c.id).where(
+            t.users.c.login == login.lower())).scalar_one_or_none())
 
     async def list_users(self) -> list[tuple[str, list[tuple[str, frozenset[str]]]]]:
         """Every user with its grants: [(login, [(address, permissions)])]."""
@@ -394,9 +391,9 @@ class AccountsMixin(StoreBase):
             await end_broken_unification(conn, address_id, self.clock())  # docs/behaviour.md §2
 
     async def grants_for_address(self, address_id: int) -> list[tuple[str, frozenset[str]]]:
-        async with self._read() as conn:
-            rows = (await conn.execute(select(t.users.c.login, t.grants.c.permissions).join(
-                t.users).where(t.grants.c.address_id == address_id))).all()
+        rows = await self.run_read(lambda conn: conn.execute(
+            select(t.users.c.login, t.grants.c.permissions).join(
+            t.users).where(t.grants.c.address_id == address_id)).all())
         return [(r.login, frozenset(p for p in r.permissions.split(",") if p)) for r in rows]
 
     # --- app passwords --------------------------------------------------------------
@@ -410,17 +407,15 @@ class AccountsMixin(StoreBase):
                 raise AlreadyExists(f"an app password named {name!r} exists") from exc
 
     async def app_password_hashes(self, address_id: int) -> list[tuple[int, str]]:
-        async with self._read() as conn:
-            rows = (await conn.execute(select(t.app_passwords.c.id,
-                                              t.app_passwords.c.password_hash).where(
-                t.app_passwords.c.address_id == address_id))).all()
+        rows = await self.run_read(lambda conn: conn.execute(select(t.app_passwords.c.id,
+                                          t.app_passwords.c.password_hash).where(
+            t.app_passwords.c.address_id == address_id)).all())
         return [(r.id, r.password_hash) for r in rows]
 
     async def list_app_passwords(self, address_id: int) -> list[tuple[str, float, float | None]]:
-        async with self._read() as conn:
-            rows = (await conn.execute(select(t.app_passwords).where(
-                t.app_passwords.c.address_id == address_id).order_by(
-                t.app_passwords.c.name))).all()
+        rows = await self.run_read(lambda conn: conn.execute(select(t.app_passwords).where(
+            t.app_passwords.c.address_id == address_id).order_by(
+            t.app_passwords.c.name)).all())
         return [(r.name, r.created_at, r.last_used_at) for r in rows]
 
     async def touch_app_password(self, app_id: int) -> None:
@@ -442,8 +437,7 @@ class AccountsMixin(StoreBase):
         q = select(t.activity).order_by(t.activity.c.at.desc(), t.activity.c.id.desc())
         if address:
             q = q.where(t.activity.c.address == address.lower())
-        async with self._read() as conn:
-            rows = (await conn.execute(q.limit(limit))).all()
+        rows = await self.run_read(lambda conn: conn.execute(q.limit(limit)).all())
         return [ActivityEntry(r.at, r.address, r.client_ip, r.protocol, r.event, r.detail,
                               int(r._mapping["count"])) for r in rows]
 
@@ -476,8 +470,8 @@ class AccountsMixin(StoreBase):
                 address_id=address_id, at=self.clock(), recipients=recipients))
 
     async def sends_since(self, address_id: int, since: float) -> list[tuple[float, int]]:
-        async with self._read() as conn:
-            rows = (await conn.execute(select(t.send_log.c.at, t.send_log.c.recipients).where(
-                and_(t.send_log.c.address_id == address_id, t.send_log.c.at > since))
-                .order_by(t.send_log.c.at))).all()
+        rows = await self.run_read(lambda conn: conn.execute(
+            select(t.send_log.c.at, t.send_log.c.recipients).where(
+            and_(t.send_log.c.address_id == address_id, t.send_log.c.at > since))
+            .order_by(t.send_log.c.at)).all())
         return [(r.at, r.recipients) for r in rows]

@@ -133,16 +133,14 @@ class AutoresponderMixin(StoreBase):
 
     async def get_autoresponder(self, address_id: int, name: str) -> AutoResponder | None:
         a = t.autoresponders.c
-        async with self._read() as conn:
-            row = (await conn.execute(select(t.autoresponders).where(and_(
-                a.address_id == address_id, a.name == name)))).first()
+        row = await self.run_read(lambda conn: conn.execute(select(t.autoresponders).where(and_(
+            a.address_id == address_id, a.name == name))).first())
         return _to_responder(row) if row else None
 
     async def list_autoresponders(self, address_id: int) -> list[AutoResponder]:
         a = t.autoresponders.c
-        async with self._read() as conn:
-            rows = (await conn.execute(select(t.autoresponders).where(
-                a.address_id == address_id).order_by(a.name))).all()
+        rows = await self.run_read(lambda conn: conn.execute(select(t.autoresponders).where(
+            a.address_id == address_id).order_by(a.name)).all())
         return [_to_responder(r) for r in rows]
 
     async def remove_autoresponder(self, address_id: int, name: str) -> None:
@@ -217,10 +215,9 @@ class AutoresponderMixin(StoreBase):
     async def active_autoresponder_keys(self) -> frozenset[str]:
         """The address keys (local@domain, lower case) that have an active responder."""
         a, ad, d = t.autoresponders, t.addresses, t.domains
-        async with self._read() as conn:
-            rows = (await conn.execute(
-                select(ad.c.local_key, d.c.name).select_from(
-                    a.join(ad, ad.c.id == a.c.address_id).join(d)).where(a.c.active))).all()
+        rows = await self.run_read(lambda conn: conn.execute(
+            select(ad.c.local_key, d.c.name).select_from(
+                a.join(ad, ad.c.id == a.c.address_id).join(d)).where(a.c.active)).all())
         return frozenset(f"{r.local_key}@{r.name}".lower() for r in rows)
 
     async def active_autoresponders(self, keys: Sequence[str]
@@ -234,11 +231,10 @@ class AutoresponderMixin(StoreBase):
         if not pairs:
             return []
         a, ad, d = t.autoresponders, t.addresses, t.domains
-        async with self._read() as conn:
-            rows = (await conn.execute(
-                select(t.autoresponders, ad.c.local_key, d.c.name.label("domain_name"))
-                .select_from(a.join(ad, ad.c.id == a.c.address_id).join(d))
-                .where(and_(a.c.active, tuple_(d.c.name, ad.c.local_key).in_(pairs))))).all()
+        rows = await self.run_read(lambda conn: conn.execute(
+            select(t.autoresponders, ad.c.local_key, d.c.name.label("domain_name"))
+            .select_from(a.join(ad, ad.c.id == a.c.address_id).join(d))
+            .where(and_(a.c.active, tuple_(d.c.name, ad.c.local_key).in_(pairs)))).all())
         return [(f"{r.local_key}@{r.domain_name}", _to_responder(r)) for r in rows]
 
     async def claim_autoreply(self, responder_id: int, sender: str,
@@ -287,9 +283,9 @@ class AutoresponderMixin(StoreBase):
     async def autoreply_throttle(self, responder_id: int) -> dict[str, float]:
         """sender -> last reply time (tests, the CLI's ``show``)."""
         th = t.autoreply_throttle.c
-        async with self._read() as conn:
-            rows = (await conn.execute(select(th.sender, th.last_reply_at).where(
-                th.responder_id == responder_id))).all()
+        rows = await self.run_read(lambda conn: conn.execute(
+            select(th.sender, th.last_reply_at).where(
+            th.responder_id == responder_id)).all())
         return {r.sender: float(r.last_reply_at) for r in rows}
 
     async def prune_autoreply_throttle(self, older_than: float) -> int:

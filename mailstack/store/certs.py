@@ -64,9 +64,8 @@ class CertsMixin(StoreBase):
                 cert_pem=cert_pem, key_pem=key_pem, updated_at=self.clock()))
 
     async def load_certificate(self, name: str) -> StoredCertificate | None:
-        async with self._read() as conn:
-            row = (await conn.execute(select(t.tls_certificates).where(
-                t.tls_certificates.c.name == name))).first()
+        row = await self.run_read(lambda conn: conn.execute(select(t.tls_certificates).where(
+            t.tls_certificates.c.name == name)).first())
         if row is None:
             return None
         return StoredCertificate(row.cert_pem, row.key_pem, row.updated_at, row.holder,

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import and_, delete, func, insert, select, update
+from sqlalchemy import Connection, and_, delete, func, insert, select, update
 
 from . import schema as t
 from .base import NotFound, StoreBase
@@ -58,17 +58,18 @@ class CredentialsMixin(StoreBase):
         """Does a session that logged in at ``epoch`` with ``credential`` (0: the main
         password, else an app password id) still hold a working credential?"""
         a = t.addresses.c
-        async with self._read() as conn:
-            row = (await conn.execute(select(a.credential_epoch, a.app_passwords_only)
-                                      .where(a.id == address_id))).first()
+        def read(conn: Connection) -> bool:
+            row = conn.execute(select(a.credential_epoch, a.app_passwords_only)
+                               .where(a.id == address_id)).first()
             if row is None or int(row.credential_epoch) > epoch:
                 return False
             if credential == MAIN_PASSWORD:
                 return not bool(row.app_passwords_only)
             ap = t.app_passwords.c
-            found = (await conn.execute(select(ap.id).where(and_(
-                ap.id == credential, ap.address_id == address_id)))).first()
-            return found is not None
+            return conn.execute(select(ap.id).where(and_(
+                ap.id == credential, ap.address_id == address_id))).first() is not None
+
+        return await self.run_read(read)
 
     async def revoke_app_password(self, address_id: int, name: str) -> int:
         """Delete the app password ``name``; returns its id. Sessions that logged in
@@ -127,9 +128,9 @@ class CredentialsMixin(StoreBase):
 
     # --- users (support operations) ----------------------------------------------------
     async def user_credential_epoch(self, user_id: int) -> int | None:
-        async with self._read() as conn:
-            epoch = (await conn.execute(select(t.users.c.credential_epoch).where(
-                t.users.c.id == user_id))).scalar_one_or_none()
+        epoch = await self.run_read(lambda conn: conn.execute(
+            select(t.users.c.credential_epoch).where(
+            t.users.c.id == user_id)).scalar_one_or_none())
         return None if epoch is None else int(epoch)
 
     async def remove_user(self, user_id: int) -> list[str]:

@@ -107,8 +107,7 @@ class DkimMixin(StoreBase):
                  .where(k.status.in_(list(statuses))).order_by(t.domains.c.name, k.id))
         if domain is not None:
             query = query.where(t.domains.c.name == domain.lower().rstrip("."))
-        async with self._read() as conn:
-            rows = (await conn.execute(query)).all()
+        rows = await self.run_read(lambda conn: conn.execute(query).all())
         return [DkimKey(r.id, r.name, r.selector, r.algorithm, r.private_key, r.public_key,
                         r.status, r.created_at) for r in rows]
 

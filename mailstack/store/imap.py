@@ -96,9 +96,8 @@ class ImapMixin(MailboxMixin):
     async def folder_uids(self, folder_id: int, uid_min: int = 1) -> list[int]:
         """UIDs of a folder from ``uid_min`` on, ascending (SELECT, new-mail checks)."""
         m = t.messages.c
-        async with self._read() as conn:
-            rows = (await conn.execute(select(m.uid).where(and_(
-                m.folder_id == folder_id, m.uid >= uid_min)).order_by(m.uid))).all()
+        rows = await self.run_read(lambda conn: conn.execute(select(m.uid).where(and_(
+            m.folder_id == folder_id, m.uid >= uid_min)).order_by(m.uid)).all())
         return [r[0] for r in rows]
 
     async def open_folder(self, address_id: int, name: str
@@ -313,9 +312,8 @@ class ImapMixin(MailboxMixin):
         each of ``names``, and with ``depth`` "1" / "infinity" their children /
         descendants (RFC 5464 §4.2.2). Sorted by name."""
         md = t.metadata_entries.c
-        async with self._read() as conn:
-            rows = (await conn.execute(select(md.name, md.value).where(and_(
-                md.address_id == address_id, md.folder_id == folder_id)))).all()
+        rows = await self.run_read(lambda conn: conn.execute(select(md.name, md.value).where(and_(
+            md.address_id == address_id, md.folder_id == folder_id))).all())
         wanted = [n.lower() for n in names]
         out = []
         for name, value in rows:

@@ -135,8 +135,7 @@ class ImportMixin(MailboxMixin, StoreBase):
         q = _jobs_query().order_by(t.import_jobs.c.id)
         if active_only:
             q = q.where(t.import_jobs.c.state.in_(ACTIVE))
-        async with self._read() as conn:
-            rows = (await conn.execute(q)).all()
+        rows = await self.run_read(lambda conn: conn.execute(q).all())
         return [_job(r, r.email) for r in rows]
 
     async def get_import_job(self, job_id: int) -> ImportJob | None:
@@ -226,9 +225,8 @@ class ImportMixin(MailboxMixin, StoreBase):
         if not ids:
             return set()
         m = t.messages.c
-        async with self._read() as conn:
-            rows = (await conn.execute(select(m.blob_id).where(and_(
-                m.folder_id == folder_id, m.blob_id.in_(ids))))).scalars().all()
+        rows = await self.run_read(lambda conn: conn.execute(select(m.blob_id).where(and_(
+            m.folder_id == folder_id, m.blob_id.in_(ids)))).scalars().all())
         return set(rows)
 
     async def import_batch(self, job_id: int, source: str, folder_id: int,

@@ -127,9 +127,9 @@ class MailboxMixin(StoreBase):
     async def quota_warning_armed(self, address_id: int) -> tuple[int, bool]:
         """(octets used, whether a storage warning may be sent) of an address."""
         q = t.quota_usage.c
-        async with self._read() as conn:
-            row = (await conn.execute(select(q.bytes, q.warn_rearm_below).where(
-                q.address_id == address_id))).first()
+        row = await self.run_read(lambda conn: conn.execute(
+            select(q.bytes, q.warn_rearm_below).where(
+            q.address_id == address_id)).first())
         return (int(row[0]), not row[1]) if row is not None else (0, True)
 
     async def storage_state(self, address: str) -> tuple[int, str, int, bool] | None:
@@ -142,12 +142,11 @@ class MailboxMixin(StoreBase):
         except NotFound:
             return None
         a, d, q = t.addresses.c, t.domains.c, t.quota_usage.c
-        async with self._read() as conn:
-            row = (await conn.execute(
-                select(a.id, d.plan, q.bytes, q.warn_rearm_below)
-                .select_from(t.addresses.join(t.domains).outerjoin(
-                    t.quota_usage, q.address_id == a.id))
-                .where(and_(d.name == domain, a.local_key == local.lower())))).first()
+        row = await self.run_read(lambda conn: conn.execute(
+            select(a.id, d.plan, q.bytes, q.warn_rearm_below)
+            .select_from(t.addresses.join(t.domains).outerjoin(
+                t.quota_usage, q.address_id == a.id))
+            .where(and_(d.name == domain, a.local_key == local.lower()))).first())
         if row is None:
             return None
         return int(row[0]), str(row[1]), int(row[2] or 0), not row[3]
@@ -189,9 +188,8 @@ class MailboxMixin(StoreBase):
     async def quota_usage(self, address_id: int) -> tuple[int, int]:
         """(octets, messages) an address keeps, from the counter."""
         q = t.quota_usage.c
-        async with self._read() as conn:
-            row = (await conn.execute(select(q.bytes, q.messages).where(
-                q.address_id == address_id))).first()
+        row = await self.run_read(lambda conn: conn.execute(select(q.bytes, q.messages).where(
+            q.address_id == address_id)).first())
         return (int(row[0]), int(row[1])) if row is not None else (0, 0)
 
     def _subtract_rows(self, conn: Connection, folder_id: int, cond: Any) -> None:
@@ -207,16 +205,14 @@ class MailboxMixin(StoreBase):
 
     # --- folders -------------------------------------------------------------------
     async def list_folders(self, address_id: int) -> list[Folder]:
-        async with self._read() as conn:
-            rows = (await conn.execute(select(t.folders).where(
-                t.folders.c.address_id == address_id).order_by(t.folders.c.name))).all()
+        rows = await self.run_read(lambda conn: conn.execute(select(t.folders).where(
+            t.folders.c.address_id == address_id).order_by(t.folders.c.name)).all())
         return [_folder(r) for r in rows]
 
     async def get_folder(self, address_id: int, name: str) -> Folder | None:
-        async with self._read() as conn:
-            row = (await conn.execute(select(t.folders).where(and_(
-                t.folders.c.address_id == address_id,
-                t.folders.c.name == normalize_folder_name(name))))).first()
+        row = await self.run_read(lambda conn: conn.execute(select(t.folders).where(and_(
+            t.folders.c.address_id == address_id,
+            t.folders.c.name == normalize_folder_name(name)))).first())
         return _folder(row) if row else None
 
     async def get_folder_by_id(self, folder_id: int) -> Folder | None:
@@ -328,10 +324,9 @@ class MailboxMixin(StoreBase):
 
     async def orphan_subscriptions(self, address_id: int) -> list[str]:
         """Subscribed names with no folder (deleted while subscribed), sorted."""
-        async with self._read() as conn:
-            rows = (await conn.execute(select(t.subscriptions.c.name).where(
-                t.subscriptions.c.address_id == address_id)
-                .order_by(t.subscriptions.c.name))).all()
+        rows = await self.run_read(lambda conn: conn.execute(select(t.subscriptions.c.name).where(
+            t.subscriptions.c.address_id == address_id)
+            .order_by(t.subscriptions.c.name)).all())
         return [r[0] for r in rows]
 
     async def claim_recent(self, folder_id: int, upto_uid: int) -> int:

@@ -188,8 +188,8 @@ class QueueMixin(StoreBase):
 
     async def list_queue(self) -> list[QueuedMessage]:
         q = t.outbound_queue.c
-        async with self._read() as conn:
-            rows = (await conn.execute(select(t.outbound_queue).order_by(q.id))).all()
+        rows = await self.run_read(lambda conn: conn.execute(
+            select(t.outbound_queue).order_by(q.id)).all())
         return [QueuedMessage(r.id, r.sender, r.recipient, r.domain, r.blob_id, r.size,
                               r.attempts, r.next_attempt_at, r.expires_at, r.last_error)
                 for r in rows]
@@ -236,9 +236,8 @@ class QueueMixin(StoreBase):
         q = t.outbound_queue.c
         due = case((q.lease_until > q.next_attempt_at, q.lease_until),
                    else_=q.next_attempt_at)
-        async with self._read() as conn:
-            value = (await conn.execute(select(func.min(due)).where(
-                q.state == "queued"))).scalar_one()
+        value = await self.run_read(lambda conn: conn.execute(select(func.min(due)).where(
+            q.state == "queued")).scalar_one())
         return None if value is None else float(value)
 
     async def finish(self, node: str, outcomes: Sequence[Outcome]) -> int:
@@ -372,15 +371,15 @@ class QueueMixin(StoreBase):
                             and_(q.state == "queued", q.last_error != "")))
         if waiting_only:
             cond.append(q.state == "queued")
-        async with self._read() as conn:
-            rows = (await conn.execute(select(t.outbound_queue).where(and_(True, *cond))
-                                       .order_by(q.id))).all()
+        rows = await self.run_read(lambda conn: conn.execute(
+            select(t.outbound_queue).where(and_(True, *cond))
+                                   .order_by(q.id)).all())
         return [_row(r) for r in rows]
 
     async def queue_row_by_id(self, row_id: int) -> QueueRow | None:
         q = t.outbound_queue.c
-        async with self._read() as conn:
-            r = (await conn.execute(select(t.outbound_queue).where(q.id == row_id))).first()
+        r = await self.run_read(lambda conn: conn.execute(
+            select(t.outbound_queue).where(q.id == row_id)).first())
         return None if r is None else _row(r)
 
     async def retry_now(self, row_id: int | None = None) -> int:

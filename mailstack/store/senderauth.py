@@ -37,11 +37,10 @@ class SenderAuthMixin(StoreBase):
         if not names:
             return {}
         s = t.domain_auth_settings
-        async with self._read() as conn:
-            rows = (await conn.execute(
-                select(t.domains.c.name, s.c.dmarc_action)
-                .select_from(s.join(t.domains, s.c.domain_id == t.domains.c.id))
-                .where(t.domains.c.name.in_(names)))).all()
+        rows = await self.run_read(lambda conn: conn.execute(
+            select(t.domains.c.name, s.c.dmarc_action)
+            .select_from(s.join(t.domains, s.c.domain_id == t.domains.c.id))
+            .where(t.domains.c.name.in_(names))).all())
         return {str(r.name): str(r.dmarc_action) for r in rows}
 
     async def junk_folders(self, keys: Collection[str]) -> dict[str, tuple[int, str]]:

@@ -349,14 +349,13 @@ class SmtpMixin(MailboxMixin, QueueMixin):
 
     async def addresses_granted_to(self, login: str, permission: str) -> list[str]:
         """Addresses a user whose login is ``login`` holds ``permission`` on."""
-        async with self._read() as conn:
-            rows = (await conn.execute(
-                select(t.addresses.c.local_part, t.domains.c.name, t.grants.c.permissions)
-                # explicit: users.unified_address_id is a second way to addresses
-                .select_from(t.grants.join(t.users, t.grants.c.user_id == t.users.c.id)
-                             .join(t.addresses, t.grants.c.address_id == t.addresses.c.id)
-                             .join(t.domains))
-                .where(and_(t.users.c.login == login.lower())))).all()
+        rows = await self.run_read(lambda conn: conn.execute(
+            select(t.addresses.c.local_part, t.domains.c.name, t.grants.c.permissions)
+            # explicit: users.unified_address_id is a second way to addresses
+            .select_from(t.grants.join(t.users, t.grants.c.user_id == t.users.c.id)
+                         .join(t.addresses, t.grants.c.address_id == t.addresses.c.id)
+                         .join(t.domains))
+            .where(and_(t.users.c.login == login.lower()))).all())
         return [f"{r.local_part}@{r.name}" for r in rows
                 if permission in r.permissions.split(",")]
 

@@ -98,20 +98,19 @@ class SortKeysMixin(StoreBase):
     async def unkeyed_messages(self, folder_id: int) -> list[Unkeyed]:
         """Messages of a folder without stored sort keys (an index seek when none)."""
         m = t.messages.c
-        async with self._read() as conn:
-            rows = (await conn.execute(select(m.id, m.uid, m.internal_date, m.blob_id,
-                                              m.prefix).where(and_(
-                m.folder_id == folder_id, m.sort_date.is_(None))).order_by(m.uid))).all()
+        rows = await self.run_read(lambda conn: conn.execute(
+            select(m.id, m.uid, m.internal_date, m.blob_id,
+                                          m.prefix).where(and_(
+            m.folder_id == folder_id, m.sort_date.is_(None))).order_by(m.uid)).all())
         return [Unkeyed(r[0], r[1], r[2], r[3], r[4] or b"") for r in rows]
 
     async def stored_sort_keys(self, folder_id: int, uid: int) -> SortKeyRow | None:
         """The stored keys of one message (None: not computed yet, or no such message)."""
         m = t.messages.c
-        async with self._read() as conn:
-            r = (await conn.execute(select(
-                m.id, m.sort_date, m.sort_subject, m.sort_reply, m.sort_from, m.sort_to,
-                m.sort_cc, m.sort_dfrom, m.sort_dto, m.thread_id, m.thread_refs).where(
-                and_(m.folder_id == folder_id, m.uid == uid)))).first()
+        r = await self.run_read(lambda conn: conn.execute(select(
+            m.id, m.sort_date, m.sort_subject, m.sort_reply, m.sort_from, m.sort_to,
+            m.sort_cc, m.sort_dfrom, m.sort_dto, m.thread_id, m.thread_refs).where(
+            and_(m.folder_id == folder_id, m.uid == uid))).first())
         if r is None or r[1] is None:
             return None
         return SortKeyRow(r[0], r[1], r[2], bool(r[3]), *r[4:])

@@ -118,10 +118,10 @@ class ThrottleMixin(StoreBase):
     async def list_login_throttle(self) -> list[tuple[str, str, int, float]]:
         """(network, address, failures, locked_until) of every row, locked first."""
         th = t.login_throttle.c
-        async with self._read() as conn:
-            rows = (await conn.execute(select(th.network, th.address, th.failures,
-                                              th.locked_until).order_by(
-                th.locked_until.desc(), th.network, th.address))).all()
+        rows = await self.run_read(lambda conn: conn.execute(
+            select(th.network, th.address, th.failures,
+                                          th.locked_until).order_by(
+            th.locked_until.desc(), th.network, th.address)).all())
         return [(r.network, r.address, r.failures, r.locked_until) for r in rows]
 
     async def log_attempt(self, event: str, *, address: str, network: str, client_ip: str,

@@ -45,9 +45,8 @@ class TlsResultKey:
 class TransportMixin(StoreBase):
     async def get_mta_sts_policy(self, domain: str) -> CachedStsPolicy | None:
         c = t.mta_sts_policies.c
-        async with self._read() as conn:
-            row = (await conn.execute(select(t.mta_sts_policies).where(
-                c.domain == domain.lower()))).first()
+        row = await self.run_read(lambda conn: conn.execute(select(t.mta_sts_policies).where(
+            c.domain == domain.lower())).first())
         if row is None:
             return None
         return CachedStsPolicy(row.domain, row.policy_id, row.policy_text, row.fetched_at,
@@ -85,10 +84,10 @@ class TransportMixin(StoreBase):
 
     async def tls_results(self, day: str) -> dict[TlsResultKey, int]:
         c = t.tls_report_counts.c
-        async with self._read() as conn:
-            rows = (await conn.execute(select(t.tls_report_counts).where(c.day == day)
-                                       .order_by(c.policy_domain, c.policy_type,
-                                                 c.result_type, c.mx_host))).all()
+        rows = await self.run_read(lambda conn: conn.execute(
+            select(t.tls_report_counts).where(c.day == day)
+                                   .order_by(c.policy_domain, c.policy_type,
+                                             c.result_type, c.mx_host)).all())
         return {TlsResultKey(r.day, r.policy_domain, r.policy_type, r.result_type,
                              r.mx_host): int(r._mapping["count"]) for r in rows}
 
@@ -125,7 +124,6 @@ class TransportMixin(StoreBase):
     async def tls_report_day(self, day: str) -> tuple[float, str] | None:
         """(sent_at, summary) of ``day``'s reports; sent_at 0 while not sent."""
         c = t.tls_report_days.c
-        async with self._read() as conn:
-            row = (await conn.execute(select(c.sent_at, c.summary).where(
-                c.day == day))).first()
+        row = await self.run_read(lambda conn: conn.execute(select(c.sent_at, c.summary).where(
+            c.day == day)).first())
         return None if row is None else (float(row.sent_at), str(row.summary))

@@ -104,33 +104,31 @@ async def end_broken_unification(conn: Any, address_id: int, now: float) -> bool
 class UsersMixin(StoreBase):
     # --- users ----------------------------------------------------------------------
     async def get_user(self, login: str) -> User | None:
-        async with self._read() as conn:
-            row = (await conn.execute(select(t.users).where(
-                t.users.c.login == login.strip().lower()))).first()
+        row = await self.run_read(lambda conn: conn.execute(select(t.users).where(
+            t.users.c.login == login.strip().lower())).first())
         return _to_user(row) if row else None
 
     async def get_user_by_id(self, user_id: int) -> User | None:
-        async with self._read() as conn:
-            row = (await conn.execute(select(t.users).where(t.users.c.id == user_id))).first()
+        row = await self.run_read(lambda conn: conn.execute(
+            select(t.users).where(t.users.c.id == user_id)).first())
         return _to_user(row) if row else None
 
     async def user_grants(self, user_id: int) -> list[Grant]:
         """The addresses ``user_id`` was granted, by address."""
-        async with self._read() as conn:
-            rows = (await conn.execute(
-                select(t.grants.c.address_id, t.addresses.c.local_part,
-                       t.domains.c.name, t.grants.c.permissions)
-                .select_from(t.grants.join(t.addresses).join(t.domains))
-                .where(t.grants.c.user_id == user_id)
-                .order_by(t.domains.c.name, t.addresses.c.local_key))).all()
+        rows = await self.run_read(lambda conn: conn.execute(
+            select(t.grants.c.address_id, t.addresses.c.local_part,
+                   t.domains.c.name, t.grants.c.permissions)
+            .select_from(t.grants.join(t.addresses).join(t.domains))
+            .where(t.grants.c.user_id == user_id)
+            .order_by(t.domains.c.name, t.addresses.c.local_key)).all())
         return [Grant(int(r.address_id), f"{r.local_part}@{r.name}", _perms(r.permissions))
                 for r in rows]
 
     async def address_grantees(self, address_id: int) -> list[tuple[int, frozenset[str]]]:
         """``(user_id, permissions)`` of every user granted ``address_id``."""
-        async with self._read() as conn:
-            rows = (await conn.execute(select(t.grants.c.user_id, t.grants.c.permissions)
-                                       .where(t.grants.c.address_id == address_id))).all()
+        rows = await self.run_read(lambda conn: conn.execute(
+            select(t.grants.c.user_id, t.grants.c.permissions)
+                                   .where(t.grants.c.address_id == address_id)).all())
         return [(int(r.user_id), _perms(r.permissions)) for r in rows]
 
     async def set_user_password(self, user_id: int, password_hash: str) -> int:
@@ -288,9 +286,8 @@ class UsersMixin(StoreBase):
                 created_at=now, last_seen=now))
 
     async def get_web_session(self, token_hash: str) -> WebSession | None:
-        async with self._read() as conn:
-            row = (await conn.execute(select(t.web_sessions).where(
-                t.web_sessions.c.token_hash == token_hash))).first()
+        row = await self.run_read(lambda conn: conn.execute(select(t.web_sessions).where(
+            t.web_sessions.c.token_hash == token_hash)).first())
         if row is None:
             return None
         return WebSession(row.token_hash, int(row.user_id), row.stage, row.csrf,
@@ -314,9 +311,8 @@ class UsersMixin(StoreBase):
             return int(res.rowcount)
 
     async def web_session_count(self, user_id: int) -> int:
-        async with self._read() as conn:
-            return int((await conn.execute(select(func.count()).select_from(
-                t.web_sessions).where(t.web_sessions.c.user_id == user_id))).scalar_one())
+        return await self.run_read(lambda conn: int(conn.execute(select(func.count()).select_from(
+            t.web_sessions).where(t.web_sessions.c.user_id == user_id)).scalar_one()))
 
     async def prune_web_sessions(self, idle_before: float, created_before: float) -> int:
         async with self._write() as (conn, _):
