@@ -156,14 +156,14 @@ class SortKeysMixin(StoreBase):
     async def _driver_rows(self, sql: str, *params: Any) -> list[Any]:
         """Rows of one SELECT through the driver's own cursor (``$1``-style parameters):
         the driver's plain tuples (asyncpg: Records), no per-row SQLAlchemy object."""
+        if self.is_sqlite:  # sqlite3's cursor, on a reader thread (threads.py)
+            for i in range(len(params), 0, -1):
+                sql = sql.replace(f"${i}", "?")
+            return await self.run_read(
+                lambda conn: conn.connection.driver_connection.execute(sql, params).fetchall())
         async with self._read() as conn:
             raw = await conn.get_raw_connection()
             driver: Any = raw.driver_connection
-            if self.is_sqlite:  # aiosqlite: fetched in its own thread
-                for i in range(len(params), 0, -1):
-                    sql = sql.replace(f"${i}", "?")
-                async with driver.execute(sql, params) as cur:
-                    return list(await cur.fetchall())
             return list(await driver.fetch(sql, *params))  # asyncpg
 
     async def thread_rows(self, folder_id: int) -> list[ThreadRow]:
