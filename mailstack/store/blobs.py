@@ -60,6 +60,17 @@ _DIR_POOL: concurrent.futures.ThreadPoolExecutor | None = None
 _DIR_POOL_LOCK = threading.Lock()
 
 
+def _forget_dir_pool() -> None:
+    """In a child process: the parent's pool object came along, its threads did not;
+    work submitted to it would wait forever (``serve --workers`` forks after the
+    supervisor may have stored blobs). The child makes its own."""
+    global _DIR_POOL, _DIR_POOL_LOCK
+    _DIR_POOL, _DIR_POOL_LOCK = None, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_dir_pool)
+
+
 def _dir_pool() -> concurrent.futures.ThreadPoolExecutor:
     """Threads for the directory fsyncs of one publish batch (their own pool: the
     batch itself runs in the default executor, which must not wait on itself)."""
