@@ -36,7 +36,8 @@ from .common import (
 from .servers import probe_unavailable, serve
 
 BENCH = "imap_mixed"
-ALL_SERVERS = ["dovecot", "mailstack-sqlite", "mailstack-pg"]
+# -w2: `serve --workers 2` (the default on 2 cores), beside one process
+ALL_SERVERS = ["dovecot", "mailstack-sqlite", "mailstack-sqlite-w2", "mailstack-pg"]
 COMMANDS = ["SELECT", "FETCH FLAGS", "FETCH HEADERS", "FETCH BODY", "STORE", "APPEND",
             "SEARCH UNSEEN", "SEARCH TEXT", "EXPUNGE", "NOOP"]
 _EXISTS = re.compile(rb"^\* (\d+) EXISTS")

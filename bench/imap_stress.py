@@ -60,7 +60,8 @@ from .common import (
 from .servers import probe_unavailable, serve
 
 BENCH = "imap_stress"
-ALL_SERVERS = ["dovecot", "mailstack-sqlite", "mailstack-pg"]
+# -w2: `serve --workers 2` (the default on 2 cores), beside one process
+ALL_SERVERS = ["dovecot", "mailstack-sqlite", "mailstack-sqlite-w2", "mailstack-pg"]
 COMMANDS = ["LOGIN", "SELECT", "FETCH ALL", "APPEND", "NOOP", "FETCH UID", "STORE",
             "STORE DELETED", "EXPUNGE", "FETCH CHECK", "LOGOUT"]
 _EXISTS = re.compile(rb"^\* (\d+) EXISTS")

@@ -35,7 +35,8 @@ from .common import (
 from .servers import probe_unavailable, serve
 
 BENCH = "pop3"
-ALL_SERVERS = ["dovecot", "mailstack-sqlite", "mailstack-pg"]
+# -w2: `serve --workers 2` (the default on 2 cores), beside one process
+ALL_SERVERS = ["dovecot", "mailstack-sqlite", "mailstack-sqlite-w2", "mailstack-pg"]
 
 
 @dataclass

@@ -43,7 +43,9 @@ from .dnsstub import DnsStub
 from .servers import probe_unavailable, serve
 
 BENCH = "smtp"
-ALL_SERVERS = ["postfix", "mailstack-sqlite", "mailstack-pg", "aiosmtpd-sink"]
+# -w2: `serve --workers 2` (the default on 2 cores), beside one process
+ALL_SERVERS = ["postfix", "mailstack-sqlite", "mailstack-sqlite-w2", "mailstack-pg",
+               "aiosmtpd-sink"]
 MAX_PER_CLIENT = 100_000
 EXTERNAL_SENDER = "sender@remote.test"
 

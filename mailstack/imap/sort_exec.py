@@ -165,7 +165,8 @@ async def sort(s: Session, c: t.Sort) -> str | None:
         seq = view.seq_of
         numbers = [seq(u) or 0 for u in uids]
     if opts is None:
-        s.send(respond.untagged("SORT" + "".join(f" {n}" for n in numbers)
+        listed = " ".join(map(str, numbers))  # ~2x cheaper than one f-string each
+        s.send(respond.untagged(("SORT " + listed if listed else "SORT")
                                 + _modseq_suffix(c, found)))
         return None
     shown = opts - {"CONTEXT", "UPDATE"}

@@ -23,7 +23,6 @@ Implementation notes (invariants):
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -117,6 +116,23 @@ class ShapeCache:
         while len(self._shapes) > self.maximum:
             self._shapes.popitem(last=False)
 
+    async def fill(self, store: Store, blob_ids: list[str]) -> None:
+        """The shapes of every blob not cached yet, read in ONE thread hop (a cold
+        session's maildrop: one hop, not one per message)."""
+        missing = list(dict.fromkeys(b for b in blob_ids if self.get(b) is None))
+        if not missing:
+            return
+
+        def read() -> list[Shape]:
+            return [shape_of(store.blobs.get_sync(b)) for b in missing]
+
+        try:
+            shapes = await asyncio.to_thread(read)
+        except BlobError as exc:
+            raise Unavailable(str(exc)) from exc
+        for blob_id, shape in zip(missing, shapes, strict=True):
+            self.put(blob_id, shape)
+
     async def shape(self, store: Store, blob_id: str) -> Shape:
         cached = self.get(blob_id)
         if cached is not None:
@@ -155,8 +171,10 @@ class Maildrop:
 
     @classmethod
     async def load(cls, store: Store, folder_id: int, cache: ShapeCache) -> Maildrop:
+        messages = await store.list_messages(folder_id)
+        await cache.fill(store, [m.blob_id for m in messages])
         entries = []
-        for n, msg in enumerate(await store.list_messages(folder_id), start=1):
+        for n, msg in enumerate(messages, start=1):
             body = await cache.shape(store, msg.blob_id)
             entries.append(Entry(n, msg, wire_size(shape_of(msg.prefix), body)))
         return cls(folder_id, entries)
@@ -179,11 +197,10 @@ class Maildrop:
 
     async def wire_bytes(self, store: Store, entry: Entry) -> bytes | None:
         """The message in wire form; None if another session expunged it meanwhile."""
-        current = await store.get_messages(self.folder_id, [entry.message.uid])
-        if not current or current[0].id != entry.message.id:
+        data = await store.present_message_bytes(self.folder_id, entry.message.uid,
+                                                 entry.message.id)
+        if data is None:
             return None
-        msg = dataclasses.replace(entry.message, prefix=current[0].prefix)
-        data = await store.message_bytes(msg)
         if len(data) > 1 << 20:
             return await asyncio.to_thread(wire_form, data)
         return wire_form(data)

@@ -1,11 +1,16 @@
 """The store's core: engine, write transactions, blobs, events, record types, errors.
 
 Implementation notes (invariants):
-- Every write goes through ``_write()``: on SQLite it holds the process-wide writer lock
-  (and, for ``serve --workers``, a lock on a file shared by the workers, so a worker
-  waiting for another's transaction is woken by the kernel when it ends instead of
-  polling with SQLite's busy handler; SQLite's own lock still decides) and opens
-  ``BEGIN IMMEDIATE``; on PostgreSQL row locks (``UPDATE folders ...``) order
+- Hot paths hand a whole transaction to ``run_read`` / ``run_write`` as ONE plain
+  function over a synchronous connection: on SQLite that is one hop to the store's
+  reader or writer thread (threads.py) instead of ~4 thread hops per statement through
+  aiosqlite; on PostgreSQL the same function runs with ``run_sync``. The remaining,
+  colder code keeps ``_read()`` / ``_write()`` with async bodies.
+- Every write goes through ``_write()`` or ``run_write()``: on SQLite it holds the
+  process-wide writer lock (and, for ``serve --workers``, a lock on a file shared by
+  the workers, so a worker waiting for another's transaction is woken by the kernel
+  when it ends instead of polling with SQLite's busy handler; SQLite's own lock still
+  decides) and opens ``BEGIN IMMEDIATE``; on PostgreSQL row locks (``UPDATE folders ...``) order
   concurrent writers. Events are collected during the transaction and published only
   after a successful commit ("commit first, then tell other sessions").
 - Blob bytes are durable before the transaction that references them starts.

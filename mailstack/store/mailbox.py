@@ -50,9 +50,11 @@ from .base import (
     Message,
     NotFound,
     StoreBase,
+    Unavailable,
     flags_from_db,
     flags_to_db,
 )
+from .blobs import BlobError
 from .events import FlagsChanged, FolderChanged, MessagesAdded, MessagesExpunged
 from .sortkeys import KEY_COLUMNS, HeaderKeys, key_values
 
@@ -412,6 +414,27 @@ class MailboxMixin(StoreBase):
 
     async def get_messages(self, folder_id: int, uids: Iterable[int]) -> list[Message]:
         return await self.run_read(_get_messages, folder_id, sorted(set(uids)))
+
+    async def present_message_bytes(self, folder_id: int, uid: int, message_id: int
+                                    ) -> bytes | None:
+        """The bytes of message ``message_id`` (UID ``uid`` of the folder), or None when
+        it is no longer there (expunged by another session): the presence check and the
+        file read in ONE hop to a reader thread (POP3 RETR/TOP)."""
+        m = t.messages.c
+        q = select(m.blob_id, m.prefix).where(and_(
+            m.folder_id == folder_id, m.uid == uid, m.id == message_id))
+
+        def read(conn: Connection) -> bytes | None:
+            row = conn.execute(q).first()
+            if row is None:
+                return None
+            body = self.blobs.get_sync(row.blob_id)
+            return bytes(row.prefix) + body if row.prefix else body
+
+        try:
+            return await self.run_read(read)
+        except BlobError as exc:
+            raise Unavailable(str(exc)) from exc
 
     async def changed_since(self, folder_id: int, modseq: int) -> list[Message]:
         q = select(*_MSG_COLS).where(and_(

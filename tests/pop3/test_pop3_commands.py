@@ -241,3 +241,28 @@ async def test_auth_plain(box: Box, client_ssl: ssl.SSLContext) -> None:
     assert got[7].startswith(b"+OK maildrop has ")
     assert got[8] == b"+ "
     assert got[9].startswith(b"+OK maildrop has ")
+
+
+async def test_retr_of_a_message_another_session_expunged(box: Box,
+                                                          client_ssl: ssl.SSLContext) -> None:
+    """The maildrop was listed at login; a message expunged since (by an IMAP session)
+    is refused by RETR and TOP with -ERR, the others are still served, and nothing else
+    is removed (the presence check and the read are one store call)."""
+    await box.append(MSG_CRLF)
+    await box.append(MSG_LF)
+    p = await in_thread(lambda: pop3s(box.port(), client_ssl))
+    try:
+        assert (await in_thread(p.stat))[0] == 2
+        await box.store.store_flags(box.inbox.id, [1], ["\\Deleted"], "add")
+        assert await box.store.expunge(box.inbox.id, [1]) == [1]
+        for command in (lambda: p.retr(1), lambda: p.top(1, 0)):
+            with pytest.raises(poplib.error_proto) as refused:
+                await in_thread(command)
+            assert refused.value.args[0] == b"-ERR message 1 was removed by another session"
+        resp, lines, _ = await in_thread(lambda: p.retr(2))
+        assert resp.startswith(b"+OK") and b"\r\n".join(lines) + b"\r\n" == wire_form(MSG_LF)
+        await in_thread(p.quit)
+    finally:
+        await in_thread(p.close)
+    left = await box.store.list_messages(box.inbox.id)
+    assert [m.uid for m in left] == [2] and "\\Seen" in left[0].flags
