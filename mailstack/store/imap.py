@@ -86,6 +86,38 @@ def _row_blob(r: Any) -> MsgRow:
     return row if row.prefix is not None else row._replace(prefix=b"")
 
 
+# SQLite's hot read, as plain SQL on sqlite3's own cursor: its rows are plain tuples and
+# become MsgRows in C (``_make``), where SQLAlchemy's rows and ``MsgRow(*row)`` cost
+# ~2 us per message (bench/README.md "One hop per transaction"); same columns as
+# _ROW_COLS + _BLOB_COLS, same order (without ``with_blob``: MsgRow's defaults).
+_SQLITE_ROWS = ("SELECT id, uid, modseq, flags, keywords, internal_date, size{blob} "
+                "FROM messages WHERE folder_id = ?{cond} ORDER BY uid")
+_SQLITE_BLOB = ", blob_id, COALESCE(prefix, X'')"
+
+
+def _sqlite_rows(conn: Connection, folder_id: int, uid_list: list[int] | None,
+                 with_blob: bool) -> list[MsgRow]:
+    """``message_rows`` on SQLite (inside a reader-thread transaction)."""
+    cur: Any = conn.connection.driver_connection
+    blob = _SQLITE_BLOB if with_blob else ", '', X''"  # MsgRow's defaults
+    make = MsgRow._make
+    if uid_list is None:
+        sql = _SQLITE_ROWS.format(blob=blob, cond="")
+        return list(map(make, cur.execute(sql, (folder_id,)).fetchall()))
+    if _dense(uid_list):
+        wanted = set(uid_list)
+        sql = _SQLITE_ROWS.format(blob=blob, cond=" AND uid >= ? AND uid <= ?")
+        rows = cur.execute(sql, (folder_id, uid_list[0], uid_list[-1])).fetchall()
+        return [make(r) for r in rows if r[1] in wanted]
+    out: list[MsgRow] = []
+    for i in range(0, len(uid_list), CHUNK):
+        chunk = uid_list[i:i + CHUNK]
+        marks = ",".join("?" * len(chunk))
+        sql = _SQLITE_ROWS.format(blob=blob, cond=f" AND uid IN ({marks})")
+        out += map(make, cur.execute(sql, (folder_id, *chunk)).fetchall())
+    return out
+
+
 def _dense(uids: list[int]) -> bool:
     """A sorted UID list worth reading as one range (then filtered) rather than by IN."""
     return len(uids) > CHUNK and len(uids) * 2 >= uids[-1] - uids[0] + 1
@@ -211,6 +243,9 @@ class ImapMixin(MailboxMixin):
         uid_list = None if uids is None else sorted(set(uids))
         if uid_list is not None and not uid_list:
             return []
+
+        if self.is_sqlite:
+            return await self.run_read(_sqlite_rows, folder_id, uid_list, with_blob)
 
         def read(conn: Connection) -> list[MsgRow]:
             if uid_list is None:

@@ -266,3 +266,29 @@ async def test_retr_of_a_message_another_session_expunged(box: Box,
         await in_thread(p.close)
     left = await box.store.list_messages(box.inbox.id)
     assert [m.uid for m in left] == [2] and "\\Seen" in left[0].flags
+
+
+async def test_retr_in_any_order_with_read_ahead(box: Box, client_ssl: ssl.SSLContext) -> None:
+    """RETR n reads n+1 ahead (maildrop.py); a client that jumps around, skips a
+    deleted message or asks for TOP still gets exactly the message it named."""
+    bodies = [MSG_CRLF, MSG_LF, MSG_DOT_FIRST, b"Subject: four\r\n\r\nfour\r\n"]
+    for data in bodies:
+        await box.append(data)
+
+    def run() -> list[bytes]:
+        p = pop3s(box.port(), client_ssl)
+        got = []
+        for n in (2, 1, 3):  # ahead: 3, then 2 (unused), then 4
+            _, lines, _ = p.retr(n)
+            got.append(b"\r\n".join(lines) + b"\r\n")
+        p.dele(4)
+        got.append(p.top(2, 0)[0])
+        with pytest.raises(poplib.error_proto):
+            p.retr(4)  # deleted in this session: refused, although it was read ahead
+        p.quit()
+        return got
+
+    got = await in_thread(run)
+    assert got[:3] == [wire_form(bodies[n - 1]) for n in (2, 1, 3)]
+    assert got[3].startswith(b"+OK")
+    assert [m.uid for m in await box.store.list_messages(box.inbox.id)] == [1, 2, 3]
