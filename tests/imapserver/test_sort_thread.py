@@ -250,3 +250,40 @@ async def test_keys_stored_at_delivery_append_and_copy(imap_app: App,
     assert out[0] == b"* THREAD (2 1)\r\n", out
     assert reads == []
     await raw.close()
+
+
+async def test_thread_replies_kept_follow_every_change(imap_app: App,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rendered THREAD replies are kept (sort_exec.ThreadCache; every size here), and a
+    kept reply is never served for another set of messages: APPEND of a reply, EXPUNGE,
+    another search, sequence numbers against UIDs, another session's view."""
+    from mailstack.imap import sort_exec
+
+    monkeypatch.setattr(sort_exec, "THREADS", sort_exec.ThreadCache(smallest=1))
+    await _fill(imap_app)
+    raw = await Raw.connect(imap_app.ports["imap"])
+    await raw.login()
+    await raw.cmd(b"s", b"SELECT INBOX")
+    first = await raw.cmd(b"a", b"THREAD REFERENCES UTF-8 ALL")
+    assert first[0] == b"* THREAD (4)(2 3 1)\r\n", first
+    assert (await raw.cmd(b"b", b"THREAD REFERENCES UTF-8 ALL"))[0] == first[0]  # kept
+    # a reply to 4 arrives: the kept reply is not the answer any more
+    reply = _msg("Re: Apple", "ann@y.org", "carl@x.org", "Thu, 4 Jan 2024 10:00:00 +0000",
+                 "<e@x>", "<d@x>")
+    assert imap_app.store is not None
+    await imap_app.store.append(await inbox_id(imap_app), reply, internal_date=4000.0)
+    out = await raw.cmd(b"c", b"NOOP")
+    assert b"* 5 EXISTS\r\n" in out, out
+    out = await raw.cmd(b"d", b"THREAD REFERENCES UTF-8 ALL")
+    assert out[0] == b"* THREAD (4 5)(2 3 1)\r\n", out
+    # 3 is expunged: 1 now hangs off 2 through its References (RFC 5256 §4 dummies)
+    await raw.cmd(b"e", b"STORE 3 +FLAGS.SILENT (\\Deleted)")
+    out = await raw.cmd(b"f", b"EXPUNGE")
+    assert out[-1].startswith(b"f OK"), out
+    uid_out = await raw.cmd(b"g", b"UID THREAD REFERENCES UTF-8 ALL")
+    assert uid_out[0] == b"* THREAD (4 5)(2 1)\r\n", uid_out
+    seq_out = await raw.cmd(b"h", b"THREAD REFERENCES UTF-8 ALL")  # 5 is now number 4
+    assert seq_out[0] == b"* THREAD (3 4)(2 1)\r\n", seq_out
+    out = await raw.cmd(b"i", b"UID THREAD REFERENCES UTF-8 NOT SUBJECT apple")
+    assert out[0] == b"* THREAD (2 1)\r\n", out
+    await raw.close()
