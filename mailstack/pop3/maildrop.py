@@ -30,7 +30,6 @@ from ..store import Message, Store, Unavailable
 from ..store.blobs import BlobError
 
 _CACHE_MAX = 50_000
-READ_AHEAD_MAX = 1 << 20  # octets: a bigger next message is read when asked for
 
 
 @dataclass(frozen=True)
@@ -169,8 +168,6 @@ class Maildrop:
         self.entries = entries
         self.deleted: set[int] = set()
         self.retrieved: set[int] = set()
-        # the next message's bytes, read while the client takes the current one
-        self._ahead: tuple[int, asyncio.Task[bytes | None]] | None = None
 
     @classmethod
     async def load(cls, store: Store, folder_id: int, cache: ShapeCache) -> Maildrop:
@@ -199,28 +196,8 @@ class Maildrop:
         return len(live), sum(e.size for e in live)
 
     async def wire_bytes(self, store: Store, entry: Entry) -> bytes | None:
-        """The message in wire form; None if another session expunged it meanwhile.
-
-        Read-ahead: a download is RETR 1, RETR 2, ... one at a time, so after each one
-        the next message (up to ``READ_AHEAD_MAX`` octets) is read while this one is
-        sent; a RETR of it then costs no store call. Its presence was checked when it
-        was read ahead, a moment before its RETR: a message another session expunges
-        in that moment is served once more, as if the RETR had come a moment earlier."""
-        ahead, self._ahead = self._ahead, None
-        if ahead is not None and ahead[0] == entry.number:
-            data = await ahead[1]
-        else:
-            if ahead is not None:
-                ahead[1].cancel()
-            data = await self._read(store, entry)
-        following = self.entry(entry.number + 1)
-        if data is not None and following is not None and following.size <= READ_AHEAD_MAX:
-            task = asyncio.ensure_future(self._read(store, following))
-            task.add_done_callback(_consume)
-            self._ahead = (following.number, task)
-        return data
-
-    async def _read(self, store: Store, entry: Entry) -> bytes | None:
+        """The message in wire form; None if another session expunged it meanwhile
+        (the presence check and the read are one store call)."""
         data = await store.present_message_bytes(self.folder_id, entry.message.uid,
                                                  entry.message.id)
         if data is None:
@@ -229,15 +206,3 @@ class Maildrop:
             return await asyncio.to_thread(wire_form, data)
         return wire_form(data)
 
-    def close(self) -> None:
-        """The session ends: drop a read-ahead still running."""
-        if self._ahead is not None:
-            self._ahead[1].cancel()
-            self._ahead = None
-
-
-def _consume(task: asyncio.Task[bytes | None]) -> None:
-    """A read-ahead nobody awaits (the client asked for something else) must not log
-    "exception never retrieved"; a RETR that does await it gets the error itself."""
-    if not task.cancelled():
-        task.exception()

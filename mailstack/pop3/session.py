@@ -115,8 +115,6 @@ class Session:
             pass
         finally:
             stop_task.cancel()
-            if self.drop is not None:
-                self.drop.close()
             await self.release()
             await self.conn.drain()
             self.done.set()
