@@ -234,16 +234,11 @@ class GroupWriter:
             async with store._write_lock, store.writers_queued():
                 await store._threads.write(transaction)
         except asyncio.CancelledError:
-            self._fail_fn(jobs, RuntimeError("store closed"))
+            self._fail([job.future for job in jobs], RuntimeError("store closed"))
             raise
         except Exception as exc:  # BEGIN, COMMIT or the change log: nothing stored
-            self._fail_fn(jobs, exc)
+            self._fail([job.future for job in jobs], exc)
             return
-        metrics.observe_store_transaction(time.perf_counter() - started)
-        ok = [job for job in jobs if job.error is None]
-        self.stats.groups += 1
-        self.stats.members += len(ok)
-        self.stats.largest = max(self.stats.largest, len(ok))
         for job in jobs:
             if job.future.done():
                 continue
@@ -251,17 +246,7 @@ class GroupWriter:
                 job.future.set_exception(job.error)
             else:
                 job.future.set_result(job.result)
-        for job in ok:
-            for ev in job.events:
-                store.events.publish(ev)
-
-    @staticmethod
-    def _fail_fn(jobs: list[_FnJob], exc: BaseException) -> None:
-        for job in jobs:
-            if not job.future.done():
-                job.future.set_exception(exc)
-        if jobs:
-            log.warning("store: group commit of %d writes failed: %s", len(jobs), exc)
+        self._committed(started, [job.events for job in jobs if job.error is None])
 
     async def _body_group(self) -> None:
         """One transaction: grant turns until the queue is empty (or the group full),
@@ -305,7 +290,7 @@ class GroupWriter:
                             await tx.rollback()
                     raise
         except asyncio.CancelledError:
-            self._fail(members + current, RuntimeError("store closed"))
+            self._fail([j.committed for j in members + current], RuntimeError("store closed"))
             raise
         except Exception as exc:
             # BEGIN, COMMIT or the change log failed: no member's change is stored
@@ -314,23 +299,30 @@ class GroupWriter:
                 if job is not None:
                     job.turn.set_exception(exc)
                     return
-            self._fail(members, exc)
+            self._fail([j.committed for j in members], exc)
             return
-        metrics.observe_store_transaction(time.perf_counter() - started)
-        self.stats.groups += 1
-        self.stats.members += len(members)
-        self.stats.largest = max(self.stats.largest, len(members))
         for job in members:
             if not job.committed.done():
                 job.committed.set_result(None)
-        for job in members:
-            for ev in job.events:
-                store.events.publish(ev)
+        self._committed(started, [job.events for job in members])
+
+    def _committed(self, started: float, events: list[list[Event]]) -> None:
+        """After a group's COMMIT (its callers told): count it, publish its events in
+        member order."""
+        metrics.observe_store_transaction(time.perf_counter() - started)
+        self.stats.groups += 1
+        self.stats.members += len(events)
+        self.stats.largest = max(self.stats.largest, len(events))
+        for member in events:
+            for ev in member:
+                self.store.events.publish(ev)
 
     @staticmethod
-    def _fail(members: list[_Job], exc: BaseException) -> None:
-        for job in members:
-            if not job.committed.done():
-                job.committed.set_exception(exc)
-        if members:
-            log.warning("store: group commit of %d writes failed: %s", len(members), exc)
+    def _fail(waiting: list[asyncio.Future[Any]], exc: BaseException) -> None:
+        """A group failed as a whole (BEGIN, COMMIT, the change log): nothing of it is
+        stored, every member hears the error."""
+        for fut in waiting:
+            if not fut.done():
+                fut.set_exception(exc)
+        if waiting:
+            log.warning("store: group commit of %d writes failed: %s", len(waiting), exc)
