@@ -10,9 +10,9 @@ Implementation notes (invariants):
   then ONE ``ORDER BY`` query, the
   matching UIDs kept in that order. THREAD reads the stored keys as the driver's
   plain rows and threads off the event loop (the cyclic GC paused meanwhile), so a
-  big mailbox never blocks other clients. The rendered replies of big mailboxes are
-  kept per set of messages (``ThreadCache``: exact, see there), so a client that asks
-  again for an unchanged mailbox costs a digest of its UIDs.
+  big mailbox never blocks other clients. SORT results and rendered THREAD replies
+  of big mailboxes are kept per set of messages (``ResultCache``: exact, see there),
+  so a client that asks again for an unchanged mailbox costs a digest of its UIDs.
 - ``SORT ... ALL`` takes the view's UIDs without evaluating a search.
 - With a MODSEQ search key the reply carries (MODSEQ n) like SEARCH (RFC 7162 §3.1.5).
 - ESORT (RFC 5267 §3.2): MIN/MAX are the first/last message in sort order, ALL lists
@@ -30,7 +30,8 @@ import hashlib
 import threading
 from array import array
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
+from typing import Generic, TypeVar
 
 from mailstack.headerkeys import header_keys
 from mailstack.imap import contexts, respond, sorting
@@ -149,9 +150,19 @@ async def ordered_uids(s: Session, key: k.SearchKey,
 async def _ordered(s: Session, wanted: set[int], criteria: tuple[tuple[str, bool], ...]
                    ) -> list[int]:
     view = s.require_view()
+    cache_key: tuple[object, ...] | None = None
+    if len(wanted) >= SORTS.smallest:
+        cache_key = (s.store.node_id, view.folder_id, view.uidvalidity, criteria,
+                     _digest(wanted, view.uids))
+        cached = SORTS.get(cache_key)
+        if cached is not None:
+            return list(cached)  # the caller's own (CONTEXT=SORT updates it)
     await fill_keys(s.store, view.folder_id)
     ordered = await s.store.sorted_uids(view.folder_id, criteria)
-    return [u for u in ordered if u in wanted]
+    found = [u for u in ordered if u in wanted]
+    if cache_key is not None and len(found) == len(wanted):
+        SORTS.put(cache_key, tuple(found))
+    return found
 
 
 async def sort(s: Session, c: t.Sort) -> str | None:
@@ -198,41 +209,50 @@ async def sort(s: Session, c: t.Sort) -> str | None:
     return None
 
 
-def _digest(uids: Iterable[int]) -> bytes:
-    """A collision-proof name for a set of UIDs (~1 ms for 100,000)."""
-    return hashlib.blake2b(array("Q", sorted(uids)).tobytes(), digest_size=20).digest()
+def _digest(uids: set[int], view_uids: list[int]) -> bytes:
+    """A collision-proof name for a set of UIDs (~1 ms for 100,000); the view's own
+    list (already ascending) when the set is the whole view (``ALL``)."""
+    whole = len(uids) == len(view_uids) and uids.issuperset(view_uids)
+    ordered = view_uids if whole else sorted(uids)
+    return hashlib.blake2b(array("Q", ordered).tobytes(), digest_size=20).digest()
 
 
-class ThreadCache:
-    """Rendered THREAD replies of big mailboxes, least recently used dropped first.
+V = TypeVar("V")
 
-    Why it is exact: a reply is a function of the algorithm, the UID/sequence numbering
-    and the set of threaded messages, whose keys never change once stored (they come
-    from the header, which is immutable, RFC 5256 §4). The key names that set by a
-    digest of its UIDs (and, for sequence numbers, the digest of the view's UIDs), so
-    any APPEND, delivery or EXPUNGE that changes the set misses; the store's identity
-    and the UIDVALIDITY keep mailboxes apart. Only results whose every message had its
-    keys are kept. Dovecot keeps thread trees in its index for the same reason."""
+
+class ResultCache(Generic[V]):
+    """SORT results and rendered THREAD replies of big mailboxes, least recently used
+    dropped first.
+
+    Why it is exact: both are a function of the criteria (the algorithm), the
+    numbering and the set of messages, whose keys never change once stored (they come
+    from the header, which is immutable, and from the arrival time and size; RFC 5256
+    §3, §4). The key names that set by a digest of its UIDs (and, for THREAD with
+    sequence numbers, the digest of the view's UIDs), so any APPEND, delivery or
+    EXPUNGE that changes the set misses; the store's identity and the UIDVALIDITY keep
+    mailboxes apart. Only results in which every message had its keys are kept.
+    Dovecot keeps sort and thread data in its index for the same reason."""
 
     def __init__(self, maximum: int = 8, smallest: int = 1000) -> None:
         self.maximum = maximum
-        self.smallest = smallest  # fewer messages thread in a few ms: not kept
-        self._replies: OrderedDict[tuple[object, ...], str] = OrderedDict()
+        self.smallest = smallest  # fewer messages take a few ms: not kept
+        self._results: OrderedDict[tuple[object, ...], V] = OrderedDict()
 
-    def get(self, key: tuple[object, ...]) -> str | None:
-        text = self._replies.get(key)
-        if text is not None:
-            self._replies.move_to_end(key)
-        return text
+    def get(self, key: tuple[object, ...]) -> V | None:
+        found = self._results.get(key)
+        if found is not None:
+            self._results.move_to_end(key)
+        return found
 
-    def put(self, key: tuple[object, ...], text: str) -> None:
-        self._replies[key] = text
-        self._replies.move_to_end(key)
-        while len(self._replies) > self.maximum:
-            self._replies.popitem(last=False)
+    def put(self, key: tuple[object, ...], value: V) -> None:
+        self._results[key] = value
+        self._results.move_to_end(key)
+        while len(self._results) > self.maximum:
+            self._results.popitem(last=False)
 
 
-THREADS = ThreadCache()
+THREADS: ResultCache[str] = ResultCache()
+SORTS: ResultCache[tuple[int, ...]] = ResultCache()
 
 
 async def thread(s: Session, c: t.Thread) -> str | None:
@@ -241,7 +261,8 @@ async def thread(s: Session, c: t.Thread) -> str | None:
     cache_key: tuple[object, ...] | None = None
     if len(wanted) >= THREADS.smallest:
         cache_key = (s.store.node_id, view.folder_id, view.uidvalidity, c.algorithm,
-                     c.uid, _digest(wanted), None if c.uid else _digest(view.uids))
+                     c.uid, _digest(wanted, view.uids),
+                     None if c.uid else _digest(set(view.uids), view.uids))
         cached = THREADS.get(cache_key)
         if cached is not None:
             s.send(respond.untagged(("THREAD " + cached).rstrip()))

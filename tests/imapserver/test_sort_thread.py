@@ -254,12 +254,12 @@ async def test_keys_stored_at_delivery_append_and_copy(imap_app: App,
 
 async def test_thread_replies_kept_follow_every_change(imap_app: App,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    """Rendered THREAD replies are kept (sort_exec.ThreadCache; every size here), and a
-    kept reply is never served for another set of messages: APPEND of a reply, EXPUNGE,
-    another search, sequence numbers against UIDs, another session's view."""
+    """Rendered THREAD replies are kept (sort_exec.ResultCache; every size here), and a
+    kept reply is never served for another set of messages: new mail, EXPUNGE, another
+    search, sequence numbers against UIDs."""
     from mailstack.imap import sort_exec
 
-    monkeypatch.setattr(sort_exec, "THREADS", sort_exec.ThreadCache(smallest=1))
+    monkeypatch.setattr(sort_exec, "THREADS", sort_exec.ResultCache(smallest=1))
     await _fill(imap_app)
     raw = await Raw.connect(imap_app.ports["imap"])
     await raw.login()
@@ -286,4 +286,35 @@ async def test_thread_replies_kept_follow_every_change(imap_app: App,
     assert seq_out[0] == b"* THREAD (3 4)(2 1)\r\n", seq_out
     out = await raw.cmd(b"i", b"UID THREAD REFERENCES UTF-8 NOT SUBJECT apple")
     assert out[0] == b"* THREAD (2 1)\r\n", out
+    await raw.close()
+
+
+async def test_sort_results_kept_follow_every_change(imap_app: App,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """SORT results are kept per set of messages too (every size here): new mail,
+    EXPUNGE, other criteria and ESORT never get a result kept for something else."""
+    from mailstack.imap import sort_exec
+
+    monkeypatch.setattr(sort_exec, "SORTS", sort_exec.ResultCache(smallest=1))
+    await _fill(imap_app)
+    raw = await Raw.connect(imap_app.ports["imap"])
+    await raw.login()
+    await raw.cmd(b"s", b"SELECT INBOX")
+    first = await raw.cmd(b"a", b"UID SORT (DATE) UTF-8 ALL")
+    assert first[0] == b"* SORT 4 2 3 1\r\n", first
+    assert (await raw.cmd(b"b", b"UID SORT (DATE) UTF-8 ALL"))[0] == first[0]  # kept
+    assert imap_app.store is not None
+    early = _msg("Early", "e@x.org", "f@y.org", "Sun, 31 Dec 2023 10:00:00 +0000", "<f@x>")
+    await imap_app.store.append(await inbox_id(imap_app), early, internal_date=5000.0)
+    assert b"* 5 EXISTS\r\n" in await raw.cmd(b"c", b"NOOP")
+    out = await raw.cmd(b"d", b"UID SORT (DATE) UTF-8 ALL")
+    assert out[0] == b"* SORT 4 5 2 3 1\r\n", out
+    out = await raw.cmd(b"e", b"UID SORT (REVERSE DATE) UTF-8 ALL")
+    assert out[0] == b"* SORT 1 3 2 5 4\r\n", out
+    await raw.cmd(b"f", b"UID STORE 2 +FLAGS.SILENT (\\Deleted)")
+    assert (await raw.cmd(b"g", b"EXPUNGE"))[-1].startswith(b"g OK")
+    out = await raw.cmd(b"h", b"UID SORT (DATE) UTF-8 ALL")
+    assert out[0] == b"* SORT 4 5 3 1\r\n", out
+    out = await raw.cmd(b"i", b"SORT RETURN (ALL COUNT) (DATE) UTF-8 ALL")  # ESORT
+    assert out[0] == b'* ESEARCH (TAG "i") ALL 3:4,2,1 COUNT 4\r\n', out
     await raw.close()
