@@ -252,18 +252,25 @@ async def test_keys_stored_at_delivery_append_and_copy(imap_app: App,
     await raw.close()
 
 
+async def _kept_results_session(app: App, monkeypatch: pytest.MonkeyPatch,
+                                cache: str) -> Raw:
+    """The four messages, INBOX selected, ``cache`` keeping results of every size."""
+    from mailstack.imap import sort_exec
+
+    monkeypatch.setattr(sort_exec, cache, sort_exec.ResultCache(smallest=1))
+    await _fill(app)
+    raw = await Raw.connect(app.ports["imap"])
+    await raw.login()
+    await raw.cmd(b"s", b"SELECT INBOX")
+    return raw
+
+
 async def test_thread_replies_kept_follow_every_change(imap_app: App,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     """Rendered THREAD replies are kept (sort_exec.ResultCache; every size here), and a
     kept reply is never served for another set of messages: new mail, EXPUNGE, another
     search, sequence numbers against UIDs."""
-    from mailstack.imap import sort_exec
-
-    monkeypatch.setattr(sort_exec, "THREADS", sort_exec.ResultCache(smallest=1))
-    await _fill(imap_app)
-    raw = await Raw.connect(imap_app.ports["imap"])
-    await raw.login()
-    await raw.cmd(b"s", b"SELECT INBOX")
+    raw = await _kept_results_session(imap_app, monkeypatch, "THREADS")
     first = await raw.cmd(b"a", b"THREAD REFERENCES UTF-8 ALL")
     assert first[0] == b"* THREAD (4)(2 3 1)\r\n", first
     assert (await raw.cmd(b"b", b"THREAD REFERENCES UTF-8 ALL"))[0] == first[0]  # kept
@@ -293,13 +300,7 @@ async def test_sort_results_kept_follow_every_change(imap_app: App,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """SORT results are kept per set of messages too (every size here): new mail,
     EXPUNGE, other criteria and ESORT never get a result kept for something else."""
-    from mailstack.imap import sort_exec
-
-    monkeypatch.setattr(sort_exec, "SORTS", sort_exec.ResultCache(smallest=1))
-    await _fill(imap_app)
-    raw = await Raw.connect(imap_app.ports["imap"])
-    await raw.login()
-    await raw.cmd(b"s", b"SELECT INBOX")
+    raw = await _kept_results_session(imap_app, monkeypatch, "SORTS")
     first = await raw.cmd(b"a", b"UID SORT (DATE) UTF-8 ALL")
     assert first[0] == b"* SORT 4 2 3 1\r\n", first
     assert (await raw.cmd(b"b", b"UID SORT (DATE) UTF-8 ALL"))[0] == first[0]  # kept
