@@ -33,6 +33,17 @@ async def _smtp(app: App, date: str, mid: str) -> None:
                          _msg("new", "someone@example.org", ADDR, date, mid))
 
 
+async def _two_sessions(app: App) -> tuple[Raw, Raw]:
+    """The mailbox filled, two sessions with INBOX selected."""
+    await _fill(app)
+    a = await Raw.connect(app.ports["imap"])
+    b = await Raw.connect(app.ports["imap"])
+    for c in (a, b):
+        await c.login()
+        await c.cmd(b"s", b"SELECT INBOX")
+    return a, b
+
+
 async def _cmd(raw: Raw, tag: bytes, text: bytes) -> list[bytes]:
     """``raw.cmd`` without the RECENT counts an IMAP4rev1 session also gets."""
     return [x for x in await raw.cmd(tag, text) if not x.endswith(b" RECENT\r\n")]
@@ -92,13 +103,7 @@ async def test_search_update_smtp_store_expunge(imap_app: App) -> None:
     """UID SEARCH RETURN (UPDATE) UNSEEN stays live: a message arriving by SMTP is
     ADDTO, \\Seen set by another session is REMOVEFROM, an EXPUNGE by another session
     is REMOVEFROM; after CANCELUPDATE nothing more comes."""
-    await _fill(imap_app)
-    a = await Raw.connect(imap_app.ports["imap"])
-    b = await Raw.connect(imap_app.ports["imap"])
-    await a.login()
-    await b.login()
-    await a.cmd(b"s", b"SELECT INBOX")
-    await b.cmd(b"s", b"SELECT INBOX")
+    a, b = await _two_sessions(imap_app)
     out = await a.cmd(b"U1", b"UID SEARCH RETURN (UPDATE) UNSEEN")
     assert out[0] == b'* ESEARCH (TAG "U1") UID ALL 1:5\r\n', out
     assert out[-1].startswith(b"U1 OK")
@@ -130,13 +135,7 @@ async def test_search_update_smtp_store_expunge(imap_app: App) -> None:
 async def test_seq_context_removefrom_before_expunge(imap_app: App) -> None:
     """A message-number context: REMOVEFROM names the number the client still knows,
     before the EXPUNGE that renumbers (RFC 5267 §4.3)."""
-    await _fill(imap_app)
-    a = await Raw.connect(imap_app.ports["imap"])
-    b = await Raw.connect(imap_app.ports["imap"])
-    await a.login()
-    await b.login()
-    await a.cmd(b"s", b"SELECT INBOX")
-    await b.cmd(b"s", b"SELECT INBOX")
+    a, b = await _two_sessions(imap_app)
     out = await a.cmd(b"Q", b"SEARCH RETURN (UPDATE COUNT) ALL")
     assert out[0] == b'* ESEARCH (TAG "Q") COUNT 5\r\n', out
     await b.cmd(b"d", b"STORE 2,4 +FLAGS.SILENT (\\Deleted)")
@@ -154,13 +153,7 @@ async def test_seq_context_removefrom_before_expunge(imap_app: App) -> None:
 
 async def test_sort_update_positions(imap_app: App) -> None:
     """CONTEXT=SORT: additions and removals carry their position in the sorted result."""
-    await _fill(imap_app)
-    a = await Raw.connect(imap_app.ports["imap"])
-    b = await Raw.connect(imap_app.ports["imap"])
-    await a.login()
-    await b.login()
-    await a.cmd(b"s", b"SELECT INBOX")
-    await b.cmd(b"s", b"SELECT INBOX")
+    a, b = await _two_sessions(imap_app)
     out = await a.cmd(b"S1", b"UID SORT RETURN (UPDATE) (DATE) UTF-8 UNSEEN")
     assert out[0] == b'* ESEARCH (TAG "S1") UID ALL 5,4,3,2,1\r\n', out
     # sent on Jan 7: between 3 (Jan 7 too, earlier UID first) and 2 (Jan 8)
