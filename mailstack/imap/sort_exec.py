@@ -153,7 +153,7 @@ async def _ordered(s: Session, wanted: set[int], criteria: tuple[tuple[str, bool
     cache_key: tuple[object, ...] | None = None
     if len(wanted) >= SORTS.smallest:
         cache_key = (s.store.node_id, view.folder_id, view.uidvalidity, criteria,
-                     _digest(wanted, view.uids))
+                     await _digest_off_loop(wanted, list(view.uids)))
         cached = SORTS.get(cache_key)
         if cached is not None:
             return list(cached)  # the caller's own (CONTEXT=SORT updates it)
@@ -217,6 +217,14 @@ def _digest(uids: set[int], view_uids: list[int]) -> bytes:
     return hashlib.blake2b(array("Q", ordered).tobytes(), digest_size=20).digest()
 
 
+async def _digest_off_loop(uids: set[int], view_uids: list[int]) -> bytes:
+    """``_digest`` of the caller's own copies; in a thread for big sets (sorting and
+    hashing 100,000 UIDs takes ~10 ms, too long for the event loop)."""
+    if len(uids) < 20_000:
+        return _digest(uids, view_uids)
+    return await asyncio.to_thread(_digest, uids, view_uids)
+
+
 V = TypeVar("V")
 
 
@@ -260,9 +268,10 @@ async def thread(s: Session, c: t.Thread) -> str | None:
     wanted, _ = await _matching(s, c.key)
     cache_key: tuple[object, ...] | None = None
     if len(wanted) >= THREADS.smallest:
+        view_uids = list(view.uids)
         cache_key = (s.store.node_id, view.folder_id, view.uidvalidity, c.algorithm,
-                     c.uid, _digest(wanted, view.uids),
-                     None if c.uid else _digest(set(view.uids), view.uids))
+                     c.uid, await _digest_off_loop(wanted, view_uids),
+                     None if c.uid else await _digest_off_loop(set(view_uids), view_uids))
         cached = THREADS.get(cache_key)
         if cached is not None:
             s.send(respond.untagged(("THREAD " + cached).rstrip()))
