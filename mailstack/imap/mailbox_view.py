@@ -264,16 +264,16 @@ class MailboxView:
         if self.pending_flags:
             wanted = [u for u in sorted(self.pending_flags) if u not in self.pending_expunge]
             self.pending_flags.clear()
-            rows = await self.store.message_rows(self.folder_id, wanted) if wanted else []
-            for r in rows:
-                seq = self.seq_of(r.uid)
+            rows = await self.store.flag_rows(self.folder_id, wanted) if wanted else []
+            for uid, modseq, bits, kws in rows:
+                seq = self.seq_of(uid)
                 if seq is None:
                     continue
-                uid_part = f"UID {r.uid} " if with_uid or self.condstore else ""
-                mod = f" MODSEQ ({r.modseq})" if self.condstore else ""
-                current = flags_from_db(r.flags, r.keywords)
+                uid_part = f"UID {uid} " if with_uid or self.condstore else ""
+                mod = f" MODSEQ ({modseq})" if self.condstore else ""
+                current = flags_from_db(bits, kws)
                 out += self.announce(current)
-                flags = self.flags_text(r.uid, current)
+                flags = self.flags_text(uid, current)
                 out.append(respond.untagged(f"{seq} FETCH ({uid_part}FLAGS {flags}{mod})"))
         if not self.pending_expunge:  # everything noted so far has been told
             self.reported_modseq = max(self.reported_modseq, self._seen_modseq)

@@ -90,32 +90,42 @@ def _row_blob(r: Any) -> MsgRow:
 # become MsgRows in C (``_make``), where SQLAlchemy's rows and ``MsgRow(*row)`` cost
 # ~2 us per message (bench/README.md "One hop per transaction"); same columns as
 # _ROW_COLS + _BLOB_COLS, same order (without ``with_blob``: MsgRow's defaults).
-_SQLITE_ROWS = ("SELECT id, uid, modseq, flags, keywords, internal_date, size{blob} "
-                "FROM messages WHERE folder_id = ?{cond} ORDER BY uid")
+_SQLITE_ROWS = "SELECT {cols} FROM messages WHERE folder_id = ?{cond} ORDER BY uid"
+_SQLITE_META = "id, uid, modseq, flags, keywords, internal_date, size"
 _SQLITE_BLOB = ", blob_id, COALESCE(prefix, X'')"
+# ``flag_rows``: the four columns FETCH (UID FLAGS MODSEQ) and flag changes need
+# (bench/README.md "Narrow flag rows": 10,000 rows of these read in 2.9 ms, of
+# _SQLITE_META in 7.7 ms)
+_SQLITE_FLAGS = "uid, modseq, flags, keywords"
+FlagRow = tuple[int, int, int, str]  # uid, modseq, flags bitmask, keywords
+
+
+def _sqlite_select(conn: Connection, cols: str, uid_pos: int, folder_id: int,
+                   uid_list: list[int] | None) -> list[Any]:
+    """Plain rows of ``cols`` (``uid`` at ``uid_pos``) of a folder, all or those of
+    ``uid_list`` (sorted), ascending by UID, on sqlite3's own cursor."""
+    cur: Any = conn.connection.driver_connection
+    if uid_list is None:
+        return cur.execute(_SQLITE_ROWS.format(cols=cols, cond=""), (folder_id,)).fetchall()
+    if _dense(uid_list):
+        wanted = set(uid_list)
+        sql = _SQLITE_ROWS.format(cols=cols, cond=" AND uid >= ? AND uid <= ?")
+        rows = cur.execute(sql, (folder_id, uid_list[0], uid_list[-1])).fetchall()
+        return [r for r in rows if r[uid_pos] in wanted]
+    out: list[Any] = []
+    for i in range(0, len(uid_list), CHUNK):
+        chunk = uid_list[i:i + CHUNK]
+        marks = ",".join("?" * len(chunk))
+        sql = _SQLITE_ROWS.format(cols=cols, cond=f" AND uid IN ({marks})")
+        out += cur.execute(sql, (folder_id, *chunk)).fetchall()
+    return out
 
 
 def _sqlite_rows(conn: Connection, folder_id: int, uid_list: list[int] | None,
                  with_blob: bool) -> list[MsgRow]:
     """``message_rows`` on SQLite (inside a reader-thread transaction)."""
-    cur: Any = conn.connection.driver_connection
-    blob = _SQLITE_BLOB if with_blob else ", '', X''"  # MsgRow's defaults
-    make = MsgRow._make
-    if uid_list is None:
-        sql = _SQLITE_ROWS.format(blob=blob, cond="")
-        return list(map(make, cur.execute(sql, (folder_id,)).fetchall()))
-    if _dense(uid_list):
-        wanted = set(uid_list)
-        sql = _SQLITE_ROWS.format(blob=blob, cond=" AND uid >= ? AND uid <= ?")
-        rows = cur.execute(sql, (folder_id, uid_list[0], uid_list[-1])).fetchall()
-        return [make(r) for r in rows if r[1] in wanted]
-    out: list[MsgRow] = []
-    for i in range(0, len(uid_list), CHUNK):
-        chunk = uid_list[i:i + CHUNK]
-        marks = ",".join("?" * len(chunk))
-        sql = _SQLITE_ROWS.format(blob=blob, cond=f" AND uid IN ({marks})")
-        out += map(make, cur.execute(sql, (folder_id, *chunk)).fetchall())
-    return out
+    cols = _SQLITE_META + (_SQLITE_BLOB if with_blob else ", '', X''")  # MsgRow's defaults
+    return list(map(MsgRow._make, _sqlite_select(conn, cols, 1, folder_id, uid_list)))
 
 
 def _dense(uids: list[int]) -> bool:
@@ -259,6 +269,32 @@ class ImapMixin(MailboxMixin):
             for i in range(0, len(uid_list), CHUNK):
                 chunk = uid_list[i:i + CHUNK]
                 out.extend(mk(r) for r in conn.execute(
+                    base.where(m.uid.in_(chunk)).order_by(m.uid)).all())
+            return out
+
+        return await self.run_read(read)
+
+    async def flag_rows(self, folder_id: int, uids: Iterable[int] | None = None
+                        ) -> list[FlagRow]:
+        """(uid, modseq, flags, keywords) of the folder's messages (all, or those of
+        ``uids``), ascending by UID, as plain tuples: FETCH of UID/FLAGS/MODSEQ and the
+        flag changes a session reports need nothing more."""
+        uid_list = None if uids is None else sorted(set(uids))
+        if uid_list is not None and not uid_list:
+            return []
+        if self.is_sqlite:
+            return await self.run_read(_sqlite_select, _SQLITE_FLAGS, 0, folder_id, uid_list)
+        m = t.messages.c
+        base = select(m.uid, m.modseq, m.flags, m.keywords).where(m.folder_id == folder_id)
+
+        def read(conn: Connection) -> list[FlagRow]:
+            if uid_list is None:
+                return [(r[0], r[1], r[2], r[3])
+                        for r in conn.execute(base.order_by(m.uid)).all()]
+            out: list[FlagRow] = []
+            for i in range(0, len(uid_list), CHUNK):
+                chunk = uid_list[i:i + CHUNK]
+                out.extend((r[0], r[1], r[2], r[3]) for r in conn.execute(
                     base.where(m.uid.in_(chunk)).order_by(m.uid)).all())
             return out
 

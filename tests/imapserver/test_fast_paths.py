@@ -175,6 +175,51 @@ async def test_fetch_row_path_matches_general_path(imap_app: App) -> None:
     await raw.close()
 
 
+def _lines(out: list[bytes]) -> list[bytes]:
+    return [x for x in out if x.startswith(b"* ") and b" FETCH (" in x]
+
+
+async def test_flag_lines_match_row_path(imap_app: App) -> None:
+    """FETCH of only UID/FLAGS/MODSEQ (narrow rows, one format per message) answers
+    byte for byte what the metadata row path answers (RFC822.SIZE added forces it):
+    any item order, part of the view, \\Recent of an IMAP4rev1 session, CHANGEDSINCE,
+    and a view still holding messages another session expunged."""
+    fid = await _fill(imap_app)
+    assert imap_app.store is not None
+    for i in (N, N + 1):  # new, so \Recent for the session below
+        data = _msg(i)
+        await imap_app.store.deliver(await imap_app.store.put_blob(data), len(data),
+                                     [DeliveryTarget(fid, b"", frozenset(_flags(i)))])
+    raw = await Raw.connect(imap_app.ports["imap"])
+    await raw.login()
+    await raw.cmd(b"s", b"SELECT INBOX")
+    changed = _lines(await raw.cmd(b"t", b"STORE 4,9 +FLAGS.SILENT ($Late)"))
+    assert changed == []
+    size = re.compile(rb" RFC822\.SIZE \d+")
+    commands = [b"FETCH 1:* (FLAGS UID)", b"UID FETCH 3:20 (MODSEQ FLAGS)",
+                b"FETCH 2,5:7,31:* (UID MODSEQ FLAGS)", b"FETCH 32 (FLAGS)",
+                b"UID FETCH 1:* (FLAGS) (CHANGEDSINCE 31)"]
+
+    async def agree(commands: list[bytes]) -> None:
+        for n, command in enumerate(commands):
+            fast = _lines(await raw.cmd(b"f%d" % n, command))
+            slow = [size.sub(b"", x) for x in _lines(await raw.cmd(
+                b"g%d" % n, command.replace(b"FLAGS", b"FLAGS RFC822.SIZE", 1)))]
+            assert fast == slow, (command, fast, slow)
+            assert fast and all(b"FLAGS (" in x for x in fast)
+
+    await agree(commands)
+    gone = await imap_app.store.expunge(fid)  # not told to this session until a UID
+    assert gone  # command or NOOP (FETCH by number must not, RFC 9051 §7.5.1)
+    await agree([c for c in commands if not c.startswith(b"UID")])
+    full = _lines(await raw.cmd(b"h", b"FETCH 1:* (UID FLAGS)"))
+    assert len(full) == N + 2 - len(gone)  # expunged ones skipped, numbers unchanged
+    by_uid = {int(x.split()[4]): x for x in full}
+    assert b"\\Recent" in by_uid[N + 2] and b"\\Recent" not in by_uid[1]
+    assert b"$Late" in by_uid[4] and 3 not in by_uid
+    await raw.close()
+
+
 @pytest.mark.parametrize("command", [b"FETCH 1:* (UID FLAGS)", b"FETCH 1:* FLAGS",
                                      b"UID FETCH 1:* (FLAGS MODSEQ)",
                                      b"FETCH 2:4 (FLAGS RFC822.SIZE INTERNALDATE EMAILID)"])
