@@ -50,7 +50,7 @@ def summarize(raw: Path, top: int = 25) -> str:
     return "\n".join(out)
 
 
-async def run(kind: str, server: str, duration: float, out: Path) -> None:
+async def run(kind: str, server: str, duration: float, out: Path, gil: bool = False) -> None:
     if shutil.which("py-spy") is None:
         raise SystemExit("py-spy not installed: pip install py-spy")
     ds = make_dataset(50, msgs_per_user=200 if kind == "imap" else 0,
@@ -61,7 +61,8 @@ async def run(kind: str, server: str, duration: float, out: Path) -> None:
         spy = await asyncio.to_thread(
             subprocess.Popen, ["py-spy", "record", "-p", str(pid), "-d",
                                str(int(duration) + 1), "-r", "200", "--format", "raw",
-                               "-o", str(out), "--nonblocking", "--nolineno"],
+                               "-o", str(out), "--nonblocking", "--nolineno",
+                               *(["--gil"] if gil else [])],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         if kind == "smtp":
             cell = await run_cell(srv.ports["smtp"], "mx", 10, 4096, duration, ds.users,
@@ -90,9 +91,12 @@ def main() -> None:
     ap.add_argument("--server", default="mailstack-sqlite")
     ap.add_argument("--duration", type=float, default=8.0)
     ap.add_argument("--out", default="")
+    ap.add_argument("--gil", action="store_true",
+                    help="only samples of the thread holding the GIL (what a GIL-bound "
+                         "process spends its one core on)")
     a = ap.parse_args()
     out = Path(a.out or tempfile.mktemp(prefix=f"profile-{a.kind}-", suffix=".txt"))
-    asyncio.run(run(a.kind, a.server, a.duration, out))
+    asyncio.run(run(a.kind, a.server, a.duration, out, a.gil))
     print(f"raw stacks: {out}")
     print(summarize(out))
 

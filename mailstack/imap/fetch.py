@@ -157,7 +157,8 @@ async def fetch(s: Session, c: t.Fetch) -> str | None:
             datas: list[bytes | None] = [None] * len(batch)
             if want_data:
                 datas = list(await s.store.read_messages(
-                    [(m.blob_id, m.prefix) for m in batch], header_only=header_only))
+                    [(m.blob_id, m.prefix) for m in batch], header_only=header_only,
+                    size=sum(m.size for m in batch)))
             sts: list[mime.Message | None] = [None] * len(batch)
             if want_struct:
                 sts = await _batch_structures(s.store, batch, datas, writeback)
@@ -233,7 +234,8 @@ async def _batch_structures(store: Store, batch: list[Message], datas: list[byte
         unread = [i for i in missing if datas[i] is None]
         if unread:
             got = await store.read_messages([(batch[i].blob_id, batch[i].prefix)
-                                             for i in unread])
+                                             for i in unread],
+                                            size=sum(batch[i].size for i in unread))
             for i, d in zip(unread, got, strict=True):
                 datas[i] = d
         parsed = await parse_all([datas[i] or b"" for i in missing])

@@ -288,7 +288,8 @@ async def evaluate(s: Session, key: k.SearchKey) -> list[tuple[int, int]]:
         for i in range(0, len(undecided), size):
             batch = undecided[i:i + size]
             datas = await s.store.read_messages([(c.row.blob_id, c.row.prefix) for c in batch],
-                                                header_only=need == HEADER_ONLY)
+                                                header_only=need == HEADER_ONLY,
+                                                size=sum(c.row.size for c in batch))
             parsed = None
             if need == FULL:
                 cached = await s.store.cached_structures([c.row.id for c in batch])

@@ -93,7 +93,7 @@ class AccountsMixin(StoreBase):
 
     async def get_domain(self, name: str) -> Domain | None:
         row = await self.run_read(lambda conn: conn.execute(select(t.domains).where(
-            t.domains.c.name == name.lower().rstrip("."))).first())
+            t.domains.c.name == name.lower().rstrip("."))).first(), rows=1)
         return Domain(row.id, row.name, row.plan) if row else None
 
     async def list_domains(self) -> list[Domain]:
@@ -233,13 +233,13 @@ class AccountsMixin(StoreBase):
             return None
         row = await self.run_read(lambda conn: conn.execute(
             select(*_address_cols()).join(t.domains).where(and_(
-            t.domains.c.name == domain, t.addresses.c.local_key == local.lower()))).first())
+            t.domains.c.name == domain, t.addresses.c.local_key == local.lower()))).first(), rows=1)
         return _to_address(row) if row else None
 
     async def get_address_by_id(self, address_id: int) -> Address | None:
         row = await self.run_read(lambda conn: conn.execute(
             select(*_address_cols()).join(t.domains).where(
-            t.addresses.c.id == address_id)).first())
+            t.addresses.c.id == address_id)).first(), rows=1)
         return _to_address(row) if row else None
 
     async def list_addresses(self, domain: str | None = None) -> list[Address]:
@@ -253,7 +253,7 @@ class AccountsMixin(StoreBase):
     async def catchall_for(self, domain: str) -> Address | None:
         row = await self.run_read(lambda conn: conn.execute(
             select(*_address_cols()).join(t.domains).where(and_(
-            t.domains.c.name == domain.lower(), t.addresses.c.kind == "catchall"))).first())
+            t.domains.c.name == domain.lower(), t.addresses.c.kind == "catchall"))).first(), rows=1)
         return _to_address(row) if row else None
 
     async def set_password(self, address_id: int, password_hash: str) -> int:
@@ -314,7 +314,7 @@ class AccountsMixin(StoreBase):
         row = await self.run_read(lambda conn: conn.execute(
             select(t.aliases, t.domains.c.name.label("dn")).join(
             t.domains).where(and_(t.domains.c.name == domain,
-                                  t.aliases.c.local_key == local.lower()))).first())
+                                  t.aliases.c.local_key == local.lower()))).first(), rows=1)
         if row is None:
             return None
         return Alias(row.id, row.local_part, row.dn, tuple(json.loads(row.targets)))
@@ -363,7 +363,7 @@ class AccountsMixin(StoreBase):
 
     async def get_user_id(self, login: str) -> int | None:
         return await self.run_read(lambda conn: conn.execute(select(t.users.c.id).where(
-            t.users.c.login == login.lower())).scalar_one_or_none())
+            t.users.c.login == login.lower())).scalar_one_or_none(), rows=1)
 
     async def list_users(self) -> list[tuple[str, list[tuple[str, frozenset[str]]]]]:
         """Every user with its grants: [(login, [(address, permissions)])]."""

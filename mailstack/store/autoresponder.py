@@ -134,7 +134,7 @@ class AutoresponderMixin(StoreBase):
     async def get_autoresponder(self, address_id: int, name: str) -> AutoResponder | None:
         a = t.autoresponders.c
         row = await self.run_read(lambda conn: conn.execute(select(t.autoresponders).where(and_(
-            a.address_id == address_id, a.name == name))).first())
+            a.address_id == address_id, a.name == name))).first(), rows=1)
         return _to_responder(row) if row else None
 
     async def list_autoresponders(self, address_id: int) -> list[AutoResponder]:

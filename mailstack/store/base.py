@@ -28,7 +28,7 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Hashable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,7 +50,7 @@ from .events import (
     decode_event,
     encode_event,
 )
-from .threads import SqliteThreads
+from .threads import INLINE_ROWS, SqliteThreads
 from .writer import GroupWriter
 
 T = TypeVar("T")
@@ -267,6 +267,9 @@ class StoreBase:
         self.writer = GroupWriter(self)  # SQLite: group commit of all write transactions
         # SQLite: whole transactions in one hop to the database's threads (threads.py)
         self._threads = SqliteThreads(url) if self.is_sqlite and engine is None else None
+        # message count of a folder when last read whole (SELECT): says whether the
+        # next whole-folder read is small enough to run without a thread hop
+        self._folder_rows: dict[Hashable, int] = {}
         # Across nodes (PostgreSQL): events also go out with pg_notify inside the
         # transaction, so other nodes get them exactly when the commit happens.
         self.node_id = uuid.uuid4().hex
@@ -436,17 +439,32 @@ class StoreBase:
         except DB_ERRORS as exc:
             raise unavailable(exc) from exc
 
-    async def run_read(self, fn: Callable[..., T], *args: Any) -> T:
+    async def run_read(self, fn: Callable[..., T], *args: Any, rows: int | None = None) -> T:
         """``fn(conn, *args)``: a whole read transaction as one plain function over a
-        synchronous connection. SQLite: one hop to a reader thread (threads.py);
-        PostgreSQL: ``run_sync`` on an async connection (same statements, no thread)."""
+        synchronous connection. SQLite: one hop to a reader thread (threads.py), or,
+        when the caller says it returns at most ``INLINE_ROWS`` rows (``rows``), run
+        right here without a hop; PostgreSQL: ``run_sync`` on an async connection (same
+        statements, no thread)."""
         try:
             if self._threads is not None:
+                if rows is not None and rows <= INLINE_ROWS:
+                    return self._threads.read_here(fn, *args)
                 return await self._threads.read(fn, *args)
             async with self.engine.connect() as conn:
                 return await conn.run_sync(lambda c: fn(c, *args))
         except DB_ERRORS as exc:
             raise unavailable(exc) from exc
+
+    def rows_hint(self, key: Hashable) -> int | None:
+        """How many rows a whole-folder read returned last time (key: a folder id, or
+        (address id, folder name) for SELECT), if known: a hint for
+        ``run_read(rows=...)``; a folder that grew since costs one read on the loop."""
+        return self._folder_rows.get(key)
+
+    def note_rows(self, key: Hashable, count: int) -> None:
+        if len(self._folder_rows) >= 16384:
+            self._folder_rows.clear()  # bounded; hints come back with the next reads
+        self._folder_rows[key] = count
 
     async def run_write(self, fn: Callable[[Connection, list[Event]], T]) -> T:
         """``fn(conn, events)``: a whole write transaction as one plain function; events

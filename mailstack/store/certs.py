@@ -65,7 +65,7 @@ class CertsMixin(StoreBase):
 
     async def load_certificate(self, name: str) -> StoredCertificate | None:
         row = await self.run_read(lambda conn: conn.execute(select(t.tls_certificates).where(
-            t.tls_certificates.c.name == name)).first())
+            t.tls_certificates.c.name == name)).first(), rows=1)
         if row is None:
             return None
         return StoredCertificate(row.cert_pem, row.key_pem, row.updated_at, row.holder,

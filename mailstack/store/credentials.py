@@ -69,7 +69,7 @@ class CredentialsMixin(StoreBase):
             return conn.execute(select(ap.id).where(and_(
                 ap.id == credential, ap.address_id == address_id))).first() is not None
 
-        return await self.run_read(read)
+        return await self.run_read(read, rows=1)
 
     async def revoke_app_password(self, address_id: int, name: str) -> int:
         """Delete the app password ``name``; returns its id. Sessions that logged in
@@ -130,7 +130,7 @@ class CredentialsMixin(StoreBase):
     async def user_credential_epoch(self, user_id: int) -> int | None:
         epoch = await self.run_read(lambda conn: conn.execute(
             select(t.users.c.credential_epoch).where(
-            t.users.c.id == user_id)).scalar_one_or_none())
+            t.users.c.id == user_id)).scalar_one_or_none(), rows=1)
         return None if epoch is None else int(epoch)
 
     async def remove_user(self, user_id: int) -> list[str]:

@@ -379,7 +379,7 @@ class QueueMixin(StoreBase):
     async def queue_row_by_id(self, row_id: int) -> QueueRow | None:
         q = t.outbound_queue.c
         r = await self.run_read(lambda conn: conn.execute(
-            select(t.outbound_queue).where(q.id == row_id)).first())
+            select(t.outbound_queue).where(q.id == row_id)).first(), rows=1)
         return None if r is None else _row(r)
 
     async def retry_now(self, row_id: int | None = None) -> int:

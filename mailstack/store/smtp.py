@@ -339,7 +339,7 @@ class SmtpMixin(MailboxMixin, QueueMixin):
                       q.c.bytes.label("q_bytes"), q.c.messages.label("q_messages")) \
             .select_from(t.domains.outerjoin(a, on).outerjoin(q, q.c.address_id == a.c.id)) \
             .where(t.domains.c.name == name)
-        row = await self.run_read(lambda conn: conn.execute(stmt).first())
+        row = await self.run_read(lambda conn: conn.execute(stmt).first(), rows=1)
         if row is None:
             return None, None, (0, 0)
         found = Domain(row.d_id, row.d_name, row.d_plan)

@@ -110,7 +110,7 @@ class SortKeysMixin(StoreBase):
         r = await self.run_read(lambda conn: conn.execute(select(
             m.id, m.sort_date, m.sort_subject, m.sort_reply, m.sort_from, m.sort_to,
             m.sort_cc, m.sort_dfrom, m.sort_dto, m.thread_id, m.thread_refs).where(
-            and_(m.folder_id == folder_id, m.uid == uid))).first())
+            and_(m.folder_id == folder_id, m.uid == uid))).first(), rows=1)
         if r is None or r[1] is None:
             return None
         return SortKeyRow(r[0], r[1], r[2], bool(r[3]), *r[4:])

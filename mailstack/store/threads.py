@@ -14,7 +14,9 @@ Implementation notes (invariants):
   locks and the store's writer lock order them.
 - Reads run on a small pool of reader threads, each transaction ``BEGIN DEFERRED`` (one
   snapshot for all its statements, WAL readers never wait for the writer) and rolled
-  back at the end. Several reads run in parallel; the event loop only waits.
+  back at the end. Several reads run in parallel; the event loop only waits. A read
+  its caller knows to be small (``INLINE_ROWS``: single rows by key, a few hundred
+  message rows) runs on the event loop's own thread instead, without a hop.
 - Writes run on ONE writer thread, only ever called by the group writer
   (``writer.py``), which holds the writer lock around the call; see there for
   grouping, savepoints and durability.
@@ -39,6 +41,10 @@ T = TypeVar("T")
 
 READERS = 4  # reader threads: SQLite releases the GIL while it reads, and a long read
 # (FETCH 1:* of a big mailbox) must not hold up the small ones behind it
+INLINE_ROWS = 1000  # a read known to return at most this many rows runs right on the
+# calling thread (the event loop): ~1 ms at most from the page cache, where a hop to a
+# reader thread and back costs two wake-ups and two hand-overs of the GIL, which under
+# load cost more than small reads themselves (bench/README.md "Small reads inline")
 
 
 class SqliteThreads:
@@ -54,6 +60,11 @@ class SqliteThreads:
     def _read_tx(self, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
         with self.engine.connect() as conn:
             return fn(conn, *args)
+
+    def read_here(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(conn, *args)`` in one read transaction on the calling thread: only for
+        reads bounded by ``INLINE_ROWS`` (WAL readers never wait for the writer)."""
+        return self._read_tx(fn, args)
 
     async def read(self, fn: Callable[..., T], *args: Any) -> T:
         """``fn(conn, *args)`` in one read transaction on a reader thread."""

@@ -46,7 +46,7 @@ class TransportMixin(StoreBase):
     async def get_mta_sts_policy(self, domain: str) -> CachedStsPolicy | None:
         c = t.mta_sts_policies.c
         row = await self.run_read(lambda conn: conn.execute(select(t.mta_sts_policies).where(
-            c.domain == domain.lower())).first())
+            c.domain == domain.lower())).first(), rows=1)
         if row is None:
             return None
         return CachedStsPolicy(row.domain, row.policy_id, row.policy_text, row.fetched_at,
@@ -125,5 +125,5 @@ class TransportMixin(StoreBase):
         """(sent_at, summary) of ``day``'s reports; sent_at 0 while not sent."""
         c = t.tls_report_days.c
         row = await self.run_read(lambda conn: conn.execute(select(c.sent_at, c.summary).where(
-            c.day == day)).first())
+            c.day == day)).first(), rows=1)
         return None if row is None else (float(row.sent_at), str(row.summary))

@@ -105,12 +105,12 @@ class UsersMixin(StoreBase):
     # --- users ----------------------------------------------------------------------
     async def get_user(self, login: str) -> User | None:
         row = await self.run_read(lambda conn: conn.execute(select(t.users).where(
-            t.users.c.login == login.strip().lower())).first())
+            t.users.c.login == login.strip().lower())).first(), rows=1)
         return _to_user(row) if row else None
 
     async def get_user_by_id(self, user_id: int) -> User | None:
         row = await self.run_read(lambda conn: conn.execute(
-            select(t.users).where(t.users.c.id == user_id)).first())
+            select(t.users).where(t.users.c.id == user_id)).first(), rows=1)
         return _to_user(row) if row else None
 
     async def user_grants(self, user_id: int) -> list[Grant]:
@@ -287,7 +287,7 @@ class UsersMixin(StoreBase):
 
     async def get_web_session(self, token_hash: str) -> WebSession | None:
         row = await self.run_read(lambda conn: conn.execute(select(t.web_sessions).where(
-            t.web_sessions.c.token_hash == token_hash)).first())
+            t.web_sessions.c.token_hash == token_hash)).first(), rows=1)
         if row is None:
             return None
         return WebSession(row.token_hash, int(row.user_id), row.stage, row.csrf,
@@ -312,7 +312,7 @@ class UsersMixin(StoreBase):
 
     async def web_session_count(self, user_id: int) -> int:
         return await self.run_read(lambda conn: int(conn.execute(select(func.count()).select_from(
-            t.web_sessions).where(t.web_sessions.c.user_id == user_id)).scalar_one()))
+            t.web_sessions).where(t.web_sessions.c.user_id == user_id)).scalar_one()), rows=1)
 
     async def prune_web_sessions(self, idle_before: float, created_before: float) -> int:
         async with self._write() as (conn, _):

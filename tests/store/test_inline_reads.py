@@ -1,0 +1,132 @@
+"""SQLite reads known to be small run on the calling thread (the event loop), bigger
+ones and ones of unknown size on a reader thread (store/threads.py ``INLINE_ROWS``); a
+folder's whole-folder reads go by the message count SELECT last saw; a few small
+message files are read without a thread hop, more or bigger ones in a thread.
+
+Which thread ran a read is observed by wrapping the store's two ways of running it."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mailstack.store import Store
+from mailstack.store import base as base_module
+from mailstack.store import imap as imap_module
+
+
+@pytest.fixture
+async def sq(tmp_path: Path) -> Any:
+    s = Store(f"sqlite+aiosqlite:///{tmp_path / 'm.db'}", tmp_path / "blobs")
+    await s.open()
+    await s.add_domain("example.com", "standard")
+    addr = await s.add_address("anna", "example.com")
+    yield s, addr
+    await s.close()
+
+
+def _spy(store: Store, monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
+    """Record (how, thread id) of every read transaction from now on."""
+    seen: list[tuple[str, int]] = []
+    threads = store._threads
+    assert threads is not None
+    real_tx = threads._read_tx
+
+    def read_here(fn: Any, *args: Any) -> Any:
+        seen.append(("here", threading.get_ident()))
+        return real_tx(fn, args)
+
+    def read_tx(fn: Any, args: Any) -> Any:
+        seen.append(("thread", threading.get_ident()))
+        return real_tx(fn, args)
+
+    monkeypatch.setattr(threads, "read_here", read_here)
+    monkeypatch.setattr(threads, "_read_tx", read_tx)
+    return seen
+
+
+def _msg(i: int) -> bytes:
+    return f"Subject: m{i}\r\n\r\nbody {i}\r\n".encode()
+
+
+async def test_small_reads_run_on_the_loop_big_ones_in_a_thread(
+        sq: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    store, addr = sq
+    monkeypatch.setattr(base_module, "INLINE_ROWS", 5)
+    inbox = await store.get_folder(addr.id, "INBOX")
+    assert inbox is not None
+    for i in range(8):
+        await store.append(inbox.id, _msg(i))
+    loop_thread = threading.get_ident()
+    seen = _spy(store, monkeypatch)
+
+    got = await store.get_folder(addr.id, "INBOX")  # one row by key
+    assert got is not None and got.id == inbox.id and got.uidnext == 9
+    assert seen == [("here", loop_thread)]
+    seen.clear()
+    rows = await store.flag_rows(inbox.id, [1, 2, 3])  # three UIDs: at most three rows
+    assert [r[0] for r in rows] == [1, 2, 3] and seen == [("here", loop_thread)]
+    seen.clear()
+    rows = await store.flag_rows(inbox.id, range(1, 8))  # seven: more than 5
+    assert len(rows) == 7 and seen[0][0] == "thread" and seen[0][1] != loop_thread
+    seen.clear()
+
+    # a whole-folder read: unknown size until SELECT has counted the folder
+    assert len(await store.message_rows(inbox.id)) == 8
+    assert seen[0][0] == "thread"
+    seen.clear()
+    opened = await store.select_folder(addr.id, "INBOX")
+    assert opened is not None and len(opened.uids) == 8 and seen[0][0] == "thread"
+    seen.clear()
+    await store.message_rows(inbox.id)  # 8 > 5: still a thread, now known
+    await store.select_folder(addr.id, "INBOX")
+    assert [how for how, _ in seen] == ["thread", "thread"]
+    seen.clear()
+
+    # after an EXPUNGE down to 3 messages, SELECT counts 3 and the next reads stay here
+    await store.store_flags(inbox.id, list(range(1, 6)), ["\\Deleted"], "add")
+    assert await store.expunge(inbox.id) == [1, 2, 3, 4, 5]
+    seen.clear()
+    opened = await store.select_folder(addr.id, "INBOX")  # hint still 8: a thread
+    assert opened is not None and opened.uids == [6, 7, 8]
+    assert [how for how, _ in seen] == ["thread"]
+    seen.clear()
+    assert [u for u, _ in await store.uids_by_flags(inbox.id, 0, 0)] == [6, 7, 8]
+    assert (await store.select_folder(addr.id, "INBOX")) is not None
+    assert [r.uid for r in await store.message_rows(inbox.id)] == [6, 7, 8]
+    assert seen == [("here", loop_thread)] * 3
+
+
+async def test_a_few_small_files_are_read_without_a_hop(
+        sq: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    store, addr = sq
+    inbox = await store.get_folder(addr.id, "INBOX")
+    assert inbox is not None
+    for i in range(3):
+        await store.append(inbox.id, _msg(i))
+    msgs = await store.get_messages(inbox.id, [1, 2, 3])
+    hops: list[int] = []
+    real = asyncio.to_thread
+
+    async def to_thread(fn: Any, *a: Any, **kw: Any) -> Any:
+        hops.append(1)
+        return await real(fn, *a, **kw)
+
+    monkeypatch.setattr(imap_module.asyncio, "to_thread", to_thread)
+    items = [(m.blob_id, m.prefix) for m in msgs]
+    total = sum(m.size for m in msgs)
+    assert await store.read_messages(items, size=total) == [_msg(i) for i in range(3)]
+    assert hops == []
+    monkeypatch.setattr(imap_module, "INLINE_FILES", 2)  # more files than that: a hop
+    assert await store.read_messages(items, size=total) == [_msg(i) for i in range(3)]
+    assert hops == [1]
+    monkeypatch.setattr(imap_module, "INLINE_FILES", 32)
+    assert await store.read_messages(items) == [_msg(i) for i in range(3)]  # size unknown
+    assert hops == [1, 1]
+    monkeypatch.setattr(imap_module, "INLINE_BYTES", total - 1)  # bigger than that: a hop
+    assert await store.read_messages(items, size=total) == [_msg(i) for i in range(3)]
+    assert hops == [1, 1, 1]
