@@ -20,6 +20,7 @@ Invariants:
 from __future__ import annotations
 
 import binascii
+import functools
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -176,8 +177,38 @@ def header_fields(msg: bytes, names: tuple[str, ...] | list[str], negate: bool =
     """BODY[HEADER.FIELDS (names)] / HEADER.FIELDS.NOT of a message or header block.
 
     Returns the matching fields byte-for-byte (with their folding) followed by the
-    blank line (RFC 3501 §6.4.5). Names compare case-insensitively.
+    blank line (RFC 3501 §6.4.5). Names compare case-insensitively. HEADER.FIELDS of
+    plain names is one regular-expression scan (SEARCH HEADER and FETCH of a few fields
+    on every message: the line-by-line walk below cost ~15 us a message); the same
+    bytes as the walk, which ``tests/test_mime.py`` checks on random headers.
     """
+    pattern = None if negate else _fields_pattern(frozenset(n.lower() for n in names))
+    if pattern is not None:
+        hend = _split_header(msg, 0, len(msg))
+        out = [m.group() for m in pattern.finditer(msg, 0, hend)]
+        if out and not out[-1].endswith(b"\n"):
+            out[-1] += b"\r\n"
+        out.append(b"\r\n")
+        return b"".join(out)
+    return header_fields_walk(msg, names, negate)
+
+
+@functools.lru_cache(maxsize=256)
+def _fields_pattern(names: frozenset[str]) -> re.Pattern[bytes] | None:
+    """A field line of one of ``names`` with its continuation lines; None for a name a
+    pattern cannot stand for exactly (non-ASCII, empty, white space or colon in it)."""
+    if not names or any(not n or not n.isascii() or n != n.strip() or ":" in n
+                        or "\n" in n or "\r" in n for n in names):
+        return None
+    alternatives = b"|".join(re.escape(n.encode()) for n in sorted(names))
+    # before the colon: what str.strip() takes off a latin-1 name, as the walk does
+    return re.compile(rb"^(?:" + alternatives + rb")[ \t\r\x0b\x0c\x1c-\x1f\x85\xa0]*:"
+                      rb"[^\n]*\n?(?:[ \t][^\n]*\n?)*", re.IGNORECASE | re.MULTILINE)
+
+
+def header_fields_walk(msg: bytes, names: tuple[str, ...] | list[str] | frozenset[str],
+                       negate: bool = False) -> bytes:
+    """``header_fields`` line by line (HEADER.FIELDS.NOT, and names no pattern fits)."""
     wanted = {n.lower() for n in names}
     hend = _split_header(msg, 0, len(msg))
     out: list[bytes] = []

@@ -2,6 +2,7 @@
 §7.4.2; RFC 9051 §7.5.2; docs/behaviour.md §12 "header and MIME bombs")."""
 
 import json
+import random
 import sys
 
 from mailstack.imap.structure import imap_string, render_body, render_envelope
@@ -12,6 +13,7 @@ from mailstack.mime import (
     find_part,
     from_json,
     header_fields,
+    header_fields_walk,
     parse_message,
     section_bytes,
     to_json,
@@ -233,6 +235,40 @@ def test_header_fields() -> None:
     assert header_fields(data, ["nope"]) == b"\r\n"
     msg = parse_message(data)
     assert section_bytes(data, msg, (), "HEADER.FIELDS", ("subject",)) == b"Subject: s\r\n\r\n"
+
+
+def test_header_fields_pattern_matches_the_line_walk() -> None:
+    """HEADER.FIELDS by pattern gives the line walk's bytes on random header blocks:
+    folding with spaces and tabs, CRLF and bare LF, white space before the colon, lines
+    without a colon, no blank line, no final newline, a body that looks like fields."""
+    rng = random.Random(7)
+    names = ["Subject", "FROM", "to", "X-Long", "Sub ject", "Date", "x-a.b+c"]
+    pieces = [b"Subject", b"subject ", b"FROM", b"From\t", b"To", b"X-Long", b"Sub ject",
+              b"Subject-Extra", b"Date", b"x-a.b+c", b"X-A.B+C\x0c", b"no colon here",
+              b"Subj\xc9ct", b""]
+    for _ in range(3000):
+        lines = []
+        for _ in range(rng.randrange(0, 8)):
+            name = rng.choice(pieces)
+            line = name + (b": value" if b"colon" not in name else b"") + b" %d" % rng.randrange(99)
+            lines.append(line)
+            for _ in range(rng.choice((0, 0, 1, 2))):
+                lines.append(rng.choice((b" ", b"\t")) + b"more")
+            if rng.random() < 0.1:
+                lines.append(b" leading continuation")
+        eol = rng.choice((b"\r\n", b"\n"))
+        data = eol.join(lines)
+        ending = rng.randrange(4)
+        if ending == 0:
+            data += eol + eol + b"Subject: in the body" + eol
+        elif ending == 1:
+            data += eol
+        elif ending == 2:
+            data = eol + data
+        wanted = rng.sample(names, rng.randrange(1, 4))
+        assert header_fields(data, wanted) == header_fields_walk(data, wanted), (data, wanted)
+    assert header_fields(b"A: 1\r\n:x\r\n\r\n", [""]) == b"\r\n"  # empty name: walk
+    assert header_fields(b"\xc9: 1\r\n\r\n", ["\xe9"]) == b"\xc9: 1\r\n\r\n"  # latin-1
 
 
 def test_transfer_decoding() -> None:

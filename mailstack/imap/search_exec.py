@@ -105,6 +105,8 @@ def has_flag(row: MsgRow, flag: str) -> bool:
 
 
 def _decode_header(value: str) -> str:
+    if "=?" not in value:  # no encoded word (RFC 2047 §2): the text as it is
+        return value
     try:
         return str(email.header.make_header(email.header.decode_header(value)))
     except Exception:  # malformed encoded words: match on the raw text
