@@ -66,7 +66,11 @@ def _address_cols() -> list[Any]:
 
 
 def _to_address(row: Any) -> Address:
-    m = row._mapping
+    return address_from(row._mapping)
+
+
+def address_from(m: Mapping[str, Any]) -> Address:
+    """An Address from the columns of ``_address_cols`` by name."""
     return Address(id=m["id"], domain_id=m["domain_id"], local_part=m["local_part"],
                    domain=m["domain_name"], kind=m["kind"], display_name=m["display_name"],
                    password_hash=m["password_hash"],

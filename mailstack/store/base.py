@@ -50,7 +50,7 @@ from .events import (
     decode_event,
     encode_event,
 )
-from .threads import INLINE_ROWS, SqliteThreads
+from .threads import INLINE_ROWS, Prepared, SqliteThreads
 from .writer import GroupWriter
 
 T = TypeVar("T")
@@ -454,6 +454,19 @@ class StoreBase:
                 return await conn.run_sync(lambda c: fn(c, *args))
         except DB_ERRORS as exc:
             raise unavailable(exc) from exc
+
+    async def read_prepared(self, prepared: Prepared, **params: Any) -> dict[str, Any] | None:
+        """The first row of a prepared read (threads.Prepared) as a dict, None if none.
+        SQLite: right here on a plain connection (a one-row read by key); PostgreSQL:
+        an ordinary read."""
+        try:
+            if self._threads is not None:
+                return self._threads.read_prepared(prepared, params)
+            async with self.engine.connect() as conn:
+                row = (await conn.execute(prepared.stmt, params)).first()
+        except DB_ERRORS as exc:
+            raise unavailable(exc) from exc
+        return None if row is None else dict(row._mapping)
 
     def rows_hint(self, key: Hashable) -> int | None:
         """How many rows a whole-folder read returned last time (key: a folder id, or

@@ -42,15 +42,26 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, and_, case, insert, literal, select, tuple_, update
+from sqlalchemy import (
+    Boolean,
+    Connection,
+    and_,
+    bindparam,
+    case,
+    insert,
+    select,
+    tuple_,
+    update,
+)
 
 from . import schema as t
-from .accounts import _address_cols, _to_address, split_address
+from .accounts import _address_cols, address_from, split_address
 from .base import Address, Domain, Message, NotFound, flags_from_db, flags_to_db
 from .events import Event, MessagesAdded
 from .mailbox import DeliveryTarget, MailboxMixin
 from .queue import NO_DSN, DsnRequest, QueueMixin, queue_row
 from .sortkeys import HeaderKeys, key_values
+from .threads import Prepared
 
 log = logging.getLogger("mailstack.store")
 
@@ -108,6 +119,21 @@ class _Copy:
     prefix: bytes
     flags: frozenset[str]
     keys: HeaderKeys | None
+
+
+# RCPT routing facts of one recipient in one statement (``rcpt_facts``): the domain,
+# the address when ``same`` (the key is in that domain), its storage counter
+_RCPT_ON = and_(t.addresses.c.domain_id == t.domains.c.id,
+                t.addresses.c.local_key == bindparam("local"),
+                bindparam("same", type_=Boolean))
+_RCPT_FACTS = Prepared(
+    select(t.domains.c.id.label("d_id"), t.domains.c.name.label("d_name"),
+           t.domains.c.plan.label("d_plan"), *_address_cols(),
+           t.quota_usage.c.bytes.label("q_bytes"),
+           t.quota_usage.c.messages.label("q_messages"))
+    .select_from(t.domains.outerjoin(t.addresses, _RCPT_ON).outerjoin(
+        t.quota_usage, t.quota_usage.c.address_id == t.addresses.c.id))
+    .where(t.domains.c.name == bindparam("name")))
 
 
 class SmtpMixin(MailboxMixin, QueueMixin):
@@ -331,21 +357,15 @@ class SmtpMixin(MailboxMixin, QueueMixin):
             local, key_domain = split_address(key)
         except NotFound:
             local, key_domain = "", ""
-        a, q = t.addresses, t.quota_usage
-        on = and_(a.c.domain_id == t.domains.c.id, a.c.local_key == local.lower(),
-                  literal(key_domain == name))
-        stmt = select(t.domains.c.id.label("d_id"), t.domains.c.name.label("d_name"),
-                      t.domains.c.plan.label("d_plan"), *_address_cols(),
-                      q.c.bytes.label("q_bytes"), q.c.messages.label("q_messages")) \
-            .select_from(t.domains.outerjoin(a, on).outerjoin(q, q.c.address_id == a.c.id)) \
-            .where(t.domains.c.name == name)
-        row = await self.run_read(lambda conn: conn.execute(stmt).first(), rows=1)
+        row = await self.read_prepared(_RCPT_FACTS, name=name, local=local.lower(),
+                                       same=key_domain == name)
         if row is None:
             return None, None, (0, 0)
-        found = Domain(row.d_id, row.d_name, row.d_plan)
-        if row._mapping["id"] is None:
+        found = Domain(row["d_id"], row["d_name"], row["d_plan"])
+        if row["id"] is None:
             return found, None, (0, 0)
-        return found, _to_address(row), (int(row.q_bytes or 0), int(row.q_messages or 0))
+        return found, address_from(row), (int(row["q_bytes"] or 0),
+                                          int(row["q_messages"] or 0))
 
     async def addresses_granted_to(self, login: str, permission: str) -> list[str]:
         """Addresses a user whose login is ``login`` holds ``permission`` on."""

@@ -8,6 +8,7 @@ Which thread ran a read is observed by wrapping the store's two ways of running 
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 from pathlib import Path
 from typing import Any
@@ -130,3 +131,42 @@ async def test_a_few_small_files_are_read_without_a_hop(
     monkeypatch.setattr(imap_module, "INLINE_BYTES", total - 1)  # bigger than that: a hop
     assert await store.read_messages(items, size=total) == [_msg(i) for i in range(3)]
     assert hops == [1, 1, 1]
+
+
+async def test_prepared_reads_answer_like_the_store_and_never_share_across_fork(
+        sq: Any) -> None:
+    """RCPT facts through the prepared statement: a hosted address with its counter,
+    an unknown local part, a key of another domain, an unhosted domain. A process
+    forked after a prepared read opens its own connection (a SQLite connection must
+    not cross fork(2))."""
+    store, addr = sq
+    inbox = await store.get_folder(addr.id, "INBOX")
+    assert inbox is not None
+    await store.append(inbox.id, _msg(1))
+    domain, found, usage = await store.rcpt_facts("Example.COM.", "anna@example.com")
+    assert domain is not None and domain.name == "example.com"
+    assert found is not None and found.id == addr.id and found.domain == "example.com"
+    assert usage == (len(_msg(1)), 1)
+    domain, found, usage = await store.rcpt_facts("example.com", "nobody@example.com")
+    assert domain is not None and found is None and usage == (0, 0)
+    domain, found, _ = await store.rcpt_facts("example.com", "anna@example.org")
+    assert domain is not None and found is None
+    assert await store.rcpt_facts("example.org", "anna@example.org") == (None, None, (0, 0))
+
+    threads = store._threads
+    assert threads is not None and len(threads._conns) == 1
+    from mailstack.store.smtp import _RCPT_FACTS
+    params = {"name": "example.com", "local": "anna", "same": True}
+    pid = os.fork()
+    if pid == 0:  # the child: no event loop, plain calls
+        ok = False
+        try:
+            row = threads.read_prepared(_RCPT_FACTS, params)
+            ok = row is not None and row["id"] == addr.id and len(threads._conns) == 2 \
+                and threads._local.conn[0] == os.getpid()
+        finally:
+            os._exit(0 if ok else 1)
+    _, status = await asyncio.to_thread(os.waitpid, pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert threads.read_prepared(_RCPT_FACTS, params) is not None
+    assert len(threads._conns) == 1  # the parent's own, reused
