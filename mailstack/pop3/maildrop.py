@@ -199,7 +199,7 @@ class Maildrop:
         """The message in wire form; None if another session expunged it meanwhile
         (the presence check and the read are one store call)."""
         data = await store.present_message_bytes(self.folder_id, entry.message.uid,
-                                                 entry.message.id)
+                                                 entry.message.id, entry.message.size)
         if data is None:
             return None
         if len(data) > 1 << 20:

@@ -32,12 +32,11 @@ from .base import SEEN_BIT, Folder, InsufficientStorage, Message, Unavailable
 from .blobs import BlobError
 from .mailbox import DeliveryTarget, MailboxMixin, _folder, normalize_folder_name
 from .sortkeys import HeaderKeys
+from .threads import INLINE_BYTES, INLINE_FILES
 
 log = logging.getLogger("mailstack.store")
 
 CHUNK = 500
-INLINE_FILES = 32  # read_messages: at most this many files, of at most INLINE_BYTES
-INLINE_BYTES = 256 * 1024  # together, are read on the calling thread
 _BLANK = re.compile(rb"\n\r?\n")
 _HEADER_READ = 16 * 1024
 

@@ -57,6 +57,7 @@ from .base import (
 from .blobs import BlobError
 from .events import FlagsChanged, FolderChanged, MessagesAdded, MessagesExpunged
 from .sortkeys import KEY_COLUMNS, HeaderKeys, key_values
+from .threads import INLINE_BYTES
 
 
 def normalize_folder_name(name: str) -> str:
@@ -417,11 +418,12 @@ class MailboxMixin(StoreBase):
         # SQLAlchemy rows and records: ~4x the cost of a plain row (threads.INLINE_ROWS)
         return await self.run_read(_get_messages, folder_id, uid_list, rows=4 * len(uid_list))
 
-    async def present_message_bytes(self, folder_id: int, uid: int, message_id: int
-                                    ) -> bytes | None:
+    async def present_message_bytes(self, folder_id: int, uid: int, message_id: int,
+                                    size: int | None = None) -> bytes | None:
         """The bytes of message ``message_id`` (UID ``uid`` of the folder), or None when
         it is no longer there (expunged by another session): the presence check and the
-        file read in ONE hop to a reader thread (POP3 RETR/TOP)."""
+        file read in ONE hop to a reader thread (POP3 RETR/TOP); without a hop when the
+        caller knows the message is small (``size`` up to threads.INLINE_BYTES)."""
         m = t.messages.c
         q = select(m.blob_id, m.prefix).where(and_(
             m.folder_id == folder_id, m.uid == uid, m.id == message_id))
@@ -433,8 +435,9 @@ class MailboxMixin(StoreBase):
             body = self.blobs.get_sync(row.blob_id)
             return bytes(row.prefix) + body if row.prefix else body
 
+        small = size is not None and size <= INLINE_BYTES
         try:
-            return await self.run_read(read)
+            return await self.run_read(read, rows=1 if small else None)
         except BlobError as exc:
             raise Unavailable(str(exc)) from exc
 

@@ -47,6 +47,8 @@ INLINE_ROWS = 1000  # a read known to return at most this many rows runs right o
 # calling thread (the event loop): ~1 ms at most from the page cache, where a hop to a
 # reader thread and back costs two wake-ups and two hand-overs of the GIL, which under
 # load cost more than small reads themselves (bench/README.md "Small reads inline")
+INLINE_FILES = 32  # message files: at most this many, of at most INLINE_BYTES together,
+INLINE_BYTES = 256 * 1024  # are read on the calling thread (~15 us a file when cached)
 
 
 class Prepared:

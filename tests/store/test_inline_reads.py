@@ -170,3 +170,22 @@ async def test_prepared_reads_answer_like_the_store_and_never_share_across_fork(
     assert os.waitstatus_to_exitcode(status) == 0
     assert threads.read_prepared(_RCPT_FACTS, params) is not None
     assert len(threads._conns) == 1  # the parent's own, reused
+
+
+async def test_pop3_message_read_without_a_hop_when_small(
+        sq: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """POP3 RETR's presence check + file read: on the loop for a message the caller
+    says is small, in a thread otherwise; None once the message is gone either way."""
+    store, addr = sq
+    inbox = await store.get_folder(addr.id, "INBOX")
+    assert inbox is not None
+    msg = await store.append(inbox.id, _msg(1))
+    seen = _spy(store, monkeypatch)
+    assert await store.present_message_bytes(inbox.id, msg.uid, msg.id, msg.size) == _msg(1)
+    assert await store.present_message_bytes(inbox.id, msg.uid, msg.id) == _msg(1)
+    big = imap_module.INLINE_BYTES + 1
+    assert await store.present_message_bytes(inbox.id, msg.uid, msg.id, big) == _msg(1)
+    assert [how for how, _ in seen] == ["here", "thread", "thread"]
+    await store.store_flags(inbox.id, [msg.uid], ["\\Deleted"], "add")
+    await store.expunge(inbox.id)
+    assert await store.present_message_bytes(inbox.id, msg.uid, msg.id, msg.size) is None
