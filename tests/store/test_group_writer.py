@@ -9,10 +9,12 @@ runs, so they form one group without any timing assumption.
 from __future__ import annotations
 
 import asyncio
+import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 
 from mailstack.store import DeliveryTarget, MessagesAdded, NotFound, Store, Unavailable
@@ -161,3 +163,29 @@ async def test_function_jobs_and_async_bodies_alternate_in_queue_order(sq: Any) 
     assert store.writer.stats.groups == before + 3
     assert [r[0].uid for r in (results[0], results[1], results[3])] == [1, 2, 3]
     assert await store.get_folder(addr.id, "Work") is not None
+
+
+async def test_a_function_job_cancelled_in_its_group_is_still_committed(sq: Any) -> None:
+    """Cancelled while its group runs on the writer thread: the caller hears
+    CancelledError, the change is committed all the same (as with a shield), and the
+    writer goes on with the next job."""
+    store, _addr, inbox = sq
+    started, release = threading.Event(), threading.Event()
+
+    def slow(conn: Any, _events: list[Any]) -> int:
+        started.set()
+        release.wait(10)
+        conn.execute(text("UPDATE folders SET first_recent_uid = 77 WHERE id = :i"),
+                     {"i": inbox.id})
+        return 1
+
+    job = asyncio.ensure_future(store.run_write(slow))
+    assert await asyncio.to_thread(started.wait, 10)
+    job.cancel()
+    await asyncio.sleep(0)
+    release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await job
+    await store.append(inbox.id, msg(1))  # the writer goes on
+    assert await store.run_read(lambda conn: conn.execute(text(
+        "SELECT first_recent_uid FROM folders WHERE id = :i"), {"i": inbox.id}).scalar()) == 77
