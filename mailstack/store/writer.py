@@ -74,13 +74,11 @@ class _FnJob:
     """A plain function to run in the group's transaction on the writer thread."""
 
     fn: Callable[[Connection, list[Event]], Any]
-    # what the caller awaits: its result (or error), set after the COMMIT; cancelled
-    # with the caller (then the job is skipped if not yet in a group, else its result
-    # is dropped: the change is committed and published all the same)
-    future: asyncio.Future[Any]
+    future: asyncio.Future[Any]  # its result (or error), set after the COMMIT
     events: list[Event] = field(default_factory=list)
     result: Any = None
     error: BaseException | None = None
+    waiter: asyncio.Future[Any] | None = None  # the caller's (shielded) wait
 
 
 T = TypeVar("T")
@@ -168,11 +166,12 @@ class GroupWriter:
         if self._task is None or self._task.done():
             self._task = loop.create_task(self._run())
         self._wake.set()
-        # like a shield, with one wake-up less: a caller cancelled once its job is in a
-        # group still leaves its change to be committed and published by the writer; it
-        # just does not hear about it. Cancelled before that, the job is skipped.
+        # shielded: a caller cancelled once its job is in a group still leaves its change
+        # to be committed and published by the writer; it just does not hear about it.
+        # Cancelled before that (its wait is cancelled at once), the job is skipped.
+        job.waiter = asyncio.shield(job.future)
         try:
-            return await job.future
+            return await job.waiter
         except DB_ERRORS as exc:
             raise unavailable(exc) from exc
 
@@ -209,7 +208,7 @@ class GroupWriter:
                 and len(jobs) < self.max_members:
             job = self.queue.popleft()
             assert isinstance(job, _FnJob)
-            if not job.future.cancelled():
+            if job.waiter is None or not job.waiter.cancelled():
                 jobs.append(job)
         if not jobs:
             return
