@@ -262,7 +262,9 @@ async def _flag_lines(s: Session, c: t.Fetch, uids: list[int], names: list[str])
         rows = [r for r in rows if r[1] > c.changedsince]
     fmt = b"* %d FETCH (" + b" ".join(_FLAG_ITEMS[n][0] for n in names) + b")\r\n"
     pick = operator.itemgetter(0, *(_FLAG_ITEMS[n][1] for n in names))
-    flag_text: dict[tuple[int, str], bytes] = {}
+    # the flag list of each (flags, keywords, recent) once; recent: RFC 3501 §2.3.2
+    # (IMAP4rev1 sessions; every message of a mailbox nobody has opened yet)
+    flag_text: dict[tuple[int, str, bool], bytes] = {}
     recent = view.recent
     # rows and the view are both ascending by UID: a full view numbers them in order
     seqs: Iterable[int | None] = (range(1, len(rows) + 1) if len(rows) == view.exists
@@ -271,13 +273,12 @@ async def _flag_lines(s: Session, c: t.Fetch, uids: list[int], names: list[str])
     for (uid, modseq, flags, keywords), seq in zip(rows, seqs, strict=True):
         if seq is None:
             continue
-        text = flag_text.get((flags, keywords))
+        key = (flags, keywords, uid in recent)
+        text = flag_text.get(key)
         if text is None:
             current = flags_from_db(flags, keywords)
             out += view.announce(current)  # RFC 3501 §7.2.6
-            text = flag_text[(flags, keywords)] = respond.flag_list(current).encode()
-        if recent and uid in recent:  # RFC 3501 §2.3.2, IMAP4rev1 sessions
-            text = view.flags_text(uid, flags_from_db(flags, keywords)).encode()
+            text = flag_text[key] = view.flags_text(uid, current).encode()
         out.append(fmt % pick((seq, uid, modseq, text)))
         if len(out) >= 4096:
             s.send(b"".join(out))
