@@ -50,6 +50,7 @@ from .events import (
     decode_event,
     encode_event,
 )
+from .flagcache import FlagCache
 from .threads import INLINE_ROWS, Prepared, SqliteThreads
 from .writer import GroupWriter
 
@@ -270,6 +271,7 @@ class StoreBase:
         # message count of a folder when last read whole (SELECT): says whether the
         # next whole-folder read is small enough to run without a thread hop
         self._folder_rows: dict[Hashable, int] = {}
+        self.flag_cache = FlagCache()  # flags of big folders, by MODSEQ (flagcache.py)
         # Across nodes (PostgreSQL): events also go out with pg_notify inside the
         # transaction, so other nodes get them exactly when the commit happens.
         self.node_id = uuid.uuid4().hex

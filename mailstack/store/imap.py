@@ -27,12 +27,13 @@ from typing import Any, NamedTuple
 
 from sqlalchemy import Connection, and_, bindparam, delete, func, insert, select, update
 
+from . import flagcache
 from . import schema as t
 from .base import SEEN_BIT, Folder, InsufficientStorage, Message, Unavailable
 from .blobs import BlobError
 from .mailbox import DeliveryTarget, MailboxMixin, _folder, normalize_folder_name
 from .sortkeys import HeaderKeys
-from .threads import INLINE_BYTES, INLINE_FILES
+from .threads import INLINE_BYTES, INLINE_FILES, INLINE_ROWS
 
 log = logging.getLogger("mailstack.store")
 
@@ -98,7 +99,7 @@ _SQLITE_BLOB = ", blob_id, COALESCE(prefix, X'')"
 # (bench/README.md "Narrow flag rows": 10,000 rows of these read in 2.9 ms, of
 # _SQLITE_META in 7.7 ms)
 _SQLITE_FLAGS = "uid, modseq, flags, keywords"
-FlagRow = tuple[int, int, int, str]  # uid, modseq, flags bitmask, keywords
+FlagRow = flagcache.FlagRow
 
 
 def _sqlite_select(conn: Connection, cols: str, uid_pos: int, folder_id: int,
@@ -132,6 +133,57 @@ def _sqlite_rows(conn: Connection, folder_id: int, uid_list: list[int] | None,
 def _dense(uids: list[int]) -> bool:
     """A sorted UID list worth reading as one range (then filtered) rather than by IN."""
     return len(uids) > CHUNK and len(uids) * 2 >= uids[-1] - uids[0] + 1
+
+
+_GONE = object()  # _flag_delta: the folder no longer exists
+_DELTA_MAX = INLINE_ROWS  # more changed rows than this: the whole folder is read again
+
+
+def _folder_state(conn: Connection, folder_id: int) -> Any:
+    f = t.folders.c
+    return conn.execute(select(f.highestmodseq, f.uidvalidity).where(
+        f.id == folder_id)).first()
+
+
+def _flag_delta(conn: Connection, folder_id: int, since: tuple[int, int]
+                ) -> flagcache.Refresh | object | None:
+    """The rows changed and the UIDs expunged above the kept MODSEQ (flagcache.py),
+    HIGHESTMODSEQ read first; None when too many changed (read the whole folder),
+    _GONE when the folder is gone."""
+    state = _folder_state(conn, folder_id)
+    if state is None:
+        return _GONE
+    uidvalidity, modseq = since
+    top, validity = int(state[0]), int(state[1])
+    if validity != uidvalidity:
+        return None
+    if top <= modseq:  # nothing changed since
+        return flagcache.Refresh(top, validity, modseq, [], [])
+    m, x = t.messages.c, t.expunged.c
+    rows = conn.execute(select(m.uid, m.modseq, m.flags, m.keywords).where(and_(
+        m.folder_id == folder_id, m.modseq > modseq)).order_by(m.uid)
+        .limit(_DELTA_MAX + 1)).all()
+    if len(rows) > _DELTA_MAX:
+        return None
+    gone = conn.execute(select(x.uid).where(and_(
+        x.folder_id == folder_id, x.modseq > modseq))).scalars().all()
+    return flagcache.Refresh(top, validity, modseq,
+                             [(r[0], r[1], r[2], r[3]) for r in rows], list(gone))
+
+
+def _flag_full(conn: Connection, folder_id: int, sqlite: bool) -> flagcache.Refresh | None:
+    """Every row of the folder, HIGHESTMODSEQ read first; None if the folder is gone."""
+    state = _folder_state(conn, folder_id)
+    if state is None:
+        return None
+    if sqlite:
+        rows = _sqlite_select(conn, _SQLITE_FLAGS, 0, folder_id, None)
+    else:
+        m = t.messages.c
+        rows = [(r[0], r[1], r[2], r[3]) for r in conn.execute(
+            select(m.uid, m.modseq, m.flags, m.keywords).where(
+                m.folder_id == folder_id).order_by(m.uid)).all()]
+    return flagcache.Refresh(int(state[0]), int(state[1]), None, rows, [])
 
 
 class ImapMixin(MailboxMixin):
@@ -293,6 +345,10 @@ class ImapMixin(MailboxMixin):
         uid_list = None if uids is None else sorted(set(uids))
         if uid_list is not None and not uid_list:
             return []
+        if self._big(folder_id):
+            kept = await self._kept_flags(folder_id)
+            if kept is not None:
+                return flagcache.pick(kept, sorted(kept.rows) if uid_list is None else uid_list)
         if self.is_sqlite:
             return await self.run_read(_sqlite_select, _SQLITE_FLAGS, 0, folder_id, uid_list,
                                        rows=self._expected(folder_id, uid_list))
@@ -315,7 +371,13 @@ class ImapMixin(MailboxMixin):
     async def uids_by_flags(self, folder_id: int, set_bits: int,
                             clear_bits: int) -> list[tuple[int, int]]:
         """(uid, modseq) of the messages with all of ``set_bits`` and none of
-        ``clear_bits`` (system flags), ascending by UID: flag-only SEARCH in SQL."""
+        ``clear_bits`` (system flags), ascending by UID: flag-only SEARCH in SQL, or
+        over the kept rows of a big folder."""
+        if self._big(folder_id):
+            kept = await self._kept_flags(folder_id)
+            if kept is not None:
+                return [(r[0], r[1]) for r in flagcache.pick(kept, sorted(kept.rows))
+                        if r[2] & set_bits == set_bits and not r[2] & clear_bits]
         m = t.messages.c
         cond = [m.folder_id == folder_id]
         if set_bits:
@@ -325,6 +387,34 @@ class ImapMixin(MailboxMixin):
         q = select(m.uid, m.modseq).where(and_(*cond)).order_by(m.uid)
         return await self.run_read(lambda conn: [(r[0], r[1]) for r in conn.execute(q).all()],
                                    rows=self.rows_hint(folder_id))
+
+    # --- flags of big folders, kept in memory (flagcache.py) ------------------------------
+    def _big(self, folder_id: int) -> bool:
+        return self.flag_cache.since(folder_id) is not None or \
+            (self.rows_hint(folder_id) or 0) > flagcache.MIN_ROWS
+
+    async def _kept_flags(self, folder_id: int) -> flagcache.FolderFlags | None:
+        """The folder's rows as kept, brought up to its current HIGHESTMODSEQ; None if
+        the folder is gone. Usually one small read on the loop (the folder row and the
+        rows changed since); the whole folder in a thread when it is new to the cache
+        or changed a lot."""
+        cache = self.flag_cache
+        since = cache.since(folder_id)
+        if since is not None:
+            got = await self.run_read(_flag_delta, folder_id, since, rows=1)  # LIMIT-bounded
+            if got is _GONE:
+                cache.drop(folder_id)
+                return None
+            if isinstance(got, flagcache.Refresh):
+                kept = cache.apply(folder_id, got)
+                if kept is not None:
+                    return kept
+        full = await self.run_read(_flag_full, folder_id, self.is_sqlite)
+        if full is None:
+            cache.drop(folder_id)
+            return None
+        self.note_rows(folder_id, len(full.rows))
+        return cache.apply(folder_id, full)
 
     # --- content: blobs and cached structures -----------------------------------------
     async def cached_structures(self, ids: Sequence[int]) -> dict[int, tuple[str | None,

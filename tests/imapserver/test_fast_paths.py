@@ -23,7 +23,7 @@ from mailstack import mime
 from mailstack.app import App
 from mailstack.imap import fetch as fetch_mod
 from mailstack.imap import respond, search_exec
-from mailstack.store import DeliveryTarget
+from mailstack.store import DeliveryTarget, flagcache
 from tests.imapserver.conftest import Raw, inbox_id, seen_as_recent
 
 N = 30
@@ -120,7 +120,10 @@ TRUTH = {
 }
 
 
-async def test_search_paths_agree_with_truth(imap_app: App) -> None:
+@pytest.mark.parametrize("kept", [False, True], ids=["read", "kept"])
+async def test_search_paths_agree_with_truth(imap_app: App, kept: bool,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(flagcache, "MIN_ROWS", 5 if kept else 10**9)  # store/flagcache.py
     await _fill(imap_app)
     raw = await Raw.connect(imap_app.ports["imap"])
     await raw.login()
@@ -179,11 +182,15 @@ def _lines(out: list[bytes]) -> list[bytes]:
     return [x for x in out if x.startswith(b"* ") and b" FETCH (" in x]
 
 
-async def test_flag_lines_match_row_path(imap_app: App) -> None:
+@pytest.mark.parametrize("kept", [False, True], ids=["read", "kept"])
+async def test_flag_lines_match_row_path(imap_app: App, kept: bool,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
     """FETCH of only UID/FLAGS/MODSEQ (narrow rows, one format per message) answers
     byte for byte what the metadata row path answers (RFC822.SIZE added forces it):
     any item order, part of the view, \\Recent of an IMAP4rev1 session, CHANGEDSINCE,
-    and a view still holding messages another session expunged."""
+    and a view still holding messages another session expunged. ``kept``: the rows
+    come from the flags kept in memory (store/flagcache.py), as for a big folder."""
+    monkeypatch.setattr(flagcache, "MIN_ROWS", 5 if kept else 10**9)
     fid = await _fill(imap_app)
     assert imap_app.store is not None
     for i in (N, N + 1):  # new, so \Recent for the session below
@@ -217,6 +224,7 @@ async def test_flag_lines_match_row_path(imap_app: App) -> None:
     by_uid = {int(x.split()[4]): x for x in full}
     assert b"\\Recent" in by_uid[N + 2] and b"\\Recent" not in by_uid[1]
     assert b"$Late" in by_uid[4] and 3 not in by_uid
+    assert (imap_app.store.flag_cache.since(fid) is not None) == kept
     await raw.close()
 
 
