@@ -467,6 +467,13 @@ class MailboxMixin(StoreBase):
         return int(row.uidnext) - count, int(row.highestmodseq), int(row.address_id)
 
     @staticmethod
+    def _lock_folder(conn: Connection, folder_id: int) -> None:
+        """PostgreSQL: hold the folder's row until the transaction ends (writers of a
+        folder take it before they read the message rows they will change)."""
+        conn.execute(select(t.folders.c.id).where(
+            t.folders.c.id == folder_id).with_for_update())
+
+    @staticmethod
     def _bump_modseq(conn: Connection, folder_id: int) -> tuple[int, int]:
         res = conn.execute(update(t.folders).where(t.folders.c.id == folder_id).values(
             highestmodseq=t.folders.c.highestmodseq + 1).returning(
@@ -555,6 +562,12 @@ class MailboxMixin(StoreBase):
             refused: list[int] = []
             after: list[Message] = []
             current: list[Any] = []
+            if not self.is_sqlite:
+                # PostgreSQL runs read committed: the flags this STORE changes are read
+                # only once it holds the folder row, which every writer of the folder
+                # takes first; else two STOREs on one message both read the old flags
+                # and the later one undoes the other's change (found by imap_stress)
+                self._lock_folder(conn, folder_id)
             for i in range(0, len(uid_set), 500):
                 current += conn.execute(select(*_MSG_COLS).where(and_(
                     m.folder_id == folder_id, m.uid.in_(uid_set[i:i + 500])))).all()
@@ -710,8 +723,7 @@ class MailboxMixin(StoreBase):
                 # second waits here for the first and then no longer finds its messages,
                 # instead of expunging the same UIDs twice (unique violation). The folder
                 # row first, as every other write path locks it before message rows.
-                conn.execute(select(t.folders.c.id).where(
-                    t.folders.c.id == folder_id).with_for_update())
+                self._lock_folder(conn, folder_id)
             q = select(t.messages.c.uid).where(and_(*cond)).order_by(t.messages.c.uid)
             found = [r.uid for r in conn.execute(q).all()]
             if wanted is not None:
