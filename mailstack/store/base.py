@@ -51,6 +51,7 @@ from .events import (
     encode_event,
 )
 from .flagcache import FlagCache
+from .heads import HeadCache
 from .threads import INLINE_ROWS, Prepared, SqliteThreads
 from .writer import GroupWriter
 
@@ -272,6 +273,7 @@ class StoreBase:
         # next whole-folder read is small enough to run without a thread hop
         self._folder_rows: dict[Hashable, int] = {}
         self.flag_cache = FlagCache()  # flags of big folders, by MODSEQ (flagcache.py)
+        self.heads = HeadCache()  # header blocks of message files, by blob id (heads.py)
         # Across nodes (PostgreSQL): events also go out with pg_notify inside the
         # transaction, so other nodes get them exactly when the commit happens.
         self.node_id = uuid.uuid4().hex

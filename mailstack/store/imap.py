@@ -22,8 +22,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import Iterable, Sequence
-from typing import Any, NamedTuple
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, NamedTuple, TypeVar
 
 from sqlalchemy import Connection, and_, bindparam, delete, func, insert, select, update
 
@@ -31,15 +31,16 @@ from . import flagcache
 from . import schema as t
 from .base import SEEN_BIT, Folder, InsufficientStorage, Message, Unavailable
 from .blobs import BlobError
+from .heads import read_head
 from .mailbox import DeliveryTarget, MailboxMixin, _folder, normalize_folder_name
 from .sortkeys import HeaderKeys
 from .threads import INLINE_BYTES, INLINE_FILES, INLINE_ROWS
 
 log = logging.getLogger("mailstack.store")
+T = TypeVar("T")
 
 CHUNK = 500
 _BLANK = re.compile(rb"\n\r?\n")
-_HEADER_READ = 16 * 1024
 
 
 class _TooMany(Exception):
@@ -449,40 +450,58 @@ class ImapMixin(MailboxMixin):
         except InsufficientStorage as exc:
             log.warning("store: structure cache not written, storage full: %s", exc)
 
-    def _read_one(self, blob_id: str, prefix: bytes, header_only: bool) -> bytes:
-        if not header_only:
-            body = self.blobs.get_sync(blob_id)
-            return prefix + body if prefix else body
-        buf = bytearray(prefix)
-        if buf[:1] == b"\n" or buf[:2] == b"\r\n" or _BLANK.search(buf):
-            return bytes(buf)
-        with open(self.blobs.path_of(blob_id), "rb") as f:
-            while True:
-                chunk = f.read(_HEADER_READ)
-                if not chunk:
-                    break
-                start = max(0, len(buf) - 2)
-                buf += chunk
-                if buf[:1] == b"\n" or buf[:2] == b"\r\n" or _BLANK.search(buf, start):
-                    break
-        return bytes(buf)
+    def _read_one(self, blob_id: str, prefix: bytes) -> bytes:
+        body = self.blobs.get_sync(blob_id)
+        return prefix + body if prefix else body
 
     async def read_messages(self, items: Sequence[tuple[str, bytes]], *,
                             header_only: bool = False, size: int | None = None
                             ) -> list[bytes]:
         """Bytes of many messages ((blob_id, prefix) each) in ONE thread hop. With
         ``header_only`` a result may stop after the header block's blank line (it is
-        a prefix of the message holding the whole header). ``size``: their total size
-        if the caller knows it; a few small files are read right here, without a hop
-        (from the page cache that is ~15 us a file, less than the hop)."""
+        a prefix of the message holding the whole header); header blocks are kept in
+        memory by blob id (heads.py), so those already read need no file at all.
+        ``size``: their total size if the caller knows it; a few small files are read
+        right here, without a hop (from the page cache that is ~15 us a file, less than
+        the hop)."""
+        if header_only:
+            return await self._read_heads(items, size)
+
         def work() -> list[bytes]:
-            return [self._read_one(b, p, header_only) for b, p in items]
+            return [self._read_one(b, p) for b, p in items]
+        return await self._read_files(work, len(items), size)
+
+    async def _read_files(self, work: Callable[[], T], count: int, size: int | None) -> T:
         try:
-            if size is not None and len(items) <= INLINE_FILES and size <= INLINE_BYTES:
+            if size is not None and count <= INLINE_FILES and size <= INLINE_BYTES:
                 return work()
             return await asyncio.to_thread(work)
         except (OSError, BlobError) as exc:
             raise Unavailable(f"cannot read message: {exc}") from exc
+
+    async def _read_heads(self, items: Sequence[tuple[str, bytes]], size: int | None
+                          ) -> list[bytes]:
+        heads = self.heads
+        out: list[bytes | None] = []
+        missing: list[int] = []
+        for i, (blob_id, prefix) in enumerate(items):
+            if prefix[:1] == b"\n" or prefix[:2] == b"\r\n" or _BLANK.search(prefix):
+                out.append(bytes(prefix))  # the prefix holds the whole header
+                continue
+            head = heads.get(blob_id)
+            if head is None:
+                missing.append(i)
+            out.append(prefix + head if head is not None else None)
+        if missing:
+            wanted = [items[i][0] for i in missing]
+
+            def work() -> list[bytes]:
+                return [read_head(self.blobs.path_of(b)) for b in wanted]
+            got = await self._read_files(work, len(missing), size)
+            for i, blob_id, head in zip(missing, wanted, got, strict=True):
+                heads.put(blob_id, head)
+                out[i] = items[i][1] + head
+        return [b for b in out if b is not None]
 
     # --- METADATA (RFC 5464) -----------------------------------------------------------
     async def metadata_get(self, address_id: int, folder_id: int, names: Sequence[str],
