@@ -281,12 +281,17 @@ async def _flag_lines(s: Session, c: t.Fetch, uids: list[int], names: list[str])
             text = flag_text[key] = view.flags_text(uid, current).encode()
         out.append(fmt % pick((seq, uid, modseq, text)))
         if len(out) >= 4096:
-            s.send(b"".join(out))
-            out = []
-            await s.conn.drain()
-    if out:
-        s.send(b"".join(out))
+            out = await _sent(s, out)
+    await _sent(s, out)
+
+
+async def _sent(s: Session, lines: list[bytes]) -> list[bytes]:
+    """Send ``lines`` in one write and wait for the socket to drain (memory stays at
+    one batch of responses); returns the empty list to go on with."""
+    if lines:
+        s.send(b"".join(lines))
         await s.conn.drain()
+    return []
 
 
 async def fetch_rows(s: Session, c: t.Fetch, uids: list[int], names: list[str]) -> None:
@@ -320,12 +325,8 @@ async def fetch_rows(s: Session, c: t.Fetch, uids: list[int], names: list[str]) 
                 parts.append(_row_item(n, r))
         out.append(b"* %d FETCH (" % seq + b" ".join(parts) + b")\r\n")
         if len(out) >= 1024:
-            s.send(b"".join(out))
-            out = []
-            await s.conn.drain()
-    if out:
-        s.send(b"".join(out))
-        await s.conn.drain()
+            out = await _sent(s, out)
+    await _sent(s, out)
 
 
 def _row_item(n: str, r: MsgRow | Message) -> bytes:

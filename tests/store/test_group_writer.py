@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,18 +18,6 @@ from sqlalchemy.exc import OperationalError
 
 from mailstack.store import DeliveryTarget, MessagesAdded, NotFound, Store, Unavailable
 from mailstack.store import writer as writer_module
-
-
-@pytest.fixture
-async def sq(tmp_path: Path) -> Any:
-    s = Store(f"sqlite+aiosqlite:///{tmp_path / 'm.db'}", tmp_path / "blobs")
-    await s.open()
-    await s.add_domain("example.com", "standard")
-    addr = await s.add_address("anna", "example.com")
-    inbox = await s.get_folder(addr.id, "INBOX")
-    assert inbox is not None
-    yield s, addr, inbox
-    await s.close()
 
 
 def msg(i: int) -> bytes:

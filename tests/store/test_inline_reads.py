@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,16 +17,6 @@ import pytest
 from mailstack.store import Store
 from mailstack.store import base as base_module
 from mailstack.store import imap as imap_module
-
-
-@pytest.fixture
-async def sq(tmp_path: Path) -> Any:
-    s = Store(f"sqlite+aiosqlite:///{tmp_path / 'm.db'}", tmp_path / "blobs")
-    await s.open()
-    await s.add_domain("example.com", "standard")
-    addr = await s.add_address("anna", "example.com")
-    yield s, addr
-    await s.close()
 
 
 def _spy(store: Store, monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
@@ -56,7 +45,7 @@ def _msg(i: int) -> bytes:
 
 async def test_small_reads_run_on_the_loop_big_ones_in_a_thread(
         sq: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    store, addr = sq
+    store, addr, _inbox = sq
     monkeypatch.setattr(base_module, "INLINE_ROWS", 5)
     inbox = await store.get_folder(addr.id, "INBOX")
     assert inbox is not None
@@ -104,7 +93,7 @@ async def test_small_reads_run_on_the_loop_big_ones_in_a_thread(
 
 async def test_a_few_small_files_are_read_without_a_hop(
         sq: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    store, addr = sq
+    store, addr, _inbox = sq
     inbox = await store.get_folder(addr.id, "INBOX")
     assert inbox is not None
     for i in range(3):
@@ -139,7 +128,7 @@ async def test_prepared_reads_answer_like_the_store_and_never_share_across_fork(
     an unknown local part, a key of another domain, an unhosted domain. A process
     forked after a prepared read opens its own connection (a SQLite connection must
     not cross fork(2))."""
-    store, addr = sq
+    store, addr, _inbox = sq
     inbox = await store.get_folder(addr.id, "INBOX")
     assert inbox is not None
     await store.append(inbox.id, _msg(1))
@@ -176,7 +165,7 @@ async def test_pop3_message_read_without_a_hop_when_small(
         sq: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """POP3 RETR's presence check + file read: on the loop for a message the caller
     says is small, in a thread otherwise; None once the message is gone either way."""
-    store, addr = sq
+    store, addr, _inbox = sq
     inbox = await store.get_folder(addr.id, "INBOX")
     assert inbox is not None
     msg = await store.append(inbox.id, _msg(1))
