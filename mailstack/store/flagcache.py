@@ -117,7 +117,14 @@ class FlagCache:
             self.drop(keep)
 
 
-def pick(kept: FolderFlags, uids: Iterable[int]) -> list[FlagRow]:
-    """The kept rows of ``uids`` (ascending), skipping UIDs no longer there."""
-    rows = kept.rows
+def pick(rows: dict[int, FlagRow], uids: Iterable[int]) -> list[FlagRow]:
+    """The rows of ``uids`` (ascending), skipping UIDs no longer there."""
     return [rows[u] for u in uids if u in rows]
+
+
+def with_flags(rows: Iterable[FlagRow], set_bits: int, clear_bits: int
+               ) -> list[tuple[int, int]]:
+    """(uid, modseq) of the rows with all of ``set_bits`` and none of ``clear_bits``,
+    ascending by UID."""
+    return sorted((r[0], r[1]) for r in rows
+                  if r[2] & set_bits == set_bits and not r[2] & clear_bits)

@@ -137,6 +137,8 @@ def _dense(uids: list[int]) -> bool:
 
 
 _GONE = object()  # _flag_delta: the folder no longer exists
+_LOOP_ROWS = 20_000  # kept rows picked on the loop up to this many, in a thread above
+# (100,000 kept rows take ~10-30 ms)
 _DELTA_MAX = INLINE_ROWS  # more changed rows than this: the whole folder is read again
 
 
@@ -349,7 +351,11 @@ class ImapMixin(MailboxMixin):
         if self._big(folder_id):
             kept = await self._kept_flags(folder_id)
             if kept is not None:
-                return flagcache.pick(kept, sorted(kept.rows) if uid_list is None else uid_list)
+                wanted = sorted(kept.rows) if uid_list is None else uid_list
+                if len(wanted) <= _LOOP_ROWS:
+                    return flagcache.pick(kept.rows, wanted)
+                # in a thread, on a copy: the kept rows change on the loop meanwhile
+                return await asyncio.to_thread(flagcache.pick, kept.rows.copy(), wanted)
         if self.is_sqlite:
             return await self.run_read(_sqlite_select, _SQLITE_FLAGS, 0, folder_id, uid_list,
                                        rows=self._expected(folder_id, uid_list))
@@ -377,8 +383,10 @@ class ImapMixin(MailboxMixin):
         if self._big(folder_id):
             kept = await self._kept_flags(folder_id)
             if kept is not None:
-                return [(r[0], r[1]) for r in flagcache.pick(kept, sorted(kept.rows))
-                        if r[2] & set_bits == set_bits and not r[2] & clear_bits]
+                if len(kept.rows) <= _LOOP_ROWS:
+                    return flagcache.with_flags(kept.rows.values(), set_bits, clear_bits)
+                return await asyncio.to_thread(flagcache.with_flags, list(kept.rows.values()),
+                                               set_bits, clear_bits)
         m = t.messages.c
         cond = [m.folder_id == folder_id]
         if set_bits:

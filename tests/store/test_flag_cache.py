@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from mailstack.store import DeliveryTarget, Store, flagcache
+from mailstack.store import imap as store_imap
 from mailstack.store.base import SEEN_BIT
 from mailstack.store.flagcache import FlagCache, Refresh
 
@@ -28,9 +29,11 @@ async def _truth(direct: Store, fid: int) -> tuple[list[Any], list[Any]]:
     return (await direct.flag_rows(fid), await direct.uids_by_flags(fid, 0, SEEN_BIT))
 
 
-async def test_kept_flags_follow_every_change(db_url: str, tmp_path: Path,
+@pytest.mark.parametrize("loop_rows", [10**9, 3], ids=["on-loop", "in-thread"])
+async def test_kept_flags_follow_every_change(db_url: str, tmp_path: Path, loop_rows: int,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(flagcache, "MIN_ROWS", 5)
+    monkeypatch.setattr(store_imap, "_LOOP_ROWS", loop_rows)  # picked in a thread above
     cached = Store(db_url, tmp_path / "blobs")
     await cached.open()
     direct = Store(db_url, tmp_path / "blobs")
