@@ -5,7 +5,7 @@ server, and for mailstack rows the ratio mailstack / peer of the same case and m
     python -m bench.run_all --smoke      # a few seconds per benchmark, tiny sizes (CI)
     python -m bench.run_all --install-peers   # apt-get install postfix/dovecot first
 
-Defaults finish in about 15 minutes on a 2-core machine (filling the 100k-message
+Defaults finish in about 25 minutes on a 2-core machine (filling the 100k-message
 mailboxes of ``mailbox_size`` takes several; ``--skip-100k`` leaves them out). Servers
 that cannot run here (peer not installed, a mailstack front-end not written yet,
 PostgreSQL down) give a row with the reason instead of a figure.
@@ -20,6 +20,7 @@ from . import (
     idle_conns,
     imap_mixed,
     imap_stress,
+    login_storm,
     mailbox_size,
     pop3_download,
     smtp_throughput,
@@ -29,7 +30,7 @@ from .peers import install_peers
 
 BENCHES = {"smtp": smtp_throughput, "imap_mixed": imap_mixed,
            "imap_stress": imap_stress, "pop3": pop3_download,
-           "mailbox_size": mailbox_size, "idle": idle_conns}
+           "mailbox_size": mailbox_size, "idle": idle_conns, "login_storm": login_storm}
 
 SMOKE = {
     "smtp": ["--concurrency", "2", "--sizes", "2048", "--duration", "0.5", "--fast-hash",
@@ -42,6 +43,8 @@ SMOKE = {
                     "--servers", "dovecot,mailstack-sqlite"],
     "pop3": ["--messages", "20", "--rounds", "1", "--servers", "dovecot,mailstack-sqlite"],
     "idle": ["--conns", "10", "--users", "3", "--servers", "dovecot,mailstack-sqlite"],
+    "login_storm": ["--logins", "20", "--clients", "4", "--fast-hash",
+                    "--servers", "dovecot,mailstack-sqlite"],
 }
 
 

@@ -46,7 +46,8 @@ def test_smoke_run_all(tmp_path: Path) -> None:
     rows = json.loads(out.read_text())["rows"]
     assert rows
     benches = {r["bench"] for r in rows}
-    assert benches == {"smtp", "imap_mixed", "imap_stress", "pop3", "mailbox_size", "idle"}
+    assert benches == {"smtp", "imap_mixed", "imap_stress", "pop3", "mailbox_size", "idle",
+                       "login_storm"}
 
     sink = [r for r in rows if r["server"] == "aiosmtpd-sink" and r["metric"] == "msgs/s"]
     assert sink and all(r["value"] and r["value"] > 0 and not r["note"] for r in sink)
